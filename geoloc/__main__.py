@@ -1,0 +1,3 @@
+from geoloc.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""What every command shares: error handling, the --db option, output-format checks."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable)
+
+DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
+
+
+def resolve_db(db: Optional[Path]) -> Path:
+    from geoloc.paths import default_db
+
+    return (db if db is not None else default_db()).expanduser()
+
+
+def handle_errors(func: F) -> F:
+    """Turn every failure into one line on stderr and the exit code the SPEC promises.
+
+    Users never see a traceback; ``GEOLOC_DEBUG=1`` shows it for bug reports.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from geoloc import console
+        from geoloc.errors import GeolocError
+
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except GeolocError as exc:
+            if os.environ.get("GEOLOC_DEBUG"):
+                raise
+            console.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            console.error("out of memory: try a smaller --batch-size or --max-side")
+            raise typer.Exit(1) from None
+        except Exception as exc:  # a bug: still one line, with a way to get the details
+            if os.environ.get("GEOLOC_DEBUG"):
+                raise
+            console.error(
+                f"internal error: {type(exc).__name__}: {exc} "
+                "(run again with GEOLOC_DEBUG=1 for the traceback, and please report it)"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def one_format(**flags: bool) -> Optional[str]:
+    """The single data format asked for, or None; two at once is a usage error."""
+    chosen = [name for name, on in flags.items() if on]
+    if len(chosen) > 1:
+        raise typer.BadParameter(
+            "choose one output format, not " + " and ".join(f"--{c}" for c in chosen)
+        )
+    return chosen[0] if chosen else None

@@ -1,0 +1,3 @@
+"""`geoloc index` — being built (see the open issue)."""
+
+from geoloc.cli import app  # noqa: F401

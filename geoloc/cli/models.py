@@ -1,0 +1,3 @@
+"""`geoloc models` — being built (see the open issue)."""
+
+from geoloc.cli import app  # noqa: F401

@@ -1,0 +1,53 @@
+"""Errors that reach the user as one line on stderr, never as a traceback.
+
+Every failure a user can cause (a bad path, a missing model, a corrupt photo) is raised as a
+``GeolocError``; the CLI turns it into ``error: <message>`` and the exit code it carries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GeolocError(Exception):
+    """A runtime failure the user can act on; exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(self.message.split())
+
+
+class UsageError(GeolocError):
+    """The command line itself is wrong; exit code 2."""
+
+    exit_code = 2
+
+
+class ModelError(GeolocError):
+    """A model cannot be found, downloaded, converted or loaded."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Weights are not cached and cannot be downloaded (offline)."""
+
+
+class DatabaseError(GeolocError):
+    """A database is missing, locked, corrupt or built with another model."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """Another geoloc process is writing the same database."""
+
+
+class PhotoError(GeolocError):
+    """One photo cannot be used. Runs report it and go on with the other photos."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = " ".join(str(reason).split()) or "unknown error"
+        super().__init__(f"{self.path}: {self.reason}")
