@@ -1,3 +1,152 @@
-"""`geoloc index` — being built (see the open issue)."""
+"""`geoloc index PATH...`: add photos to a database (incremental, crash-safe)."""
 
-from geoloc.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from geoloc.cli import app
+from geoloc.cli._common import DB_HELP, handle_errors
+
+
+@app.command("index")
+@handle_errors
+def index(
+    paths: List[Path] = typer.Argument(..., help="Photos or folders (searched recursively).",
+                                       show_default=False),
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="NAME|FILE",
+        help="Model for a new database (see `geoloc models`), or a model file. Default: "
+        "netvlad-vgg16-pitts30k. An existing database keeps its model.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
+    prune: bool = typer.Option(
+        False, "--prune", help="Drop photos under PATH whose files no longer exist."),
+    max_side: Optional[int] = typer.Option(
+        None, "--max-side", min=32, metavar="PIXELS",
+        help="Longest side photos are resized to. Default: the model's (640 for the registry "
+        "models); fixed when the database is created.", show_default=False),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per network batch."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Decoding threads. Default: one per CPU core, at most 8.",
+        show_default=False),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    vocabulary_photos: int = typer.Option(
+        300, "--vocabulary-photos", min=1,
+        help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
+        "on the first run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress bar and no summary; warnings still show."),
+) -> None:
+    """Add the photos under each PATH to the database.
+
+    Reads GPS, altitude, capture time and accuracy from EXIF and stores one descriptor per
+    photo. Re-runs handle only new or changed photos; photos without a position are kept as
+    "unlocated". Unreadable files get one warning line each and the run goes on. Safe to
+    interrupt at any moment: a re-run picks up where it stopped.
+    """
+    from geoloc.cli._common import resolve_db
+    from geoloc.indexer import IndexConfig, index_photos
+
+    config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
+                         device=device, prune=prune, vocabulary_photos=vocabulary_photos)
+    progress = _RichProgress() if not quiet else _WarningsOnly()
+    report = index_photos(paths, resolve_db(db), config, progress)
+    if not quiet:
+        _print_summary(report)
+    if as_json:
+        from geoloc.console import print_json
+
+        print_json(report.to_json())
+
+
+class _WarningsOnly:
+    """--quiet: only the per-file warnings reach the terminal."""
+
+    def stage(self, description, total):
+        pass
+
+    def advance(self, n=1):
+        pass
+
+    def warning(self, path, reason):
+        from geoloc import console
+        from geoloc.database import display_path
+
+        console.warn(f"{display_path(path)}: {reason}")
+
+    def close(self):
+        pass
+
+
+class _RichProgress(_WarningsOnly):
+    """A progress bar per phase on stderr, with photos/s and ETA."""
+
+    def __init__(self):
+        self._progress = None
+        self._task = None
+
+    def stage(self, description, total):
+        import time
+
+        from geoloc.console import progress
+
+        if self._progress is None:
+            self._progress = progress(transient=False)
+            self._progress.start()
+        elif self._task is not None:
+            self._finish_task()
+        self._task = self._progress.add_task(description, total=total, rate="")
+        self._started = time.perf_counter()
+        self._done = 0
+
+    def _finish_task(self):
+        task = self._progress.tasks[-1]
+        if task.total is None:
+            self._progress.update(self._task, total=task.completed)
+
+    def advance(self, n=1):
+        import time
+
+        if self._task is None:
+            return
+        self._done += n
+        elapsed = time.perf_counter() - self._started
+        rate = f"{self._done / elapsed:.1f} photos/s" if elapsed > 0.5 else ""
+        self._progress.update(self._task, advance=n, rate=rate)
+
+    def close(self):
+        if self._progress is not None:
+            if self._task is not None:
+                self._finish_task()
+            self._progress.stop()
+            self._progress = None
+
+
+def _print_summary(report) -> None:
+    from rich.table import Table
+
+    from geoloc.console import err
+    from geoloc.database import display_path
+
+    table = Table(title=f"geoloc index → {display_path(report.db)}", title_justify="left",
+                  show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_row("in the database", str(report.total),
+                  f"{report.located} located, {report.unlocated} unlocated")
+    rate = report.indexed / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    table.add_row("indexed", str(report.indexed),
+                  f"new or changed, {rate:.1f} photos/s" if report.indexed else "new or changed")
+    table.add_row("unchanged", str(report.unchanged), "already current")
+    table.add_row("errors", str(report.errors), "files that could not be read" if report.errors else "")
+    if report.removed:
+        table.add_row("removed", str(report.removed), "files gone (--prune)")
+    table.add_row("model", report.model,
+                  {"fitted": "vocabulary fitted on these photos",
+                   "stored": "vocabulary from the database"}.get(report.vocabulary or "", ""))
+    table.add_row("time", f"{report.elapsed_s:.1f} s", "")
+    err.print(table)

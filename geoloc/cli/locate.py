@@ -1,3 +1,261 @@
-"""`geoloc locate` — being built (see the open issue)."""
+"""`geoloc locate`: where was this photo taken, how sure are we, and which photos say so."""
 
-from geoloc.cli import app  # noqa: F401
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from geoloc.cli import app
+from geoloc.cli._common import DB_HELP, handle_errors, one_format, resolve_db
+
+_GLOB_CHARS = set("*?[")
+
+
+@app.command(
+    "locate",
+    epilog="Examples: geoloc locate photo.jpg --map where.html · geoloc locate 'trip/*.jpg' --json · "
+    "geoloc locate --unlocated --xmp",
+)
+@handle_errors
+def locate_command(
+    queries: Optional[List[Path]] = typer.Argument(
+        None, metavar="QUERY...", help="Photos, folders or globs (quote globs to let geoloc expand them)."
+    ),
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Candidates to list per query."),
+    map_file: Optional[Path] = typer.Option(
+        None, "--map", help="Write an HTML map (estimate, uncertainty circle, candidates) to FILE."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per query."),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="Print CSV for exiftool: SourceFile, signed GPSLatitude/GPSLongitude, radius, score."
+    ),
+    as_geojson: bool = typer.Option(False, "--geojson", help="Print an RFC 7946 GeoJSON FeatureCollection."),
+    xmp: bool = typer.Option(
+        False, "--xmp", help="Write an XMP sidecar (photo.xmp) next to each located photo without GPS."
+    ),
+    unlocated: bool = typer.Option(
+        False, "--unlocated", help="Also locate every photo of the database that has no GPS of its own."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Query photos per network batch."),
+) -> None:
+    """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
+    from geoloc import console
+    from geoloc.errors import GeolocError, UsageError
+
+    try:
+        fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson)
+    except typer.BadParameter as exc:
+        raise UsageError(str(exc)) from None
+    if not queries and not unlocated:
+        raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
+    db_path = resolve_db(db)
+    if map_file is not None:
+        _check_map_target(map_file)
+
+    # Everything above is instant; the heavy imports start here.
+    from geoloc.localize import LocateConfig, LocateResult, Locator
+
+    slots = _expand_queries(queries or [])
+    config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size)
+    with Locator(db_path, config) as locator:
+        if unlocated:
+            extra = locator.unlocated_photos()
+            known = {os.path.realpath(p) for kind, p in slots if kind == "path"}
+            slots += [("path", p) for p in extra if os.path.realpath(p) not in known]
+            if not extra:
+                console.info(f"database {db_path} has no photo without GPS")
+        paths = [p for kind, p in slots if kind == "path"]
+        if not slots:
+            results: list = []
+        else:
+            with _progress(len(paths)) as advance:
+                located = iter(locator.locate(paths, on_progress=advance))
+            results = [
+                next(located) if kind == "path" else LocateResult(Path(p.path), error=str(p))
+                for kind, p in slots
+            ]
+
+    for r in results:
+        if r.error:
+            console.warn(r.error)
+
+    if fmt == "json":
+        console.print_json([r.to_json() for r in results])
+    elif fmt == "csv":
+        import sys
+
+        from geoloc.export import write_csv
+
+        write_csv(results, sys.stdout)
+    elif fmt == "geojson":
+        import sys
+
+        from geoloc.export import write_geojson
+
+        write_geojson(results, sys.stdout)
+    else:
+        _print_tables(results)
+
+    if xmp:
+        _write_sidecars(results)
+    if map_file is not None and any(r.estimate for r in results):
+        from geoloc.mapview import save_map
+
+        save_map(results, map_file)
+        console.info(f"map written to {map_file}")
+
+    if results and not any(r.estimate for r in results):
+        raise GeolocError(
+            "no query could be located" if len(results) > 1 else f"{results[0].query} could not be located"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_map_target(map_file: Path) -> None:
+    """Fail before any work when the map cannot be written where asked."""
+    from geoloc.errors import GeolocError
+
+    target = map_file.expanduser()
+    folder = target.parent
+    if not folder.is_dir():
+        raise GeolocError(f"cannot write map {map_file}: folder {folder} does not exist")
+    if target.is_dir():
+        raise GeolocError(f"cannot write map {map_file}: it is a folder")
+    if not os.access(folder, os.W_OK):
+        raise GeolocError(f"cannot write map {map_file}: folder {folder} is not writable")
+
+
+def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
+    """Photos to locate, in argument order, as ("path", Path) or ("error", PhotoError) slots.
+
+    Quoted globs are expanded here (a shell leaves an unmatched glob as is); a glob matching
+    nothing is an error, as a missing path is. Problems with single files found along the way
+    become error entries of their own, so that every named file is answered for.
+    """
+    from geoloc.errors import GeolocError
+    from geoloc.photos import discover
+
+    roots: list[Path] = []
+    for arg in args:
+        text = os.fspath(arg)
+        if not os.path.lexists(text) and _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                raise GeolocError(f"no file matches {text}")
+            roots.extend(Path(m) for m in matches)
+        else:
+            roots.append(Path(text).expanduser())
+    slots: list[tuple[str, object]] = []
+    for path in discover(roots, on_error=lambda exc: slots.append(("error", exc))):
+        slots.append(("path", path))
+    if not slots:
+        raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
+    return slots
+
+
+class _progress:
+    """A transient progress bar on stderr for batches; silent for a single query."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._bar = None
+
+    def __enter__(self):
+        if self.total <= 1:
+            return lambda n: None
+        from geoloc.console import progress
+
+        self._bar = progress(transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("Locating", total=self.total, rate="")
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+
+def _fmt_m(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f} m" if value < 10_000 else f"{value / 1000:,.1f} km"
+
+
+def _print_tables(results) -> None:
+    """For people: one summary row per query; the candidates too when there is one query."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from geoloc.console import out_console
+
+    out = out_console()
+    if not results:
+        return
+    with_truth = any(r.query_gps for r in results)
+    table = Table(title="geoloc locate", title_justify="left")
+    table.add_column("query", overflow="fold")
+    table.add_column("latitude", justify="right")
+    table.add_column("longitude", justify="right")
+    table.add_column("± radius", justify="right")
+    table.add_column("agree", justify="right")
+    table.add_column("top score", justify="right")
+    if with_truth:
+        table.add_column("error", justify="right")
+    for r in results:
+        name = Text(os.fspath(r.query))
+        if r.estimate is None:
+            row = [name, Text(r.error or "no estimate", style="red"), "", "", "", ""]
+        else:
+            e = r.estimate
+            row = [
+                name,
+                f"{e.lat:.6f}",
+                f"{e.lon:.6f}",
+                _fmt_m(e.radius_m),
+                f"{e.support}/{e.considered}",
+                f"{r.candidates[0].score:.3f}" if r.candidates else "–",
+            ]
+        if with_truth:
+            row.append(_fmt_m(r.error_m))
+        table.add_row(*row)
+    out.print(table)
+
+    if len(results) == 1 and results[0].candidates:
+        r = results[0]
+        cands = Table(title="candidates", title_justify="left")
+        cands.add_column("#", justify="right")
+        cands.add_column("score", justify="right")
+        cands.add_column("from estimate", justify="right")
+        cands.add_column("latitude", justify="right")
+        cands.add_column("longitude", justify="right")
+        cands.add_column("photo", overflow="fold")
+        for c in r.candidates:
+            cands.add_row(
+                str(c.rank), f"{c.score:.3f}", _fmt_m(c.distance_m), f"{c.lat:.6f}", f"{c.lon:.6f}",
+                Text(os.fspath(c.path)),
+            )
+        out.print(cands)
+
+
+def _write_sidecars(results) -> None:
+    from geoloc import console
+    from geoloc.export import write_sidecars
+
+    report = write_sidecars(results)
+    own_gps = 0
+    for photo, reason in report.skipped:
+        if reason == "the photo has its own GPS position":
+            own_gps += 1
+        else:
+            console.warn(f"{photo}: no sidecar written: {reason}")
+    note = f" ({own_gps} photos with their own GPS left alone)" if own_gps else ""
+    console.info(f"{len(report.written)} XMP sidecars written{note}")

@@ -1,3 +1,78 @@
-"""`geoloc models` — being built (see the open issue)."""
+"""`geoloc models`: list the known models; `geoloc models download NAME`: fetch one ahead of time."""
 
-from geoloc.cli import app  # noqa: F401
+from __future__ import annotations
+
+import typer
+
+from geoloc.cli import app
+from geoloc.cli._common import handle_errors
+
+models_app = typer.Typer(
+    help="List the models geoloc knows, or download one ahead of time.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+@handle_errors
+def models(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+) -> None:
+    """List the models: name, descriptor size, where the weights come from, whether they are
+    cached, and which one is the default."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from geoloc.console import out_console, print_json
+    from geoloc.models.registry import is_cached, list_models
+
+    entries = list_models()
+    rows = [entry.to_json(cached=is_cached(entry)) for entry in entries]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(caption="* default model.  offline: needs no download.", caption_justify="left")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("dim", justify="right", no_wrap=True)
+    table.add_column("offline", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for row in rows:
+        table.add_row(
+            row["name"] + (" *" if row["default"] else ""),
+            str(row["dim"]),
+            "yes" if row["offline"] else "no",
+            "yes" if row["cached"] else "no",
+            row["description"],
+        )
+    out_console().print(table)
+
+
+@models_app.command("download")
+@handle_errors
+def download(
+    name: str = typer.Argument(..., help="A model name from `geoloc models`."),
+    as_json: bool = typer.Option(False, "--json", help="Print {name, path, dim, cached} as JSON on stdout."),
+) -> None:
+    """Fetch a model's weights from the Hugging Face Hub and convert them once, so later
+    commands work offline."""
+    from geoloc import console
+    from geoloc.models.registry import download_model, get_entry, is_cached
+    from geoloc.models.weights import hub_offline
+
+    entry = get_entry(name)
+    was_cached = is_cached(entry)
+    if entry.offline:
+        console.info(f"{entry.name} needs no download: its weights ship with an installed package.")
+    elif not was_cached and not hub_offline():
+        console.info(f"Downloading {entry.name} from {entry.source_text()} …")
+    path = download_model(entry.name)
+    if as_json:
+        console.print_json({"name": entry.name, "path": str(path), "dim": entry.dim, "cached": True})
+    else:
+        console.info(f"{entry.name}: ready ({entry.dim}-D) at {path}")

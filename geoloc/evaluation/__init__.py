@@ -1,0 +1,1 @@
+"""Evaluation: recall@N on benchmarks and on the user's own photos (see docs/commands/eval.md)."""

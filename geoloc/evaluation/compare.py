@@ -1,0 +1,90 @@
+"""The reproduction study: several models or poolings on one split, one table.
+
+The NetVLAD paper's central comparison is its pooling against max and average pooling on the
+same backbone, then the dimensionality after PCA whitening (4096 / 512 / 128). Models whose
+weights are not on this machine are listed as skipped with the command that fetches them,
+instead of failing the whole study or silently leaving rows out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
+from geoloc.evaluation.datasets import Split
+from geoloc.evaluation.runner import EvalConfig, EvalProgress, EvalResult, evaluate_split, with_model
+
+#: ``--compare study``: the rows of the reproduction table, in the order they are printed.
+STUDY_MODELS: tuple[str, ...] = (
+    "netvlad-vgg16-pitts30k",
+    "netvlad-vgg16-pitts30k-512",
+    "netvlad-vgg16-pitts30k-128",
+    "lite0-vlad",
+    "lite0-max",
+    "lite0-avg",
+    "lite0-gem",
+)
+
+
+@dataclass
+class CompareRow:
+    model: str
+    result: Optional[EvalResult] = None
+    skipped: Optional[str] = None  # why this row has no figures
+
+    def to_json(self) -> dict:
+        if self.result is None:
+            return {"model": self.model, "status": "skipped", "reason": self.skipped}
+        data = self.result.to_json()
+        data["status"] = "ok"
+        data["model"] = self.model
+        return data
+
+
+def parse_model_list(text: str) -> list[str]:
+    """``m1,m2,...`` (or ``study``) → model names/files, each checked before any work starts."""
+    names: list[str] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part == "study":
+            names.extend(STUDY_MODELS)
+        else:
+            names.append(part)
+    seen: set[str] = set()
+    unique = [n for n in names if not (n in seen or seen.add(n))]
+    if not unique:
+        raise UsageError("--compare needs at least one model name, e.g. --compare lite0-vlad,lite0-max")
+    from geoloc.models.registry import get_entry
+
+    for name in unique:
+        if Path(name).expanduser().is_file():
+            continue
+        if "/" in name or Path(name).suffix.lower() in (".safetensors", ".mat", ".pth", ".tar", ".pt"):
+            raise UsageError(f"--compare: model file {name} not found")
+        try:
+            get_entry(name)
+        except ModelError as exc:
+            raise UsageError(f"--compare: {exc}") from None
+    return unique
+
+
+def compare_models(
+    split: Split,
+    models: Sequence[str],
+    config: EvalConfig,
+    progress: Optional[EvalProgress] = None,
+) -> list[CompareRow]:
+    """Evaluate every model on ``split``; missing weights make a skipped row, not an error."""
+    rows: list[CompareRow] = []
+    for name in models:
+        try:
+            result = evaluate_split(split, with_model(config, name), progress)
+        except WeightsUnavailableError:
+            rows.append(CompareRow(name, skipped=f"weights not available offline (geoloc models download {name})"))
+            continue
+        rows.append(CompareRow(name, result=result))
+    return rows

@@ -1,0 +1,609 @@
+"""Benchmark splits: which images form the database, which are queries, and where each was taken.
+
+Place-recognition benchmarks ship their ground truth in three ways — UTM coordinates packed into
+file names, MATLAB ``dbStruct`` files, or plain tables — and users' own photos carry it in EXIF.
+Every reader here turns its format into one :class:`Split`, so the metrics never care where the
+truth came from. Benchmarks score positives by planar UTM distance (that is how the published
+figures were computed), so UTM is kept when a dataset has it; otherwise distances are great-circle.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from geoloc.errors import GeolocError, PhotoError, UsageError
+from geoloc.geo import EARTH_RADIUS_M, haversine_m, is_valid_position, utm_to_latlon
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"})
+
+# Street-level benchmarks whose .mat files carry UTM without a zone: the zone of their city.
+KNOWN_UTM_ZONES = {"pitts": (17, True), "tokyo": (54, True)}
+
+
+@dataclass
+class Positions:
+    """Ground-truth positions of a list of images.
+
+    ``lat``/``lon`` are NaN where unknown; ``utm`` is an (N, 2) east/north array in metres when
+    every image has UTM coordinates in one zone, else None.
+    """
+
+    lat: np.ndarray
+    lon: np.ndarray
+    utm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.lat)
+
+    @property
+    def has_latlon(self) -> bool:
+        return bool(len(self.lat)) and bool(np.all(np.isfinite(self.lat)) and np.all(np.isfinite(self.lon)))
+
+    def subset(self, index: Sequence[int]) -> Positions:
+        index = np.asarray(index, dtype=np.int64)
+        return Positions(self.lat[index], self.lon[index], None if self.utm is None else self.utm[index])
+
+
+@dataclass
+class Split:
+    """One evaluation split: database images and query images with their true positions."""
+
+    name: str
+    kind: str  # "exif", "utm-names", "dbstruct", "csv"
+    source: str  # what identifies the dataset on disk (for cache keys and reports)
+    db_paths: list[Path]
+    db: Positions
+    query_paths: list[Path]
+    queries: Positions
+    threshold_m: float | None = None  # the dataset's own positive radius (posDistThr), if any
+    problems: list[PhotoError] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        """``utm`` when both sides share planar UTM coordinates, else ``geo`` (great circle)."""
+        if self.db.utm is not None and self.queries.utm is not None:
+            return "utm"
+        return "geo"
+
+    def fingerprint(self) -> str:
+        """Identifies the split's content: same images and same truth give the same key."""
+        h = hashlib.sha256()
+        h.update(f"{self.kind}\n".encode())
+        for paths, pos in ((self.db_paths, self.db), (self.query_paths, self.queries)):
+            h.update(b"--\n")
+            for i, p in enumerate(paths):
+                h.update(f"{p}\t{_fmt(pos.lat[i])}\t{_fmt(pos.lon[i])}".encode())
+                if pos.utm is not None:
+                    h.update(f"\t{pos.utm[i, 0]:.3f}\t{pos.utm[i, 1]:.3f}".encode())
+                h.update(b"\n")
+        return h.hexdigest()
+
+    def distances_m(self, query: int, db_index: Sequence[int]) -> np.ndarray:
+        """Distances in metres from query ``query`` to the database images ``db_index``."""
+        db_index = np.asarray(db_index, dtype=np.int64)
+        if self.metric == "utm":
+            diff = self.db.utm[db_index] - self.queries.utm[query]
+            return np.hypot(diff[:, 0], diff[:, 1])
+        return np.atleast_1d(
+            haversine_m(self.queries.lat[query], self.queries.lon[query], self.db.lat[db_index], self.db.lon[db_index])
+        ).astype(np.float64)
+
+    def positives(self, threshold_m: float) -> list[np.ndarray]:
+        """For each query, the database images within ``threshold_m`` (sorted by distance)."""
+        from scipy.spatial import cKDTree
+
+        if self.metric == "utm":
+            db_xyz, q_xyz, radius = self.db.utm, self.queries.utm, threshold_m
+        else:
+            db_xyz, q_xyz = _ecef(self.db.lat, self.db.lon), _ecef(self.queries.lat, self.queries.lon)
+            # a chord is shorter than its arc: the arc's chord as the search radius, exactly
+            radius = 2 * EARTH_RADIUS_M * math.sin(min(threshold_m / (2 * EARTH_RADIUS_M), math.pi / 2))
+        if len(db_xyz) == 0:
+            return [np.zeros(0, dtype=np.int64) for _ in range(len(q_xyz))]
+        tree = cKDTree(db_xyz)
+        out = []
+        for i, hits in enumerate(tree.query_ball_point(q_xyz, r=radius * (1 + 1e-12))):
+            hits = np.asarray(sorted(hits), dtype=np.int64)
+            if len(hits):
+                d = self.distances_m(i, hits)
+                keep = d <= threshold_m
+                hits, d = hits[keep], d[keep]
+                hits = hits[np.argsort(d, kind="stable")]
+            out.append(hits)
+        return out
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.7f}"
+
+
+def _ecef(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    la, lo = np.radians(lat), np.radians(lon)
+    return EARTH_RADIUS_M * np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# building positions
+
+
+def _positions_from_rows(rows: list[tuple[float, float, float, float, int | None, bool | None]]) -> Positions:
+    """rows: (lat, lon, east, north, zone, northern) with NaN/None where unknown."""
+    lat = np.array([r[0] for r in rows], dtype=np.float64)
+    lon = np.array([r[1] for r in rows], dtype=np.float64)
+    utm = None
+    zones = {(r[4], r[5]) for r in rows}
+    if rows and all(math.isfinite(r[2]) and math.isfinite(r[3]) for r in rows) and len(zones) == 1:
+        utm = np.array([[r[2], r[3]] for r in rows], dtype=np.float64)
+    # fill lat/lon from UTM where the zone is known, so maps and CSVs have coordinates
+    for i, r in enumerate(rows):
+        if not (math.isfinite(lat[i]) and math.isfinite(lon[i])) and r[4] is not None and math.isfinite(r[2]):
+            lat[i], lon[i] = utm_to_latlon(r[2], r[3], int(r[4]), bool(r[5]))
+    return Positions(lat, lon, utm)
+
+
+def _unify(split: Split) -> Split:
+    """UTM on one side only, or in two zones, cannot be compared: fall back to lat/lon."""
+    if split.db.utm is not None and split.queries.utm is not None:
+        return split
+    split.db.utm = None
+    split.queries.utm = None
+    for side in ("database", "queries"):
+        pos = split.db if side == "database" else split.queries
+        if len(pos) and not pos.has_latlon:
+            raise GeolocError(
+                f"{split.source}: {side} positions are in UTM without a zone and the other side is not; "
+                "pass --utm-zone (e.g. 17T) to compare them"
+            )
+    return split
+
+
+# ---------------------------------------------------------------------------------------------
+# the @UTM_east@UTM_north@zone@letter@lat@lon@...@.jpg file-name convention
+
+
+def parse_utm_name(name: str) -> tuple[float, float, float, float, int | None, bool | None]:
+    """(lat, lon, east, north, zone, northern) from a benchmark file name; ValueError if none.
+
+    Fields may be empty; a name needs either east+north or lat+lon.
+    """
+    stem = Path(name).name
+    parts = stem.split("@")
+    if len(parts) < 3 or parts[0] != "":
+        raise ValueError("file name does not follow the @UTM_east@UTM_north@zone@letter@lat@lon@…@ convention")
+
+    def num(i: int) -> float:
+        if i >= len(parts) or parts[i].strip() == "":
+            return math.nan
+        try:
+            return float(parts[i])
+        except ValueError:
+            raise ValueError(f"field {i} ({parts[i]!r}) is not a number") from None
+
+    east, north = num(1), num(2)
+    lat, lon = num(5), num(6)
+    zone: int | None = None
+    northern: bool | None = None
+    if len(parts) > 3 and parts[3].strip():
+        try:
+            zone = int(float(parts[3]))
+        except ValueError:
+            raise ValueError(f"UTM zone {parts[3]!r} is not a number") from None
+        if not 1 <= zone <= 60:
+            raise ValueError(f"UTM zone {zone} is outside 1–60")
+    if len(parts) > 4 and parts[4].strip():
+        letter = parts[4].strip().upper()
+        northern = letter >= "N"
+    elif zone is not None and math.isfinite(lat):
+        northern = lat >= 0
+    elif zone is not None:
+        northern = True
+    has_utm = math.isfinite(east) and math.isfinite(north)
+    has_ll = math.isfinite(lat) and math.isfinite(lon)
+    if not has_utm and not has_ll:
+        raise ValueError("file name carries neither UTM nor lat/lon")
+    if has_ll and not is_valid_position(lat, lon):
+        raise ValueError(f"lat/lon {lat}, {lon} out of range")
+    return lat, lon, east, north, zone, northern
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def find_utm_split_folders(root: Path, split: str = "test") -> tuple[Path, Path] | None:
+    """The database and queries folders of a benchmark laid out as images/<split>/{database,queries}."""
+    for base in (root / "images" / split, root / split, root):
+        db, q = base / "database", base / "queries"
+        if db.is_dir() and q.is_dir():
+            return db, q
+    return None
+
+
+def read_utm_folder(root: Path, split: str = "test") -> Split:
+    """A benchmark folder in the @UTM@ file-name convention (images/<split>/{database,queries})."""
+    root = Path(root)
+    folders = find_utm_split_folders(root, split)
+    if folders is None:
+        raise GeolocError(f"{root}: no images/{split}/database and images/{split}/queries folders")
+    problems: list[PhotoError] = []
+    sides = []
+    for folder in folders:
+        paths, rows = [], []
+        for p in _list_images(folder):
+            try:
+                rows.append(parse_utm_name(p.name))
+            except ValueError as exc:
+                problems.append(PhotoError(p, str(exc)))
+                continue
+            paths.append(p.absolute())
+        if not paths:
+            raise GeolocError(f"{folder}: no images named in the @UTM_east@UTM_north@zone@letter@lat@lon@…@ convention")
+        sides.append((paths, _positions_from_rows(rows)))
+    (db_paths, db), (q_paths, q) = sides
+    name = root.resolve().name if root.resolve().name not in ("images", split) else root.resolve().parent.name
+    out = Split(name, "utm-names", str(root.resolve()), db_paths, db, q_paths, q, None, problems)
+    return _unify(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pittsburgh / Tokyo 24/7 dbStruct .mat files
+
+
+def _mat_field(struct, name: str):
+    value = getattr(struct, name, None)
+    if value is None and hasattr(struct, "_fieldnames"):
+        for f in struct._fieldnames:
+            if f.lower() == name.lower():
+                return getattr(struct, f)
+    return value
+
+
+def _as_names(value) -> list[str]:
+    arr = np.atleast_1d(np.asarray(value, dtype=object)).ravel()
+    out = []
+    for v in arr:
+        while isinstance(v, np.ndarray):
+            v = v.ravel()[0] if v.size else ""
+        out.append(str(v).strip())
+    return out
+
+
+def _as_utm(value, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 1 and arr.size == 2 and n == 1:
+        arr = arr.reshape(2, 1)
+    if arr.ndim == 2 and arr.shape == (2, n):
+        return arr.T.copy()
+    if arr.ndim == 2 and arr.shape == (n, 2):
+        return arr.copy()
+    raise ValueError(f"{what} has shape {arr.shape}, expected 2×{n}")
+
+
+def parse_utm_zone(text: str) -> tuple[int, bool]:
+    """'17T' / '17' / '54S' / '33s' → (zone, northern); letters N–X are northern bands."""
+    t = text.strip().upper()
+    digits = "".join(c for c in t if c.isdigit())
+    letter = t[len(digits):] if t.startswith(digits) else ""
+    if not digits or not 1 <= int(digits) <= 60 or len(letter) > 1 or (letter and not letter.isalpha()):
+        raise UsageError(f"--utm-zone {text!r}: expected a zone number and band letter such as 17T")
+    return int(digits), (letter >= "N") if letter else True
+
+
+def read_dbstruct(
+    mat_path: Path,
+    images_root: Path | None = None,
+    queries_root: Path | None = None,
+    utm_zone: str | None = None,
+) -> Split:
+    """A Pittsburgh / Tokyo 24/7 ``dbStruct`` .mat file and the folder its images live in.
+
+    Image names are relative (``000/000000_pitch1_yaw1.jpg``); the database images are looked up
+    under ``images_root`` (default: the .mat file's folder) and the queries under ``queries_root``
+    (default: the first of ``queries_real``, ``query``, ``queries`` under the images root that
+    exists). Files that are missing are reported and skipped.
+    """
+    mat_path = Path(mat_path)
+    try:
+        from scipy.io import loadmat
+
+        mat = loadmat(str(mat_path), squeeze_me=True, struct_as_record=False)
+    except FileNotFoundError:
+        raise GeolocError(f"{mat_path}: no such file") from None
+    except NotImplementedError:
+        raise GeolocError(f"{mat_path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with -v7") from None
+    except Exception as exc:
+        raise GeolocError(f"{mat_path}: not a readable MATLAB .mat file ({exc})") from None
+    struct = mat.get("dbStruct")
+    if struct is None:
+        raise GeolocError(f"{mat_path}: no 'dbStruct' variable (found: {', '.join(k for k in mat if not k.startswith('__')) or 'nothing'})")
+    if isinstance(struct, np.ndarray):
+        struct = struct.ravel()[0]
+    fields = {}
+    for name in ("dbImageFns", "utmDb", "qImageFns", "utmQ"):
+        value = _mat_field(struct, name)
+        if value is None:
+            raise GeolocError(f"{mat_path}: dbStruct has no field {name}")
+        fields[name] = value
+    try:
+        db_names = _as_names(fields["dbImageFns"])
+        q_names = _as_names(fields["qImageFns"])
+        db_utm = _as_utm(fields["utmDb"], len(db_names), "utmDb")
+        q_utm = _as_utm(fields["utmQ"], len(q_names), "utmQ")
+    except ValueError as exc:
+        raise GeolocError(f"{mat_path}: {exc}") from None
+    thr = _mat_field(struct, "posDistThr")
+    threshold = float(np.asarray(thr, dtype=np.float64).ravel()[0]) if thr is not None and np.size(thr) else None
+    label = " ".join(
+        str(_mat_field(struct, f)) for f in ("dataset", "whichSet") if isinstance(_mat_field(struct, f), str)
+    )
+
+    zone: tuple[int, bool] | None = parse_utm_zone(utm_zone) if utm_zone else None
+    if zone is None:
+        hint = f"{label} {mat_path.name}".lower()
+        zone = next((z for key, z in KNOWN_UTM_ZONES.items() if key in hint), None)
+
+    root = Path(images_root) if images_root is not None else mat_path.parent
+    if queries_root is None:
+        queries_root = next((root / d for d in ("queries_real", "query", "queries") if (root / d).is_dir()), root)
+    problems: list[PhotoError] = []
+
+    def side(names: list[str], utm: np.ndarray, base: Path, what: str) -> tuple[list[Path], Positions]:
+        keep, paths = [], []
+        for i, fn in enumerate(names):
+            found = _resolve_image(base, fn)
+            if found is None:
+                problems.append(PhotoError(base / fn, f"{what} image listed in {mat_path.name} not found"))
+                continue
+            keep.append(i)
+            paths.append(found)
+        utm_k = utm[np.asarray(keep, dtype=np.int64)] if keep else np.zeros((0, 2))
+        lat = np.full(len(keep), np.nan)
+        lon = np.full(len(keep), np.nan)
+        if zone is not None:
+            for j, (e, n) in enumerate(utm_k):
+                lat[j], lon[j] = utm_to_latlon(float(e), float(n), zone[0], zone[1])
+        return paths, Positions(lat, lon, utm_k)
+
+    db_paths, db = side(db_names, db_utm, root, "database")
+    q_paths, q = side(q_names, q_utm, Path(queries_root), "query")
+    if not db_paths:
+        raise GeolocError(
+            f"{mat_path}: none of its {len(db_names)} database images were found under {root} "
+            "(pass --images-root, the folder that holds them)"
+        )
+    if not q_paths:
+        raise GeolocError(
+            f"{mat_path}: none of its {len(q_names)} query images were found under {queries_root} "
+            "(pass --queries-root, the folder that holds them)"
+        )
+    name = mat_path.stem
+    return Split(name, "dbstruct", str(mat_path.resolve()), db_paths, db, q_paths, q, threshold, problems)
+
+
+def _resolve_image(base: Path, name: str) -> Path | None:
+    """The file a .mat entry names; Tokyo 24/7 lists .png names for images shipped as .jpg."""
+    rel = Path(name.replace("\\", "/"))
+    candidates = [base / rel, base / "images" / rel, base / "database" / rel, base / rel.name]
+    for c in candidates:
+        if c.is_file():
+            return c.absolute()
+    for c in candidates[:3]:
+        for suffix in (".jpg", ".png", ".jpeg"):
+            alt = c.with_suffix(suffix)
+            if alt != c and alt.is_file():
+                return alt.absolute()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# plain CSV: path, lat, lon
+
+_PATH_COLS = ("path", "file", "filename", "image", "name", "query")
+_LAT_COLS = ("lat", "latitude", "gps_lat")
+_LON_COLS = ("lon", "lng", "long", "longitude", "gps_lon")
+
+
+def read_location_csv(csv_path: Path, problems: list[PhotoError] | None = None) -> tuple[list[Path], Positions]:
+    """Rows of path, lat, lon (a header naming them is optional; other columns are ignored).
+
+    Relative paths are relative to the CSV's folder. Bad rows are reported and skipped.
+    """
+    csv_path = Path(csv_path)
+    problems = problems if problems is not None else []
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise GeolocError(f"{csv_path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeolocError(f"{csv_path}: cannot read ({exc})") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = list(csv.reader(text.splitlines(), dialect))
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise GeolocError(f"{csv_path}: empty CSV")
+    header = [c.strip().lower() for c in rows[0]]
+    cols = (0, 1, 2)
+    start = 0
+    if not _is_number(rows[0][1] if len(rows[0]) > 1 else ""):
+        start = 1
+
+        def pick(names: tuple[str, ...], default: int) -> int:
+            return next((header.index(n) for n in names if n in header), default)
+
+        cols = (pick(_PATH_COLS, 0), pick(_LAT_COLS, 1), pick(_LON_COLS, 2))
+        if len(set(cols)) < 3:
+            raise GeolocError(f"{csv_path}: cannot tell the path, lat and lon columns apart in the header {rows[0]}")
+    base = csv_path.parent
+    paths, lat, lon = [], [], []
+    for line_no, row in enumerate(rows[start:], start=start + 1):
+        try:
+            raw = row[cols[0]].strip()
+            la, lo = float(row[cols[1]]), float(row[cols[2]])
+        except (IndexError, ValueError):
+            problems.append(PhotoError(f"{csv_path}:{line_no}", "expected path, lat, lon"))
+            continue
+        p = Path(raw).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not is_valid_position(la, lo):
+            problems.append(PhotoError(p, f"{csv_path.name} line {line_no}: invalid position {la}, {lo}"))
+            continue
+        if not p.is_file():
+            problems.append(PhotoError(p, f"listed in {csv_path.name} line {line_no} but not found"))
+            continue
+        paths.append(p.absolute())
+        lat.append(la)
+        lon.append(lo)
+    return paths, Positions(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# photos with EXIF GPS
+
+
+def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
+    """Photos, folders and globs (quoted, so the shell leaves them) as a list of paths."""
+    out: list[Path] = []
+    for item in inputs:
+        s = str(item)
+        if any(c in s for c in "*?[") and not Path(s).exists():
+            matches = sorted(glob.glob(str(Path(s).expanduser()), recursive=True))
+            if not matches:
+                raise GeolocError(f"{s}: no files match this pattern")
+            out.extend(Path(m) for m in matches)
+        else:
+            p = Path(s).expanduser()
+            if not p.exists():
+                raise GeolocError(f"{p}: no such file or folder")
+            out.append(p)
+    return out
+
+
+def photos_with_gps(
+    inputs: Iterable[Path | str],
+    problems: list[PhotoError],
+    read_meta: Callable[[Path], object] | None = None,
+) -> tuple[list[Path], Positions, int]:
+    """Discovered photos that carry a usable EXIF position; returns (paths, positions, skipped)."""
+    from geoloc.photos import discover
+    from geoloc.photos import read_meta as _read_meta
+
+    read_meta = read_meta or _read_meta
+    paths, lat, lon = [], [], []
+    skipped = 0
+    for p in discover(expand_inputs(inputs), on_error=problems.append):
+        meta = read_meta(p)
+        if getattr(meta, "located", False):
+            paths.append(Path(p).absolute())
+            lat.append(float(meta.lat))
+            lon.append(float(meta.lon))
+        else:
+            skipped += 1
+    return paths, Positions(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)), skipped
+
+
+def read_csv_split(queries_csv: Path, db_source: Sequence[Path | str]) -> Split:
+    """Queries from a CSV of path, lat, lon; the database from a CSV too, or photos with EXIF GPS."""
+    problems: list[PhotoError] = []
+    q_paths, q = read_location_csv(Path(queries_csv), problems)
+    if not q_paths:
+        raise GeolocError(f"{queries_csv}: no usable rows of path, lat, lon")
+    db_paths, db = _db_side(db_source, problems)
+    source = f"{Path(queries_csv).resolve()} | " + " ".join(str(Path(s).resolve()) if Path(s).exists() else str(s) for s in db_source)
+    return Split(Path(queries_csv).stem, "csv", source, db_paths, db, q_paths, q, None, problems)
+
+
+def read_exif_split(queries: Sequence[Path | str], db_source: Sequence[Path | str]) -> Split:
+    """Queries and database both from photos whose EXIF carries GPS (or a CSV for the database)."""
+    problems: list[PhotoError] = []
+    q_paths, q, skipped = photos_with_gps(queries, problems)
+    if not q_paths:
+        raise GeolocError("none of the query photos carries a GPS position to score against")
+    db_paths, db = _db_side(db_source, problems)
+    overlap = {os.path.realpath(p) for p in q_paths} & {os.path.realpath(p) for p in db_paths}
+    if overlap:
+        raise UsageError(
+            f"{len(overlap)} photos are both queries and database images (e.g. {sorted(overlap)[0]}); "
+            "a query would find itself"
+        )
+    source = " ".join(sorted(str(Path(s).resolve()) if Path(s).exists() else str(s) for s in db_source))
+    return Split(_common_name(db_paths + q_paths), "exif", source, db_paths, db, q_paths, q, None, problems)
+
+
+def _common_name(paths: Sequence[Path]) -> str:
+    """A readable dataset name: the folder the photos share (its parent for a generic name)."""
+    try:
+        common = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
+    except ValueError:
+        return "photos"
+    if common.suffix.lower() in IMAGE_SUFFIXES:
+        common = common.parent
+    if common.name.lower() in ("images", "photos", "db", "database", "queries", "jpg") and common.parent.name:
+        return common.parent.name
+    return common.name or "photos"
+
+
+def _db_side(db_source: Sequence[Path | str], problems: list[PhotoError]) -> tuple[list[Path], Positions]:
+    if len(db_source) == 1 and str(db_source[0]).lower().endswith(".csv") and Path(db_source[0]).is_file():
+        paths, pos = read_location_csv(Path(db_source[0]), problems)
+    else:
+        paths, pos, _ = photos_with_gps(db_source, problems)
+    if not paths:
+        raise GeolocError("the database side has no images with a position: " + ", ".join(map(str, db_source)))
+    return paths, pos
+
+
+# ---------------------------------------------------------------------------------------------
+# auto-detection
+
+
+def load_dataset(
+    path: Path,
+    *,
+    db_images: Sequence[Path | str] = (),
+    images_root: Path | None = None,
+    queries_root: Path | None = None,
+    split: str = "test",
+    utm_zone: str | None = None,
+) -> Split:
+    """Recognise a benchmark by its shape: an @UTM@ folder, a dbStruct .mat, or a CSV of queries."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise GeolocError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if find_utm_split_folders(path, split) is not None:
+            return read_utm_folder(path, split)
+        mats = sorted(path.glob(f"*{split}*.mat")) or sorted(path.glob("*.mat"))
+        if len(mats) == 1:
+            return read_dbstruct(mats[0], images_root or path, queries_root, utm_zone)
+        raise GeolocError(
+            f"{path}: not a benchmark folder (expected images/{split}/database and images/{split}/queries "
+            f"in the @UTM@ naming, or one dbStruct .mat file; found {len(mats)} .mat files)"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".mat":
+        return read_dbstruct(path, images_root, queries_root, utm_zone)
+    if suffix in (".csv", ".tsv", ".txt"):
+        if not db_images:
+            raise UsageError(f"{path}: a CSV of queries needs its database: --db-images DB.csv or a folder of GPS-tagged photos")
+        return read_csv_split(path, db_images)
+    raise GeolocError(f"{path}: unknown dataset format (expected a folder, a .mat or a .csv file)")

@@ -1,0 +1,468 @@
+"""Run one model over one split: descriptors (cached), search, position estimate, outcomes.
+
+Nothing here extracts, searches or estimates on its own: the database side is built by
+``geoloc.indexer.index_photos``, query descriptors come from ``geoloc.extract.Extractor``, the
+search is ``geoloc.localize.SearchIndex`` and the estimate ``geoloc.localize.estimate_position``,
+so the figures measure exactly what ``geoloc index`` and ``geoloc locate`` do. What is specific
+to evaluation is that the truth comes from the benchmark (not from EXIF), and that everything
+expensive is cached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from geoloc.errors import GeolocError, PhotoError, UsageError
+from geoloc.evaluation.cache import CacheStats, QueryDescriptorCache, eval_cache_dir, file_stamp, settings_key
+from geoloc.evaluation.datasets import Positions, Split, photos_with_gps
+from geoloc.evaluation.metrics import RECALL_NS, Candidate, QueryOutcome, Summary, summarize
+from geoloc.geo import haversine_m, utm_to_latlon
+
+DEFAULT_THRESHOLD_M = 25.0
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; the defaults are those of ``geoloc index`` / ``geoloc locate``."""
+
+    model: Optional[str] = None  # registry name or model file; None: the registry default
+    threshold_m: Optional[float] = None  # None: the dataset's own (posDistThr), else 25 m
+    top_k: int = 10  # candidates per query kept in the per-query CSV/JSON
+    max_side: Optional[int] = None  # None: the model's default
+    batch_size: int = 16
+    workers: Optional[int] = None
+    device: str = "auto"
+    estimate_k: int = 10  # candidates the position estimate looks at (as in geoloc locate)
+    recall_ns: tuple[int, ...] = RECALL_NS
+    vocabulary_photos: int = 300
+
+    def check(self) -> None:
+        if self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.threshold_m is not None and not (self.threshold_m > 0 and math.isfinite(self.threshold_m)):
+            raise UsageError(f"--threshold-m must be a positive number of metres, got {self.threshold_m}")
+        if self.max_side is not None and self.max_side < 32:
+            raise UsageError(f"--max-side must be at least 32 pixels, got {self.max_side}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    @property
+    def search_depth(self) -> int:
+        return max(self.top_k, max(self.recall_ns), self.estimate_k)
+
+
+class EvalProgress:
+    """Callbacks for people watching (the CLI draws them); the same shape as the indexer's."""
+
+    def stage(self, description: str, total: Optional[int]) -> None:
+        """A new phase begins."""
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more images of the phase are done."""
+
+    def warning(self, path: Path, reason: str) -> None:
+        """One image could not be used; the run goes on."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+@dataclass
+class EvalResult:
+    """Everything one evaluation produced: the figures, the per-query outcomes, where they came from."""
+
+    model: str
+    dim: int
+    dataset: str
+    kind: str
+    threshold_m: float
+    summary: Summary
+    outcomes: list[QueryOutcome]
+    database_images: int
+    descriptors: dict[str, int] = field(default_factory=dict)
+    cache: Optional[Path] = None
+    problems: list[PhotoError] = field(default_factory=list)
+    skipped_queries: int = 0  # queries without ground truth (no EXIF GPS)
+
+    def to_json(self, include_queries: bool = False, top_k: int = 10) -> dict:
+        s = self.summary
+        data = {
+            "model": self.model,
+            "queries": s.queries,
+            "threshold_m": self.threshold_m,
+            "recall": {str(n): _r(v, 4) for n, v in s.recall.items()},
+            "median_error_m": _r(s.median_error_m, 2),
+            "mean_error_m": _r(s.mean_error_m, 2),
+            "p90_error_m": _r(s.p90_error_m, 2),
+            "dim": self.dim,
+            "dataset": {"name": self.dataset, "kind": self.kind, "database_images": self.database_images},
+            "queries_without_positive": s.queries_without_positive,
+            "queries_failed": s.failed,
+            "queries_without_gps": self.skipped_queries,
+            "descriptors": dict(self.descriptors),
+            "cache": str(self.cache) if self.cache else None,
+            "errors": [{"path": str(p.path), "reason": p.reason} for p in self.problems],
+        }
+        if include_queries:
+            data["per_query"] = [_outcome_json(o, top_k) for o in self.outcomes]
+        return data
+
+
+def _r(v: Optional[float], digits: int) -> Optional[float]:
+    if v is None or not math.isfinite(v):
+        return None
+    return round(float(v), digits)
+
+
+def _outcome_json(o: QueryOutcome, top_k: int) -> dict:
+    return {
+        "query": o.query,
+        "truth": None if o.true_lat is None else {"lat": _r(o.true_lat, 7), "lon": _r(o.true_lon, 7)},
+        "estimate": None if o.estimate_lat is None else {"lat": _r(o.estimate_lat, 7), "lon": _r(o.estimate_lon, 7), "radius_m": _r(o.radius_m, 1)},
+        "error_m": _r(o.error_m, 2),
+        "candidates": [
+            {"rank": c.rank, "path": c.path, "score": _r(c.score, 6), "truth_distance_m": _r(c.truth_distance_m, 2)}
+            for c in o.candidates[:top_k]
+        ],
+        "error": o.error,
+    }
+
+
+def resolve_threshold(config: EvalConfig, split: Optional[Split] = None) -> float:
+    if config.threshold_m is not None:
+        return float(config.threshold_m)
+    if split is not None and split.threshold_m:
+        return float(split.threshold_m)
+    return DEFAULT_THRESHOLD_M
+
+
+def model_spec(config: EvalConfig) -> str:
+    from geoloc.indexer import _model_key, default_model_name
+
+    return _model_key(config.model or default_model_name())
+
+
+# ---------------------------------------------------------------------------------------------
+# a benchmark split: the database side is built into the cache
+
+
+def evaluate_split(split: Split, config: EvalConfig, progress: Optional[EvalProgress] = None) -> EvalResult:
+    """recall@N of one model on one split, with the database built (once) into the eval cache."""
+    from geoloc.database import Database
+    from geoloc.indexer import IndexConfig, IndexProgress, index_photos
+
+    config.check()
+    progress = progress or EvalProgress()
+    threshold = resolve_threshold(config, split)
+    spec = model_spec(config)
+    settings = {"max_side": config.max_side, "model_file": _file_key(spec)}
+    folder = eval_cache_dir(split.name, split.fingerprint(), settings_key(spec, None, settings))
+    db_dir = folder / "database"
+
+    class _Forward(IndexProgress):  # index_photos closes its progress; the evaluation goes on
+        def stage(self, description, total):
+            progress.stage(f"Database: {description.lower()}", total)
+
+        def advance(self, n=1):
+            progress.advance(n)
+
+        def warning(self, path, reason):
+            progress.warning(path, reason)
+
+    report = index_photos(
+        split.db_paths,
+        db_dir,
+        IndexConfig(
+            model=spec,
+            max_side=config.max_side,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            device=config.device,
+            vocabulary_photos=config.vocabulary_photos,
+        ),
+        progress=_Forward(),
+    )
+    problems = list(split.problems) + [PhotoError(p, r) for p, r in report.error_files]
+
+    with Database.open(db_dir) as database:
+        manifest = dict(database.manifest)
+        records, matrix = database.descriptor_matrix(located_only=False)
+        index_of = {os.path.realpath(p): i for i, p in enumerate(split.db_paths)}
+        keep_rows, split_rows = [], []
+        for r, rec in enumerate(records):
+            i = index_of.get(os.path.realpath(rec.path))
+            if i is not None:
+                keep_rows.append(r)
+                split_rows.append(i)
+        if not split_rows:
+            raise GeolocError(f"{split.source}: none of the database images could be used")
+        db_matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
+        del matrix
+        split_rows_arr = np.asarray(split_rows, dtype=np.int64)
+
+        state = f"{manifest.get('weights_hash')}|{manifest.get('vocabulary_sha256')}|{manifest['preprocess']}|{manifest['dim']}"
+        qcache = QueryDescriptorCache(folder, state)
+        model_holder: dict = {}
+
+        def compute(paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
+            return _extract_queries(database, paths, config, model_holder, progress)
+
+        q_desc, q_errors, qstats = qcache.get_or_compute(split.query_paths, compute, int(manifest["dim"]))
+
+    for i, reason in q_errors.items():
+        problems.append(PhotoError(split.query_paths[i], reason))
+    outcomes = _search_and_score(split, split_rows_arr, db_matrix, q_desc, q_errors, threshold, config)
+    summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
+    return EvalResult(
+        model=str(manifest["model"]),
+        dim=int(manifest["dim"]),
+        dataset=split.name,
+        kind=split.kind,
+        threshold_m=threshold,
+        summary=summary,
+        outcomes=outcomes,
+        database_images=len(split_rows),
+        descriptors={
+            "database_computed": report.indexed,
+            "database_cached": report.unchanged,
+            "queries_computed": qstats.computed,
+            "queries_cached": qstats.cached,
+        },
+        cache=folder,
+        problems=problems,
+    )
+
+
+def _file_key(spec: str) -> Optional[list]:
+    """A model file's size and mtime: a re-trained file gets a fresh cache, not stale descriptors."""
+    p = Path(spec)
+    if p.is_file():
+        stamp = file_stamp(p)
+        return list(stamp) if stamp else None
+    return None
+
+
+def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: dict, progress: EvalProgress):
+    """Query descriptors with the database's own model, vocabulary and image size."""
+    from geoloc.extract import ExtractConfig, Extractor, default_workers
+    from geoloc.localize import load_database_model
+
+    if "extractor" not in holder:
+        model = load_database_model(database, config.device)
+        try:
+            device = str(next(model.parameters()).device)
+        except StopIteration:  # pragma: no cover
+            device = "cpu"
+        holder["extractor"] = Extractor(
+            model,
+            ExtractConfig(
+                max_side=int(database.manifest["preprocess"]["max_side"]),
+                batch_size=config.batch_size,
+                workers=config.workers or default_workers(),
+                hash_files=False,
+            ),
+            device=device,
+        )
+    extractor = holder["extractor"]
+    position = {os.fspath(p): i for i, p in enumerate(paths)}
+    out = np.full((len(paths), database.dim), np.nan, dtype=np.float32)
+    errors: dict[int, str] = {}
+    progress.stage("Queries", len(paths))
+
+    def failed(item) -> None:
+        i = position.get(os.fspath(item.path))
+        if i is not None:
+            errors[i] = item.error.reason if item.error is not None else "unusable"
+            progress.warning(item.path, errors[i])
+        progress.advance(1)
+
+    for items, desc in extractor.descriptors(paths, on_error=failed):
+        for item, row in zip(items, desc):
+            out[position[os.fspath(item.path)]] = row
+        progress.advance(len(items))
+    for i in range(len(paths)):
+        if i not in errors and np.isnan(out[i]).any():
+            errors[i] = "no descriptor could be computed"
+    return out, errors
+
+
+def _estimator_positions(pos: Positions, ref: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """lat/lon the estimator can work in, and whether they are real.
+
+    A dbStruct without a known UTM zone has planar UTM only. The estimator works on lat/lon, and
+    distances between points converted from UTM do not depend on the zone chosen (it only shifts
+    longitude), so such points go through a stand-in zone around the equator: the estimate's
+    error in metres is right, its coordinates mean nothing and are not reported.
+    """
+    if pos.has_latlon or pos.utm is None or ref is None:
+        return pos.lat, pos.lon, True
+    lat = np.empty(len(pos))
+    lon = np.empty(len(pos))
+    for i, (e, n) in enumerate(pos.utm):
+        lat[i], lon[i] = utm_to_latlon(float(e - ref[0] + 500000.0), float(n - ref[1]), 31, True)
+    return lat, lon, False
+
+
+def _search_and_score(
+    split: Split,
+    split_rows: np.ndarray,
+    db_matrix: np.ndarray,
+    q_desc: np.ndarray,
+    q_errors: dict[int, str],
+    threshold: float,
+    config: EvalConfig,
+) -> list[QueryOutcome]:
+    from geoloc.localize import EstimateConfig, SearchConfig, SearchIndex, estimate_position
+
+    # Exact search always: published recall figures are exhaustive nearest neighbours.
+    index = SearchIndex(db_matrix, SearchConfig(ivf_threshold=2**62))
+    ok = [i for i in range(len(split.query_paths)) if i not in q_errors]
+    scores = ids = None
+    if ok:
+        scores, ids = index.search(q_desc[ok], config.search_depth)
+    available = np.zeros(len(split.db_paths), dtype=bool)
+    available[split_rows] = True
+    positives = split.positives(threshold)
+
+    ref = None
+    if split.db.utm is not None:
+        ref = np.median(np.concatenate([split.db.utm, split.queries.utm]), axis=0)
+    db_lat, db_lon, real = _estimator_positions(split.db, ref)
+    q_lat, q_lon, _ = _estimator_positions(split.queries, ref)
+    est_cfg = EstimateConfig()
+
+    outcomes: list[QueryOutcome] = []
+    row_of = {q: r for r, q in enumerate(ok)}
+    for qi, path in enumerate(split.query_paths):
+        tl, tn = _opt(split.queries.lat[qi]), _opt(split.queries.lon[qi])
+        o = QueryOutcome(str(path), tl, tn)
+        if qi in q_errors:
+            o.error = q_errors[qi]
+            outcomes.append(o)
+            continue
+        r = row_of[qi]
+        valid = ids[r] >= 0
+        rows = split_rows[ids[r][valid]]
+        sims = scores[r][valid].astype(np.float64)
+        dists = split.distances_m(qi, rows)
+        o.candidates = [
+            Candidate(k + 1, str(split.db_paths[j]), _opt(split.db.lat[j]), _opt(split.db.lon[j]), float(s), float(d))
+            for k, (j, s, d) in enumerate(zip(rows, sims, dists))
+        ]
+        o.has_positive = bool(available[positives[qi]].any())
+        n_est = max(1, min(config.estimate_k, len(rows)))
+        if len(rows):
+            est = estimate_position(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], est_cfg)
+            if est is not None:
+                o.radius_m = float(est.radius_m)
+                o.error_m = float(haversine_m(est.lat, est.lon, q_lat[qi], q_lon[qi]))
+                if real:
+                    o.estimate_lat, o.estimate_lon = float(est.lat), float(est.lon)
+        outcomes.append(o)
+    return outcomes
+
+
+def _opt(v: float) -> Optional[float]:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the SPEC form: photos with EXIF GPS against an existing database
+
+
+def evaluate_database(
+    db: Path,
+    queries: Sequence[Path | str],
+    config: EvalConfig,
+    progress: Optional[EvalProgress] = None,
+) -> EvalResult:
+    """recall@N of an existing database (its own model) on query photos whose EXIF has GPS."""
+    from geoloc.localize import LocateConfig, Locator
+
+    config.check()
+    progress = progress or EvalProgress()
+    threshold = resolve_threshold(config)
+    problems: list[PhotoError] = []
+    q_paths, q_pos, skipped = photos_with_gps(queries, problems)
+    if not q_paths:
+        raise GeolocError(
+            "none of the query photos carries a GPS position to score against"
+            + (f" ({skipped} photos without GPS)" if skipped else "")
+        )
+    cfg = LocateConfig(
+        top_k=config.search_depth,
+        estimate_k=config.estimate_k,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=config.device,
+    )
+    with Locator(Path(db), cfg) as locator:
+        manifest = locator.database.manifest
+        if config.model is not None and model_spec(config) != manifest["model"]:
+            raise UsageError(
+                f"database {db} was built with model {manifest['model']}; to evaluate "
+                f"{config.model}, give the database images (--db-images) or a --dataset instead of --db"
+            )
+        if config.max_side is not None and int(manifest["preprocess"]["max_side"]) != config.max_side:
+            raise UsageError(
+                f"database {db} was built with --max-side {manifest['preprocess']['max_side']}; "
+                "--max-side cannot change it"
+            )
+        progress.stage("Queries", len(q_paths))
+        results = locator.locate(q_paths, on_progress=progress.advance)
+        records = locator.records
+        extracted = locator.timings.extracted
+        dim = int(locator.database.dim)
+
+    db_paths = [Path(r.path) for r in records]
+    db_pos = Positions(
+        np.array([r.lat for r in records], dtype=np.float64), np.array([r.lon for r in records], dtype=np.float64)
+    )
+    split = Split("database", "exif", str(db), db_paths, db_pos, q_paths, q_pos)
+    positives = split.positives(threshold)
+    self_row = {os.path.realpath(p): i for i, p in enumerate(db_paths)}
+    outcomes = []
+    for qi, res in enumerate(results):
+        tl, tn = float(q_pos.lat[qi]), float(q_pos.lon[qi])
+        o = QueryOutcome(str(q_paths[qi]), tl, tn)
+        if res.error is not None or not res.candidates:
+            o.error = res.error or "no candidates"
+            problems.append(PhotoError(q_paths[qi], o.error))
+            outcomes.append(o)
+            continue
+        o.candidates = [
+            Candidate(c.rank, str(c.path), c.lat, c.lon, float(c.score), float(haversine_m(c.lat, c.lon, tl, tn)))
+            for c in res.candidates
+        ]
+        me = self_row.get(os.path.realpath(q_paths[qi]))
+        o.has_positive = any(int(j) != me for j in positives[qi])
+        if res.estimate is not None:
+            o.estimate_lat, o.estimate_lon = float(res.estimate.lat), float(res.estimate.lon)
+            o.radius_m = float(res.estimate.radius_m)
+            o.error_m = float(haversine_m(o.estimate_lat, o.estimate_lon, tl, tn))
+        outcomes.append(o)
+    summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
+    return EvalResult(
+        model=str(manifest["model"]),
+        dim=dim,
+        dataset=str(db),
+        kind="database",
+        threshold_m=threshold,
+        summary=summary,
+        outcomes=outcomes,
+        database_images=len(records),
+        descriptors={"queries_computed": extracted, "queries_cached": len(q_paths) - extracted},
+        cache=None,
+        problems=problems,
+        skipped_queries=skipped,
+    )
+
+
+def with_model(config: EvalConfig, model: str) -> EvalConfig:
+    return replace(config, model=model)

@@ -1,0 +1,224 @@
+"""Estimates in the formats other tools read: exiftool CSV, GeoJSON, XMP sidecars.
+
+The photos themselves are never written to. Users who want the position inside the file apply
+the CSV with exiftool (``exiftool -csv=estimates.csv FILES``), or let a photo manager pick up
+the XMP sidecars, so that every change to an original stays their decision.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, TextIO
+from xml.sax.saxutils import quoteattr
+
+from geoloc import __version__
+from geoloc.localize import LocateResult
+
+# exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
+# only the magnitude of a signed GPSLatitude into EXIF; with the Ref it stores the sign too.
+# GPSHPositioningError is EXIF's own "horizontal positioning error in metres": the radius.
+CSV_COLUMNS = (
+    "SourceFile",
+    "GPSLatitude",
+    "GPSLatitudeRef",
+    "GPSLongitude",
+    "GPSLongitudeRef",
+    "GPSHPositioningError",
+    "Score",
+)
+
+
+def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
+    """One row per query with an estimate; returns the number of rows written.
+
+    Queries without an estimate (unreadable ones) have no row: an empty GPSLatitude would mean
+    nothing useful to exiftool, and their errors are reported on stderr.
+    """
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    rows = 0
+    for r in results:
+        if r.estimate is None:
+            continue
+        e = r.estimate
+        score = r.candidates[0].score if r.candidates else None
+        writer.writerow(
+            [
+                str(r.query),
+                f"{e.lat:.7f}",
+                "N" if e.lat >= 0 else "S",
+                f"{e.lon:.7f}",
+                "E" if e.lon >= 0 else "W",
+                f"{e.radius_m:.1f}",
+                "" if score is None else f"{score:.6f}",
+            ]
+        )
+        rows += 1
+    return rows
+
+
+def to_geojson(results: Iterable[LocateResult]) -> dict:
+    """An RFC 7946 FeatureCollection: one Point per query at its estimate (lon, lat order).
+
+    A query without an estimate stays in the collection with a null geometry (RFC 7946 §3.2)
+    and its error, so that the features line up one to one with the queries.
+    """
+    features = []
+    for r in results:
+        e = r.estimate
+        geometry = (
+            {"type": "Point", "coordinates": [round(e.lon, 7), round(e.lat, 7)]} if e else None
+        )
+        body = r.to_json()
+        properties = {
+            "query": body["query"],
+            "radius_m": body["estimate"]["radius_m"] if e else None,
+            "support": e.support if e else None,
+            "agreement": body["estimate"]["agreement"] if e else None,
+            "score": body["candidates"][0]["score"] if body["candidates"] else None,
+            "query_gps": body["query_gps"],
+            "error_m": body["error_m"],
+            "error": body["error"],
+            "candidates": body["candidates"],
+        }
+        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(results: Iterable[LocateResult], out: TextIO) -> None:
+    json.dump(to_geojson(results), out, indent=2, ensure_ascii=False, allow_nan=False)
+    out.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# XMP sidecars
+# --------------------------------------------------------------------------------------------
+
+GEOLOC_NS = "http://geoloc.invalid/ns/1.0/"  # .invalid: a name that can never resolve
+_MARKER = f'xmlns:geoloc="{GEOLOC_NS}"'
+
+
+@dataclass
+class SidecarReport:
+    written: list[Path] = field(default_factory=list)
+    # (photo, reason): photos that already have GPS, sidecars we will not overwrite, errors.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def sidecar_path(photo: Path) -> Path:
+    """``photo.jpg`` → ``photo.xmp``: the name exiftool, Lightroom and digiKam look for."""
+    return photo.with_suffix(".xmp")
+
+
+def xmp_coordinate(value: float, positive: str, negative: str) -> str:
+    """XMP's GPSCoordinate text, ``DDD,MM.mmmmmmK`` (XMP Specification Part 2, exif schema)."""
+    ref = positive if value >= 0 else negative
+    value = abs(value)
+    degrees = int(value)
+    minutes = (value - degrees) * 60.0
+    if round(minutes, 6) >= 60.0:  # 12.9999999999° must not print as 12,60.000000
+        degrees, minutes = degrees + 1, 0.0
+    return f"{degrees},{minutes:09.6f}{ref}"
+
+
+def xmp_sidecar(result: LocateResult) -> str:
+    """The sidecar's text for one located query (the estimate as EXIF GPS in XMP)."""
+    e = result.estimate
+    if e is None:
+        raise ValueError("no estimate to write")
+    score = result.candidates[0].score if result.candidates else float("nan")
+    attrs = {
+        "exif:GPSVersionID": "2.3.0.0",
+        "exif:GPSLatitude": xmp_coordinate(e.lat, "N", "S"),
+        "exif:GPSLongitude": xmp_coordinate(e.lon, "E", "W"),
+        "exif:GPSMapDatum": "WGS-84",
+        "exif:GPSHPositioningError": f"{e.radius_m:.1f}",
+        "geoloc:Version": __version__,
+        "geoloc:RadiusM": f"{e.radius_m:.1f}",
+        "geoloc:Support": str(e.support),
+    }
+    if math.isfinite(score):
+        attrs["geoloc:Score"] = f"{score:.6f}"
+    lines = "\n".join(f"    {k}={quoteattr(v)}" for k, v in attrs.items())
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk={quoteattr("geoloc " + __version__)}>\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about=""\n'
+        '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
+        f"    {_MARKER}\n"
+        f"{lines}/>\n"
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="w"?>\n'
+    )
+
+
+def write_sidecars(results: Iterable[LocateResult]) -> SidecarReport:
+    """Write ``<photo>.xmp`` next to every located query that has no GPS of its own.
+
+    An existing sidecar is replaced only when geoloc wrote it; anything else there (a photo
+    manager's edits) is left alone and reported. Writes are atomic (temporary file + rename).
+    """
+    report = SidecarReport()
+    claimed: set[Path] = set()
+    for r in results:
+        if r.estimate is None:
+            continue
+        photo = Path(r.query)
+        if r.query_gps is not None:
+            report.skipped.append((photo, "the photo has its own GPS position"))
+            continue
+        target = sidecar_path(photo)
+        key = Path(os.path.abspath(target))
+        if key in claimed:
+            report.skipped.append((photo, f"{target.name} is already written for another photo"))
+            continue
+        try:
+            if target.exists() and not _written_by_geoloc(target):
+                report.skipped.append((photo, f"{target} exists and was not written by geoloc"))
+                continue
+            _atomic_write(target, xmp_sidecar(r))
+        except OSError as exc:
+            report.skipped.append((photo, f"cannot write {target}: {exc.strerror or exc}"))
+            continue
+        claimed.add(key)
+        report.written.append(target)
+    return report
+
+
+def _written_by_geoloc(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return False
+    return _MARKER.encode() in head
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.geoloc-tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def csv_text(results: Iterable[LocateResult]) -> str:
+    buf = io.StringIO()
+    write_csv(results, buf)
+    return buf.getvalue()

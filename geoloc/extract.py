@@ -1,0 +1,325 @@
+"""Batched descriptor extraction with decoding in parallel threads.
+
+Decoding (JPEG draft mode, resize, EXIF) runs in a thread pool: Pillow and hashlib release the
+GIL, so threads overlap with each other and with the network, and tensors need no pickling as
+they would between processes. The main thread only stacks tensors and runs the network.
+
+Photos differ in aspect ratio, so after resizing to the longest side they differ in shape. A
+batch only ever holds tensors of one exact shape (photos of one camera share it): no padding, so
+a photo's descriptor does not depend on which batch it lands in. Photos waiting for a full
+batch are bounded (``max_pending``); past that, the fullest shape group goes through as a
+partial batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from geoloc.database import file_sha256
+from geoloc.errors import PhotoError
+
+
+def default_workers() -> int:
+    """Decoding threads: enough to keep a GPU fed, without drowning a small CPU."""
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+@dataclass
+class ExtractConfig:
+    #: Longest side photos are resized to; None means the model's ``Preprocess.max_side``.
+    max_side: Optional[int] = None
+    batch_size: int = 16
+    workers: int = field(default_factory=default_workers)
+    #: Photos decoded but waiting for a batch of their shape, at most (memory bound).
+    max_pending: Optional[int] = None
+    #: Hash every file's content (the database uses it to tell touched from changed files).
+    hash_files: bool = True
+
+
+@dataclass
+class Decoded:
+    """One photo after the worker is done with it: a tensor ready for the network, or an error."""
+
+    path: Path
+    size: int = 0
+    mtime_ns: int = 0
+    tensor: Optional[torch.Tensor] = None
+    meta: object = None  # geoloc.photos.PhotoMeta
+    width: Optional[int] = None  # of the photo as stored, after EXIF orientation
+    height: Optional[int] = None
+    sha256: Optional[str] = None
+    error: Optional[PhotoError] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class ExtractStats:
+    """Where the time went, for the progress bar and the benchmark."""
+
+    photos: int = 0
+    errors: int = 0
+    batches: int = 0
+    decode_s: float = 0.0  # summed over worker threads
+    wait_s: float = 0.0  # main thread waiting for decoded photos (decoding not hidden)
+    network_s: float = 0.0
+
+
+def decode_photo(path: Path, preprocess, max_side: int, hash_file: bool = True) -> Decoded:
+    """Everything per photo that does not need the network; never raises for a bad photo."""
+    from geoloc import photos
+
+    start = time.perf_counter()
+    item = Decoded(path=Path(path))
+    try:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise PhotoError(path, f"cannot read: {exc.strerror or exc}") from None
+        item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
+        if st.st_size == 0:
+            raise PhotoError(path, "empty file (0 bytes)")
+        image = photos.load_image(item.path, max_side)
+        item.meta = photos.read_meta(item.path)
+        item.width, item.height = _stored_size(item.meta, image)
+        item.tensor = preprocess.to_tensor(image)
+        if hash_file:
+            item.sha256 = file_sha256(item.path)
+    except PhotoError as exc:
+        item.error = exc
+        item.tensor = None
+    except OSError as exc:
+        item.error = PhotoError(path, f"cannot read: {exc.strerror or exc}")
+        item.tensor = None
+    except MemoryError:
+        item.error = PhotoError(path, "too large to decode in the memory available")
+        item.tensor = None
+    except Exception as exc:  # a decoder bug on a strange file must not stop the run
+        item.error = PhotoError(path, f"cannot decode: {type(exc).__name__}: {exc}")
+        item.tensor = None
+    item.seconds = time.perf_counter() - start
+    return item
+
+
+def _stored_size(meta, image) -> tuple[Optional[int], Optional[int]]:
+    """The photo's full size as a viewer shows it (upright), not the size the network saw."""
+    width = getattr(meta, "width", None)
+    height = getattr(meta, "height", None)
+    if not (width and height):
+        return image.size
+    if getattr(meta, "orientation", 1) in (5, 6, 7, 8):
+        width, height = height, width
+    return int(width), int(height)
+
+
+def iter_decoded(
+    paths: Iterable[Path],
+    preprocess,
+    max_side: int,
+    workers: int,
+    hash_files: bool = True,
+    window: Optional[int] = None,
+) -> Iterator[Decoded]:
+    """Decode photos in parallel, yielding them in input order with a bounded read-ahead.
+
+    Input order (rather than completion order) keeps batches, and so the vocabulary sample and
+    the database's row order, reproducible from run to run.
+    """
+    workers = max(1, int(workers))
+    window = window or workers * 4
+    it = iter(paths)
+    if workers == 1:
+        for path in it:
+            yield decode_photo(path, preprocess, max_side, hash_files)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoloc-decode") as pool:
+        queue: deque[Future] = deque()
+        try:
+            for path in it:
+                queue.append(pool.submit(decode_photo, path, preprocess, max_side, hash_files))
+                if len(queue) >= window:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
+        finally:
+            for fut in queue:
+                fut.cancel()
+
+
+def iter_batches(items: Iterable[Decoded], batch_size: int, max_pending: Optional[int] = None,
+                 on_error: Optional[Callable[[Decoded], None]] = None) -> Iterator[list[Decoded]]:
+    """Group decoded photos into batches of one tensor shape each."""
+    batch_size = max(1, int(batch_size))
+    max_pending = max(batch_size, max_pending or 4 * batch_size)
+    groups: OrderedDict[tuple, list[Decoded]] = OrderedDict()
+    pending = 0
+    for item in items:
+        if item.error is not None or item.tensor is None:
+            if on_error is not None:
+                on_error(item)
+            continue
+        group = groups.setdefault(tuple(item.tensor.shape), [])
+        group.append(item)
+        pending += 1
+        if len(group) >= batch_size:
+            yield groups.pop(tuple(item.tensor.shape))
+            pending -= batch_size
+        elif pending > max_pending:
+            key = max(groups, key=lambda k: len(groups[k]))
+            flushed = groups.pop(key)
+            pending -= len(flushed)
+            yield flushed
+    for key in sorted(groups, key=lambda k: -len(groups[k])):
+        yield groups[key]
+
+
+class Extractor:
+    """Runs photos through a model: decode in threads, batch by shape, network in this thread."""
+
+    def __init__(self, model, config: ExtractConfig, device: torch.device | str = "cpu"):
+        self.model = model
+        self.config = config
+        self.device = torch.device(device)
+        self.max_side = int(config.max_side or model.preprocess.max_side)
+        # Preprocess.to_tensor resizes to its own max_side: make it ours.
+        self.preprocess = model.preprocess.replace(max_side=self.max_side)
+        self.stats = ExtractStats()
+
+    def _decoded(self, paths: Iterable[Path], hash_files: bool) -> Iterator[Decoded]:
+        stream = iter_decoded(paths, self.preprocess, self.max_side, self.config.workers,
+                              hash_files=hash_files)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+            finally:
+                self.stats.wait_s += time.perf_counter() - start
+            self.stats.decode_s += item.seconds
+            yield item
+
+    def _run(self, fn, batch: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        with torch.inference_mode():
+            out = fn(batch)
+            if self.device.type != "cpu":
+                out = out.float().cpu()
+        self.stats.network_s += time.perf_counter() - start
+        return out
+
+    def _run_checked(self, fn, items: list[Decoded], on_error) -> tuple[list[Decoded], Optional[torch.Tensor]]:
+        """Run a batch; if the network rejects it, find and report the photos at fault."""
+        try:
+            return items, self._run(fn, torch.stack([i.tensor for i in items]))
+        except (RuntimeError, ValueError) as exc:  # e.g. an image too thin for the network
+            if len(items) == 1:
+                item = items[0]
+                item.error = PhotoError(item.path, f"the network cannot use this image ({_short(exc)})")
+                item.tensor = None
+                on_error(item)
+                return [], None
+        good, outs = [], []
+        for item in items:
+            kept, out = self._run_checked(fn, [item], on_error)
+            if kept:
+                good.extend(kept)
+                outs.append(out)
+        return good, (torch.cat(outs) if outs else None)
+
+    def batches(
+        self,
+        paths: Iterable[Path],
+        fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        on_error: Callable[[Decoded], None] = lambda item: None,
+        hash_files: Optional[bool] = None,
+    ) -> Iterator[tuple[list[Decoded], torch.Tensor]]:
+        """Yield ``(photos, fn(images))`` per batch (``fn``: the model); unusable photos go to
+        ``on_error`` instead. Output tensors are on the CPU."""
+        fn = fn or self.model
+        cfg = self.config
+        hash_files = cfg.hash_files if hash_files is None else hash_files
+
+        def errors(item: Decoded) -> None:
+            self.stats.errors += 1
+            on_error(item)
+
+        for items, out in self._batches(paths, fn, errors, hash_files):
+            self.stats.batches += 1
+            self.stats.photos += len(items)
+            yield items, out
+
+    def _batches(self, paths, fn, errors, hash_files):
+        cfg = self.config
+        for items in iter_batches(self._decoded(paths, hash_files), cfg.batch_size,
+                                  cfg.max_pending, on_error=errors):
+            items, out = self._run_checked(fn, items, errors)
+            for item in items:
+                item.tensor = None  # free the pixels before the caller stores the batch
+            if items:
+                yield items, out
+
+    def descriptors(
+        self,
+        paths: Iterable[Path],
+        on_error: Callable[[Decoded], None] = lambda item: None,
+    ) -> Iterator[tuple[list[Decoded], np.ndarray]]:
+        """Yield ``(photos, descriptors)`` batches, descriptors as float32 numpy rows."""
+        for items, out in self.batches(paths, self.model, on_error):
+            yield items, np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+    def pool(self, features: torch.Tensor) -> np.ndarray:
+        """Descriptors from local features kept earlier (the vocabulary sample)."""
+        out = self._run(self.model.pool_features, features)
+        return np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+
+class FeatureSampler:
+    """A reproducible N×C sample of the local features the pooling layer sees, for k-means.
+
+    Each photo contributes an equal share, chosen by a generator seeded from the photo's
+    position in the sample list, so the sample depends neither on batching nor on timing.
+    """
+
+    def __init__(self, paths: Sequence[Path], max_features: int = 50_000, seed: int = 0):
+        self.index = {Path(p): i for i, p in enumerate(paths)}
+        self.per_photo = max(1, math.ceil(max_features / max(1, len(paths))))
+        self.max_features = max_features
+        self.seed = seed
+        self._chunks: dict[int, torch.Tensor] = {}
+
+    def add(self, items: list[Decoded], features: torch.Tensor) -> None:
+        for item, feats in zip(items, features):
+            flat = feats.reshape(feats.shape[0], -1).T  # (h·w)×C
+            i = self.index[item.path]
+            if flat.shape[0] > self.per_photo:
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+                flat = flat[torch.randperm(flat.shape[0], generator=gen)[: self.per_photo]]
+            self._chunks[i] = flat.float().clone()
+
+    def sample(self) -> torch.Tensor:
+        if not self._chunks:
+            return torch.zeros((0, 0))
+        sample = torch.cat([self._chunks[i] for i in sorted(self._chunks)])
+        if sample.shape[0] > self.max_features:
+            gen = torch.Generator().manual_seed(self.seed)
+            sample = sample[torch.randperm(sample.shape[0], generator=gen)[: self.max_features]]
+        return sample
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 160 else text[:157] + "..."

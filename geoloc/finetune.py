@@ -1,0 +1,576 @@
+"""``finetune``: weakly supervised NetVLAD training on the user's own GPS-tagged photos.
+
+This module wires photos, models and the training package together; the training itself
+(tuples, mining, loss, loop, checkpoints, PCA) lives in :mod:`geoloc.training`. The result is a
+geoloc model file (safetensors + metadata) that ``geoloc index --model FILE`` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from geoloc.errors import GeolocError, PhotoError, UsageError
+from geoloc.training.checkpoint import BEST, LAST, CheckpointError, checkpoint_dir_for
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geoloc.training.loop import Reporter, Trainer
+
+#: Bases that get a fresh NetVLAD layer, k-means initialised on the training photos.
+FRESH_BASES = {"vgg16": "vgg16", "alexnet": "alexnet"}
+TRAIN_LAYER_CHOICES = ("last_layer", "last_block")
+
+
+@dataclass
+class FinetuneConfig:
+    """Every knob of a run; the defaults are the NetVLAD paper's."""
+
+    base: str = "netvlad-vgg16-pitts30k"
+    epochs: int = 30
+    device: str = "auto"
+    train_layers: str = "last_block"
+    pos_radius_m: float = 10.0
+    neg_radius_m: float = 25.0
+    margin: float = 0.1
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    lr_step: int = 5
+    lr_gamma: float = 0.5
+    batch_size: int = 4
+    n_neg: int = 10
+    neg_sample: int = 1000
+    cache_refresh: int = 1000
+    val_fraction: float = 0.15
+    val_cell_m: float = 50.0
+    patience: int = 10
+    threshold_m: float = 25.0
+    seed: int = 0
+    max_side: Optional[int] = None
+    eval_batch_size: int = 16
+    workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 2)))
+    num_clusters: int = 64
+    vocabulary_photos: int = 300
+    vocabulary_features: int = 50_000
+    pca: Optional[int] = None
+    amp: bool = True
+    image_memory_mb: int = 1024
+
+    # Settings that may differ between an interrupted run and its --resume.
+    RESUMABLE = ("epochs", "device", "patience", "eval_batch_size", "workers", "pca", "image_memory_mb")
+
+    def check(self) -> None:
+        """Reject impossible values before any photo is read or model loaded."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UsageError(message)
+
+        need(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
+        need(self.train_layers in TRAIN_LAYER_CHOICES,
+             f"--train-layers must be one of {', '.join(TRAIN_LAYER_CHOICES)}, not {self.train_layers!r}")
+        need(self.pos_radius_m > 0, f"--pos-radius must be above 0 m, not {self.pos_radius_m:g}")
+        need(self.neg_radius_m >= self.pos_radius_m,
+             f"--neg-radius ({self.neg_radius_m:g} m) must not be below --pos-radius ({self.pos_radius_m:g} m)")
+        need(self.margin > 0, f"--margin must be above 0, not {self.margin:g}")
+        need(self.lr > 0, f"--lr must be above 0, not {self.lr:g}")
+        need(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        need(self.n_neg >= 1, f"--negatives must be at least 1, not {self.n_neg}")
+        need(self.neg_sample >= self.n_neg,
+             f"--neg-sample ({self.neg_sample}) must be at least --negatives ({self.n_neg})")
+        need(self.cache_refresh >= 1, f"--cache-refresh must be at least 1, not {self.cache_refresh}")
+        need(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), not {self.val_fraction:g}")
+        need(self.val_cell_m > 0, f"--val-cell must be above 0 m, not {self.val_cell_m:g}")
+        need(self.patience >= 1, f"--patience must be at least 1, not {self.patience}")
+        need(self.max_side is None or self.max_side >= 32, f"--max-side must be at least 32, not {self.max_side}")
+        need(self.pca is None or self.pca >= 1, f"--pca must be at least 1, not {self.pca}")
+        need(self.lr_step >= 1, f"--lr-step must be at least 1, not {self.lr_step}")
+        need(self.eval_batch_size >= 1, f"the descriptor batch size must be at least 1, not {self.eval_batch_size}")
+
+    def train_settings(self):
+        from geoloc.training.loop import TrainSettings
+
+        return TrainSettings(
+            epochs=self.epochs, margin=self.margin, lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay, lr_step=self.lr_step, lr_gamma=self.lr_gamma,
+            batch_size=self.batch_size, n_neg=self.n_neg, neg_sample=self.neg_sample,
+            cache_refresh=self.cache_refresh, patience=self.patience, threshold_m=self.threshold_m,
+            seed=self.seed, eval_batch_size=self.eval_batch_size, amp=self.amp,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingPhoto:
+    path: Path
+    lat: float
+    lon: float
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    base: str
+    device: str
+    photos: int
+    train_photos: int
+    val_photos: int
+    queries: int
+    val_queries: int
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    recall: Optional[dict[str, float]]
+    history: list[dict[str, Any]]
+    dim: int
+    pca: Optional[dict[str, Any]]
+    checkpoint: Path
+    skipped: list[dict[str, str]]
+    resumed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "base": self.base,
+            "device": self.device,
+            "dim": self.dim,
+            "photos": self.photos,
+            "train_photos": self.train_photos,
+            "val_photos": self.val_photos,
+            "queries": self.queries,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "resumed": self.resumed,
+            "validation": None if self.recall is None else {
+                "queries": self.val_queries, "recall": self.recall,
+            },
+            "history": self.history,
+            "pca": self.pca,
+            "checkpoint": str(self.checkpoint),
+            "skipped": self.skipped,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# Where the photos come from
+
+
+def photos_from_paths(
+    paths: Iterable[str | os.PathLike], on_error: Callable[[PhotoError], None]
+) -> tuple[list[TrainingPhoto], int]:
+    """The photos under ``paths`` that carry a usable GPS position, and how many did not."""
+    from geoloc.photos import discover, read_meta
+
+    located: list[TrainingPhoto] = []
+    unlocated = 0
+    seen: set[str] = set()
+    for path in discover(paths, on_error):
+        key = os.path.realpath(path)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            meta = read_meta(path)
+        except PhotoError as exc:
+            on_error(exc)
+            continue
+        if meta.located:
+            located.append(TrainingPhoto(Path(path).resolve(), float(meta.lat), float(meta.lon)))
+        else:
+            unlocated += 1
+    return located, unlocated
+
+
+def photos_from_database(db: Path, on_error: Callable[[PhotoError], None]) -> tuple[list[TrainingPhoto], int]:
+    """The located photos of a database whose files are still there."""
+    from geoloc.database import Database
+
+    with Database.open(Path(db)) as database:
+        records = database.photos()
+    located: list[TrainingPhoto] = []
+    unlocated = 0
+    for record in records:
+        if not record.located:
+            unlocated += 1
+            continue
+        if not Path(record.path).is_file():
+            on_error(PhotoError(record.path, "in the database but no longer on disk; skipped"))
+            continue
+        located.append(TrainingPhoto(Path(record.path), float(record.lat), float(record.lon)))
+    return located, unlocated
+
+
+# ------------------------------------------------------------------------------------------------
+# The base model
+
+
+def build_base(config: FinetuneConfig, *, fitted_later: bool = False):
+    """The model training starts from, on the CPU, with the chosen layers trainable.
+
+    Registry names and model files come through ``load_model``; ``vgg16``/``alexnet`` get a
+    fresh NetVLAD layer on the ImageNet backbone (``lite0-vlad`` is the offline equivalent).
+    """
+    from geoloc.models.model import build_model
+    from geoloc.models.registry import load_model
+
+    base = config.base
+    if base in FRESH_BASES:
+        model = build_model(
+            FRESH_BASES[base], "netvlad", num_clusters=config.num_clusters,
+            pretrained_backbone=True, train_layers=config.train_layers, name=base,
+        )
+        model.base = base
+    else:
+        model = load_model(base, device="cpu")
+    model.set_train_layers(config.train_layers)
+    if config.max_side is not None:
+        model.preprocess = model.preprocess.replace(max_side=int(config.max_side))
+    return model
+
+
+def needs_vocabulary(model) -> bool:
+    return bool(getattr(model, "needs_vocabulary", False)) and not bool(getattr(model, "has_vocabulary", True))
+
+
+def mark_vocabulary_fitted(model) -> None:
+    """After loading trained NetVLAD weights into a fresh model, its pooling is ready."""
+    from geoloc.models.netvlad import NetVLAD
+
+    if isinstance(getattr(model, "pool", None), NetVLAD):
+        model.pool.fitted.fill_(True)
+    model.needs_vocabulary = False
+
+
+def fit_vocabulary(model, images, indices: Sequence[int], config: FinetuneConfig, device, reporter) -> None:
+    """k-means initialisation of a fresh NetVLAD layer from the training photos' local features.
+
+    Up to ``vocabulary_photos`` photos spread over the training set each give an equal share of
+    ``vocabulary_features`` local features, chosen by a generator seeded from the photo's index,
+    so the vocabulary does not depend on batching or timing.
+    """
+    import torch
+
+    from geoloc.training.images import autocast
+
+    n = min(len(indices), max(1, config.vocabulary_photos))
+    step = len(indices) / n
+    sample = [int(indices[int(i * step)]) for i in range(n)]
+    per_photo = max(1, -(-config.vocabulary_features // n))
+    parts: list[torch.Tensor] = []
+    reporter.phase("fitting the NetVLAD vocabulary", len(sample))
+    try:
+        with torch.no_grad():
+            for span, tensors in images.iter_chunks(sample, config.eval_batch_size):
+                for i, tensor in zip(span, tensors):
+                    with autocast(device, config.amp):
+                        feats = model.local_features(tensor[None].to(device))[0].float().cpu()
+                    flat = feats.reshape(feats.shape[0], -1).T
+                    if flat.shape[0] > per_photo:
+                        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
+                        flat = flat[torch.randperm(flat.shape[0], generator=gen)[:per_photo]]
+                    parts.append(flat.clone())
+                reporter.advance(len(span))
+    finally:
+        reporter.end_phase()
+    features = torch.cat(parts) if parts else torch.zeros(0, 1)
+    clusters = getattr(model, "num_clusters", None) or config.num_clusters
+    if features.shape[0] < clusters:
+        raise GeolocError(
+            f"too few local features to fit {clusters} NetVLAD clusters ({features.shape[0]} from "
+            f"{len(sample)} photos); use more photos or a larger --max-side"
+        )
+    reporter.message(f"fitting {clusters} NetVLAD clusters on {features.shape[0]} local features of {n} photos")
+    model.fit_vocabulary(features, seed=config.seed)
+    model.needs_vocabulary = False
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def fingerprint(photos: Sequence[TrainingPhoto], config: FinetuneConfig, base_hash: str = "") -> str:
+    """What a checkpoint must match to be resumed: the photos, the base model's weights and
+    every setting that shapes training."""
+    settings = {k: v for k, v in config.to_json().items() if k not in FinetuneConfig.RESUMABLE}
+    settings["base_weights"] = base_hash
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for p in photos:
+        h.update(f"{p.path}\0{p.lat:.9f}\0{p.lon:.9f}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def prepare_checkpoint_dir(out: Path, resume: bool, restart: bool) -> Path:
+    """The run's checkpoint folder; refuse to silently discard an earlier run's progress."""
+    folder = checkpoint_dir_for(out)
+    last = folder / LAST
+    if resume and restart:
+        raise UsageError("--resume and --restart contradict each other; choose one")
+    if resume and not last.is_file():
+        raise CheckpointError(f"no checkpoint to resume at {folder}; run without --resume to start training")
+    if not resume and last.is_file():
+        if not restart:
+            raise CheckpointError(
+                f"a checkpoint of an earlier run is at {folder}: pass --resume to continue it, "
+                "or --restart to discard it and start over"
+            )
+        for name in (LAST, BEST):
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / "pca", ignore_errors=True)
+    return folder
+
+
+def finetune(
+    photos: Sequence[TrainingPhoto],
+    out: Path,
+    config: FinetuneConfig | None = None,
+    *,
+    resume: bool = False,
+    restart: bool = False,
+    reporter: "Reporter | None" = None,
+    on_step: Callable[["Trainer"], None] | None = None,
+) -> FinetuneResult:
+    """Train ``config.base`` on ``photos`` and write the model file ``out``.
+
+    Raises :class:`GeolocError` with what the data lacks when the photos cannot supervise
+    training, and ``KeyboardInterrupt`` after saving a checkpoint when stopped (Ctrl-C or
+    ``trainer.request_stop()`` from ``on_step``).
+    """
+    from geoloc.geo import to_local_m
+    from geoloc.models.registry import pick_device
+    from geoloc.training.images import ImageSet
+    from geoloc.training.loop import Reporter, Trainer
+    from geoloc.training.tuples import build_tuples, require_trainable, split_by_place
+    from geoloc.training.validate import countable_queries
+
+    config = config or FinetuneConfig()
+    config.check()
+    reporter = reporter or Reporter()
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"--out {out}: model files are safetensors; give a name ending in .safetensors")
+    device = pick_device(config.device)
+
+    photos = _unique(photos)
+    require_trainable_count(len(photos), config)
+    ckpt_dir = prepare_checkpoint_dir(out, resume, restart)
+
+    model = build_base(config)
+    preprocess = model.preprocess
+    skipped: list[dict[str, str]] = []
+
+    images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
+                      memory_bytes=config.image_memory_mb << 20)
+    try:
+        # One decode of every photo: unusable files are dropped before tuples are built (and
+        # small collections end up cached, decoded, for the whole run).
+        bad: dict[int, PhotoError] = {}
+        reporter.phase("reading photos", len(photos))
+        for span, _ in images.iter_chunks(list(range(len(photos))), 32,
+                                          on_error=lambda i, exc: bad.__setitem__(i, exc)):
+            reporter.advance(len(span))
+        reporter.end_phase()
+        if bad:
+            for i, exc in sorted(bad.items()):
+                reporter.message(f"skipped {exc}")
+                skipped.append({"path": str(photos[i].path), "reason": exc.reason})
+            keep = [i for i in range(len(photos)) if i not in bad]
+            photos = [photos[i] for i in keep]
+            images.close()
+            images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
+                              memory_bytes=config.image_memory_mb << 20)
+            require_trainable_count(len(photos), config)
+
+        lat = np.array([p.lat for p in photos])
+        lon = np.array([p.lon for p in photos])
+        positions = to_local_m(lat, lon, float(np.mean(lat)), float(np.mean(lon)))
+        split = split_by_place(positions, config.val_fraction, config.val_cell_m, config.seed)
+        tuples = build_tuples(positions[split.train], config.pos_radius_m, config.neg_radius_m)
+        if len(split.val) and len(tuples.queries) == 0:
+            # Holding areas out left nothing to train on: train on everything, unvalidated.
+            split = split_by_place(positions, 0.0, config.val_cell_m, config.seed)
+            tuples = build_tuples(positions, config.pos_radius_m, config.neg_radius_m)
+        require_trainable(tuples, len(split.train), config.pos_radius_m, config.neg_radius_m)
+        val_queries = countable_queries(positions, split.val.tolist(), config.threshold_m)
+        validated = val_queries > 0
+        if not validated:
+            reporter.message(
+                "no validation: too few photos to hold out a whole area with photos within "
+                f"{config.threshold_m:g} m of each other; keeping the model with the lowest training objective"
+            )
+
+        if not resume and needs_vocabulary(model):
+            model.to(device)
+            fit_vocabulary(model, images, split.train.tolist(), config, device, reporter)
+        elif resume:
+            mark_vocabulary_fitted(model)
+        model.to(device)
+
+        trainer = Trainer(
+            model, images, positions, split, tuples, config.train_settings(), device, ckpt_dir,
+            fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")), reporter=reporter, on_step=on_step,
+        )
+        if resume:
+            trainer.resume()
+            trainer.stopped_early = trainer.bad_epochs >= config.patience
+            reporter.message(f"resuming after epoch {trainer.epoch}"
+                             + (f" (query {trainer.step} of epoch {trainer.epoch + 1})" if trainer.order is not None else ""))
+        result = trainer.run(validated=validated)
+
+        trainer.load_trainable_state(result.best_state)
+        mark_vocabulary_fitted(model)
+        pca_info = None
+        if config.pca:
+            pca_info = attach_pca(model, images, config, ckpt_dir, device, reporter)
+        model.to("cpu")
+    finally:
+        images.close()
+
+    model.preprocess = preprocess
+    model.base = _base_label(config.base)
+    history = [h.to_json() for h in result.history]
+    metadata = {
+        "base": model.base,
+        "description": f"{model.base} fine-tuned by geoloc on {len(photos)} GPS-tagged photos",
+        "geoloc_version": _version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finetune": {k: v for k, v in config.to_json().items() if k not in ("device", "workers", "image_memory_mb")},
+        "training": {
+            "photos": len(photos), "train_photos": int(len(split.train)), "val_photos": int(len(split.val)),
+            "queries": int(len(tuples.queries)), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early, "device": str(device),
+        },
+        "validation_recall": result.best_recall if result.validated else None,
+        "validation": {"queries": val_queries, "threshold_m": config.threshold_m,
+                       "split": "grid cells", "cell_m": config.val_cell_m} if result.validated else None,
+        "pca": pca_info,
+    }
+    from geoloc.models.model import save_model_file
+
+    save_model_file(model, out, metadata)
+    _umask_permissions(out)
+    return FinetuneResult(
+        out=out, base=model.base, device=str(device), photos=len(photos),
+        train_photos=int(len(split.train)), val_photos=int(len(split.val)),
+        queries=int(len(tuples.queries)), val_queries=val_queries if result.validated else 0,
+        epochs_run=result.epochs_run, best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+        recall=result.best_recall if result.validated else None, history=history, dim=int(model.dim),
+        pca=pca_info, checkpoint=ckpt_dir, skipped=skipped, resumed=resume,
+    )
+
+
+def require_trainable_count(n: int, config: FinetuneConfig) -> None:
+    from geoloc.training.tuples import TrainingDataError
+
+    if n < 3:
+        raise TrainingDataError(
+            f"only {n} GPS-tagged photo(s) to train on; finetune needs many photos of the same "
+            f"places: pairs taken within {config.pos_radius_m:g} m of each other, and others more "
+            f"than {config.neg_radius_m:g} m away"
+        )
+
+
+def _unique(photos: Sequence[TrainingPhoto]) -> list[TrainingPhoto]:
+    seen: set[str] = set()
+    result = []
+    for p in photos:
+        key = str(p.path)
+        if key not in seen:
+            seen.add(key)
+            result.append(p)
+    return result
+
+
+def _umask_permissions(path: Path) -> None:
+    """Give the model file the permissions any new file gets (a temporary file is 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(path, 0o666 & ~mask)
+    except OSError:  # pragma: no cover - e.g. a file system without modes
+        pass
+
+
+def _base_label(base: str) -> str:
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.is_file() else base
+
+
+def _version() -> str:
+    from geoloc import __version__
+
+    return __version__
+
+
+# ------------------------------------------------------------------------------------------------
+# PCA whitening after training
+
+
+class _Unwhitened:
+    """The model's descriptor before any whitening layer: what PCA is fitted on."""
+
+    def __init__(self, model):
+        self.model = model
+        self.dim = int(model.pool.out_dim)
+
+    def __call__(self, images):
+        import torch.nn.functional as F
+
+        return F.normalize(self.model.pool(self.model.local_features(images)).float(), dim=1)
+
+
+def attach_pca(model, images, config: FinetuneConfig, ckpt_dir: Path, device, reporter) -> dict[str, Any]:
+    """Fit PCA whitening on the training photos' descriptors and put it on the model.
+
+    Descriptors go to a memory-mapped file in the checkpoint folder as they are computed, and
+    the fit reads them back chunk by chunk (see :mod:`geoloc.training.pca`).
+    """
+    import torch
+
+    from geoloc.models.netvlad import Whitening
+    from geoloc.training.images import compute_descriptors
+    from geoloc.training.pca import fit_pca_whitening
+
+    model.to(device).eval()
+    source = _Unwhitened(model)
+    n, d = len(images), source.dim
+    folder = ckpt_dir / "pca"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "descriptors.f32"
+    matrix = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, d))
+    try:
+        reporter.phase("descriptors for PCA", n)
+        try:
+            chunk = max(1, config.eval_batch_size) * 8
+            for a in range(0, n, chunk):
+                idx = list(range(a, min(n, a + chunk)))
+                matrix[a:a + len(idx)] = compute_descriptors(
+                    source, images, idx, device, batch_size=config.eval_batch_size, amp=config.amp, dim=d,
+                ).numpy()
+                reporter.advance(len(idx))
+        finally:
+            reporter.end_phase()
+        matrix.flush()
+        reporter.message(f"fitting PCA whitening {d} → {config.pca} on {n} descriptors")
+        pca = fit_pca_whitening(matrix, int(config.pca), seed=config.seed)
+    finally:
+        del matrix
+        shutil.rmtree(folder, ignore_errors=True)
+    weight, bias = pca.weight_bias()
+    whiten = Whitening(d, pca.dim)
+    with torch.no_grad():
+        whiten.conv.weight.copy_(torch.from_numpy(weight)[:, :, None, None])
+        whiten.conv.bias.copy_(torch.from_numpy(bias))
+    model.whiten = whiten.to(next(model.parameters()).device)
+    return {"dim": pca.dim, "method": pca.method, "photos": n, "input_dim": d}

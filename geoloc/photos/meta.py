@@ -1,0 +1,399 @@
+"""What a photo's EXIF says about where, when and which way up it was taken.
+
+A wrong position is worse than none: it would put a photo in the database as ground truth for a
+place it never saw. So GPS values are parsed defensively (devices write every variant the EXIF
+standard allows and several it does not) and anything doubtful becomes "no position", with the
+reason kept for the user. Reading metadata never fails because of bad EXIF; only a file that
+cannot be opened at all raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from geoloc.errors import PhotoError
+from geoloc.geo import is_valid_position
+from geoloc.photos.decode import exif_of, open_error_reason, open_image, orientation_of
+
+# GPS IFD tag numbers (EXIF 2.32 / 3.0). Looked up by number because ExifRead names some of them
+# only as "Tag 0x001F".
+GPS_LATITUDE_REF, GPS_LATITUDE, GPS_LONGITUDE_REF, GPS_LONGITUDE = 1, 2, 3, 4
+GPS_ALTITUDE_REF, GPS_ALTITUDE, GPS_DOP, GPS_H_POSITIONING_ERROR = 5, 6, 11, 31
+ORIENTATION, DATETIME, GPS_IFD_POINTER = 0x0112, 0x0132, 0x8825
+# (date-time, its time-zone offset, its sub-seconds), best first.
+TIME_TAGS = ((0x9003, 0x9011, 0x9291), (0x9004, 0x9012, 0x9292), (0x0132, 0x9010, 0x9290))
+
+DOP_TO_METRES = 5.0
+"""Metres of horizontal error per unit of GPSDOP, a typical consumer receiver's range error."""
+
+ALTITUDE_RANGE_M = (-11_000.0, 100_000.0)  # Mariana Trench to the edge of space
+
+Tags = dict[int, Any]
+
+
+@dataclass
+class PhotoMeta:
+    """A photo's position, capture time and geometry as its EXIF gives them.
+
+    ``width``/``height`` are the stored size before the EXIF orientation is applied
+    (``orientation`` 5–8 means the upright photo is ``height`` wide). ``alt`` and
+    ``gps_accuracy_m`` belong to the position and are ``None`` whenever it is.
+    ``no_position_reason`` says, for an unlocated photo, why (``"no GPS data"``,
+    ``"position (0, 0)"`` …), so that users can see which photos need ``geoloc locate``.
+    """
+
+    lat: float | None = None
+    lon: float | None = None
+    alt: float | None = None
+    taken_at: str | None = None
+    gps_accuracy_m: float | None = None
+    orientation: int = 1
+    width: int | None = None
+    height: int | None = None
+    no_position_reason: str | None = None
+
+    @property
+    def located(self) -> bool:
+        return is_valid_position(self.lat, self.lon)
+
+
+def read_meta(path: str | os.PathLike) -> PhotoMeta:
+    """Position, time, accuracy, orientation and size of one photo.
+
+    GPS and time come from ExifRead; when ExifRead finds no EXIF at all (or fails on the file),
+    Pillow's reader (with pillow-heif for HEIC) is asked instead. Raises :class:`PhotoError`
+    only when the file cannot be opened.
+    """
+    path = Path(path)
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise PhotoError(path, open_error_reason(exc)) from None
+    with fh:
+        ifd0, exif, gps = _exifread_tags(fh)
+        meta = PhotoMeta()
+        image = _header(fh, path)
+        if image is not None:
+            meta.width, meta.height = image.size
+            meta.orientation = orientation_of(image)
+            if not (ifd0 or exif or gps):
+                ifd0, exif, gps = _pillow_tags(image)
+        elif ifd0:
+            meta.orientation = _orientation_value(ifd0.get(ORIENTATION))
+        meta.taken_at = capture_time(ifd0, exif)
+        lat, lon, reason = gps_position(gps)
+        if not gps:
+            if GPS_IFD_POINTER in ifd0:
+                reason = "empty GPS block"
+            elif not (ifd0 or exif):
+                reason = "no EXIF data"
+        if reason is None:
+            meta.lat, meta.lon = lat, lon
+            meta.alt = gps_altitude(gps)
+            meta.gps_accuracy_m = gps_accuracy(gps)
+        else:
+            meta.no_position_reason = reason
+        return meta
+
+
+# --- reading the tags -------------------------------------------------------------------------
+
+
+def _quiet_exifread() -> None:
+    # ExifRead logs "File format not recognized." and similar through logging's last-resort
+    # handler straight onto stderr; geoloc reports per-file problems itself.
+    logger = logging.getLogger("exifread")
+    if logger.level < logging.ERROR:
+        logger.setLevel(logging.ERROR)
+
+
+def _exifread_tags(fh: BinaryIO) -> tuple[Tags, Tags, Tags]:
+    """IFD0, EXIF and GPS tags by number; empty dicts when ExifRead finds nothing or fails."""
+    import exifread
+
+    _quiet_exifread()
+    ifd0: Tags = {}
+    exif: Tags = {}
+    gps: Tags = {}
+    try:
+        fh.seek(0)
+        # details=False: no MakerNotes, which are where most corrupt EXIF lives.
+        tags = exifread.process_file(fh, details=False, extract_thumbnail=False)
+    except Exception:  # ExifRead on broken files: struct, index, type, recursion errors …
+        return ifd0, exif, gps
+    for key, tag in tags.items():
+        number = getattr(tag, "tag", None)
+        if not isinstance(key, str) or not isinstance(number, int):
+            continue
+        group, _, name = key.partition(" ")
+        if group == "Image":
+            ifd0[number] = tag.values
+        elif group == "EXIF" and not name.startswith("SubIFD"):
+            exif[number] = tag.values
+        elif group == "GPS":
+            gps[number] = tag.values
+    return ifd0, exif, gps
+
+
+def _header(fh: BinaryIO, path: Path):
+    """The Pillow image with its header parsed (no pixels), or None if Pillow cannot read it."""
+    try:
+        fh.seek(0)
+        return open_image(fh, path, max_pixels=sys.maxsize)
+    except Exception:
+        return None
+
+
+def _pillow_tags(image) -> tuple[Tags, Tags, Tags]:
+    try:
+        exif = exif_of(image)
+        return dict(exif), dict(exif.get_ifd(0x8769)), dict(exif.get_ifd(0x8825))
+    except Exception:
+        return {}, {}, {}
+
+
+def _orientation_value(values: Any) -> int:
+    value = _integer(values)
+    return value if value is not None and 1 <= value <= 8 else 1
+
+
+# --- GPS --------------------------------------------------------------------------------------
+
+
+def gps_position(gps: Tags) -> tuple[float | None, float | None, str | None]:
+    """``(lat, lon, None)`` for a usable position, else ``(None, None, reason)``.
+
+    ``gps`` maps GPS IFD tag numbers to values as ExifRead or Pillow give them.
+    """
+    if not gps:
+        return None, None, "no GPS data"
+    lat_values, lon_values = gps.get(GPS_LATITUDE), gps.get(GPS_LONGITUDE)
+    if _is_empty(lat_values) and _is_empty(lon_values):
+        return None, None, "GPS block without coordinates"
+    if _is_empty(lon_values):
+        return None, None, "GPS latitude without longitude"
+    if _is_empty(lat_values):
+        return None, None, "GPS longitude without latitude"
+    lat, reason = _coordinate(lat_values, gps.get(GPS_LATITUDE_REF), "latitude", 90.0, "N", "S")
+    if reason:
+        return None, None, reason
+    lon, reason = _coordinate(lon_values, gps.get(GPS_LONGITUDE_REF), "longitude", 180.0, "E", "W")
+    if reason:
+        return None, None, reason
+    if lat == 0.0 and lon == 0.0:
+        return None, None, "GPS position (0, 0), which devices write when they have no fix"
+    if not is_valid_position(lat, lon):
+        return None, None, f"GPS position out of range ({lat:g}, {lon:g})"
+    return lat, lon, None
+
+
+def _coordinate(
+    values: Any, ref: Any, name: str, limit: float, positive: str, negative: str
+) -> tuple[float | None, str | None]:
+    """Degrees from 1–3 values: decimal degrees, degrees + decimal minutes, or D/M/S.
+
+    A zero denominator is unreadable in the degrees; 0/0 in the minutes or seconds is read as
+    0 (devices that write decimal minutes fill the seconds with 0/0). The reference letter
+    gives the sign; without one, a negative degree value does, else the value is N/E.
+    """
+    parts = _elements(values)
+    if len(parts) > 3 and all(_number(p, 0.0) == 0.0 for p in parts[3:]):
+        parts = parts[:3]
+    if not 1 <= len(parts) <= 3:
+        return None, f"unreadable GPS {name} ({len(parts)} values)"
+    degrees = _number(parts[0])
+    rest = [_number(p, zero_over_zero=0.0) for p in parts[1:]]
+    if degrees is None or any(r is None for r in rest):
+        return None, f"unreadable GPS {name} (zero denominator or not a number)"
+    minutes, seconds = (rest + [0.0, 0.0])[:2]
+    if not (0.0 <= minutes <= 60.0 and 0.0 <= seconds <= 60.0):
+        return None, f"GPS {name} out of range (minutes {minutes:g}, seconds {seconds:g})"
+    magnitude = abs(degrees) + minutes / 60.0 + seconds / 3600.0
+    letter = _ref_letter(ref)
+    if letter is None:
+        sign = -1.0 if degrees < 0 else 1.0
+    elif letter == positive:
+        sign = 1.0
+    elif letter == negative:
+        sign = -1.0
+    else:
+        return None, f"unknown GPS {name} reference {_text(ref)!r}"
+    if magnitude > limit:
+        return None, f"GPS {name} out of range ({sign * magnitude:g})"
+    return sign * magnitude, None
+
+
+def gps_altitude(gps: Tags) -> float | None:
+    """Metres above sea level; ``GPSAltitudeRef`` 1 (or EXIF 3's 3) means below."""
+    parts = _elements(gps.get(GPS_ALTITUDE))
+    if not parts:
+        return None
+    altitude = _number(parts[0])
+    if altitude is None:
+        return None
+    ref = _integer(gps.get(GPS_ALTITUDE_REF))
+    if ref in (1, 3):
+        altitude = -abs(altitude)
+    low, high = ALTITUDE_RANGE_M
+    return altitude if low <= altitude <= high else None
+
+
+def gps_accuracy(gps: Tags) -> float | None:
+    """Horizontal error in metres: GPSHPositioningError, else GPSDOP × 5 m; None when unknown."""
+    error = _first_number(gps.get(GPS_H_POSITIONING_ERROR))
+    if error is not None and 0.0 < error < 1e6:
+        return error
+    dop = _first_number(gps.get(GPS_DOP))
+    if dop is not None and 0.0 < dop < 1e4:
+        return dop * DOP_TO_METRES
+    return None
+
+
+# --- capture time -----------------------------------------------------------------------------
+
+_DATETIME_RE = re.compile(
+    r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})[ T]+(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?"
+    r"(?:[.,](\d+))?\s*(Z|[+-]\d{2}:?\d{2})?\s*$"
+)
+_OFFSET_RE = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
+
+
+def capture_time(ifd0: Tags, exif: Tags) -> str | None:
+    """ISO 8601 local time of capture, with sub-seconds and UTC offset when the camera wrote them.
+
+    DateTimeOriginal first, then DateTimeDigitized, then DateTime (which editors overwrite,
+    so it is the last resort); each with its own OffsetTime*/SubSecTime* companions.
+    """
+    for when, offset, subsec in TIME_TAGS:
+        tags = ifd0 if when == DATETIME else exif
+        iso = _iso_time(tags.get(when), exif.get(offset), exif.get(subsec))
+        if iso:
+            return iso
+    return None
+
+
+def _iso_time(value: Any, offset: Any, subsec: Any) -> str | None:
+    match = _DATETIME_RE.match(_text(value) or "")
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups()[:6])
+    try:
+        datetime(year, month, day, hour, minute, second)
+    except ValueError:  # "0000:00:00 00:00:00" and other placeholders
+        return None
+    iso = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    fraction = match.group(7) or re.sub(r"\D", "", _text(subsec) or "")
+    if fraction:
+        iso += "." + fraction[:6]
+    zone = match.group(8) or (_text(offset) or "").strip()
+    if zone == "Z":
+        return iso + "+00:00"
+    zone_match = _OFFSET_RE.match(zone)
+    if zone_match and int(zone_match.group(2)) <= 14 and int(zone_match.group(3)) < 60:
+        iso += f"{zone_match.group(1)}{zone_match.group(2)}:{zone_match.group(3)}"
+    return iso
+
+
+# --- values as ExifRead and Pillow give them --------------------------------------------------
+
+
+def _elements(values: Any) -> list:
+    """The list of numbers in a tag value: a list, one number, or text such as ``"43 28 2.81"``."""
+    if values is None:
+        return []
+    if isinstance(values, (str, bytes)):
+        text = _text(values) or ""
+        return [float(t) for t in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", text)]
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    return [values]
+
+
+def _is_empty(values: Any) -> bool:
+    return not _elements(values)
+
+
+def _number(value: Any, zero_over_zero: float | None = None) -> float | None:
+    """A finite float from an int, float, ExifRead Ratio, Pillow IFDRational or (num, den) pair.
+
+    x/0 is never a number; 0/0 is ``zero_over_zero``.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        result = float(value)
+        return result if math.isfinite(result) else None
+    if isinstance(value, (str, bytes)):
+        parts = _elements(value)
+        return _number(parts[0]) if len(parts) == 1 else None
+    if isinstance(value, tuple) and len(value) == 2:
+        numerator, denominator = value
+    else:
+        numerator = getattr(value, "numerator", None)
+        denominator = getattr(value, "denominator", None)
+        if numerator is None or denominator is None:
+            try:
+                result = float(value)
+            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+                return None
+            return result if math.isfinite(result) else None
+    try:
+        numerator, denominator = float(numerator), float(denominator)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if denominator == 0.0:
+        return zero_over_zero if numerator == 0.0 else None
+    result = numerator / denominator
+    return result if math.isfinite(result) else None
+
+
+def _first_number(values: Any) -> float | None:
+    parts = _elements(values)
+    return _number(parts[0]) if parts else None
+
+
+def _integer(values: Any) -> int | None:
+    """A small integer tag (a BYTE or SHORT) however it is wrapped: [1], b"\\x01", "1", 1."""
+    if isinstance(values, bytes):
+        if not values:
+            return None
+        text = values.decode("latin-1").strip("\x00 ")
+        return int(text) if text.isdigit() else values[0]
+    if isinstance(values, str):
+        text = values.strip("\x00 ")
+        if text.isdigit():
+            return int(text)
+        return ord(text[0]) if len(text) == 1 and ord(text[0]) < 32 else None
+    if isinstance(values, (list, tuple)):
+        return _integer(values[0]) if values else None
+    number = _number(values)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _text(value: Any) -> str | None:
+    """A tag value as text: ASCII tags are str from ExifRead, sometimes bytes or byte lists."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        text = value.decode("latin-1")
+    elif isinstance(value, (list, tuple)):
+        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in value):
+            text = bytes(value).decode("latin-1")
+        else:
+            text = " ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.strip("\x00 \t\r\n")
+
+
+def _ref_letter(ref: Any) -> str | None:
+    text = _text(ref)
+    return text[:1].upper() if text else None

@@ -1,0 +1,247 @@
+"""`geoloc index` as users run it, on the real photos in ../shared/data.
+
+Every run uses the offline model lite0-vlad at --max-side 224 so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+from geoloc.database import Database
+
+FAST = ["--model", "lite0-vlad", "--max-side", "224", "--workers", "2"]
+
+
+def run_index(*args: str, expect: int = 0) -> tuple[dict | None, str]:
+    result = CliRunner().invoke(app, ["index", *map(str, args)])
+    assert result.exit_code == expect, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    data = json.loads(result.stdout) if "--json" in args and expect == 0 else None
+    return data, result.stderr
+
+
+def copy_lund(lund_dir: Path, dest: Path, names=None) -> Path:
+    dest.mkdir(parents=True)
+    for src in sorted(lund_dir.glob("*.jpg")):
+        if names is None or src.name in names:
+            shutil.copy2(src, dest / src.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def lund_db(lund_dir, tmp_path_factory):
+    """One indexed copy of the lund walk, shared by the read-only checks below."""
+    root = tmp_path_factory.mktemp("lund_db")
+    photos = copy_lund(lund_dir, root / "photos")
+    data, stderr = run_index(photos, "--db", root / "db", "--json", *FAST)
+    return root / "db", photos, data, stderr
+
+
+def test_lund_first_run(lund_db):
+    db, photos, data, stderr = lund_db
+    assert data["model"] == "lite0-vlad"
+    assert data["db"] == str(db)
+    assert (data["total"], data["located"], data["unlocated"]) == (29, 29, 0)
+    assert (data["indexed"], data["unchanged"], data["errors"], data["removed"]) == (29, 0, 0, 0)
+    assert data["error_files"] == []
+    assert data["vocabulary"] == "fitted"
+    assert "29 located" in stderr  # the summary for people, on stderr
+    with Database.open(db) as database:
+        records, matrix = database.descriptor_matrix()
+        assert sorted(r.path.name for r in records) == [f"{i:02d}.jpg" for i in range(1, 30)]
+        assert all(r.path.is_absolute() and r.located for r in records)
+        assert matrix.shape == (29, 64 * 320)
+        np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+        rec = database.get(photos / "01.jpg")
+        assert rec.width == 1024 and rec.height == 768 and rec.sha256
+        assert rec.lat == pytest.approx(55.7, abs=0.1) and rec.lon == pytest.approx(13.2, abs=0.1)
+        assert database.manifest["preprocess"]["max_side"] == 224
+        assert database.manifest["vocabulary_sha256"] and database.has_vocabulary()
+
+
+def test_lund_rerun_is_incremental(lund_db):
+    db, photos, _, _ = lund_db
+    data, _ = run_index(photos, "--db", db, "--json")  # no --model: the database keeps its own
+    assert (data["total"], data["indexed"], data["unchanged"]) == (29, 0, 29)
+    assert data["vocabulary"] == "stored"
+
+
+def test_another_model_is_a_clear_error(lund_db):
+    db, photos, _, _ = lund_db
+    _, stderr = run_index(photos, "--db", db, "--model", "lite0-gem", expect=1)
+    assert "lite0-vlad" in stderr and "lite0-gem" in stderr
+    _, stderr = run_index(photos, "--db", db, "--max-side", "320", expect=1)
+    assert "--max-side 224" in stderr
+
+
+def test_missing_path_is_an_error(tmp_path, lund_dir):
+    _, stderr = run_index(lund_dir, tmp_path / "nope", "--db", tmp_path / "db", *FAST, expect=1)
+    assert "nope" in stderr and "no such file" in stderr
+    assert not (tmp_path / "db").exists()  # nothing created for a run that could not start
+
+
+def test_unwritable_database_is_an_error(tmp_path, lund_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    _, stderr = run_index(lund_dir / "01.jpg", "--db", blocker / "db", *FAST, expect=1)
+    assert "cannot create database" in stderr
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        _, stderr = run_index(lund_dir / "01.jpg", "--db", ro / "db", *FAST, expect=1)
+        assert "cannot create database" in stderr
+
+
+def test_second_writer_is_refused(lund_db):
+    db, photos, _, _ = lund_db
+    with Database.open(db, write=True):
+        _, stderr = run_index(photos, "--db", db, expect=1)
+    assert f"is being written by another geoloc process (pid {os.getpid()})" in stderr
+
+
+def test_touch_change_delete_prune(lund_dir, tmp_path):
+    photos = copy_lund(lund_dir, tmp_path / "photos", names={"01.jpg", "02.jpg", "03.jpg", "04.jpg"})
+    db = tmp_path / "db"
+    run_index(photos, "--db", db, "--json", *FAST, "--vocabulary-photos", "4")
+    with Database.open(db) as database:
+        before = {r.path.name: r for r in database.photos()}
+
+    st = (photos / "01.jpg").stat()
+    os.utime(photos / "01.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    data, _ = run_index(photos, "--db", db, "--json")
+    assert (data["indexed"], data["unchanged"]) == (0, 4)  # same content: only the mtime moved
+
+    shutil.copyfile(lund_dir / "20.jpg", photos / "02.jpg")  # new content under an old name
+    data, _ = run_index(photos, "--db", db, "--json")
+    assert (data["indexed"], data["unchanged"], data["total"]) == (1, 3, 4)
+    data, _ = run_index(photos, "--db", db, "--json")
+    assert (data["indexed"], data["unchanged"]) == (0, 4)  # re-indexed exactly once
+    with Database.open(db) as database:
+        after = {r.path.name: r for r in database.photos()}
+        assert after["02.jpg"].sha256 != before["02.jpg"].sha256
+        assert after["02.jpg"].lat != before["02.jpg"].lat  # the new file's own GPS
+        assert after["01.jpg"].row == before["01.jpg"].row
+        assert database.dead_rows == 1
+
+    (photos / "03.jpg").unlink()
+    data, _ = run_index(photos, "--db", db, "--json")
+    assert (data["removed"], data["total"]) == (0, 4)  # without --prune nothing is dropped
+    data, _ = run_index(photos, "--db", db, "--json", "--prune")
+    assert (data["removed"], data["total"], data["located"]) == (1, 3, 3)
+    with Database.open(db) as database:
+        assert database.dead_rows == 0  # --prune compacts the descriptor file
+        assert database.get(photos / "03.jpg") is None
+        records, matrix = database.descriptor_matrix()
+        assert sorted(r.path.name for r in records) == ["01.jpg", "02.jpg", "04.jpg"]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims to be width×height: what a decompression bomb looks like to Pillow."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_bad_files_get_one_line_each_and_the_run_goes_on(lund_dir, tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "mixed"
+    (photos / "sub dir").mkdir(parents=True)
+    good = {
+        "plain.jpg": lund_dir / "05.jpg",
+        "with space 'quote' \"double\".JPG": lund_dir / "06.jpg",
+        "sub dir/åäö 東京.jpeg": lund_dir / "07.jpg",
+    }
+    for name, src in good.items():
+        shutil.copy2(src, photos / name)
+    for i in range(8, 12):  # enough photos for the vocabulary
+        shutil.copy2(lund_dir / f"{i:02d}.jpg", photos / f"{i:02d}.jpg")
+    Image.new("RGB", (3000, 150), (120, 80, 40)).save(photos / "panorama.png")  # unlocated
+    bad = {
+        "empty.jpg": b"",
+        "not-an-image.jpg": b"<!DOCTYPE html><html><body>404</body></html>",
+        "truncated.jpg": (lund_dir / "01.jpg").read_bytes()[:2000],
+    }
+    for name, data in bad.items():
+        (photos / name).write_bytes(data)
+    _png_header_only(photos / "bomb.png", 60_000, 60_000)
+    bad["bomb.png"] = b""
+
+    data, stderr = run_index(photos, "--db", tmp_path / "db", "--json", *FAST)
+    reasons = {Path(e["path"]).name: e["reason"] for e in data["error_files"]}
+    assert set(reasons) == set(bad), reasons
+    assert data["errors"] == len(bad)
+    assert "too large" in reasons["bomb.png"] and "empty" in reasons["empty.jpg"]
+    for name in bad:  # one warning line naming the file
+        assert sum(name in line and "warning" in line for line in stderr.splitlines()) == 1, stderr
+    assert (data["indexed"], data["located"], data["unlocated"]) == (8, 7, 1)
+    with Database.open(tmp_path / "db") as database:
+        for name in good:
+            record = database.get((photos / name).resolve())
+            assert record is not None and record.located, name
+        pano = database.get((photos / "panorama.png").resolve())
+        assert pano is not None and not pano.located and (pano.width, pano.height) == (3000, 150)
+
+
+@pytest.mark.slow
+def test_all_exif_samples(exif_dir, tmp_path):
+    """Every real-device file: no traceback, exit 0, every file with a position indexed."""
+    data, stderr = run_index(exif_dir, "--db", tmp_path / "db", "--json", *FAST)
+    scan = [json.loads(line) for line in (exif_dir / "exif_scan.jsonl").read_text().splitlines()]
+    with_gps = {r["file"] for r in scan if r.get("er_lat") is not None or r.get("pil_lat") is not None}
+    assert len(with_gps) == 18
+    assert data["total"] + data["errors"] == len(scan)
+    assert stderr.count("warning:") == data["errors"]  # one line per unusable file
+    with Database.open(tmp_path / "db") as database:
+        located = {r.path.relative_to(exif_dir.resolve()).as_posix() for r in database.photos() if r.located}
+    assert located == with_gps
+    assert data["located"] == 18
+
+
+def test_quiet_prints_no_progress(lund_dir, tmp_path):
+    photos = copy_lund(lund_dir, tmp_path / "p", names={f"{i:02d}.jpg" for i in range(1, 5)})
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(tmp_path / "db"), "--quiet",
+                                      *FAST, "--vocabulary-photos", "4"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ""
+
+
+# --- extraction on its own --------------------------------------------------------------------
+
+
+def test_descriptor_does_not_depend_on_the_batch(lund_dir):
+    import torch
+
+    from geoloc.extract import ExtractConfig, Extractor, iter_batches, Decoded
+    from geoloc.models.registry import load_model
+
+    model = load_model("lite0-gem")  # no vocabulary to fit: the batching alone is under test
+    paths = sorted(lund_dir.glob("*.jpg"))[:5]
+    alone = Extractor(model, ExtractConfig(max_side=160, batch_size=1, workers=1, hash_files=False))
+    together = Extractor(model, ExtractConfig(max_side=160, batch_size=4, workers=2, hash_files=False))
+    a = {i[0].path: d[0] for i, d in alone.descriptors(paths)}
+    b = {}
+    for items, desc in together.descriptors(paths):
+        b.update({item.path: row for item, row in zip(items, desc)})
+    assert together.stats.batches == 2 and alone.stats.batches == 5
+    for p in paths:
+        np.testing.assert_allclose(a[p], b[p], atol=1e-5)
+
+    # Photos of different shapes never share a batch.
+    items = [Decoded(path=Path(f"{i}"), tensor=torch.zeros(3, 10 + (i % 2), 12)) for i in range(6)]
+    batches = list(iter_batches(items, batch_size=2))
+    assert all(len({tuple(i.tensor.shape) for i in batch}) == 1 for batch in batches)
+    assert sorted(len(b) for b in batches) == [1, 1, 2, 2]

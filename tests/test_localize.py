@@ -1,0 +1,165 @@
+"""The estimator and the search, on positions and descriptors whose answer is known."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoloc.geo import from_local_m, haversine_m
+from geoloc.localize import (
+    Candidate,
+    Estimate,
+    EstimateConfig,
+    LocateResult,
+    SearchConfig,
+    SearchIndex,
+    estimate_position,
+)
+
+LAT0, LON0 = 55.7048, 13.1930  # Lund
+
+
+def _place(points_m):
+    """Lat/lon of points given in metres east/north of LAT0, LON0."""
+    lats, lons = zip(*(from_local_m(e, n, LAT0, LON0) for e, n in points_m))
+    return list(lats), list(lons)
+
+
+def test_single_candidate_is_the_estimate_with_the_single_radius():
+    cfg = EstimateConfig()
+    e = estimate_position([LAT0], [LON0], [0.7], cfg)
+    assert e.lat == pytest.approx(LAT0) and e.lon == pytest.approx(LON0)
+    assert e.radius_m == cfg.single_radius_m
+    assert e.support == 1 and e.agreement == 1.0
+
+
+def test_no_candidates_no_estimate():
+    assert estimate_position([], [], []) is None
+
+
+def test_equal_scores_give_the_midpoint():
+    lats, lons = _place([(0, 0), (10, 0)])
+    e = estimate_position(lats, lons, [0.8, 0.8])
+    mid = from_local_m(5, 0, LAT0, LON0)
+    assert haversine_m(e.lat, e.lon, *mid) < 0.01
+    assert e.support == 2
+    assert e.radius_m == pytest.approx(max(2 * 5.0, EstimateConfig().min_radius_m))
+
+
+def test_higher_score_pulls_the_estimate():
+    lats, lons = _place([(0, 0), (10, 0)])
+    e = estimate_position(lats, lons, [0.9, 0.8])
+    east = haversine_m(LAT0, LON0, e.lat, e.lon)
+    assert 0 < east < 5
+
+
+def test_a_consistent_group_outvotes_a_slightly_better_lone_outlier():
+    # Top-1 is 800 m away; ranks 2-4 agree with each other within 12 m.
+    lats, lons = _place([(800, 0), (0, 0), (8, 5), (-4, 6)])
+    e = estimate_position(lats, lons, [0.80, 0.78, 0.77, 0.76])
+    assert haversine_m(e.lat, e.lon, LAT0, LON0) < 10
+    assert e.support == 3
+    assert 0.5 < e.agreement < 1
+
+
+def test_a_clearly_better_lone_match_wins_over_weak_agreement():
+    lats, lons = _place([(800, 0), (0, 0), (8, 5), (-4, 6)])
+    e = estimate_position(lats, lons, [0.95, 0.60, 0.59, 0.58])
+    top1 = from_local_m(800, 0, LAT0, LON0)
+    assert haversine_m(e.lat, e.lon, *top1) < 0.01
+    assert e.support == 1
+
+
+def test_radius_grows_with_the_spread_of_the_group_and_has_a_floor():
+    tight = estimate_position(*_place([(0, 0), (1, 0), (0, 1)]), [0.8, 0.8, 0.8])
+    loose = estimate_position(*_place([(0, 0), (20, 0), (0, 20)]), [0.8, 0.8, 0.8])
+    assert tight.radius_m == EstimateConfig().min_radius_m
+    assert loose.radius_m > tight.radius_m
+    # The group's members lie within the radius.
+    for e_, n_ in [(0, 0), (20, 0), (0, 20)]:
+        assert haversine_m(loose.lat, loose.lon, *from_local_m(e_, n_, LAT0, LON0)) <= loose.radius_m
+
+
+def test_mean_shift_gathers_a_chain_of_candidates():
+    # A street: candidates every 8 m. The group settles where the weight is.
+    lats, lons = _place([(8 * i, 0) for i in range(8)])
+    scores = [0.9 - 0.02 * abs(i - 3) for i in range(8)]
+    e = estimate_position(lats, lons, scores)
+    x = haversine_m(LAT0, LON0, e.lat, e.lon)
+    assert abs(x - 24) < 3
+
+
+def test_antimeridian():
+    e = estimate_position([10.0, 10.0], [179.99995, -179.99995], [0.8, 0.8])
+    assert abs(abs(e.lon) - 180.0) < 1e-3
+    assert haversine_m(e.lat, e.lon, 10.0, 180.0) < 1
+
+
+def test_mismatched_lengths_are_rejected():
+    with pytest.raises(ValueError):
+        estimate_position([1.0, 2.0], [1.0], [0.5, 0.5])
+
+
+def test_result_json_has_exactly_the_spec_fields():
+    c = Candidate(1, Path("/a/b.jpg"), LAT0, LON0, 0.81234567, 3.456)
+    r = LocateResult(Path("q.jpg"), Estimate(LAT0, LON0, 12.34, 2, 0.9), [c], (LAT0 + 1e-4, LON0))
+    body = r.to_json()
+    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error"}
+    assert {"lat", "lon", "radius_m"} <= set(body["estimate"])
+    assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m"}
+    assert body["candidates"][0]["rank"] == 1
+    assert body["error_m"] == pytest.approx(11.12, abs=0.05)
+    assert body["error"] is None
+
+    failed = LocateResult(Path("bad.jpg"), error="bad.jpg: not an image").to_json()
+    assert failed["estimate"] is None and failed["candidates"] == []
+    assert failed["error_m"] is None and failed["query_gps"] is None
+    assert failed["error"] == "bad.jpg: not an image"
+
+
+# ---------------------------------------------------------------- search
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_search_is_exact_cosine():
+    rng = np.random.default_rng(0)
+    db = _unit(rng.normal(size=(300, 32)))
+    q = _unit(rng.normal(size=(5, 32)))
+    index = SearchIndex(db)
+    assert index.kind == "flat"
+    scores, ids = index.search(q, 4)
+    brute = q @ db.T
+    for i in range(5):
+        expected = np.argsort(-brute[i])[:4]
+        assert list(ids[i]) == list(expected)
+        assert np.allclose(scores[i], brute[i][expected], atol=1e-5)
+
+
+def test_k_larger_than_the_database():
+    db = _unit(np.eye(3, 8) + 0.01)
+    scores, ids = SearchIndex(db).search(db[:1], 10)
+    assert ids.shape == (1, 3)
+
+
+def test_ivf_above_the_threshold_finds_near_duplicates():
+    rng = np.random.default_rng(1)
+    db = _unit(rng.normal(size=(6000, 64)))
+    index = SearchIndex(db, SearchConfig(ivf_threshold=5000))
+    assert index.kind == "ivf"
+    assert index.nlist == round(4 * math.sqrt(6000))
+    queries = _unit(db[:200] + 0.05 * rng.normal(size=(200, 64)))
+    _, ids = index.search(queries, 1)
+    recall = float(np.mean(ids[:, 0] == np.arange(200)))
+    assert recall >= 0.95
+
+
+def test_query_dimension_must_match():
+    index = SearchIndex(_unit(np.ones((4, 8))))
+    with pytest.raises(ValueError):
+        index.search(np.ones((1, 7), dtype=np.float32), 1)

@@ -1,0 +1,128 @@
+"""The HTML map as a file: what it loads, what it draws, and that names cannot inject script."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from geoloc.errors import GeolocError
+from geoloc.localize import Candidate, Estimate, LocateResult, estimate_position
+from geoloc.mapview import MapConfig, build_map, esc, save_map
+
+XSS_DIR = '"><script>alert(1)<'  # with the file name below: "><script>alert(1)</script>.jpg
+XSS_FILE = "script>.jpg"
+XSS_NAME = "<img src=x onerror=alert(2)>${alert(3)}`\\u.jpg"
+
+
+def _result(query: Path, photos: list[Path], gps=True) -> LocateResult:
+    lat0, lon0 = 55.6982, 13.1953
+    cands = [
+        Candidate(i + 1, p, lat0 + 4e-5 * i, lon0 + 3e-5 * i, 0.9 - 0.05 * i) for i, p in enumerate(photos)
+    ]
+    est = estimate_position([c.lat for c in cands], [c.lon for c in cands], [c.score for c in cands])
+    for c in cands:
+        c.distance_m = 1.0
+    return LocateResult(query, est, cands, (lat0 + 1e-5, lon0) if gps else None)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, lund_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("mapphotos")
+    (root / XSS_DIR).mkdir()
+    out = {
+        "xss_path": root / XSS_DIR / XSS_FILE,
+        "xss_name": root / XSS_NAME,
+        "plain": root / "plain.jpg",
+    }
+    for i, p in enumerate(out.values()):
+        shutil.copy(lund_dir / f"{2 * i + 1:02d}.jpg", p)
+    return out
+
+
+def test_map_draws_every_marker_once_and_loads_only_leaflet(tmp_path, photos):
+    a = _result(photos["plain"], [photos["xss_path"], photos["xss_name"]])
+    b = _result(photos["xss_name"], [photos["plain"]], gps=False)
+    page = save_map([a, b, LocateResult(Path("bad.jpg"), error="unreadable")], tmp_path / "m.html").read_text()
+    # 2 + 1 candidates, 2 estimates, 1 true position.
+    assert len(re.findall(r"= L\.marker\(", page)) == 6
+    assert len(re.findall(r"= L\.circle\(", page)) == 2
+    assert page.count("L.control.layers(") == 1
+    assert "fitBounds(" in page
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert len(scripts) == 1 and "leaflet" in scripts[0]
+    assert "jquery" not in page and "bootstrap" not in page
+    assert page.count("data:image/jpeg;base64,") == 3  # one thumbnail per photo, reused
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, list]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def test_user_strings_are_escaped(tmp_path, photos):
+    r = _result(photos["xss_name"], [photos["xss_path"], photos["xss_name"]])
+    page = save_map([r, r], tmp_path / "m.html").read_text()
+    assert "<script>alert(1)</script>" not in page and "<img" not in page
+    # Every popup/tooltip/layer name is a JSON string literal (never a template literal, where
+    # ${...} would run) holding HTML whose only tags are ours.
+    literals = re.findall(r'(?:bind(?:Popup|Tooltip)\(|geolocPopup\()("(?:[^"\\]|\\.)*")', page)
+    literals += re.findall(r'^\s*("(?:[^"\\]|\\.)*") : feature_group_', page, flags=re.M)
+    assert len(literals) >= 10
+    texts = ""
+    for literal in literals:
+        parser = _Tags()
+        parser.feed(json.loads(literal))
+        for tag, attrs in parser.tags:
+            assert tag in {"div", "b", "br", "span"}, tag
+            assert all(not name.startswith("on") and name != "src" for name, _ in attrs)
+        texts += parser.text
+    assert photos["xss_path"].as_posix() in texts  # shown literally, as the text it is
+    assert XSS_NAME in texts
+    for call in re.findall(r"\.bind(?:Popup|Tooltip)\((.{0,40})", page):
+        assert call.startswith('"') or call.startswith('function () { return geolocPopup("')
+
+
+def test_esc():
+    assert esc('"><script>') == "&quot;&gt;&lt;script&gt;"
+
+
+def test_nothing_to_map_is_an_error(tmp_path):
+    with pytest.raises(GeolocError, match="nothing to map"):
+        save_map([LocateResult(Path("a.jpg"), error="x")], tmp_path / "m.html")
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path, photos):
+    r = _result(photos["plain"], [photos["plain"]])
+    with pytest.raises(GeolocError, match="does not exist"):
+        save_map([r], tmp_path / "nope" / "m.html")
+
+
+def test_thumbnails_can_be_turned_off_and_missing_photos_just_lack_one(tmp_path, photos):
+    r = _result(Path("/gone/q.jpg"), [Path("/gone/c.jpg"), photos["plain"]])
+    page = save_map([r], tmp_path / "a.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 1
+    page = save_map([r], tmp_path / "b.html", MapConfig(thumbnail_px=0)).read_text()
+    assert "data:image/jpeg" not in page
+
+
+def test_bounds_cover_the_uncertainty_circle(photos):
+    r = LocateResult(Path("q.jpg"), Estimate(55.0, 13.0, 1000.0, 1, 1.0),
+                     [Candidate(1, photos["plain"], 55.0, 13.0, 0.5, 0.0)])
+    fmap = build_map([r], MapConfig(thumbnail_px=0))
+    page = fmap.get_root().render()
+    bounds = re.search(r"fitBounds\(\s*\[\[([-\d.]+),\s*([-\d.]+)\],\s*\[([-\d.]+),\s*([-\d.]+)\]\]", page)
+    south, west, north, east = map(float, bounds.groups())
+    assert north - south == pytest.approx(2 * 1000 / 111_195, rel=0.01)
