@@ -318,7 +318,15 @@ class Database:
     def _recover(self) -> None:
         """Bring the folder back to its last committed state after a crash (writers only)."""
         self._finish_compaction()
-        size = (self.path / DESCRIPTORS).stat().st_size
+        for leftover in self.path.glob(".*.tmp"):  # an atomic write killed half-way
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        try:
+            size = (self.path / DESCRIPTORS).stat().st_size
+        except FileNotFoundError:
+            size = 0
         committed = self.next_row * self._row_bytes
         if size < committed:
             raise DatabaseError(

@@ -18,6 +18,7 @@ from typing import Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
+from geoloc.database import display_path
 from geoloc.localize import LocateResult
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
@@ -26,8 +27,8 @@ from geoloc.localize import LocateResult
 CSV_COLUMNS = (
     "SourceFile",
     "GPSLatitude",
-    "GPSLatitudeRef",
     "GPSLongitude",
+    "GPSLatitudeRef",
     "GPSLongitudeRef",
     "GPSHPositioningError",
     "Score",
@@ -50,10 +51,10 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
         score = r.candidates[0].score if r.candidates else None
         writer.writerow(
             [
-                str(r.query),
+                display_path(r.query),
                 f"{e.lat:.7f}",
-                "N" if e.lat >= 0 else "S",
                 f"{e.lon:.7f}",
+                "N" if e.lat >= 0 else "S",
                 "E" if e.lon >= 0 else "W",
                 f"{e.radius_m:.1f}",
                 "" if score is None else f"{score:.6f}",

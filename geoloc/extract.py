@@ -29,9 +29,13 @@ from geoloc.database import file_sha256
 from geoloc.errors import PhotoError
 
 
-def default_workers() -> int:
-    """Decoding threads: enough to keep a GPU fed, without drowning a small CPU."""
-    return max(1, min(8, (os.cpu_count() or 2)))
+def default_workers(device: str = "cpu") -> int:
+    """Decoding threads. A GPU needs many to stay fed; on the CPU the network wants the cores
+    (decoding costs a fraction of a CPU network pass), and extra threads only contend."""
+    cores = os.cpu_count() or 2
+    if str(device).split(":")[0] in ("cuda", "mps"):
+        return max(2, min(8, cores))
+    return max(1, min(4, cores // 4))
 
 
 @dataclass

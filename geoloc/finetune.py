@@ -345,12 +345,9 @@ def finetune(
     training, and ``KeyboardInterrupt`` after saving a checkpoint when stopped (Ctrl-C or
     ``trainer.request_stop()`` from ``on_step``).
     """
-    from geoloc.geo import to_local_m
     from geoloc.models.registry import pick_device
     from geoloc.training.images import ImageSet
     from geoloc.training.loop import Reporter, Trainer
-    from geoloc.training.tuples import build_tuples, require_trainable, split_by_place
-    from geoloc.training.validate import countable_queries
 
     config = config or FinetuneConfig()
     config.check()
@@ -363,7 +360,7 @@ def finetune(
     device = pick_device(config.device)
 
     photos = _unique(photos)
-    require_trainable_count(len(photos), config)
+    plan_training(photos, config)  # fail fast, before any model is loaded, when the data cannot train
     ckpt_dir = prepare_checkpoint_dir(out, resume, restart)
 
     model = build_base(config)
@@ -390,19 +387,8 @@ def finetune(
             images.close()
             images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
                               memory_bytes=config.image_memory_mb << 20)
-            require_trainable_count(len(photos), config)
 
-        lat = np.array([p.lat for p in photos])
-        lon = np.array([p.lon for p in photos])
-        positions = to_local_m(lat, lon, float(np.mean(lat)), float(np.mean(lon)))
-        split = split_by_place(positions, config.val_fraction, config.val_cell_m, config.seed)
-        tuples = build_tuples(positions[split.train], config.pos_radius_m, config.neg_radius_m)
-        if len(split.val) and len(tuples.queries) == 0:
-            # Holding areas out left nothing to train on: train on everything, unvalidated.
-            split = split_by_place(positions, 0.0, config.val_cell_m, config.seed)
-            tuples = build_tuples(positions, config.pos_radius_m, config.neg_radius_m)
-        require_trainable(tuples, len(split.train), config.pos_radius_m, config.neg_radius_m)
-        val_queries = countable_queries(positions, split.val.tolist(), config.threshold_m)
+        positions, split, tuples, val_queries = plan_training(photos, config)
         validated = val_queries > 0
         if not validated:
             reporter.message(
@@ -417,6 +403,12 @@ def finetune(
             mark_vocabulary_fitted(model)
         model.to(device)
 
+        cache_gib = len(split.train) * int(model.dim) * 4 / 2**30
+        if cache_gib > 4:
+            reporter.message(
+                f"note: the mining cache holds {len(split.train)} descriptors of {model.dim} floats: "
+                f"{cache_gib:.1f} GiB of memory (and as much in each checkpoint)"
+            )
         trainer = Trainer(
             model, images, positions, split, tuples, config.train_settings(), device, ckpt_dir,
             fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")), reporter=reporter, on_step=on_step,
@@ -468,6 +460,28 @@ def finetune(
         recall=result.best_recall if result.validated else None, history=history, dim=int(model.dim),
         pca=pca_info, checkpoint=ckpt_dir, skipped=skipped, resumed=resume,
     )
+
+
+def plan_training(photos: Sequence[TrainingPhoto], config: FinetuneConfig):
+    """Positions in metres, the split by place, the training tuples and the number of
+    validation queries; :class:`TrainingDataError` saying what the data lacks."""
+    from geoloc.geo import to_local_m
+    from geoloc.training.tuples import build_tuples, require_trainable, split_by_place
+    from geoloc.training.validate import countable_queries
+
+    require_trainable_count(len(photos), config)
+    lat = np.array([p.lat for p in photos])
+    lon = np.array([p.lon for p in photos])
+    positions = to_local_m(lat, lon, float(np.mean(lat)), float(np.mean(lon)))
+    split = split_by_place(positions, config.val_fraction, config.val_cell_m, config.seed)
+    tuples = build_tuples(positions[split.train], config.pos_radius_m, config.neg_radius_m)
+    if len(split.val) and len(tuples.queries) == 0:
+        # Holding areas out left nothing to train on: train on everything, unvalidated.
+        split = split_by_place(positions, 0.0, config.val_cell_m, config.seed)
+        tuples = build_tuples(positions, config.pos_radius_m, config.neg_radius_m)
+    require_trainable(tuples, len(split.train), config.pos_radius_m, config.neg_radius_m)
+    val_queries = countable_queries(positions, split.val.tolist(), config.threshold_m)
+    return positions, split, tuples, val_queries
 
 
 def require_trainable_count(n: int, config: FinetuneConfig) -> None:

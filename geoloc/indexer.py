@@ -27,7 +27,7 @@ class IndexConfig:
     #: Longest side photos are resized to; None: the database's, else the model's default.
     max_side: Optional[int] = None
     batch_size: int = 16
-    #: Decoding threads; None: one per core, at most 8.
+    #: Decoding threads; None: ``extract.default_workers`` for the device.
     workers: Optional[int] = None
     device: str = "auto"
     #: Drop photos under the given PATHs whose files no longer exist.
@@ -130,7 +130,7 @@ def index_photos(
         extract_config = ExtractConfig(
             max_side=int(database.manifest["preprocess"]["max_side"]),
             batch_size=config.batch_size,
-            workers=config.workers or default_workers(),
+            workers=config.workers or default_workers(_device_of(model)),
         )
         extractor = Extractor(model, extract_config, device=_device_of(model))
         report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
@@ -319,6 +319,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     """
     if database.has_vocabulary():
         model.load_vocabulary(database.load_vocabulary())
+        if not database.manifest.get("vocabulary_sha256"):  # killed between the two writes
+            _record_vocabulary(database, model, {})
         return "stored", []
     if not _needs_fitting(model):
         return None, []
@@ -355,17 +357,18 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
         model.fit_vocabulary(features, seed=config.seed)
     except ModelError as exc:
         raise GeolocError(f"cannot fit the vocabulary: {exc}") from None
-    digest = database.save_vocabulary(model.vocabulary_state())
-    vocab_hash = model.vocabulary_hash() if hasattr(model, "vocabulary_hash") else digest
+    database.save_vocabulary(model.vocabulary_state())
+    _record_vocabulary(database, model, {"vocabulary_photos": len(sample),
+                                         "vocabulary_features": int(features.shape[0])})
+    return "fitted", kept
+
+
+def _record_vocabulary(database: Database, model, extra: dict) -> None:
+    """Make the manifest's weights hash identify the vocabulary as well as the weights."""
+    vocab_hash = model.vocabulary_hash()
     combined = hashlib.sha256(
         f"{database.manifest.get('model_weights_hash', '')}:{vocab_hash}".encode()).hexdigest()
-    database.update_manifest({
-        "vocabulary_sha256": vocab_hash,
-        "weights_hash": combined,
-        "vocabulary_photos": len(sample),
-        "vocabulary_features": int(features.shape[0]),
-    })
-    return "fitted", kept
+    database.update_manifest({"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra})
 
 
 def _spread(paths: list[Path], n: int) -> list[Path]:

@@ -54,8 +54,10 @@ class SearchConfig:
     # IVF cells: about 4·√N; cells probed per query (recall/speed trade-off).
     cells_per_sqrt_n: float = 4.0
     nprobe: int = 32
-    # k-means for the coarse quantiser is trained on at most this many vectors per cell.
+    # k-means for the coarse quantiser: at most this many training vectors per cell, this many
+    # iterations (a coarse quantiser needs no more; faiss's default of 25 costs 2.5× the time).
     train_per_cell: int = 64
+    kmeans_iterations: int = 10
     seed: int = 1234
 
 
@@ -76,7 +78,7 @@ class Candidate:
     def to_json(self) -> dict:
         return {
             "rank": self.rank,
-            "path": str(self.path),
+            "path": _display(self.path),
             "lat": _round(self.lat, 7),
             "lon": _round(self.lon, 7),
             "score": _round(self.score, 6),
@@ -130,7 +132,7 @@ class LocateResult:
     def to_json(self) -> dict:
         """The SPEC's object; ``estimate`` carries two extra fields (support, agreement)."""
         return {
-            "query": str(self.query),
+            "query": _display(self.query),
             "estimate": self.estimate.to_json() if self.estimate else None,
             "candidates": [c.to_json() for c in self.candidates],
             "query_gps": (
@@ -237,51 +239,103 @@ def _weighted_mean(xy: np.ndarray, weights: np.ndarray, members: np.ndarray) -> 
 class SearchIndex:
     """Inner-product search over L2-normalised descriptors (inner product = cosine).
 
-    Exact (``IndexFlatIP``) for small databases, where it is both fastest and exact; IVF with
-    about 4·√N cells above ``SearchConfig.ivf_threshold`` vectors, where a full scan per query
-    starts to cost more than the descriptor itself.
+    Exact search for small databases, where it is both fastest and exact: ``faiss.knn`` scans
+    the (memory-mapped) descriptor matrix in place, without copying it. Above
+    ``SearchConfig.ivf_threshold`` vectors, an IVF index with about 4·√N cells. Training and
+    filling it costs far more than one exact scan, so it pays only when it is reused: with a
+    ``cache`` file it is written once and read back on later runs while the database's
+    descriptors stay the same (``cache_key``).
     """
 
-    def __init__(self, descriptors: np.ndarray, config: SearchConfig | None = None):
+    def __init__(
+        self,
+        descriptors: np.ndarray,
+        config: SearchConfig | None = None,
+        cache: Path | None = None,
+        cache_key: str | None = None,
+    ):
+        cfg = config or SearchConfig()
+        if descriptors.ndim != 2:
+            raise ValueError("descriptors must be an N×D matrix")
+        self.size, self.dim = descriptors.shape
+        self.config = cfg
+        self.cached = False
+        self.nlist = 0
+        self._index = None
+        self._matrix = None
+        if self.size >= cfg.ivf_threshold:
+            self.kind = "ivf"
+            self.nlist = max(1, int(round(cfg.cells_per_sqrt_n * math.sqrt(self.size))))
+            if cache is not None and cache_key is not None:
+                self._index = _read_cached_index(cache, cache_key)
+                self.cached = self._index is not None
+            if self._index is None:
+                self._index = self._build_ivf(descriptors, cfg)
+                if cache is not None and cache_key is not None:
+                    _write_cached_index(cache, cache_key, self._index)
+            self._index.nprobe = min(cfg.nprobe, self.nlist)
+        else:
+            self.kind = "flat"
+            self._matrix = descriptors if descriptors.dtype == np.float32 else descriptors.astype(np.float32)
+
+    def _build_ivf(self, descriptors: np.ndarray, cfg: SearchConfig):
         import faiss
 
-        cfg = config or SearchConfig()
-        x = np.ascontiguousarray(descriptors, dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError("descriptors must be an N×D matrix")
-        self.size, self.dim = x.shape
-        if self.size >= cfg.ivf_threshold:
-            nlist = max(1, int(round(cfg.cells_per_sqrt_n * math.sqrt(self.size))))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            n_train = min(self.size, max(nlist * cfg.train_per_cell, nlist * 39))
-            if n_train < self.size:
-                rng = np.random.default_rng(cfg.seed)
-                train = x[np.sort(rng.choice(self.size, n_train, replace=False))]
-            else:
-                train = x
-            index.cp.seed = cfg.seed
-            index.cp.min_points_per_centroid = 1  # no warning spam below 39 points per cell
-            index.train(train)
-            index.add(x)
-            index.nprobe = min(cfg.nprobe, nlist)
-            self.kind = "ivf"
-            self.nlist = nlist
-        else:
-            index = faiss.IndexFlatIP(self.dim)
-            index.add(x)
-            self.kind = "flat"
-            self.nlist = 0
-        self._index = index
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        n_train = min(self.size, self.nlist * max(cfg.train_per_cell, 39))
+        rng = np.random.default_rng(cfg.seed)
+        rows = np.sort(rng.choice(self.size, n_train, replace=False)) if n_train < self.size else None
+        train = np.ascontiguousarray(descriptors[rows] if rows is not None else descriptors, dtype=np.float32)
+        index.cp.seed = cfg.seed
+        index.cp.niter = cfg.kmeans_iterations
+        index.cp.min_points_per_centroid = 1  # no warning below 39 points per cell
+        index.train(train)
+        del train
+        chunk = 65536  # add in slices: a memory-mapped matrix is never loaded whole
+        for start in range(0, self.size, chunk):
+            index.add(np.ascontiguousarray(descriptors[start:start + chunk], dtype=np.float32))
+        return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores (descending) and row ids, both Q×k; ids are -1 where fewer than k exist."""
+        import faiss
+
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query descriptors have {q.shape[1]} dimensions, index has {self.dim}")
         k = max(1, min(int(k), self.size))
-        scores, ids = self._index.search(q, k)
-        return scores, ids
+        if self._index is not None:
+            return self._index.search(q, k)
+        return faiss.knn(q, self._matrix, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def _read_cached_index(path: Path, key: str):
+    """The cached IVF index when its key matches, else None (a stale or damaged cache)."""
+    import faiss
+
+    try:
+        if Path(str(path) + ".key").read_text().strip() != key:
+            return None
+        return faiss.read_index(str(path))
+    except Exception:  # missing, truncated, from another faiss: rebuild
+        return None
+
+
+def _write_cached_index(path: Path, key: str, index) -> None:
+    """Best effort: a cache that cannot be written only costs the next run a rebuild."""
+    import faiss
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+        key_tmp = path.with_name(f".{path.name}.key.{os.getpid()}.tmp")
+        key_tmp.write_text(key + "\n")
+        os.replace(key_tmp, Path(str(path) + ".key"))
+    except Exception:
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +398,8 @@ class Locator:
                     f"database {_display(self.database.path)} has no photo with a GPS position "
                     f"({counts['total']} photos, none located); index GPS-tagged photos first"
                 )
-            self.index = SearchIndex(matrix, self.config.search)
+            cache, key = _index_cache(self.database, self.records, self.config.search)
+            self.index = SearchIndex(matrix, self.config.search, cache=cache, cache_key=key)
         except BaseException:
             self.database.close()
             raise
@@ -428,8 +483,8 @@ class Locator:
                 descriptors[i] = np.asarray(row, dtype=np.float32)
 
         if to_extract:
+            extractor = self._extractor_for_queries()  # loads the model (timed on its own)
             start = _now()
-            extractor = self._extractor_for_queries()
             paths = [Path(k) for k in to_extract]
 
             def failed(item) -> None:
@@ -529,8 +584,9 @@ def locate(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[LocateResult]:
     """Locate photos against the database at ``db`` (see :class:`Locator` to reuse one)."""
-    cfg = config or LocateConfig()
-    cfg.top_k = top_k
+    import dataclasses
+
+    cfg = dataclasses.replace(config or LocateConfig(), top_k=top_k)
     with Locator(db, cfg) as locator:
         return locator.locate(queries, on_progress=on_progress)
 
@@ -572,6 +628,34 @@ def load_database_model(database, device: str = "auto"):
             f"but model {manifest.get('model')} gives {model.dim}"
         )
     return model
+
+
+def _index_cache(database, records, search: SearchConfig) -> tuple[Path, str]:
+    """Where the database's IVF index is cached, and the key that says it is still current.
+
+    One file per database (named after its folder), so caches do not pile up. The key covers
+    everything the index depends on: the folder, the model, the settings, and the row numbers
+    of the located descriptors. A row's content never changes while it is referenced; a
+    compaction renumbers rows, and then the list of located rows differs too (every row after
+    a removed one moves down).
+    """
+    import hashlib
+
+    from geoloc.paths import cache_dir
+
+    folder = os.path.realpath(database.path)
+    rows = np.fromiter((r.row for r in records), dtype=np.int64, count=len(records))
+    digest = hashlib.sha256()
+    for part in (
+        folder,
+        str(database.manifest.get("weights_hash", "")),
+        str(database.dim),
+        f"{search.cells_per_sqrt_n}:{search.train_per_cell}:{search.kmeans_iterations}:{search.seed}",
+    ):
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(rows.tobytes())
+    name = hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return cache_dir() / "search" / f"{name}.ivf.faiss", digest.hexdigest()
 
 
 def _check_config(cfg: LocateConfig) -> None:

@@ -35,11 +35,37 @@ _VGG16_CONVS = (
     (26, 512, 512), (28, 512, 512),
 )  # fmt: skip
 # MatConvNet layer names of VGG-16 up to conv5_3, in order.
-_VGG16_MAT_LAYERS = (
-    "conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 relu2_1 conv2_2 relu2_2 pool2 "
-    "conv3_1 relu3_1 conv3_2 relu3_2 conv3_3 relu3_3 pool3 conv4_1 relu4_1 conv4_2 relu4_2 "
-    "conv4_3 relu4_3 pool4 conv5_1 relu5_1 conv5_2 relu5_2 conv5_3"
-).split()
+_VGG16_MAT_LAYERS = [
+    "conv1_1",
+    "relu1_1",
+    "conv1_2",
+    "relu1_2",
+    "pool1",
+    "conv2_1",
+    "relu2_1",
+    "conv2_2",
+    "relu2_2",
+    "pool2",
+    "conv3_1",
+    "relu3_1",
+    "conv3_2",
+    "relu3_2",
+    "conv3_3",
+    "relu3_3",
+    "pool3",
+    "conv4_1",
+    "relu4_1",
+    "conv4_2",
+    "relu4_2",
+    "conv4_3",
+    "relu4_3",
+    "pool4",
+    "conv5_1",
+    "relu5_1",
+    "conv5_2",
+    "relu5_2",
+    "conv5_3",
+]
 
 
 @dataclass
@@ -87,9 +113,11 @@ def write_pth_tar(path: Path, weights: NetVLADWeights) -> Path:
     """A Patch-NetVLAD checkpoint: ``{"num_pcs", "state_dict"}`` saved by torch.save."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = {"num_pcs": weights.whiten_dim, "state_dict": weights.state_dict} if weights.whiten_dim else {
-        "state_dict": weights.state_dict
-    }
+    ckpt = (
+        {"num_pcs": weights.whiten_dim, "state_dict": weights.state_dict}
+        if weights.whiten_dim
+        else {"state_dict": weights.state_dict}
+    )
     torch.save(ckpt, path)
     return path
 
@@ -119,20 +147,41 @@ def write_hloc_mat(path: Path, weights: NetVLADWeights) -> Path:
             idx, _, _ = next(conv_iter)
             w = state[f"encoder.{idx}.weight"].float().numpy().transpose(2, 3, 1, 0)  # S×S×IN×OUT
             b = state[f"encoder.{idx}.bias"].float().numpy()
-            layers.append({"name": name, "type": "conv", "weights": _cell(np.ascontiguousarray(w), b[:, None]),
-                           "stride": np.array([1.0, 1.0]), "pad": np.array([1.0, 1.0, 1.0, 1.0])})
+            layers.append(
+                {
+                    "name": name,
+                    "type": "conv",
+                    "weights": _cell(np.ascontiguousarray(w), b[:, None]),
+                    "stride": np.array([1.0, 1.0]),
+                    "pad": np.array([1.0, 1.0, 1.0, 1.0]),
+                }
+            )
         elif name.startswith("relu"):
             layers.append({"name": name, "type": "relu", "weights": _cell(), "leak": 0.0})
         else:
-            layers.append({"name": name, "type": "pool", "weights": _cell(), "method": "max",
-                           "pool": np.array([2.0, 2.0]), "stride": np.array([2.0, 2.0]),
-                           "pad": np.array([0.0, 0.0, 0.0, 0.0])})
+            layers.append(
+                {
+                    "name": name,
+                    "type": "pool",
+                    "weights": _cell(),
+                    "method": "max",
+                    "pool": np.array([2.0, 2.0]),
+                    "stride": np.array([2.0, 2.0]),
+                    "pad": np.array([0.0, 0.0, 0.0, 0.0]),
+                }
+            )
     normalize = np.array([1024.0, 1e-12, 1.0, 0.5])
     layers.append({"name": "preL2", "type": "normalize", "weights": _cell(), "param": normalize})
     assign = state["pool.conv.weight"].float().numpy()[:, :, 0, 0].T  # D×K
     neg_centroids = -state["pool.centroids"].float().numpy().T  # D×K
-    layers.append({"name": "vlad_core", "type": "custom", "weights": _cell(np.ascontiguousarray(assign),
-                   np.ascontiguousarray(neg_centroids)), "K": float(k)})
+    layers.append(
+        {
+            "name": "vlad_core",
+            "type": "custom",
+            "weights": _cell(np.ascontiguousarray(assign), np.ascontiguousarray(neg_centroids)),
+            "K": float(k),
+        }
+    )
     layers.append({"name": "intranorm", "type": "normalize", "weights": _cell(), "param": normalize})
     layers.append({"name": "postL2", "type": "custom", "weights": _cell()})
     if weights.whiten_dim:
@@ -141,14 +190,24 @@ def write_hloc_mat(path: Path, weights: NetVLADWeights) -> Path:
         # to MATLAB order: input index d·K + k, laid out IN×OUT, then 1×1×IN×OUT
         w_mat = w.reshape(out, k, d).transpose(2, 1, 0).reshape(d * k, out)
         b = state["WPCA.0.bias"].float().numpy()
-        layers.append({"name": "WPCA", "type": "conv", "weights": _cell(w_mat[None, None], b[:, None]),
-                       "stride": np.array([1.0, 1.0]), "pad": 0.0})
+        layers.append(
+            {
+                "name": "WPCA",
+                "type": "conv",
+                "weights": _cell(w_mat[None, None], b[:, None]),
+                "stride": np.array([1.0, 1.0]),
+                "pad": 0.0,
+            }
+        )
         layers.append({"name": "finalL2", "type": "custom", "weights": _cell()})
     cells = np.empty((1, len(layers)), dtype=object)
     for i, layer in enumerate(layers):
         cells[0, i] = layer
     average = np.array(weights.average_rgb, dtype=np.float32).reshape(1, 1, 3)
-    net = {"layers": cells, "meta": {"normalization": {"averageImage": average, "imageSize": np.array([224.0, 224.0, 3.0])}}}
+    net = {
+        "layers": cells,
+        "meta": {"normalization": {"averageImage": average, "imageSize": np.array([224.0, 224.0, 3.0])}},
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scipy.io.savemat(str(path), {"net": net}, do_compression=False)

@@ -75,8 +75,11 @@ def test_vgg16_and_alexnet_cut_before_their_last_relu():
 
 
 def _trainable(module) -> set[str]:
-    return {name.split(".")[0] if not name.startswith("net.") else ".".join(name.split(".")[:3])
-            for name, p in module.named_parameters() if p.requires_grad}
+    return {
+        name.split(".")[0] if not name.startswith("net.") else ".".join(name.split(".")[:3])
+        for name, p in module.named_parameters()
+        if p.requires_grad
+    }
 
 
 def test_train_layers_freeze_all_but_the_last_layer_or_block():
@@ -131,5 +134,7 @@ def test_preprocess_resizes_the_longest_side_and_normalises():
     assert LITE.to_tensor(small).shape == (3, 20, 30)  # never enlarged
     assert torch.allclose(LITE.to_tensor(small), torch.full((3, 20, 30), -127 / 128))
     matlab = Preprocess(mean=(120.0, 110.0, 100.0), std=(1.0, 1.0, 1.0), scale=255.0)
-    assert torch.allclose(matlab.to_tensor(image.convert("L").convert("RGB"))[:, 0, 0], torch.tensor([135.0, 145.0, 155.0]))
+    assert torch.allclose(
+        matlab.to_tensor(image.convert("L").convert("RGB"))[:, 0, 0], torch.tensor([135.0, 145.0, 155.0])
+    )
     assert Preprocess.from_json(LITE.to_json()) == LITE

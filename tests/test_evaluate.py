@@ -230,6 +230,13 @@ def test_read_dbstruct_errors(tmp_path):
         ds.read_dbstruct(mat, images_root=tmp_path)
     with pytest.raises(UsageError):
         ds.read_dbstruct(mat, utm_zone="99Q")
+    # Pittsburgh's query names repeat its database names: without a queries folder they would
+    # silently resolve to database images
+    _tiny_jpeg(tmp_path / "a.jpg")
+    mat2 = tmp_path / "same.mat"
+    _write_dbstruct(mat2, ["a.jpg"], [[1, 2]], ["a.jpg"], [[1, 2]])
+    with pytest.raises(GeolocError, match="--queries-root"):
+        ds.read_dbstruct(mat2, images_root=tmp_path)
 
 
 def test_read_csv_split(tmp_path):

@@ -163,3 +163,27 @@ def test_query_dimension_must_match():
     index = SearchIndex(_unit(np.ones((4, 8))))
     with pytest.raises(ValueError):
         index.search(np.ones((1, 7), dtype=np.float32), 1)
+
+
+def test_ivf_index_is_cached_and_rebuilt_when_the_key_changes(tmp_path):
+    rng = np.random.default_rng(2)
+    db = _unit(rng.normal(size=(600, 16)))
+    cfg = SearchConfig(ivf_threshold=500)
+    cache = tmp_path / "cache" / "x.ivf.faiss"
+    first = SearchIndex(db, cfg, cache=cache, cache_key="a")
+    assert first.kind == "ivf" and not first.cached and cache.is_file()
+    again = SearchIndex(db, cfg, cache=cache, cache_key="a")
+    assert again.cached
+    assert np.array_equal(first.search(db[:5], 3)[1], again.search(db[:5], 3)[1])
+    assert not SearchIndex(db, cfg, cache=cache, cache_key="b").cached
+    cache.write_bytes(b"damaged")
+    assert not SearchIndex(db, cfg, cache=cache, cache_key="b").cached  # rebuilt, not crashed
+
+
+def test_flat_search_reads_a_memory_mapped_matrix_in_place(tmp_path):
+    rng = np.random.default_rng(3)
+    x = _unit(rng.normal(size=(50, 8)))
+    x.tofile(tmp_path / "d.f32")
+    mm = np.memmap(tmp_path / "d.f32", dtype=np.float32, mode="r", shape=(50, 8))
+    scores, ids = SearchIndex(mm).search(x[7], 1)
+    assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)

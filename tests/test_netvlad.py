@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from geoloc.errors import ModelError
-from geoloc.models.netvlad import AvgPool, GeM, MaxPool, NetVLAD, Whitening, build_pooling, kmeans
+from geoloc.models.netvlad import (
+    AvgPool,
+    GeM,
+    MaxPool,
+    NetVLAD,
+    Whitening,
+    build_pooling,
+    kmeans,
+)
 
 
 def loop_netvlad(x: torch.Tensor, conv_weight: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

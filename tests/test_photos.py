@@ -155,6 +155,7 @@ def test_discover_yields_each_photo_once(tmp_path):
     assert len(resolved) == len(set(resolved)) == 2
 
 
+@pytest.mark.timeout(60)
 def test_discover_follows_symlinked_folders_and_survives_loops(tmp_path):
     outside = tmp_path / "outside"
     touch(outside / "far.jpg")

@@ -23,7 +23,7 @@ _MAX_LISTED_PROBLEMS = 20
 @handle_errors
 def eval_command(
     queries: Optional[List[Path]] = typer.Argument(
-        None, metavar="[QUERIES]...", help="Query photos, folders or quoted globs whose EXIF carries GPS (the truth)."
+        None, metavar="QUERY...", help="Query photos, folders or quoted globs whose EXIF carries GPS (the truth)."
     ),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP + " Used when no --db-images/--dataset is given."),
     db_images: Optional[List[Path]] = typer.Option(
@@ -190,6 +190,8 @@ def eval_command(
     else:
         _print_compare(rows, to_stderr=csv_on_stdout)
 
+    if done and all(r.summary.queries == 0 for _, r in done):
+        raise GeolocError("no query could be evaluated: none of them could be read (see the warnings above)")
     if not done:
         raise GeolocError("no model could be evaluated: " + "; ".join(f"{r.model}: {r.skipped}" for r in rows or []))
 
@@ -289,8 +291,7 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
     if first is not None:
         title += f" — {first.dataset}: {first.summary.queries} queries, {first.database_images} database images, " \
                  f"within {first.threshold_m:g} m"
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-              show_edge=False)
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
     t.add_column("model", no_wrap=True)
     for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median m", "mean m"):
         t.add_column(col, justify="right", no_wrap=True)
@@ -303,6 +304,7 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
         t.add_row(row.model, str(r.dim), *(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)),
                   _num(s.median_error_m), _num(s.mean_error_m))
     con = _console(to_stderr)
+    con.print(title, markup=False, highlight=False)
     con.print(t)
     for row in rows:
         if row.result is None:

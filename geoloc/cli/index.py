@@ -30,7 +30,8 @@ def index(
         "models); fixed when the database is created.", show_default=False),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per network batch."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="Decoding threads. Default: one per CPU core, at most 8.",
+        None, "--workers", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
+        "cores (1–4) on the CPU, where the network needs them.",
         show_default=False),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     vocabulary_photos: int = typer.Option(

@@ -23,12 +23,12 @@ _GLOB_CHARS = set("*?[")
 @handle_errors
 def locate_command(
     queries: Optional[List[Path]] = typer.Argument(
-        None, metavar="QUERY...", help="Photos, folders or globs (quote globs to let geoloc expand them)."
+        None, metavar="QUERY", help="Photos, folders or globs (quote globs to let geoloc expand them)."
     ),
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP),
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Candidates to list per query."),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, metavar="K", help="Candidates to list per query."),
     map_file: Optional[Path] = typer.Option(
-        None, "--map", help="Write an HTML map (estimate, uncertainty circle, candidates) to FILE."
+        None, "--map", metavar="FILE", help="Write an HTML map (estimate, uncertainty circle, candidates) to FILE."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per query."),
     as_csv: bool = typer.Option(
@@ -41,8 +41,8 @@ def locate_command(
     unlocated: bool = typer.Option(
         False, "--unlocated", help="Also locate every photo of the database that has no GPS of its own."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Query photos per network batch."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Query photos per network batch."),
 ) -> None:
     """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
     from geoloc import console
@@ -143,6 +143,8 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
     from geoloc.errors import GeolocError
     from geoloc.photos import discover
 
+    if not args:
+        return []
     roots: list[Path] = []
     for arg in args:
         text = os.fspath(arg)
@@ -196,6 +198,7 @@ def _print_tables(results) -> None:
     from rich.text import Text
 
     from geoloc.console import out_console
+    from geoloc.database import display_path
 
     out = out_console()
     if not results:
@@ -211,7 +214,7 @@ def _print_tables(results) -> None:
     if with_truth:
         table.add_column("error", justify="right")
     for r in results:
-        name = Text(os.fspath(r.query))
+        name = Text(display_path(r.query))
         if r.estimate is None:
             row = [name, Text(r.error or "no estimate", style="red"), "", "", "", ""]
         else:
@@ -241,7 +244,7 @@ def _print_tables(results) -> None:
         for c in r.candidates:
             cands.add_row(
                 str(c.rank), f"{c.score:.3f}", _fmt_m(c.distance_m), f"{c.lat:.6f}", f"{c.lon:.6f}",
-                Text(os.fspath(c.path)),
+                Text(display_path(c.path)),
             )
         out.print(cands)
 
@@ -257,5 +260,6 @@ def _write_sidecars(results) -> None:
             own_gps += 1
         else:
             console.warn(f"{photo}: no sidecar written: {reason}")
-    note = f" ({own_gps} photos with their own GPS left alone)" if own_gps else ""
-    console.info(f"{len(report.written)} XMP sidecars written{note}")
+    n = len(report.written)
+    note = f" ({own_gps} with GPS of their own left alone)" if own_gps else ""
+    console.info(f"{n} XMP sidecar{'' if n == 1 else 's'} written{note}")

@@ -56,7 +56,7 @@ def models(
 @models_app.command("download")
 @handle_errors
 def download(
-    name: str = typer.Argument(..., help="A model name from `geoloc models`."),
+    name: str = typer.Argument(..., metavar="NAME", help="A model name from `geoloc models`."),
     as_json: bool = typer.Option(False, "--json", help="Print {name, path, dim, cached} as JSON on stdout."),
 ) -> None:
     """Fetch a model's weights from the Hugging Face Hub and convert them once, so later

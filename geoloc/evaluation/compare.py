@@ -8,13 +8,19 @@ instead of failing the whole study or silently leaving rows out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
 from geoloc.evaluation.datasets import Split
-from geoloc.evaluation.runner import EvalConfig, EvalProgress, EvalResult, evaluate_split, with_model
+from geoloc.evaluation.runner import (
+    EvalConfig,
+    EvalProgress,
+    EvalResult,
+    evaluate_split,
+    with_model,
+)
 
 #: ``--compare study``: the rows of the reproduction table, in the order they are printed.
 STUDY_MODELS: tuple[str, ...] = (
@@ -31,8 +37,8 @@ STUDY_MODELS: tuple[str, ...] = (
 @dataclass
 class CompareRow:
     model: str
-    result: Optional[EvalResult] = None
-    skipped: Optional[str] = None  # why this row has no figures
+    result: EvalResult | None = None
+    skipped: str | None = None  # why this row has no figures
 
     def to_json(self) -> dict:
         if self.result is None:
@@ -76,7 +82,7 @@ def compare_models(
     split: Split,
     models: Sequence[str],
     config: EvalConfig,
-    progress: Optional[EvalProgress] = None,
+    progress: EvalProgress | None = None,
 ) -> list[CompareRow]:
     """Evaluate every model on ``split``; missing weights make a skipped row, not an error."""
     rows: list[CompareRow] = []

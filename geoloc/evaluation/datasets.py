@@ -14,9 +14,9 @@ import glob
 import hashlib
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class Split:
     queries: Positions
     threshold_m: float | None = None  # the dataset's own positive radius (posDistThr), if any
     problems: list[PhotoError] = field(default_factory=list)
+    queries_without_gps: int = 0  # query photos left out for want of a position (EXIF form)
 
     @property
     def metric(self) -> str:
@@ -320,7 +321,7 @@ def read_dbstruct(
         raise GeolocError(f"{mat_path}: no such file") from None
     except NotImplementedError:
         raise GeolocError(f"{mat_path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with -v7") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - scipy raises many types for a damaged file
         raise GeolocError(f"{mat_path}: not a readable MATLAB .mat file ({exc})") from None
     struct = mat.get("dbStruct")
     if struct is None:
@@ -384,6 +385,12 @@ def read_dbstruct(
         raise GeolocError(
             f"{mat_path}: none of its {len(q_names)} query images were found under {queries_root} "
             "(pass --queries-root, the folder that holds them)"
+        )
+    same = {os.path.realpath(p) for p in db_paths} & {os.path.realpath(p) for p in q_paths}
+    if same:
+        raise GeolocError(
+            f"{mat_path}: {len(same)} query names resolve to database images (e.g. {min(same)}); "
+            "pass --queries-root, the folder that holds the query images"
         )
     name = mat_path.stem
     return Split(name, "dbstruct", str(mat_path.resolve()), db_paths, db, q_paths, q, threshold, problems)
@@ -542,11 +549,13 @@ def read_exif_split(queries: Sequence[Path | str], db_source: Sequence[Path | st
     overlap = {os.path.realpath(p) for p in q_paths} & {os.path.realpath(p) for p in db_paths}
     if overlap:
         raise UsageError(
-            f"{len(overlap)} photos are both queries and database images (e.g. {sorted(overlap)[0]}); "
+            f"{len(overlap)} photos are both queries and database images (e.g. {min(overlap)}); "
             "a query would find itself"
         )
     source = " ".join(sorted(str(Path(s).resolve()) if Path(s).exists() else str(s) for s in db_source))
-    return Split(_common_name(db_paths + q_paths), "exif", source, db_paths, db, q_paths, q, None, problems)
+    return Split(
+        _common_name(db_paths + q_paths), "exif", source, db_paths, db, q_paths, q, None, problems, skipped
+    )
 
 
 def _common_name(paths: Sequence[Path]) -> str:

@@ -10,8 +10,8 @@ there are is reported beside the figures so that a reader can tell.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def _num(v: float | None, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
-Section = tuple[Optional[str], Sequence[QueryOutcome], float]
+Section = tuple[str | None, Sequence[QueryOutcome], float]
 
 
 def write_query_csv(sections: Sequence[Section], out: TextIO, top_k: int) -> None:
@@ -117,6 +118,9 @@ def plot_recall_curves(curves: Mapping[str, np.ndarray], path: Path, threshold_m
     ax.set_ylabel(f"Recall@N (%), within {threshold_m:g} m")
     ax.set_ylim(0, 100)
     ax.set_xlim(left=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)

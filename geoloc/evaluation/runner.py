@@ -12,31 +12,44 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, UsageError
-from geoloc.evaluation.cache import CacheStats, QueryDescriptorCache, eval_cache_dir, file_stamp, settings_key
+from geoloc.evaluation.cache import (
+    QueryDescriptorCache,
+    eval_cache_dir,
+    file_stamp,
+    settings_key,
+)
 from geoloc.evaluation.datasets import Positions, Split, photos_with_gps
-from geoloc.evaluation.metrics import RECALL_NS, Candidate, QueryOutcome, Summary, summarize
+from geoloc.evaluation.metrics import (
+    RECALL_NS,
+    Candidate,
+    QueryOutcome,
+    Summary,
+    summarize,
+)
 from geoloc.geo import haversine_m, utm_to_latlon
 
 DEFAULT_THRESHOLD_M = 25.0
+#: An IVF threshold no database reaches: evaluation always searches exhaustively.
+EXACT_SEARCH = 2**62
 
 
 @dataclass
 class EvalConfig:
     """What to evaluate and how; the defaults are those of ``geoloc index`` / ``geoloc locate``."""
 
-    model: Optional[str] = None  # registry name or model file; None: the registry default
-    threshold_m: Optional[float] = None  # None: the dataset's own (posDistThr), else 25 m
+    model: str | None = None  # registry name or model file; None: the registry default
+    threshold_m: float | None = None  # None: the dataset's own (posDistThr), else 25 m
     top_k: int = 10  # candidates per query kept in the per-query CSV/JSON
-    max_side: Optional[int] = None  # None: the model's default
+    max_side: int | None = None  # None: the model's default
     batch_size: int = 16
-    workers: Optional[int] = None
+    workers: int | None = None
     device: str = "auto"
     estimate_k: int = 10  # candidates the position estimate looks at (as in geoloc locate)
     recall_ns: tuple[int, ...] = RECALL_NS
@@ -60,7 +73,7 @@ class EvalConfig:
 class EvalProgress:
     """Callbacks for people watching (the CLI draws them); the same shape as the indexer's."""
 
-    def stage(self, description: str, total: Optional[int]) -> None:
+    def stage(self, description: str, total: int | None) -> None:
         """A new phase begins."""
 
     def advance(self, n: int = 1) -> None:
@@ -86,7 +99,7 @@ class EvalResult:
     outcomes: list[QueryOutcome]
     database_images: int
     descriptors: dict[str, int] = field(default_factory=dict)
-    cache: Optional[Path] = None
+    cache: Path | None = None
     problems: list[PhotoError] = field(default_factory=list)
     skipped_queries: int = 0  # queries without ground truth (no EXIF GPS)
 
@@ -114,7 +127,7 @@ class EvalResult:
         return data
 
 
-def _r(v: Optional[float], digits: int) -> Optional[float]:
+def _r(v: float | None, digits: int) -> float | None:
     if v is None or not math.isfinite(v):
         return None
     return round(float(v), digits)
@@ -134,7 +147,7 @@ def _outcome_json(o: QueryOutcome, top_k: int) -> dict:
     }
 
 
-def resolve_threshold(config: EvalConfig, split: Optional[Split] = None) -> float:
+def resolve_threshold(config: EvalConfig, split: Split | None = None) -> float:
     if config.threshold_m is not None:
         return float(config.threshold_m)
     if split is not None and split.threshold_m:
@@ -152,7 +165,7 @@ def model_spec(config: EvalConfig) -> str:
 # a benchmark split: the database side is built into the cache
 
 
-def evaluate_split(split: Split, config: EvalConfig, progress: Optional[EvalProgress] = None) -> EvalResult:
+def evaluate_split(split: Split, config: EvalConfig, progress: EvalProgress | None = None) -> EvalResult:
     """recall@N of one model on one split, with the database built (once) into the eval cache."""
     from geoloc.database import Database
     from geoloc.indexer import IndexConfig, IndexProgress, index_photos
@@ -202,7 +215,10 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Optional[EvalProg
                 split_rows.append(i)
         if not split_rows:
             raise GeolocError(f"{split.source}: none of the database images could be used")
-        db_matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
+        if len(keep_rows) == len(records):  # the usual case: search the memory-mapped file in place
+            db_matrix = matrix
+        else:
+            db_matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
         del matrix
         split_rows_arr = np.asarray(split_rows, dtype=np.int64)
 
@@ -236,10 +252,11 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Optional[EvalProg
         },
         cache=folder,
         problems=problems,
+        skipped_queries=split.queries_without_gps,
     )
 
 
-def _file_key(spec: str) -> Optional[list]:
+def _file_key(spec: str) -> list | None:
     """A model file's size and mtime: a re-trained file gets a fresh cache, not stale descriptors."""
     p = Path(spec)
     if p.is_file():
@@ -292,7 +309,7 @@ def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: di
     return out, errors
 
 
-def _estimator_positions(pos: Positions, ref: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
+def _estimator_positions(pos: Positions, ref: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
     """lat/lon the estimator can work in, and whether they are real.
 
     A dbStruct without a known UTM zone has planar UTM only. The estimator works on lat/lon, and
@@ -318,10 +335,15 @@ def _search_and_score(
     threshold: float,
     config: EvalConfig,
 ) -> list[QueryOutcome]:
-    from geoloc.localize import EstimateConfig, SearchConfig, SearchIndex, estimate_position
+    from geoloc.localize import (
+        EstimateConfig,
+        SearchConfig,
+        SearchIndex,
+        estimate_position,
+    )
 
     # Exact search always: published recall figures are exhaustive nearest neighbours.
-    index = SearchIndex(db_matrix, SearchConfig(ivf_threshold=2**62))
+    index = SearchIndex(db_matrix, SearchConfig(ivf_threshold=EXACT_SEARCH))
     ok = [i for i in range(len(split.query_paths)) if i not in q_errors]
     scores = ids = None
     if ok:
@@ -368,7 +390,7 @@ def _search_and_score(
     return outcomes
 
 
-def _opt(v: float) -> Optional[float]:
+def _opt(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
@@ -380,10 +402,10 @@ def evaluate_database(
     db: Path,
     queries: Sequence[Path | str],
     config: EvalConfig,
-    progress: Optional[EvalProgress] = None,
+    progress: EvalProgress | None = None,
 ) -> EvalResult:
     """recall@N of an existing database (its own model) on query photos whose EXIF has GPS."""
-    from geoloc.localize import LocateConfig, Locator
+    from geoloc.localize import LocateConfig, Locator, SearchConfig
 
     config.check()
     progress = progress or EvalProgress()
@@ -401,6 +423,7 @@ def evaluate_database(
         batch_size=config.batch_size,
         workers=config.workers,
         device=config.device,
+        search=SearchConfig(ivf_threshold=EXACT_SEARCH),  # exact, as published figures are
     )
     with Locator(Path(db), cfg) as locator:
         manifest = locator.database.manifest

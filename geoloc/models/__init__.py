@@ -48,7 +48,18 @@ __all__ = [
     "list_models",
     "load_model",
     "pick_device",
-    *_LAZY,
+    "GeolocModel",
+    "build_model",
+    "save_model_file",
+    "load_model_file",
+    "read_model_metadata",
+    "NetVLAD",
+    "MaxPool",
+    "AvgPool",
+    "GeM",
+    "Whitening",
+    "kmeans",
+    "EfficientNetLite0",
 ]
 
 

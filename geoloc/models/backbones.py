@@ -90,10 +90,8 @@ def _torchvision_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     try:
         state = weights.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # network, hash or disk failure: one line for the user
-        raise WeightsUnavailableError(
-            f"cannot get the ImageNet weights of {arch} from {weights.url}: {exc}"
-        ) from None
-    return {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        raise WeightsUnavailableError(f"cannot get the ImageNet weights of {arch} from {weights.url}: {exc}") from None
+    return {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
 
 
 def _offline() -> bool:
@@ -274,7 +272,7 @@ def trainable_modules(arch: str, trunk: nn.Module, train_layers: str) -> list[nn
     if train_layers == "last_layer":
         return [convs[-1]]
     last_pool = max(i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d))
-    return [m for m in layers[last_pool + 1:] if isinstance(m, nn.Conv2d)]
+    return [m for m in layers[last_pool + 1 :] if isinstance(m, nn.Conv2d)]
 
 
 def freeze_backbone(arch: str, trunk: nn.Module, train_layers: str) -> None:

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoloc.errors import ModelError
-from geoloc.models.backbones import ARCHS, OUT_CHANNELS, TRAIN_LAYERS, build_backbone, freeze_backbone
+from geoloc.models.backbones import (
+    ARCHS,
+    OUT_CHANNELS,
+    TRAIN_LAYERS,
+    build_backbone,
+    freeze_backbone,
+)
 from geoloc.models.netvlad import POOLINGS, NetVLAD, Whitening, build_pooling
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
 
@@ -157,7 +163,7 @@ class GeolocModel(nn.Module):
         freeze_backbone(self.arch, self.backbone, train_layers)
         self.train_layers = train_layers
 
-    def train(self, mode: bool = True) -> "GeolocModel":
+    def train(self, mode: bool = True) -> GeolocModel:
         # Frozen batch-norm layers must keep their ImageNet statistics while the rest trains.
         super().train(mode)
         if mode:
@@ -252,7 +258,10 @@ def save_model_file(model: GeolocModel, path: Path, metadata: dict[str, Any] | N
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     config = model.config()
     meta.update({k: v for k, v in config.items() if k in _STRUCTURE_KEYS or k not in meta})
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

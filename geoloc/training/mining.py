@@ -23,6 +23,7 @@ class DescriptorCache:
 
     def __init__(self, n: int, dim: int):
         self.descriptors = torch.zeros(n, dim, dtype=torch.float32)
+        self._sq: torch.Tensor | None = None  # squared norms of the rows
         self.valid = False
         # Queries trained since the last refresh; a refresh is due when it reaches the rate.
         self.queries_since_refresh = 0
@@ -31,6 +32,7 @@ class DescriptorCache:
         if tuple(descriptors.shape) != tuple(self.descriptors.shape):
             raise ValueError(f"cache shape {tuple(self.descriptors.shape)} != {tuple(descriptors.shape)}")
         self.descriptors.copy_(descriptors.detach().to("cpu", torch.float32))
+        self._sq = self.descriptors.pow(2).sum(1)
         self.valid = True
         self.queries_since_refresh = 0
 
@@ -38,9 +40,13 @@ class DescriptorCache:
         return not self.valid or self.queries_since_refresh >= refresh_every
 
     def squared_distances(self, i: int, others: np.ndarray) -> np.ndarray:
+        # |x|² + |q|² - 2 x·q: one gather and one matrix-vector product, no N×D temporary.
+        idx = torch.as_tensor(others, dtype=torch.long)
         q = self.descriptors[i]
-        d = self.descriptors[torch.as_tensor(others, dtype=torch.long)] - q
-        return d.pow(2).sum(1).numpy()
+        sq = self.descriptors.index_select(0, idx).pow(2).sum(1) if self._sq is None else self._sq[idx]
+        qq = q.dot(q) if self._sq is None else self._sq[i]
+        d = sq + qq - 2.0 * torch.mv(self.descriptors.index_select(0, idx), q)
+        return d.clamp_min(0).numpy()
 
     def state_dict(self) -> dict:
         return {
@@ -51,6 +57,7 @@ class DescriptorCache:
 
     def load_state_dict(self, state: dict) -> None:
         self.descriptors = state["descriptors"].to(torch.float32).clone()
+        self._sq = self.descriptors.pow(2).sum(1)
         self.valid = bool(state["valid"])
         self.queries_since_refresh = int(state["queries_since_refresh"])
 

@@ -104,7 +104,9 @@ def fit_pca_whitening(
     mean /= n
 
     def block(a: int, b: int) -> np.ndarray:
-        return np.asarray(x[a:b], dtype=np.float64) - mean
+        rows = np.array(x[a:b], dtype=np.float64)  # the one float64 copy of this chunk
+        rows -= mean
+        return rows
 
     if method == "gram":
         components, eig = _fit_gram(block, n, d, dim, rows)

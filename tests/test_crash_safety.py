@@ -1,0 +1,131 @@
+"""kill -9 a real `geoloc index` at awkward moments; the database must open and the re-run must
+finish with every photo exactly once and the same descriptors as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+from geoloc.database import Database
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--model", "lite0-vlad", "--max-side", "224", "--batch-size", "2", "--workers", "1",
+        "--vocabulary-photos", "6"]
+
+
+def _copy(lund_dir: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for src in sorted(lund_dir.glob("*.jpg")):
+        shutil.copy2(src, dest / src.name)
+    return dest
+
+
+def _committed(db: Path) -> int:
+    """Photos committed so far, read the way a second program would: read-only SQLite."""
+    try:
+        uri = f"file:{db / 'photos.sqlite'}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return -1
+
+
+def _index_cli(photos: Path, db: Path):
+    result = CliRunner().invoke(app, ["index", str(photos), "--db", str(db), "--json", *ARGS])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def _by_name(db: Path) -> dict[str, np.ndarray]:
+    with Database.open(db) as database:
+        records, matrix = database.descriptor_matrix(located_only=False)
+        return {r.path.name: np.array(row) for r, row in zip(records, matrix)}
+
+
+@pytest.fixture(scope="module")
+def clean(lund_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    photos = _copy(lund_dir, root / "photos")
+    _index_cli(photos, root / "db")
+    return _by_name(root / "db")
+
+
+def _start(photos: Path, db: Path) -> subprocess.Popen:
+    import torch
+
+    # The same thread count as the in-process runs: float sums in another order would move the
+    # fitted vocabulary (and so the descriptors) by more than the 1e-5 compared below.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoloc", "index", str(photos), "--db", str(db), "--quiet", *ARGS],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"indexing ended (rc {proc.returncode}) before the moment to kill it: "
+                        f"{proc.stderr.read().decode(errors='replace')[-500:]}")
+        time.sleep(0.002)
+    proc.kill()
+    pytest.fail("the moment to kill never came")
+
+
+def _check_recovered(photos: Path, db: Path, clean: dict[str, np.ndarray]) -> None:
+    with Database.open(db) as database:  # a killed database opens (read-only) as it is
+        database.descriptor_matrix(located_only=False)
+    _index_cli(photos, db)
+    with Database.open(db) as database:
+        records = database.photos()
+        assert len(records) == 29
+        assert len({r.path for r in records}) == 29 and len({r.row for r in records}) == 29
+        assert (db / "descriptors.f32").stat().st_size == database.next_row * database.dim * 4
+    got = _by_name(db)
+    assert set(got) == set(clean)
+    for name, row in clean.items():
+        np.testing.assert_allclose(got[name], row, atol=1e-5, err_msg=name)
+
+
+def test_kill_while_fitting_the_vocabulary(lund_dir, tmp_path, clean):
+    photos = _copy(lund_dir, tmp_path / "photos")
+    db = tmp_path / "db"
+    proc = _start(photos, db)
+    _kill_when(proc, lambda: (db / "manifest.json").exists())
+    assert not (db / "vocabulary.safetensors").exists() and _committed(db) <= 0
+    _check_recovered(photos, db, clean)
+
+
+def test_killed_twice_then_finished(lund_dir, tmp_path, clean):
+    """Killed right after the vocabulary is stored, then mid-way through the batches."""
+    photos = _copy(lund_dir, tmp_path / "photos")
+    db = tmp_path / "db"
+    proc = _start(photos, db)
+    _kill_when(proc, lambda: (db / "vocabulary.safetensors").exists())
+    first = max(_committed(db), 0)
+    proc = _start(photos, db)  # the re-run reuses the stored vocabulary
+    # At least one batch of the main pass committed (past the 6-photo sample), not all.
+    _kill_when(proc, lambda: max(first, 6) + 2 <= _committed(db) < 27)
+    assert 0 < _committed(db) < 29
+    _check_recovered(photos, db, clean)

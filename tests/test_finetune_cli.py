@@ -1,0 +1,152 @@
+"""`geoloc finetune` as users run it: on the Lund walk with the offline lite0 backbone, a short
+run lowers the loss, writes a model that `geoloc index --model FILE` and `geoloc locate` use,
+and `--resume` continues from the checkpoint. Plus the one-line errors for unusable data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+
+# Small and short so the whole file fits about a minute on two cores.
+FAST = ["--base", "lite0-vlad", "--max-side", "224", "--negatives", "5", "--workers", "2"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def data(result) -> dict | list:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, lund_dir):
+    """One 2-epoch finetune shared by the tests below (its own GEOLOC_HOME, offline hub)."""
+    root = tmp_path_factory.mktemp("finetune")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOLOC_HOME", str(root / "home"))
+        mp.setenv("HF_HOME", str(root / "home" / "hf"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        out = root / "lund.safetensors"
+        result = run("finetune", lund_dir, "--out", out, "--epochs", "2", *FAST, "--json")
+        summary = data(result)
+    return root, out, summary, result.stderr
+
+
+@pytest.mark.slow
+def test_a_short_run_lowers_the_loss_and_writes_a_model(trained):
+    _, out, summary, stderr = trained
+    assert out.is_file() and (out.parent / f"{out.name}.ckpt" / "last.pt").is_file()
+    assert summary["photos"] == 29 and summary["epochs_run"] == 2
+    assert summary["train_photos"] + summary["val_photos"] == 29 and summary["val_photos"] > 0
+    objectives = [h["objective"] for h in summary["history"]]
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
+    assert objectives[-1] < objectives[0], objectives
+    assert summary["history"][1]["trained"] > 0 and summary["history"][1]["loss"] > 0
+    assert set(summary["validation"]["recall"]) == {"1", "5", "10"}
+    assert "epoch 2/2" in stderr and "recall@1/5/10" in stderr
+
+    from geoloc.models.model import read_model_metadata
+    from geoloc.models.registry import load_model
+
+    meta = read_model_metadata(out)
+    assert meta["base"] == "lite0-vlad" and meta["vocabulary"] == "fitted"
+    assert json.loads(meta["finetune"])["margin"] == 0.1
+    assert set(json.loads(meta["validation_recall"])) == {"1", "5", "10"}
+    model = load_model(out)
+    assert model.dim == summary["dim"] == 64 * 320 and model.preprocess.max_side == 224
+    assert not model.needs_vocabulary
+
+
+@pytest.mark.slow
+def test_the_model_indexes_and_locates(trained, lund_dir, tmp_path):
+    _, out, _, _ = trained
+    db = tmp_path / "db"
+    odd = [lund_dir / f"{i:02d}.jpg" for i in range(1, 30, 2)]
+    even = [lund_dir / f"{i:02d}.jpg" for i in range(2, 29, 2)]
+    indexed = data(run("index", *odd, "--db", db, "--model", out, "--json"))
+    assert indexed["indexed"] == 15 and indexed["errors"] == 0
+    located = data(run("locate", *even[:4], "--db", db, "--json"))
+    assert len(located) == 4
+    for item in located:
+        assert item["error"] is None and item["estimate"] is not None
+        assert item["error_m"] is not None and item["error_m"] < 100
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint(trained, lund_dir, tmp_path):
+    _, out, first, _ = trained
+    # A copy of the run (model + checkpoint folder), so the other tests keep theirs.
+    moved = tmp_path / "lund.safetensors"
+    shutil.copy(out, moved)
+    shutil.copytree(out.parent / f"{out.name}.ckpt", tmp_path / f"{moved.name}.ckpt")
+
+    again = run("finetune", lund_dir, "--out", moved, "--epochs", "2", *FAST)
+    assert again.exit_code == 1
+    assert "--resume" in again.stderr and "--restart" in again.stderr
+
+    resumed = data(run("finetune", lund_dir, "--out", moved, "--epochs", "3", *FAST, "--resume",
+                       "--pca", "16", "--json"))
+    assert resumed["resumed"] and resumed["epochs_run"] == 3
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
+    assert resumed["history"][:3] == first["history"]  # the earlier epochs, as they were
+    assert resumed["pca"]["dim"] == 16 and resumed["dim"] == 16
+
+    from geoloc.models.registry import load_model
+
+    assert load_model(moved).dim == 16
+
+
+def test_too_few_photos_says_what_the_data_needs(lund_dir, tmp_path):
+    result = run("finetune", lund_dir / "01.jpg", lund_dir / "02.jpg", "--out", tmp_path / "m.safetensors", *FAST)
+    assert result.exit_code == 1
+    assert "only 2 GPS-tagged photo" in result.stderr and "within 10 m" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_photos_far_apart_say_what_the_data_needs(exif_dir, tmp_path):
+    far = [exif_dir / p for p in ("heic/IMG_5195.HEIC", "jpg/Kodak_CX7530.jpg",
+                                  "jpg/mobile/HMD_Nokia_8.3_5G.jpg", "jpg/tests/67-0_length_string.jpg")]
+    result = run("finetune", *far, "--out", tmp_path / "m.safetensors", *FAST)
+    assert result.exit_code == 1
+    assert "none of the 4 training photos has another photo within 10 m" in result.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_default_base_offline_fails_with_one_line(lund_dir, tmp_path):
+    result = run("finetune", lund_dir, "--out", tmp_path / "m.safetensors")
+    assert result.exit_code == 1
+    assert "netvlad-vgg16-pitts30k" in result.stderr and "offline" in result.stderr
+    assert len(result.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in result.output
+
+
+def test_empty_database_says_so(tmp_path):
+    result = run("finetune", "--db", tmp_path / "nothing", "--out", tmp_path / "m.safetensors", *FAST)
+    assert result.exit_code == 1
+    assert "nothing" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--out FILE is required"),
+    (["--out", "m.safetensors", "--train-layers", "everything"], "--train-layers"),
+    (["--out", "m.safetensors", "--epochs", "0"], "--epochs"),
+    (["--out", "m.safetensors", "--neg-radius", "5"], "--neg-radius"),
+    (["--out", "m.safetensors", "--db", "x"], "not both"),
+])
+def test_usage_errors(lund_dir, args, message):
+    result = run("finetune", lund_dir, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_help_lists_the_paper_options():
+    result = run("finetune", "--help")
+    assert result.exit_code == 0
+    for option in ("--resume", "--pca", "--train-layers", "--margin", "--cache-refresh", "--val-fraction"):
+        assert option in result.stdout
