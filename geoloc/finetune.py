@@ -391,10 +391,10 @@ def finetune(
         positions, split, tuples, val_queries = plan_training(photos, config)
         validated = val_queries > 0
         if not validated:
-            reporter.message(
-                "no validation: too few photos to hold out a whole area with photos within "
-                f"{config.threshold_m:g} m of each other; keeping the model with the lowest training objective"
-            )
+            why = ("--val-fraction 0" if config.val_fraction == 0 else
+                   "too few photos to hold out a whole area with photos within "
+                   f"{config.threshold_m:g} m of each other")
+            reporter.message(f"no validation ({why}); keeping the epoch with the lowest training objective")
 
         if not resume and needs_vocabulary(model):
             model.to(device)
@@ -411,13 +411,14 @@ def finetune(
             )
         trainer = Trainer(
             model, images, positions, split, tuples, config.train_settings(), device, ckpt_dir,
-            fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")), reporter=reporter, on_step=on_step,
+            fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")),
+            reporter=reporter, on_step=on_step,
         )
         if resume:
             trainer.resume()
             trainer.stopped_early = trainer.bad_epochs >= config.patience
-            reporter.message(f"resuming after epoch {trainer.epoch}"
-                             + (f" (query {trainer.step} of epoch {trainer.epoch + 1})" if trainer.order is not None else ""))
+            where = f" (query {trainer.step} of epoch {trainer.epoch + 1})" if trainer.order is not None else ""
+            reporter.message(f"resuming after epoch {trainer.epoch}{where}")
         result = trainer.run(validated=validated)
 
         trainer.load_trainable_state(result.best_state)
@@ -475,12 +476,14 @@ def plan_training(photos: Sequence[TrainingPhoto], config: FinetuneConfig):
     positions = to_local_m(lat, lon, float(np.mean(lat)), float(np.mean(lon)))
     split = split_by_place(positions, config.val_fraction, config.val_cell_m, config.seed)
     tuples = build_tuples(positions[split.train], config.pos_radius_m, config.neg_radius_m)
-    if len(split.val) and len(tuples.queries) == 0:
-        # Holding areas out left nothing to train on: train on everything, unvalidated.
+    val_queries = countable_queries(positions, split.val.tolist(), config.threshold_m)
+    if len(split.val) and (len(tuples.queries) == 0 or val_queries == 0):
+        # Holding areas out left nothing to train on, or nothing to score: rather than waste
+        # the held-out photos, train on everything, unvalidated.
         split = split_by_place(positions, 0.0, config.val_cell_m, config.seed)
         tuples = build_tuples(positions, config.pos_radius_m, config.neg_radius_m)
+        val_queries = 0
     require_trainable(tuples, len(split.train), config.pos_radius_m, config.neg_radius_m)
-    val_queries = countable_queries(positions, split.val.tolist(), config.threshold_m)
     return positions, split, tuples, val_queries
 
 

@@ -7,6 +7,7 @@ descriptors is one transaction, so a re-run after a crash only redoes the batch 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -120,6 +121,7 @@ def index_photos(
 
     found = discover([Path(p).expanduser() for p in paths], on_error)  # GeolocError: missing PATH
     database, model = _open_database(db_path, config)
+    stack = contextlib.ExitStack()
     try:
         report.model = database.manifest["model"]
         progress.stage("Scanning", None)
@@ -133,6 +135,7 @@ def index_photos(
             workers=config.workers or default_workers(_device_of(model)),
         )
         extractor = Extractor(model, extract_config, device=_device_of(model))
+        stack.enter_context(extractor.cpu_threads())
         report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
                                                      config, progress)
 
@@ -170,6 +173,7 @@ def index_photos(
         report.total, report.located, report.unlocated = (
             counts["total"], counts["located"], counts["unlocated"])
     finally:
+        stack.close()
         database.close()
         progress.close()
     report.elapsed_s = time.perf_counter() - started

@@ -325,3 +325,66 @@ def test_resume_refuses_another_runs_checkpoint(lund_setup, tmp_path):
         other.fingerprint = "something else"
         with images2, pytest.raises(checkpoint.CheckpointError, match="other photos or settings"):
             other.resume()
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def _photos_at(points_m, tmp_path=None):
+    from geoloc.finetune import TrainingPhoto
+    from geoloc.geo import from_local_m
+
+    photos = []
+    for i, (east, north) in enumerate(points_m):
+        lat, lon = from_local_m(east, north, 55.7, 13.19)
+        photos.append(TrainingPhoto(Path(f"/photos/{i:03d}.jpg"), lat, lon))
+    return photos
+
+
+def test_plan_validates_on_held_out_areas(data_dir):
+    from geoloc.finetune import FinetuneConfig, TrainingPhoto, plan_training
+
+    rows = list(csv.DictReader(open(data_dir / "lund" / "gps_from_exif.csv")))
+    photos = [TrainingPhoto(Path(r["filename"]), float(r["lat"]), float(r["lon"])) for r in rows]
+    _, split, tuples, val_queries = plan_training(photos, FinetuneConfig())
+    assert len(split.val) == val_queries > 0
+    assert len(tuples.queries) > 0 and tuples.n_photos == len(split.train)
+
+
+def test_plan_trains_on_everything_when_nothing_can_be_scored():
+    from geoloc.finetune import FinetuneConfig, plan_training
+
+    # Pairs 5 m apart, every pair in its own 50 m cell, plus one lone photo far away: holding a
+    # cell out either takes a pair from training or leaves a photo with nobody within 25 m.
+    points = [(0, 0), (5, 0), (200, 0), (205, 0), (400, 0), (405, 0), (1000, 1000)]
+    config = FinetuneConfig(val_fraction=0.15, seed=3)  # this seed draws the lone photo's cell
+    assert split_by_place(np.array(points, float), 0.15, 50, seed=3).val.tolist() == [6]
+    _, split, tuples, val_queries = plan_training(_photos_at(points), config)
+    assert len(split.val) == 0 and val_queries == 0 and len(split.train) == 7
+    assert len(tuples.queries) == 6
+
+
+def test_plan_says_what_the_data_needs():
+    from geoloc.finetune import FinetuneConfig, plan_training
+
+    with pytest.raises(TrainingDataError, match="within 10 m"):
+        plan_training(_photos_at([(0, 0), (100, 0), (200, 0), (300, 0)]), FinetuneConfig())
+    with pytest.raises(TrainingDataError, match="only 2"):
+        plan_training(_photos_at([(0, 0), (5, 0)]), FinetuneConfig())
+
+
+def test_photos_from_database_keeps_located_photos_on_disk(tmp_path, lund_dir):
+    from geoloc.database import Database, PhotoRecord
+    from geoloc.finetune import photos_from_database
+
+    records = [
+        PhotoRecord(path=lund_dir / "01.jpg", size=1, mtime_ns=1, lat=55.69816, lon=13.19538),
+        PhotoRecord(path=lund_dir / "02.jpg", size=1, mtime_ns=1),  # no position
+        PhotoRecord(path=tmp_path / "gone.jpg", size=1, mtime_ns=1, lat=55.7, lon=13.2),
+    ]
+    with Database.create(tmp_path / "db", {"model": "test", "dim": 4}) as db:
+        db.add_batch(records, np.zeros((3, 4), dtype=np.float32))
+    errors = []
+    photos, unlocated = photos_from_database(tmp_path / "db", errors.append)
+    assert [p.path.name for p in photos] == ["01.jpg"] and unlocated == 1
+    assert len(errors) == 1 and "no longer on disk" in str(errors[0])

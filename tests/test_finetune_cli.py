@@ -126,6 +126,13 @@ def test_default_base_offline_fails_with_one_line(lund_dir, tmp_path):
     assert len(result.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in result.output
 
 
+def test_fresh_vgg16_base_offline_fails_with_one_line(lund_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no ImageNet weights cached
+    result = run("finetune", lund_dir, "--out", tmp_path / "m.safetensors", "--base", "vgg16")
+    assert result.exit_code == 1
+    assert "ImageNet weights of vgg16" in result.stderr and "Traceback" not in result.output
+
+
 def test_empty_database_says_so(tmp_path):
     result = run("finetune", "--db", tmp_path / "nothing", "--out", tmp_path / "m.safetensors", *FAST)
     assert result.exit_code == 1

@@ -342,3 +342,84 @@ def test_pick_device():
             pick_device("cuda")
     with pytest.raises(UsageError, match="unknown device"):
         pick_device("tpu")
+
+
+# ------------------------------------------------------------------ a real download, from a local hub
+
+
+class _FakeHub:
+    """Serves files as the Hub's ``/{repo}/resolve/{revision}/{file}`` endpoint does (HEAD with
+    commit, ETag and size headers; GET with the bytes), on localhost."""
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+
+    def __init__(self, files: dict[str, Path]):
+        import http.server
+        import threading
+
+        hub = self
+        self.files = files
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _head(self):
+                hub.requests.append(f"{self.command} {self.path}")
+                path = self.path.split("?")[0]
+                for key, file in hub.files.items():
+                    if path == f"/{PATCH_NETVLAD_REPO}/resolve/main/{key}":
+                        data = file.read_bytes()
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                        self.send_header("X-Repo-Commit", hub.commit)
+                        self.end_headers()
+                        return data
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+
+            def do_HEAD(self):
+                self._head()
+
+            def do_GET(self):
+                data = self._head()
+                if data is not None:
+                    self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_download_through_huggingface_hub_converts_and_verifies(small, monkeypatch, capfd):
+    hub = _FakeHub({"pitts_WPCA128.pth.tar": small["pth"]})
+    try:
+        import huggingface_hub.constants
+
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        # huggingface_hub snapshots HF_HUB_OFFLINE at import, which an earlier test may have done
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        path = download_model("netvlad-vgg16-pitts30k-128")
+        assert any("resolve/main/pitts_WPCA128.pth.tar" in r for r in hub.requests)
+        meta = read_model_metadata(path)
+        assert meta["source_etag"] == _sha256(small["pth"]) and meta["whiten_dim"] == "128"
+        assert load_model("netvlad-vgg16-pitts30k-128").dim == 128
+        # a pinned checksum that does not match is refused
+        with pytest.raises(ModelError, match="does not match the pinned"):
+            hub_download(WeightsSource(PATCH_NETVLAD_REPO, "pitts_WPCA128.pth.tar", None, "f" * 64), unavailable="x")
+        with pytest.raises(ModelError, match="not found on the Hugging Face Hub"):
+            hub_download(WeightsSource(PATCH_NETVLAD_REPO, "pitts_WPCA999.pth.tar", None, None), unavailable="x")
+    finally:
+        hub.close()
+    assert capfd.readouterr().out == ""  # progress never goes to stdout

@@ -40,6 +40,15 @@ def handle_errors(func: F) -> F:
                 raise
             console.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # `geoloc … --csv - | head`: the reader has gone; stop quietly as Unix tools do.
+            import sys
+
+            try:
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter exit quiet
+            except OSError:
+                pass
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             console.error("interrupted")
             raise typer.Exit(130) from None

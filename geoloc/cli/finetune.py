@@ -130,6 +130,8 @@ def finetune(
     console.info(
         f"wrote {result.out} ({result.dim}-D, best epoch {result.best_epoch} of {result.epochs_run}"
         + (", stopped early" if result.stopped_early else "")
+        + (": no epoch did better than the starting model, which is what was written"
+           if result.best_epoch == 0 else "")
         + (f", validation recall@1/5/10 {recall['1']:.2f}/{recall['5']:.2f}/{recall['10']:.2f} "
            f"on {result.val_queries} held-out photos" if recall else ", not validated")
         + f"); use it with: geoloc index PATH --model {result.out}"

@@ -124,6 +124,7 @@ def hub_download(source, unavailable: str) -> Path:
             library_name="geoloc",
             library_version=__version__,
             local_files_only=hub_offline(),
+            endpoint=os.environ.get("HF_ENDPOINT") or None,  # read now, like the cache and offline flags
         )
     except LocalEntryNotFoundError:
         raise WeightsUnavailableError(unavailable) from None

@@ -181,7 +181,7 @@ def compute_descriptors(
     Photos that fail to decode get a zero row and are reported through ``on_error``.
     """
     rows: list[torch.Tensor] = []
-    failed_shape_dim = dim
+    width = dim
     for span, tensors in images.iter_chunks(indices, max(1, batch_size) * 2, on_error):
         if should_stop is not None and should_stop():
             raise StopRequested()
@@ -190,10 +190,10 @@ def compute_descriptors(
         if ok:
             with autocast(device, amp):
                 chunk_out = forward_grouped(model, [tensors[j] for j in ok], device, batch_size).cpu()
-            failed_shape_dim = chunk_out.shape[1]
-        if failed_shape_dim is None:
+            width = chunk_out.shape[1]
+        if width is None:
             raise PhotoError(images.paths[span[0]], "no photo in the first batch could be decoded")
-        out = torch.zeros(len(span), failed_shape_dim)
+        out = torch.zeros(len(span), width)
         if chunk_out is not None:
             out[ok] = chunk_out
         rows.append(out)

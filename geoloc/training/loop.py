@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from geoloc.training import checkpoint
-from geoloc.training.images import ImageSet, StopRequested, autocast, compute_descriptors, forward_grouped
+from geoloc.training.images import (
+    ImageSet,
+    StopRequested,
+    amp_dtype,
+    autocast,
+    compute_descriptors,
+    forward_grouped,
+)
 from geoloc.training.loss import triplet_ranking_loss
 from geoloc.training.mining import DescriptorCache, HardNegativeMiner, rng_state, set_rng_state
 from geoloc.training.tuples import PlaceSplit, TupleIndex
@@ -135,7 +142,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(
             self.optimizer, step_size=max(1, settings.lr_step), gamma=settings.lr_gamma
         )
-        use_scaler = settings.amp and device.type == "cuda" and _amp_dtype(device) == torch.float16
+        use_scaler = settings.amp and device.type == "cuda" and amp_dtype(device) == torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.dim = int(getattr(model, "dim", 0)) or None
         self.cache: DescriptorCache | None = None
@@ -478,9 +485,3 @@ class Trainer:
 
     def _mean_loss(self) -> float:
         return self.loss_sum / self.trained if self.trained else 0.0
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    from geoloc.training.images import amp_dtype
-
-    return amp_dtype(device)
