@@ -80,15 +80,17 @@ def bench_decode(paths, model, max_side, workers) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_network(paths, model, max_side, batch_size, device) -> float:
+def bench_network(paths, model, max_side, batch_size, workers, device) -> float:
+    """The network alone, on tensors decoded beforehand, with the pipeline's thread setting."""
     import torch
 
-    from geoloc.extract import iter_batches, iter_decoded
+    from geoloc.extract import ExtractConfig, Extractor, iter_batches, iter_decoded
 
     pre = model.preprocess.replace(max_side=max_side)
     batches = [torch.stack([i.tensor for i in b])
                for b in iter_batches(iter_decoded(paths, pre, max_side, 2, hash_files=False), batch_size)]
-    with torch.inference_mode():
+    threads = Extractor(model, ExtractConfig(max_side=max_side, workers=workers), device).cpu_threads()
+    with threads, torch.inference_mode():
         model(batches[0][:1].to(device))  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -206,7 +208,8 @@ def main() -> None:
 
     print(f"# geoloc index benchmark: {args.photos} photos (lund 1024×768 JPEGs, copied), "
           f"max_side {args.max_side}, batch {args.batch_size}, {args.workers} decode threads, "
-          f"device {device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+          f"device {device}, torch threads {torch.get_num_threads()} "
+          f"(on the CPU the network gets at most cores − decode threads), {os.cpu_count()} CPUs")
     sizes = [int(s) for s in args.rss_sizes.split(",") if s] or [max(29, args.photos // 2), args.photos * 2]
     with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as tmp:
         tmp = Path(tmp)
@@ -214,7 +217,7 @@ def main() -> None:
         for name in args.models.split(","):
             model = build(name, device, paths[:29], args.max_side)
             decode = bench_decode(paths, model, args.max_side, args.workers)
-            network = bench_network(paths, model, args.max_side, args.batch_size, device)
+            network = bench_network(paths, model, args.max_side, args.batch_size, args.workers, device)
             pipe = bench_pipeline(paths, model, args.max_side, args.batch_size, args.workers,
                                   device, tmp / "db")
             del model

@@ -142,10 +142,7 @@ def iter_decoded(
     workers = max(1, int(workers))
     window = window or workers * 4
     it = iter(paths)
-    if workers == 1:
-        for path in it:
-            yield decode_photo(path, preprocess, max_side, hash_files)
-        return
+    # Even one worker is a thread of its own: decoding then overlaps with the network.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="geoloc-decode") as pool:
         queue: deque[Future] = deque()
         try:

@@ -452,7 +452,6 @@ def finetune(
     from geoloc.models.model import save_model_file
 
     save_model_file(model, out, metadata)
-    _umask_permissions(out)
     return FinetuneResult(
         out=out, base=model.base, device=str(device), photos=len(photos),
         train_photos=int(len(split.train)), val_photos=int(len(split.val)),
@@ -507,16 +506,6 @@ def _unique(photos: Sequence[TrainingPhoto]) -> list[TrainingPhoto]:
             seen.add(key)
             result.append(p)
     return result
-
-
-def _umask_permissions(path: Path) -> None:
-    """Give the model file the permissions any new file gets (a temporary file is 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(path, 0o666 & ~mask)
-    except OSError:  # pragma: no cover - e.g. a file system without modes
-        pass
 
 
 def _base_label(base: str) -> str:

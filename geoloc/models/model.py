@@ -159,8 +159,16 @@ class GeolocModel(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def set_train_layers(self, train_layers: str) -> None:
-        """Freeze the backbone but for ``train_layers``; pooling and whitening stay trainable."""
+        """Freeze the backbone but for ``train_layers``; the pooling layer stays trainable.
+
+        The PCA whitening stays frozen: it is a statistic of the descriptors, not something the
+        triplet loss should learn (134M weights for the Pitts30k 4096-D layer, on a user's few
+        hundred photos). Refit it after training instead (``geoloc finetune --pca``).
+        """
         freeze_backbone(self.arch, self.backbone, train_layers)
+        if self.whiten is not None:
+            for p in self.whiten.parameters():
+                p.requires_grad_(False)
         self.train_layers = train_layers
 
     def train(self, mode: bool = True) -> GeolocModel:
@@ -267,6 +275,10 @@ def save_model_file(model: GeolocModel, path: Path, metadata: dict[str, Any] | N
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        # mkstemp creates 0600 files; a model file is shared like any other (umask decides).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
