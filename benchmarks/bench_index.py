@@ -48,7 +48,8 @@ def make_photos(folder: Path, n: int) -> list[Path]:
 
 
 def build(name: str, device: str, vocab_photos: list[Path], max_side: int):
-    """A ready model: lite0-vlad with a vocabulary fitted on the photos, or random VGG-16."""
+    """A ready model: lite0-vlad with a vocabulary fitted on a few photos, or random VGG-16
+    (its vocabulary fitted the same way, so NetVLAD does the work it does for real)."""
     import torch
 
     from geoloc.extract import ExtractConfig, Extractor, FeatureSampler
@@ -164,7 +165,7 @@ def child(args) -> None:
     device = str(pick_device(args.device))
     folder = Path(args.tmp)
     paths = make_photos(folder / "photos", args.photos)
-    model = build(args.child, device, paths[:29], args.max_side)
+    model = build(args.child, device, paths[:8], args.max_side)
     _reset_peak()  # the peak of fitting the vocabulary is not the pipeline's
     base = _rss_mib("VmRSS")
     result = bench_pipeline(paths, model, args.max_side, args.batch_size, args.workers, device,
@@ -215,11 +216,14 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_photos(tmp / "photos", args.photos)
         for name in args.models.split(","):
-            model = build(name, device, paths[:29], args.max_side)
-            decode = bench_decode(paths, model, args.max_side, args.workers)
-            network = bench_network(paths, model, args.max_side, args.batch_size, args.workers, device)
-            pipe = bench_pipeline(paths, model, args.max_side, args.batch_size, args.workers,
-                                  device, tmp / "db")
+            model = build(name, device, paths[:8], args.max_side)
+            # Best of two: a shared machine slows single runs down at random.
+            decode = max(bench_decode(paths, model, args.max_side, args.workers) for _ in range(2))
+            network = max(bench_network(paths, model, args.max_side, args.batch_size, args.workers, device)
+                          for _ in range(2))
+            pipe = max((bench_pipeline(paths, model, args.max_side, args.batch_size, args.workers,
+                                       device, tmp / "db") for _ in range(2)),
+                       key=lambda r: r["photos_per_s"])
             del model
             print(f"\n## {name}")
             print(f"decode only    {decode:8.1f} photos/s ({args.workers} threads)")

@@ -283,6 +283,17 @@ class Database:
         try:
             if cls.exists(path):
                 raise DatabaseError(f"a database already exists at {display_path(path)}")
+            ours = {LOCK, SQLITE, SQLITE + "-wal", SQLITE + "-shm", DESCRIPTORS, COMPACTING, VOCABULARY}
+            foreign = sorted(p.name for p in path.iterdir()
+                             if p.name not in ours and not p.name.endswith(".tmp"))
+            if foreign:  # e.g. --db pointing at a photo folder by mistake
+                lock.release()
+                (path / LOCK).unlink(missing_ok=True)  # leave the folder as it was
+                raise DatabaseError(
+                    f"cannot create database {display_path(path)}: the folder is not empty and "
+                    f"not a geoloc database (it holds {display_path(foreign[0])}"
+                    f"{' and more' if len(foreign) > 1 else ''}); choose a new or empty folder"
+                )
             # Leftovers of a create that crashed before its manifest was written.
             for name in (SQLITE, SQLITE + "-wal", SQLITE + "-shm", DESCRIPTORS, COMPACTING, VOCABULARY):
                 try:
@@ -660,9 +671,18 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
             if not file.exists():
                 raise DatabaseError(f"database {display_path(path)} is damaged: {SQLITE} is missing")
             uri = "file:" + _uri_path(file) + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                conn.execute("SELECT COUNT(*) FROM photos").fetchone()
+            except sqlite3.OperationalError:
+                if os.access(path, os.W_OK):
+                    raise
+                # A database on read-only media: WAL needs a writable folder for its index
+                # file, so read it as an immutable file (no writer can be running there anyway).
+                conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("SELECT COUNT(*) FROM photos").fetchone()
             conn.execute("PRAGMA query_only=1")
-            conn.execute("SELECT COUNT(*) FROM photos").fetchone()
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
     except sqlite3.Error as exc:

@@ -197,8 +197,10 @@ class Extractor:
         self.stats = ExtractStats()
 
     def _decoded(self, paths: Iterable[Path], hash_files: bool) -> Iterator[Decoded]:
+        # Read-ahead: the next batch is decoded while the network runs this one.
+        window = max(4 * self.config.workers, 2 * self.config.batch_size)
         stream = iter_decoded(paths, self.preprocess, self.max_side, self.config.workers,
-                              hash_files=hash_files)
+                              hash_files=hash_files, window=window)
         while True:
             start = time.perf_counter()
             try:

@@ -207,10 +207,14 @@ def default_model_name() -> str:
 
 def _model_key(spec: str) -> str:
     """How a ``--model`` value is recorded: a registry name as is, a file as its resolved path."""
+    from geoloc.models.registry import list_models
+
+    if any(entry.name == spec for entry in list_models()):  # registry names win
+        return spec
     path = Path(spec).expanduser()
-    if path.is_file() or os.sep in spec or spec.endswith(".safetensors"):
+    if path.exists() or os.sep in spec or path.suffix:
         return str(path.resolve())
-    return spec
+    return spec  # neither: load_model says which names are valid
 
 
 def _open_database(db_path: Path, config: IndexConfig):

@@ -71,6 +71,13 @@ def test_create_where_a_file_is(tmp_path):
         Database.create(blocker / "db", MANIFEST)
 
 
+def test_create_in_a_foreign_folder_is_refused(tmp_path):
+    (tmp_path / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(DatabaseError, match="not empty and not a geoloc database"):
+        Database.create(tmp_path, MANIFEST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.jpg"]
+
+
 def test_create_twice_is_refused(db_path):
     Database.create(db_path, MANIFEST).close()
     with pytest.raises(DatabaseError, match="already exists"):

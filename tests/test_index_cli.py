@@ -165,6 +165,8 @@ def test_bad_files_get_one_line_each_and_the_run_goes_on(lund_dir, tmp_path):
         "with space 'quote' \"double\".JPG": lund_dir / "06.jpg",
         "sub dir/åäö 東京.jpeg": lund_dir / "07.jpg",
     }
+    if os.name == "posix":  # a name that is not valid UTF-8 (an old Latin-1 archive)
+        good[os.fsdecode(b"latin1-\xe9t\xe9.jpg")] = lund_dir / "12.jpg"
     for name, src in good.items():
         shutil.copy2(src, photos / name)
     for i in range(8, 12):  # enough photos for the vocabulary
@@ -187,7 +189,7 @@ def test_bad_files_get_one_line_each_and_the_run_goes_on(lund_dir, tmp_path):
     assert "too large" in reasons["bomb.png"] and "empty" in reasons["empty.jpg"]
     for name in bad:  # one warning line naming the file
         assert sum(name in line and "warning" in line for line in stderr.splitlines()) == 1, stderr
-    assert (data["indexed"], data["located"], data["unlocated"]) == (8, 7, 1)
+    assert data["indexed"] == len(good) + 4 + 1 and data["unlocated"] == 1
     with Database.open(tmp_path / "db") as database:
         for name in good:
             record = database.get((photos / name).resolve())
@@ -245,3 +247,30 @@ def test_descriptor_does_not_depend_on_the_batch(lund_dir):
     batches = list(iter_batches(items, batch_size=2))
     assert all(len({tuple(i.tensor.shape) for i in batch}) == 1 for batch in batches)
     assert sorted(len(b) for b in batches) == [1, 1, 2, 2]
+
+
+def test_model_file_is_recorded_by_its_resolved_path(lund_dir, tmp_path, monkeypatch):
+    import torch
+
+    from geoloc.models.model import build_model, save_model_file
+
+    model_file = save_model_file(build_model("lite0", "gem", pretrained_backbone=False),
+                                 tmp_path / "models" / "mine.safetensors")
+    photos = copy_lund(lund_dir, tmp_path / "p", names={"01.jpg", "02.jpg"})
+    monkeypatch.chdir(tmp_path)
+    data, _ = run_index(photos, "--db", "db", "--json", "--model", "models/mine.safetensors",
+                        "--max-side", "160")
+    assert data["model"] == str(model_file.resolve()) and data["indexed"] == 2
+    assert data["vocabulary"] is None  # GeM pooling: nothing to fit
+    data, _ = run_index(photos, "--db", "db", "--json", "--model", str(model_file))
+    assert data["unchanged"] == 2
+    other = save_model_file(build_model("lite0", "gem", pretrained_backbone=False),
+                            tmp_path / "models" / "other.safetensors")
+    _, stderr = run_index(photos, "--db", "db", "--model", str(other), expect=1)
+    assert "mine.safetensors" in stderr and "other.safetensors" in stderr
+    retrained = build_model("lite0", "gem", pretrained_backbone=False)
+    with torch.no_grad():
+        retrained.pool.p.fill_(4.0)  # same file name, other weights
+    save_model_file(retrained, model_file)
+    _, stderr = run_index(photos, "--db", "db", expect=1)
+    assert "changed" in stderr and "mine.safetensors" in stderr

@@ -187,3 +187,17 @@ def test_flat_search_reads_a_memory_mapped_matrix_in_place(tmp_path):
     mm = np.memmap(tmp_path / "d.f32", dtype=np.float32, mode="r", shape=(50, 8))
     scores, ids = SearchIndex(mm).search(x[7], 1)
     assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ivf_is_built_only_when_the_batch_pays_for_it_or_a_cache_exists(tmp_path):
+    rng = np.random.default_rng(4)
+    db = _unit(rng.normal(size=(6000, 16)))
+    cfg = SearchConfig(ivf_threshold=5000)
+    cache = tmp_path / "x.ivf.faiss"
+    few = SearchIndex(db, cfg, cache=cache, cache_key="k", n_queries=3)
+    assert few.kind == "flat" and few.ivf_deferred and not cache.exists()
+    assert few.search(db[:1], 1)[1][0, 0] == 0
+    many = SearchIndex(db, cfg, cache=cache, cache_key="k", n_queries=100_000)
+    assert many.kind == "ivf" and cache.is_file()
+    again = SearchIndex(db, cfg, cache=cache, cache_key="k", n_queries=1)
+    assert again.kind == "ivf" and again.cached and not again.ivf_deferred

@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -251,3 +250,21 @@ def test_model_mismatch_is_a_clear_error(tmp_path, lund):
     result = run(queries / "02.jpg", "--db", copy)
     assert result.exit_code == 1
     assert "weights have changed" in result.stderr
+
+
+def test_top_k_beyond_the_database_lists_every_located_photo_once(lund):
+    db, queries, _, _ = lund
+    (o,) = run_json(queries / "18.jpg", "--db", db, "--top-k", "50")
+    paths = [c["path"] for c in o["candidates"]]
+    assert len(paths) == 15 == len(set(paths))
+    (o,) = run_json(db.parent / "photos" / "29.jpg", "--db", db, "--top-k", "50")
+    assert len(o["candidates"]) == 14
+
+
+def test_library_locate_matches_the_cli(lund):
+    from geoloc.localize import locate
+
+    db, queries, _, _ = lund
+    (r,) = locate(db, [queries / "22.jpg"], top_k=3)
+    (o,) = run_json(queries / "22.jpg", "--db", db, "--top-k", "3")
+    assert r.to_json() == o

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+import click
 import typer
 
 F = TypeVar("F", bound=Callable)
@@ -33,8 +34,8 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, click.exceptions.ClickException):
+            raise  # click reports its own usage errors (exit 2)
         except GeolocError as exc:
             if os.environ.get("GEOLOC_DEBUG"):
                 raise
@@ -71,7 +72,7 @@ def one_format(**flags: bool) -> Optional[str]:
     """The single data format asked for, or None; two at once is a usage error."""
     chosen = [name for name, on in flags.items() if on]
     if len(chosen) > 1:
-        raise typer.BadParameter(
-            "choose one output format, not " + " and ".join(f"--{c}" for c in chosen)
-        )
+        from geoloc.errors import UsageError
+
+        raise UsageError("choose one output format, not " + " and ".join(f"--{c}" for c in chosen))
     return chosen[0] if chosen else None

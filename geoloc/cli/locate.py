@@ -48,10 +48,7 @@ def locate_command(
     from geoloc import console
     from geoloc.errors import GeolocError, UsageError
 
-    try:
-        fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson)
-    except typer.BadParameter as exc:
-        raise UsageError(str(exc)) from None
+    fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson)
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
