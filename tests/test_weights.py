@@ -284,9 +284,7 @@ def test_build_model_and_save_model_file_for_finetuning(tmp_path):
         "backbone.28.bias",
         "pool.conv.weight",
         "pool.centroids",
-        "whiten.conv.weight",
-        "whiten.conv.bias",
-    }
+    }  # the PCA whitening stays frozen: it is refitted (finetune --pca), not trained
     model.fit_vocabulary(torch.randn(100, 512))
     path = save_model_file(model, tmp_path / "ft.safetensors", {"base": "netvlad-vgg16-pitts30k"})
     loaded = load_model_file(path)

@@ -11,11 +11,20 @@ from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, handle_errors
 
 
-@app.command("index")
+_HELP = (
+    "Add the photos under each PATH to the database.\n\n"
+    "Reads GPS, altitude, capture time and accuracy from EXIF and stores one descriptor per "
+    "photo. Re-runs handle only new or changed photos; photos without a position are kept as "
+    "\"unlocated\". Unreadable files get one warning line each and the run goes on. Safe to "
+    "interrupt at any moment: a re-run picks up where it stopped."
+)
+
+
+@app.command("index", help=_HELP)
 @handle_errors
 def index(
-    paths: List[Path] = typer.Argument(..., help="Photos or folders (searched recursively).",
-                                       show_default=False),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", show_default=False,
+                                       help="Photos or folders (searched recursively)."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="NAME|FILE",
@@ -41,13 +50,7 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress bar and no summary; warnings still show."),
 ) -> None:
-    """Add the photos under each PATH to the database.
-
-    Reads GPS, altitude, capture time and accuracy from EXIF and stores one descriptor per
-    photo. Re-runs handle only new or changed photos; photos without a position are kept as
-    "unlocated". Unreadable files get one warning line each and the run goes on. Safe to
-    interrupt at any moment: a re-run picks up where it stopped.
-    """
+    """Thin: options → IndexConfig → index_photos → summary/JSON (help text in _HELP)."""
     from geoloc.cli._common import resolve_db
     from geoloc.indexer import IndexConfig, index_photos
 

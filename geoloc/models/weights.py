@@ -115,6 +115,10 @@ def hub_download(source, unavailable: str) -> Path:
 
     from geoloc import __version__
 
+    endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache and offline flags
+    if not hub_offline() and hub_cached_path(source) is None and not _hub_reachable(endpoint):
+        # huggingface_hub would retry for ~25 s, printing a line per try, before giving up.
+        raise WeightsUnavailableError(unavailable)
     try:
         path = hf_hub_download(
             source.repo_id,
@@ -124,7 +128,7 @@ def hub_download(source, unavailable: str) -> Path:
             library_name="geoloc",
             library_version=__version__,
             local_files_only=hub_offline(),
-            endpoint=os.environ.get("HF_ENDPOINT") or None,  # read now, like the cache and offline flags
+            endpoint=endpoint,
         )
     except LocalEntryNotFoundError:
         raise WeightsUnavailableError(unavailable) from None
@@ -143,6 +147,26 @@ def hub_download(source, unavailable: str) -> Path:
                 f"{source.describe()}; delete the file and download again"
             )
     return path
+
+
+def _hub_reachable(endpoint: str | None, timeout_s: float = 5.0) -> bool:
+    """Can a TCP connection to the Hub be opened at all? A fast answer for machines offline.
+
+    Behind a proxy the direct connection says nothing, so the download is simply tried.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(endpoint or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _first_line(exc: BaseException) -> str:
