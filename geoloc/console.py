@@ -76,3 +76,55 @@ def progress(transient: bool = False):
         console=err,
         transient=transient,
     )
+
+
+def download_bar_class():
+    """A tqdm class that draws huggingface_hub's download progress as a Rich bar on stderr.
+
+    huggingface_hub reports downloads through tqdm; this adapter keeps the look of every other
+    geoloc progress bar (and keeps stdout clean) without reimplementing the download.
+    """
+    import io
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from tqdm.std import tqdm
+
+    class RichDownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs["file"] = io.StringIO()  # tqdm's own text rendering goes nowhere
+            self._bar = None
+            super().__init__(*args, **kwargs)
+            if self.disable:
+                return
+            self._bar = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.desc or "downloading", total=self.total, completed=self.n)
+
+        def display(self, *args, **kwargs):
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.n, total=self.total)
+            return True
+
+        def close(self):
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.n, total=self.total)
+                self._bar.stop()
+                self._bar = None
+            super().close()
+
+    return RichDownloadBar

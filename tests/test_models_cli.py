@@ -79,6 +79,18 @@ def test_download_converts_a_cached_checkpoint_once(tmp_path, monkeypatch):
     assert listed["netvlad-vgg16-pitts30k"]["cached"] is False
 
 
+def test_the_mapillary_model_comes_from_its_own_file(tmp_path, monkeypatch):
+    pth = write_pth_tar(tmp_path / "mapillary_WPCA128.pth.tar", random_netvlad_weights(whiten_dim=128, seed=3))
+    cache = seed_hf_cache(tmp_path / "hub", PATCH_NETVLAD_REPO, {"mapillary_WPCA128.pth.tar": pth})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    listed = {r["name"]: r for r in json.loads(runner.invoke(app, ["models", "--json"]).stdout)}
+    assert listed["netvlad-vgg16-msls-128"]["cached"] is True
+    assert listed["netvlad-vgg16-pitts30k-128"]["cached"] is False
+    result = runner.invoke(app, ["models", "download", "netvlad-vgg16-msls-128", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["path"].endswith("netvlad-vgg16-msls-128.safetensors")
+
+
 @pytest.mark.parametrize("args", [["models", "--help"], ["models", "download", "--help"]])
 def test_help(args):
     result = runner.invoke(app, args)

@@ -420,4 +420,6 @@ def test_download_through_huggingface_hub_converts_and_verifies(small, monkeypat
             hub_download(WeightsSource(PATCH_NETVLAD_REPO, "pitts_WPCA999.pth.tar", None, None), unavailable="x")
     finally:
         hub.close()
-    assert capfd.readouterr().out == ""  # progress never goes to stdout
+    captured = capfd.readouterr()
+    assert captured.out == ""  # progress never goes to stdout
+    assert "pitts_WPCA128.pth.tar" in captured.err  # the Rich download bar names the file

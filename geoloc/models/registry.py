@@ -93,13 +93,20 @@ class ModelEntry:
 _PATCH_NETVLAD = "TobiasRobotics/Patch-NetVLAD"
 
 
-def _pitts(dim: int, default: bool = False) -> ModelEntry:
+# Patch-NetVLAD publishes the same VGG-16 + NetVLAD (K=64) + WPCA network trained on two datasets:
+# Pittsburgh 30k (the paper's benchmark) and Mapillary Street-Level Sequences (more cities,
+# seasons and cameras; the better start for street-level imagery from elsewhere).
+_TRAINED_ON = {"pitts30k": ("pitts", "Pittsburgh 30k"), "msls": ("mapillary", "Mapillary SLS")}
+
+
+def _pitts(dim: int, default: bool = False, dataset: str = "pitts30k") -> ModelEntry:
     suffix = "" if dim == 4096 else f"-{dim}"
+    prefix, label = _TRAINED_ON[dataset]
     return ModelEntry(
-        name=f"netvlad-vgg16-pitts30k{suffix}",
-        description=f"VGG-16 + NetVLAD (K=64) trained on Pittsburgh 30k, whitened to {dim}-D",
+        name=f"netvlad-vgg16-{dataset}{suffix}",
+        description=f"VGG-16 + NetVLAD (K=64) trained on {label}, whitened to {dim}-D",
         dim=dim,
-        source=WeightsSource(_PATCH_NETVLAD, f"pitts_WPCA{dim}.pth.tar", revision=None, sha256=None),
+        source=WeightsSource(_PATCH_NETVLAD, f"{prefix}_WPCA{dim}.pth.tar", revision=None, sha256=None),
         preprocess=IMAGENET,
         offline=False,
         needs_vocabulary=False,
@@ -132,6 +139,9 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     _pitts(4096, default=True),
     _pitts(512),
     _pitts(128),
+    _pitts(4096, dataset="msls"),
+    _pitts(512, dataset="msls"),
+    _pitts(128, dataset="msls"),
     _lite0(
         "netvlad",
         "EfficientNet-Lite0 + NetVLAD (K=64) fitted on the database's own photos",

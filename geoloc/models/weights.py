@@ -114,6 +114,7 @@ def hub_download(source, unavailable: str) -> Path:
     )
 
     from geoloc import __version__
+    from geoloc.console import download_bar_class
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache and offline flags
     if not hub_offline() and hub_cached_path(source) is None and not _hub_reachable(endpoint):
@@ -129,6 +130,7 @@ def hub_download(source, unavailable: str) -> Path:
             library_version=__version__,
             local_files_only=hub_offline(),
             endpoint=endpoint,
+            tqdm_class=download_bar_class(),
         )
     except LocalEntryNotFoundError:
         raise WeightsUnavailableError(unavailable) from None
