@@ -418,6 +418,13 @@ class Database:
         for r in cur:
             yield _record_from_row(r)
 
+    def file_stats(self) -> Iterator[tuple[str, int, int, Optional[str]]]:
+        """``(path, size, mtime_ns, sha256)`` of every photo: all a re-run needs to tell which
+        files changed, without building a full record per photo of a large archive."""
+        for key, size, mtime_ns, sha256 in self._conn.execute(
+                "SELECT path, size, mtime_ns, sha256 FROM photos"):
+            yield os.fspath(_path_from_key(key)), size, mtime_ns, sha256
+
     def get(self, path: Path) -> Optional[PhotoRecord]:
         row = self._conn.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM photos WHERE path = ?", (_path_key(path),)

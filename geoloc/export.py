@@ -32,6 +32,7 @@ CSV_COLUMNS = (
     "GPSLongitudeRef",
     "GPSHPositioningError",
     "Score",
+    "Confidence",
 )
 
 
@@ -58,6 +59,7 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
                 "E" if e.lon >= 0 else "W",
                 f"{e.radius_m:.1f}",
                 "" if score is None else f"{score:.6f}",
+                e.confidence,
             ]
         )
         rows += 1
@@ -82,10 +84,12 @@ def to_geojson(results: Iterable[LocateResult]) -> dict:
             "radius_m": body["estimate"]["radius_m"] if e else None,
             "support": e.support if e else None,
             "agreement": body["estimate"]["agreement"] if e else None,
+            "confidence": e.confidence if e else None,
             "score": body["candidates"][0]["score"] if body["candidates"] else None,
             "query_gps": body["query_gps"],
             "error_m": body["error_m"],
             "error": body["error"],
+            "warnings": body["warnings"],
             "candidates": body["candidates"],
         }
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
@@ -143,6 +147,7 @@ def xmp_sidecar(result: LocateResult) -> str:
         "geoloc:Version": __version__,
         "geoloc:RadiusM": f"{e.radius_m:.1f}",
         "geoloc:Support": str(e.support),
+        "geoloc:Confidence": e.confidence,
     }
     if math.isfinite(score):
         attrs["geoloc:Score"] = f"{score:.6f}"

@@ -81,6 +81,9 @@ class FinetuneConfig:
              f"--neg-radius ({self.neg_radius_m:g} m) must not be below --pos-radius ({self.pos_radius_m:g} m)")
         need(self.margin > 0, f"--margin must be above 0, not {self.margin:g}")
         need(self.lr > 0, f"--lr must be above 0, not {self.lr:g}")
+        need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), not {self.momentum:g}")
+        need(self.weight_decay >= 0, f"--weight-decay must not be negative, not {self.weight_decay:g}")
+        need(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], not {self.lr_gamma:g}")
         need(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         need(self.n_neg >= 1, f"--negatives must be at least 1, not {self.n_neg}")
         need(self.neg_sample >= self.n_neg,

@@ -126,18 +126,25 @@ def index_photos(
         report.model = database.manifest["model"]
         progress.stage("Scanning", None)
         to_index, seen = _diff(found, database, report, on_error, progress)
+        if model is None and to_index:
+            # Loaded only now: a re-run over an unchanged archive needs no network at all, so it
+            # neither imports torch nor reads the weights (seconds saved on every re-run).
+            model = _model_for_existing(database, config)
+        if model is None:
+            report.vocabulary = "stored" if database.has_vocabulary() else None
+            kept = []
+        else:
+            from geoloc.extract import ExtractConfig, Extractor, default_workers
 
-        from geoloc.extract import ExtractConfig, Extractor, default_workers
-
-        extract_config = ExtractConfig(
-            max_side=int(database.manifest["preprocess"]["max_side"]),
-            batch_size=config.batch_size,
-            workers=config.workers or default_workers(_device_of(model)),
-        )
-        extractor = Extractor(model, extract_config, device=_device_of(model))
-        stack.enter_context(extractor.cpu_threads())
-        report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
-                                                     config, progress)
+            extract_config = ExtractConfig(
+                max_side=int(database.manifest["preprocess"]["max_side"]),
+                batch_size=config.batch_size,
+                workers=config.workers or default_workers(_device_of(model)),
+            )
+            extractor = Extractor(model, extract_config, device=_device_of(model))
+            stack.enter_context(extractor.cpu_threads())
+            report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
+                                                         config, progress)
 
         progress.stage("Indexing", len(to_index))
 
@@ -159,10 +166,11 @@ def index_photos(
             on_error(item.error)
             progress.advance(1)
 
-        for items, descriptors in extractor.descriptors(rest, on_error=failed):
-            store(items, descriptors)
-        report.decode_s = extractor.stats.decode_s
-        report.network_s = extractor.stats.network_s
+        if model is not None:
+            for items, descriptors in extractor.descriptors(rest, on_error=failed):
+                store(items, descriptors)
+            report.decode_s = extractor.stats.decode_s
+            report.network_s = extractor.stats.network_s
 
         if config.prune:
             report.removed = _prune(database, paths, seen, progress)
@@ -218,10 +226,13 @@ def _model_key(spec: str) -> str:
 
 
 def _open_database(db_path: Path, config: IndexConfig):
-    """The database (locked for writing) and the model that goes with it."""
+    """The database (locked for writing) and, for a new database only, its model.
+
+    An existing database is checked against ``--model`` and ``--max-side`` from its manifest
+    alone; its model is loaded later, by ``_model_for_existing``, only if a photo needs it.
+    """
     from geoloc.models.registry import load_model, pick_device
 
-    device = str(pick_device(config.device))
     if Database.exists(db_path):
         database = Database.open(db_path, write=True)
         try:
@@ -239,21 +250,13 @@ def _open_database(db_path: Path, config: IndexConfig):
                     f"database {display_path(db_path)} was built with --max-side {stored_side}, "
                     f"not {config.max_side}; descriptors of different sizes do not mix"
                 )
-            model = load_model(stored, device=device)
-            expected = manifest.get("model_weights_hash")
-            if expected and getattr(model, "weights_hash", None) and model.weights_hash != expected:
-                raise DatabaseError(
-                    f"database {display_path(db_path)}: the weights of model {stored} changed since "
-                    f"it was built ({expected[:12]} → {model.weights_hash[:12]}); use another --db"
-                )
-            model.preprocess = model.preprocess.replace(max_side=stored_side)
-            return database, model
+            return database, None
         except BaseException:
             database.close()
             raise
     _check_writable(db_path)
     spec = config.model or default_model_name()
-    model = load_model(_model_key(spec), device=device)
+    model = load_model(_model_key(spec), device=str(pick_device(config.device)))
     if config.max_side is not None:
         model.preprocess = model.preprocess.replace(max_side=int(config.max_side))
     manifest = {
@@ -266,6 +269,23 @@ def _open_database(db_path: Path, config: IndexConfig):
         "vocabulary_sha256": None,
     }
     return Database.create(db_path, manifest), model
+
+
+def _model_for_existing(database: Database, config: IndexConfig):
+    """The model an existing database was built with, refused if its weights changed since."""
+    from geoloc.models.registry import load_model, pick_device
+
+    manifest = database.manifest
+    stored = manifest["model"]
+    model = load_model(stored, device=str(pick_device(config.device)))
+    expected = manifest.get("model_weights_hash")
+    if expected and getattr(model, "weights_hash", None) and model.weights_hash != expected:
+        raise DatabaseError(
+            f"database {display_path(database.path)}: the weights of model {stored} changed "
+            f"since it was built ({expected[:12]} → {model.weights_hash[:12]}); use another --db"
+        )
+    model.preprocess = model.preprocess.replace(max_side=int(manifest["preprocess"]["max_side"]))
+    return model
 
 
 def _check_writable(db_path: Path) -> None:
@@ -400,7 +420,8 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
     A photo whose size and mtime match the database is current. When they differ, the content
     hash decides: same content (a copy, a ``touch``) only refreshes the stored size and mtime.
     """
-    known = {os.fspath(r.path): r for r in database.iter_photos()}
+    known = {path: (size, mtime_ns, sha256)
+             for path, size, mtime_ns, sha256 in database.file_stats()}
     to_index: list[Path] = []
     touched: list[tuple[Path, int, int]] = []
     seen: set[str] = set()
@@ -416,14 +437,14 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
         if key in seen:
             continue
         seen.add(key)
-        record = known.get(key)
-        if record is None:
+        stored = known.get(key)
+        if stored is None:
             to_index.append(resolved)
-        elif record.size == st.st_size and record.mtime_ns == st.st_mtime_ns:
+        elif stored[0] == st.st_size and stored[1] == st.st_mtime_ns:
             report.unchanged += 1
         else:
             try:
-                same = record.sha256 is not None and file_sha256(resolved) == record.sha256
+                same = stored[2] is not None and file_sha256(resolved) == stored[2]
             except OSError as exc:
                 on_error(PhotoError(path, f"cannot read: {exc.strerror or exc}"))
                 continue

@@ -47,6 +47,28 @@ class EstimateConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    """When an estimate is flagged: a weak best match, or candidates that disagree.
+
+    Raw cosine scores mean nothing on their own: their scale depends on the model and, for
+    ``lite0-vlad``, on the vocabulary fitted to each database (unrelated photos score 0.2 against
+    one Lund database and 0.45 against another). So the bar is taken from the database itself:
+    how similar its located photos are to their nearest neighbour. A query whose best match is
+    weaker than ``reference_quantile`` of those is probably from a place the database does not
+    cover. On ``shared/data/lund`` (odd frames indexed) this flags all 9 Arezzo photos and none
+    of the 14 even Lund frames (docs/estimate.md).
+    """
+
+    reference_quantile: float = 0.10
+    # Fewer located photos than this give no meaningful reference: no weak-match check.
+    min_reference_photos: int = 5
+    # Database photos searched to measure the reference (evenly spread over the rows).
+    reference_sample: int = 200
+    # Below this share of the candidates' weight, the winning group is contested.
+    min_agreement: float = 0.5
+
+
+@dataclass
 class SearchConfig:
     """faiss index choice: exact below ``ivf_threshold`` vectors, IVF above it."""
 
@@ -96,6 +118,10 @@ class Estimate:
     support: int = 1
     agreement: float = 1.0
     considered: int = 1  # candidates the estimate looked at (not in the JSON)
+    # "high", "medium" (the candidates disagree) or "low" (even the best match is weaker than
+    # this database's photos are to their own neighbours): see ``assess_confidence``.
+    confidence: str = "high"
+    warnings: list[str] = field(default_factory=list)  # the reasons, in words (not in "estimate")
 
     def to_json(self) -> dict:
         return {
@@ -104,6 +130,7 @@ class Estimate:
             "radius_m": _round(self.radius_m, 1),
             "support": self.support,
             "agreement": _round(self.agreement, 3),
+            "confidence": self.confidence,
         }
 
 
@@ -114,6 +141,11 @@ class LocateResult:
     candidates: list[Candidate] = field(default_factory=list)
     query_gps: tuple[float, float] | None = None
     error: str | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why the estimate should not be trusted as it stands (empty when confident)."""
+        return list(self.estimate.warnings) if self.estimate is not None else []
 
     @property
     def error_m(self) -> float | None:
@@ -142,6 +174,7 @@ class LocateResult:
             ),
             "error_m": _round(self.error_m, 2),
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
@@ -224,6 +257,40 @@ def estimate_position(
         agreement=float(member_w.sum() / total) if total > 0 else 1.0,
         considered=int(lats.size),
     )
+
+
+def assess_confidence(
+    estimate: Estimate,
+    best_score: float,
+    reference: float | None,
+    config: ConfidenceConfig | None = None,
+) -> Estimate:
+    """Set ``estimate.confidence`` and ``estimate.warnings``; returns the same estimate.
+
+    ``low``: the best score is below ``reference`` (the database's typical nearest-neighbour
+    score), so even the best candidate is a poor match. ``medium``: a decent match, but the
+    winning group holds less than ``min_agreement`` of the candidates' weight, i.e. the top
+    candidates point to different places. ``high`` otherwise.
+    """
+    cfg = config or ConfidenceConfig()
+    warnings: list[str] = []
+    level = "high"
+    if reference is not None and best_score < reference:
+        level = "low"
+        warnings.append(
+            f"weak match: best score {best_score:.3f} is below {reference:.3f}, what this "
+            "database's own photos typically score against their nearest neighbour; the photo "
+            "may be from a place the database does not cover"
+        )
+    if estimate.agreement < cfg.min_agreement and estimate.considered > 1:
+        level = "low" if level == "low" else "medium"
+        warnings.append(
+            f"candidates disagree: the estimate's group of {estimate.support} holds "
+            f"{estimate.agreement:.0%} of the candidates' weight; the others point elsewhere"
+        )
+    estimate.confidence = level
+    estimate.warnings = warnings
+    return estimate
 
 
 def _weighted_mean(xy: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -381,6 +448,7 @@ class LocateConfig:
     device: str = "auto"
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
 
 @dataclass
@@ -436,6 +504,8 @@ class Locator:
         self._lons = np.array([r.lon for r in self.records], dtype=np.float64)
         self._model = None
         self._extractor = None
+        self._reference: float | None = None
+        self._reference_done = False
         self.timings.open_s = _now() - start
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -567,6 +637,7 @@ class Locator:
         scores, ids = index.search(descriptors, want + 1)
         self.timings.search_s += _now() - start
 
+        reference = self.score_reference()
         start = _now()
         answers = []
         for q in range(len(descriptors)):
@@ -584,6 +655,7 @@ class Locator:
             estimate = estimate_position(
                 self._lats[rows[:n_est]], self._lons[rows[:n_est]], sims[:n_est], cfg.estimate
             )
+            assess_confidence(estimate, float(sims[0]), reference, cfg.confidence)
             candidates = []
             for rank, (j, s) in enumerate(keep[: cfg.top_k], start=1):
                 lat, lon = float(self._lats[j]), float(self._lons[j])
@@ -594,6 +666,37 @@ class Locator:
             answers.append((estimate, candidates))
         self.timings.estimate_s += _now() - start
         return answers
+
+    def score_reference(self) -> float | None:
+        """The database's typical nearest-neighbour score (see ``ConfidenceConfig``), or None.
+
+        Measured once per Locator on an even sample of the located photos, each searched
+        against all the others with the same index as the queries. The sample shrinks for
+        very large exact databases so that this costs about as much as a few queries.
+        """
+        if self._reference_done:
+            return self._reference
+        self._reference_done = True
+        cfg = self.config.confidence
+        n = len(self.records)
+        if n < max(2, cfg.min_reference_photos):
+            return None
+        start = _now()
+        budget = max(20, int(4e9 // max(1, n * self.database.dim)))
+        sample = min(n, cfg.reference_sample, budget)
+        rows = np.unique(np.linspace(0, n - 1, sample).round().astype(np.int64))
+        index = self._index_for(len(rows))
+        queries = np.ascontiguousarray(self._matrix[rows], dtype=np.float32)
+        scores, ids = index.search(queries, 2)
+        best = [
+            float(next((s for j, s in zip(ids[i], scores[i]) if j >= 0 and j != row), np.nan))
+            for i, row in enumerate(rows)
+        ]
+        best = np.array([b for b in best if math.isfinite(b)])
+        if best.size >= cfg.min_reference_photos:
+            self._reference = float(np.quantile(best, cfg.reference_quantile))
+        self.timings.search_s += _now() - start
+        return self._reference
 
     def _index_for(self, n_queries: int) -> SearchIndex:
         """The search index, built on first use; an IVF index once the batches justify one."""

@@ -165,8 +165,41 @@ _CSS = """
 .geoloc-popup { font: 12px/1.4 sans-serif; max-width: 240px; }
 .geoloc-thumb { display: block; max-width: 220px; max-height: 180px; margin-bottom: 4px; }
 .geoloc-popup .path { word-break: break-all; color: #444; }
+.geoloc-legend {
+  position: fixed; bottom: 24px; right: 8px; z-index: 1000; background: rgba(255,255,255,.92);
+  padding: 6px 8px; border-radius: 4px; box-shadow: 0 0 4px rgba(0,0,0,.4);
+  font: 12px/1.3 sans-serif; pointer-events: none;
+}
+.geoloc-legend div { margin: 3px 0; white-space: nowrap; }
+.geoloc-legend .geoloc-badge, .geoloc-legend .geoloc-rank {
+  display: inline-block; vertical-align: middle; min-width: 22px; margin-right: 4px;
+}
 </style>
 """
+
+
+def _badge_size(label: str) -> tuple[int, int]:
+    """Wide enough for the label in 12 px bold (about 8 px a character, plus the border)."""
+    return (max(34, 8 * len(label) + 10), 20)
+
+
+def _legend_html(cfg: MapConfig, with_truth: bool) -> str:
+    """A fixed key to the symbols, bottom right; no user-provided text in it."""
+    rows = [
+        (f'<span class="geoloc-badge" style="background:{cfg.estimate_color}">est</span> '
+        "estimate; circle: its uncertainty radius"),
+        (f'<span class="geoloc-badge" style="background:{cfg.estimate_color}">est?</span> '
+        "low or medium confidence (dashed circle): see its popup"),
+        (f'<span class="geoloc-rank" style="background:{cfg.candidate_color}">1</span> '
+        "database photo, by rank (1 = most similar)"),
+    ]
+    if with_truth:
+        rows.append(
+            f'<span class="geoloc-badge" style="background:{cfg.truth_color}">GPS</span> '
+            "the photo's own GPS; dashed line: the error"
+        )
+    body = "".join(f"<div>{row}</div>" for row in rows)
+    return f'<div class="geoloc-legend">{body}</div>'
 
 
 def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
@@ -224,7 +257,12 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         e = r.estimate
         assert e is not None
         name = Path(r.query).name
-        layer_name = f"{index}. {name}" if len(results) > 1 else name
+        several = len(results) > 1
+        layer_name = f"{index}. {name}" if several else name
+        # With several queries, badges carry the query's number and popups say whose they are.
+        tag = f" {index}" if several else ""
+        whose = f" for {esc(_display(name))}" if several else ""
+        confident = e.confidence == "high"
         group = folium.FeatureGroup(name=esc(_display(layer_name)), show=True)
         group.add_to(fmap)
 
@@ -235,6 +273,8 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
             weight=2,
             fill=True,
             fill_opacity=0.12,
+            # A doubtful estimate's circle is dashed: the radius says little then.
+            dash_array=None if confident else "6 6",
         )
         circle.add_child(_bind_element("Tooltip", f"± {_fmt_m(e.radius_m)}", {"sticky": True}))
         circle.add_to(group)
@@ -242,10 +282,13 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         lines = [
             f"{e.lat:.6f}, {e.lon:.6f}",
             f"uncertainty ± {_fmt_m(e.radius_m)} ({e.support} of {e.considered} candidates agree)",
+            f"confidence: <b>{esc(e.confidence)}</b>",
         ]
+        lines.extend(esc(note) for note in e.warnings)
         if r.error_m is not None:
             lines.append(f"error {_fmt_m(r.error_m)} from the photo's own GPS")
-        marker = folium.Marker([e.lat, e.lon], icon=_badge_icon("est", cfg.estimate_color),
+        marker = folium.Marker([e.lat, e.lon], icon=_badge_icon("est" + tag + ("" if confident else "?"),
+                                                           cfg.estimate_color, _badge_size("est" + tag + "?")),
                                z_index_offset=3000)
         marker.add_child(
             _bind_element(
@@ -272,19 +315,19 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
             marker.add_child(
                 _bind_element(
                     "Popup",
-                    _popup_html(f"#{c.rank}", lines, _display(c.path)),
+                    _popup_html(f"#{c.rank}{whose}", lines, _display(c.path)),
                     {"maxWidth": 260},
                     thumb(c.path),
                 )
             )
-            marker.add_child(_bind_element("Tooltip", f"#{c.rank} · {c.score:.3f}"))
+            marker.add_child(_bind_element("Tooltip", f"#{c.rank}{whose} · {c.score:.3f}"))
             marker.add_to(group)
             lats.append(c.lat)
             lons.append(c.lon)
 
         if r.query_gps is not None:
             qlat, qlon = r.query_gps
-            marker = folium.Marker([qlat, qlon], icon=_badge_icon("GPS", cfg.truth_color),
+            marker = folium.Marker([qlat, qlon], icon=_badge_icon("GPS" + tag, cfg.truth_color, _badge_size("GPS" + tag)),
                                    z_index_offset=2000)
             marker.add_child(
                 _bind_element(
@@ -311,6 +354,8 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
     )
     if len(results) > 1:
         folium.LayerControl(collapsed=len(results) > 6).add_to(fmap)
+    fmap.get_root().html.add_child(folium.Element(_legend_html(cfg, any(r.query_gps for r in results))),
+                                   name="geoloc_legend")
     south, north = min(lats), max(lats)
     west, east = min(lons), max(lons)
     fmap.fit_bounds([[south, west], [north, east]], padding=(20, 20), max_zoom=19)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from geoloc import __version__
 from geoloc.cli import app
 
-COMMANDS = ["models", "index", "locate", "eval", "finetune"]
+COMMANDS = ["models", "index", "photos", "locate", "eval", "finetune"]
 
 
 def test_version():

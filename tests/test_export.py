@@ -14,6 +14,7 @@ import pytest
 
 from geoloc.export import (
     CSV_COLUMNS,
+    csv_text,
     sidecar_path,
     to_geojson,
     write_csv,
@@ -162,3 +163,17 @@ def test_exiftool_applies_our_csv(tmp_path, exif_dir):
     tags = json.loads(out.stdout)[0]
     assert tags["GPSLatitude"] == pytest.approx(-33.4489, abs=1e-6)
     assert tags["GPSLongitude"] == pytest.approx(-70.6693, abs=1e-6)
+
+
+def test_confidence_travels_to_every_format(tmp_path):
+    """Why: a `low` estimate applied blindly with exiftool would tag a photo with a guess; each
+    format must carry the confidence so the user can filter."""
+    from geoloc.localize import assess_confidence
+
+    r = _result("doubt.jpg")
+    assess_confidence(r.estimate, 0.1, 0.3)
+    rows = list(csv.DictReader(io.StringIO(csv_text([r]))))
+    assert rows[0]["Confidence"] == "low"
+    props = to_geojson([r])["features"][0]["properties"]
+    assert props["confidence"] == "low" and any("weak match" in w for w in props["warnings"])
+    assert 'geoloc:Confidence="low"' in xmp_sidecar(r)

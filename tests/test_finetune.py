@@ -388,3 +388,51 @@ def test_photos_from_database_keeps_located_photos_on_disk(tmp_path, lund_dir):
     photos, unlocated = photos_from_database(tmp_path / "db", errors.append)
     assert [p.path.name for p in photos] == ["01.jpg"] and unlocated == 1
     assert len(errors) == 1 and "no longer on disk" in str(errors[0])
+
+
+# ---------------------------------------------------------------------------------------- defaults
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+def test_defaults_are_the_papers_and_reach_the_optimizer(lund_setup, tmp_path):
+    """The issue's recipe, checked where it acts (the optimizer, the schedule, the miner), not
+    only in the config: 10 m / 25 m, 1000 sampled and 10 kept negatives, a cache refreshed every
+    1000 queries, margin 0.1, SGD 1e-4 / 0.9 / 1e-3, the rate halved every 5 epochs."""
+    from geoloc.finetune import FinetuneConfig
+    from geoloc.models.preprocess import IMAGENET
+    from geoloc.training.images import ImageSet
+    from geoloc.training.loop import Trainer
+
+    config = FinetuneConfig()
+    assert (config.pos_radius_m, config.neg_radius_m) == (10.0, 25.0)
+    assert config.train_layers == "last_block" and config.threshold_m == 25.0
+    settings = config.train_settings()
+    assert (settings.neg_sample, settings.n_neg, settings.cache_refresh, settings.margin) == (1000, 10, 1000, 0.1)
+
+    paths, pos, split, tuples = lund_setup
+    with ImageSet(paths, IMAGENET.replace(max_side=64), workers=1) as images:
+        trainer = Trainer(TinyNet(), images, pos, split, tuples, settings, torch.device("cpu"), tmp_path)
+        group = trainer.optimizer.param_groups[0]
+        assert isinstance(trainer.optimizer, torch.optim.SGD)
+        assert (group["lr"], group["momentum"], group["weight_decay"]) == (1e-4, 0.9, 1e-3)
+        rates = []
+        for _ in range(11):
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.scheduler.step()
+        assert rates[0] == rates[4] == 1e-4 and rates[5] == 5e-5 and rates[10] == 2.5e-5
+        assert (trainer.miner.neg_sample, trainer.miner.n_neg, trainer.miner.margin) == (1000, 10, 0.1)
+
+
+def test_a_whitened_base_keeps_its_whitening_frozen(tmp_path):
+    """finetune --pca refits whitening; training itself must not move it (docs/finetune.md)."""
+    from geoloc.finetune import FinetuneConfig, build_base
+    from geoloc.models.model import build_model, save_model_file
+
+    base = build_model("lite0", "netvlad", num_clusters=4, whiten_dim=8, pretrained_backbone=False)
+    base.pool.fitted.fill_(True)
+    save_model_file(base, tmp_path / "whitened.safetensors", {"base": "test"})
+    model = build_base(FinetuneConfig(base=str(tmp_path / "whitened.safetensors")))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert model.whiten is not None and not any(n.startswith("whiten") for n in trainable)
+    assert {"pool.centroids", "pool.conv.weight"} <= trainable
+    assert any(n.startswith("backbone.net._blocks.15.") for n in trainable)

@@ -197,6 +197,35 @@ def test_bad_files_get_one_line_each_and_the_run_goes_on(lund_dir, tmp_path):
         pano = database.get((photos / "panorama.png").resolve())
         assert pano is not None and not pano.located and (pano.width, pano.height) == (3000, 150)
 
+    # `geoloc photos --unlocated` lists it, with the reason its EXIF gives.
+    db = str(tmp_path / "db")
+    listed = CliRunner().invoke(app, ["photos", "--db", db, "--unlocated", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [Path(r["path"]).name for r in rows] == ["panorama.png"]
+    assert rows[0]["located"] is False and rows[0]["reason"] == "no EXIF data"
+    everything = json.loads(CliRunner().invoke(app, ["photos", "--db", db, "--json"]).stdout)
+    assert len(everything) == data["total"] and sum(r["reason"] is None for r in everything) == 8
+    lines = CliRunner().invoke(app, ["photos", "--db", db, "--unlocated"])
+    assert lines.stdout.splitlines() == [f"{photos.resolve() / 'panorama.png'}\tunlocated: no EXIF data"]
+    assert "1 photo: 0 located, 1 unlocated" in lines.stderr
+    csv_out = CliRunner().invoke(app, ["photos", "--db", db, "--located", "--csv"]).stdout
+    assert csv_out.splitlines()[0].startswith("path,lat,lon,") and len(csv_out.splitlines()) == 9
+    assert CliRunner().invoke(app, ["photos", "--db", db, "--located", "--unlocated"]).exit_code == 2
+
+    # Geotagged later (the pixels unchanged, the EXIF new): the listing notices, and the re-run
+    # stores the position, so the photo becomes a located reference.
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (55.0, 42.0, 0.0), 3: "E", 4: (13.0, 11.0, 0.0)}
+    Image.open(photos / "panorama.png").convert("RGB").save(photos / "panorama.png", exif=exif)
+    rows = json.loads(CliRunner().invoke(app, ["photos", "--db", db, "--unlocated", "--json"]).stdout)
+    assert "has a position now" in rows[0]["reason"]
+    data, _ = run_index(photos, "--db", db, "--json")
+    assert (data["indexed"], data["unlocated"], data["located"]) == (1, 0, len(good) + 5)
+    with Database.open(tmp_path / "db") as database:
+        pano = database.get((photos / "panorama.png").resolve())
+        assert pano.lat == pytest.approx(55.7) and pano.lon == pytest.approx(13.1833333)
+
 
 @pytest.mark.slow
 def test_all_exif_samples(exif_dir, tmp_path):
@@ -272,5 +301,28 @@ def test_model_file_is_recorded_by_its_resolved_path(lund_dir, tmp_path, monkeyp
     with torch.no_grad():
         retrained.pool.p.fill_(4.0)  # same file name, other weights
     save_model_file(retrained, model_file)
+    data, _ = run_index(photos, "--db", "db", "--json")  # nothing to compute: the model unused
+    assert (data["indexed"], data["unchanged"]) == (0, 2)
+    shutil.copy2(lund_dir / "03.jpg", photos / "03.jpg")  # a photo the new weights would mix in
     _, stderr = run_index(photos, "--db", "db", expect=1)
     assert "changed" in stderr and "mine.safetensors" in stderr
+
+
+def test_a_rerun_with_nothing_to_do_loads_no_model(lund_db):
+    """Re-running over an unchanged archive is the common case: it must not pay for torch and
+    the weights (seconds, and hundreds of MiB) when no photo needs the network."""
+    import subprocess
+    import sys
+
+    db, photos, _, _ = lund_db
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from geoloc.cli import app\n"
+        f"r = CliRunner().invoke(app, ['index', {str(photos)!r}, '--db', {str(db)!r}, '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(json.dumps([json.loads(r.stdout)['unchanged'], 'torch' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [29, False]

@@ -16,6 +16,7 @@ from geoloc.localize import (
     LocateResult,
     SearchConfig,
     SearchIndex,
+    assess_confidence,
     estimate_position,
 )
 
@@ -107,8 +108,10 @@ def test_result_json_has_exactly_the_spec_fields():
     c = Candidate(1, Path("/a/b.jpg"), LAT0, LON0, 0.81234567, 3.456)
     r = LocateResult(Path("q.jpg"), Estimate(LAT0, LON0, 12.34, 2, 0.9), [c], (LAT0 + 1e-4, LON0))
     body = r.to_json()
-    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error"}
+    # The SPEC's fields, plus the confidence extension (``warnings``; ``estimate.confidence``).
+    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings"}
     assert {"lat", "lon", "radius_m"} <= set(body["estimate"])
+    assert body["estimate"]["confidence"] == "high" and body["warnings"] == []
     assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m"}
     assert body["candidates"][0]["rank"] == 1
     assert body["error_m"] == pytest.approx(11.12, abs=0.05)
@@ -201,3 +204,38 @@ def test_ivf_is_built_only_when_the_batch_pays_for_it_or_a_cache_exists(tmp_path
     assert many.kind == "ivf" and cache.is_file()
     again = SearchIndex(db, cfg, cache=cache, cache_key="k", n_queries=1)
     assert again.kind == "ivf" and again.cached and not again.ivf_deferred
+
+
+# ---------------------------------------------------------------- confidence
+
+
+def _est(agreement: float, support: int = 3, considered: int = 10) -> Estimate:
+    return Estimate(LAT0, LON0, 20.0, support, agreement, considered)
+
+
+def test_confidence_levels_follow_the_reference_and_the_agreement():
+    """Why: a query from a place the database does not cover still gets an estimate; the user
+    must be told that it rests on nothing (weak best match) or on a split vote."""
+    assert assess_confidence(_est(0.9), 0.50, 0.31).confidence == "high"
+    assert assess_confidence(_est(0.9), 0.50, None).confidence == "high"  # no reference: no check
+
+    weak = assess_confidence(_est(0.9), 0.26, 0.31)
+    assert weak.confidence == "low"
+    assert len(weak.warnings) == 1 and "weak match" in weak.warnings[0] and "0.260" in weak.warnings[0]
+
+    split = assess_confidence(_est(0.4), 0.50, 0.31)
+    assert split.confidence == "medium" and "disagree" in split.warnings[0]
+
+    both = assess_confidence(_est(0.4), 0.20, 0.31)
+    assert both.confidence == "low" and len(both.warnings) == 2
+
+    # A single candidate cannot disagree with itself.
+    assert assess_confidence(_est(0.2, 1, 1), 0.5, 0.3).confidence == "high"
+
+
+def test_result_warnings_come_from_the_estimate():
+    r = LocateResult(Path("q.jpg"), assess_confidence(_est(0.3), 0.1, 0.3), [])
+    body = r.to_json()
+    assert body["estimate"]["confidence"] == "low"
+    assert body["warnings"] == r.warnings and len(r.warnings) == 2
+    assert LocateResult(Path("bad.jpg"), error="x").to_json()["warnings"] == []

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.geo import haversine_m
 
-SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error"}
+# The SPEC's keys plus geoloc's extension: "warnings" (why an estimate is doubtful).
+SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings"}
 CANDIDATE_KEYS = {"rank", "path", "lat", "lon", "score", "distance_m"}
 MAX_SIDE = 224
 
@@ -100,6 +101,32 @@ def test_estimate_is_at_least_as_accurate_as_top1_on_lund(lund):
     assert np.median(est) <= np.median(top1)
     assert np.mean(est) <= np.mean(top1)
     assert np.mean(est <= 25) >= 0.9
+
+
+@pytest.mark.slow
+def test_a_photo_from_another_city_is_flagged_low_confidence(lund, exif_dir):
+    """Why: a Lund database still "locates" a photo from Arezzo, 1,360 km away, with a tidy
+    30 m circle. The user must see that the answer rests on weak matches: ``confidence`` in the
+    JSON and a warning naming the photo on stderr, while the Lund frames stay confident."""
+    db, queries, _, _ = lund
+    arezzo = exif_dir / "jpg" / "gps"
+    result = CliRunner().invoke(
+        app, ["locate", str(queries / "06.jpg"), str(queries / "20.jpg"), str(arezzo / "DSCN0010.jpg"),
+              str(arezzo / "DSCN0021.jpg"), "--db", str(db), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    by_name = {Path(o["query"]).name: o for o in out}
+    for name in ("06.jpg", "20.jpg"):
+        assert by_name[name]["estimate"]["confidence"] == "high", by_name[name]
+        assert by_name[name]["warnings"] == []
+    for name in ("DSCN0010.jpg", "DSCN0021.jpg"):
+        o = by_name[name]
+        assert o["error_m"] > 1_000_000  # it really is wrong …
+        assert o["estimate"]["confidence"] == "low"  # … and says so
+        assert any("weak match" in w for w in o["warnings"])
+        assert f"{name}: weak match" in result.stderr
+    assert "weak match" not in result.stdout.replace('"weak match', "")  # only inside the JSON
 
 
 def test_a_database_photo_is_never_its_own_candidate(lund):

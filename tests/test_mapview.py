@@ -126,3 +126,23 @@ def test_bounds_cover_the_uncertainty_circle(photos):
     bounds = re.search(r"fitBounds\(\s*\[\[([-\d.]+),\s*([-\d.]+)\],\s*\[([-\d.]+),\s*([-\d.]+)\]\]", page)
     south, west, north, east = map(float, bounds.groups())
     assert north - south == pytest.approx(2 * 1000 / 111_195, rel=0.01)
+
+
+def test_legend_numbered_badges_and_doubtful_estimates(tmp_path):
+    """Why: with several queries the badges and popups must say which query they belong to, a
+    doubtful estimate must look doubtful, and a key must explain the symbols."""
+    from geoloc.localize import assess_confidence
+
+    a = _result(Path("a.jpg"), [Path("x1.jpg"), Path("x2.jpg")])
+    b = _result(Path("b.jpg"), [Path("x3.jpg")], gps=False)
+    assess_confidence(b.estimate, 0.1, 0.3)  # weak match: low confidence
+    page = save_map([a, b], tmp_path / "m.html").read_text()
+    assert 'class="geoloc-legend"' in page and "database photo, by rank" in page
+    for badge in ("est 1", "est 2?", "GPS 1"):  # icon HTML sits JSON-encoded in the script
+        assert f"\\u003e{badge}\\u003c" in page, badge
+    assert "#1 for a.jpg" in page and "#1 for b.jpg" in page
+    assert "confidence: \\u003cb\\u003elow" in page and "weak match" in page, page
+    assert page.count('"dashArray": "6 6"') == 1  # only the doubtful circle is dashed
+
+    single = save_map([a], tmp_path / "one.html").read_text()
+    assert "\\u003eest\\u003c" in single and "#1 for" not in single

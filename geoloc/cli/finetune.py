@@ -36,9 +36,12 @@ def finetune(
                                      rich_help_panel=_TRAIN),
     margin: float = typer.Option(0.1, "--margin", help="Triplet margin on squared distances.", rich_help_panel=_TRAIN),
     lr: float = typer.Option(1e-4, "--lr", help="SGD learning rate.", rich_help_panel=_TRAIN),
+    momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum.", rich_help_panel=_TRAIN),
     weight_decay: float = typer.Option(1e-3, "--weight-decay", help="SGD weight decay.", rich_help_panel=_TRAIN),
-    lr_step: int = typer.Option(5, "--lr-step", help="Halve the learning rate every this many epochs.",
-                                rich_help_panel=_TRAIN),
+    lr_step: int = typer.Option(5, "--lr-step", help="Multiply the learning rate by --lr-gamma every this many "
+                                "epochs.", rich_help_panel=_TRAIN),
+    lr_gamma: float = typer.Option(0.5, "--lr-gamma", help="Learning-rate factor every --lr-step epochs (0.5: "
+                                   "halved).", rich_help_panel=_TRAIN),
     batch_size: int = typer.Option(4, "--batch-size", help="Training tuples per step.", rich_help_panel=_TRAIN),
     negatives: int = typer.Option(10, "--negatives", help="Hard negatives per tuple.", rich_help_panel=_TRAIN),
     neg_sample: int = typer.Option(1000, "--neg-sample", help="Negatives sampled per query to find the hardest.",
@@ -87,7 +90,8 @@ def finetune(
         raise UsageError("give photos (PATH...) or --db, not both")
     config = FinetuneConfig(
         base=base, epochs=epochs, device=device, train_layers=train_layers, pos_radius_m=pos_radius,
-        neg_radius_m=neg_radius, margin=margin, lr=lr, weight_decay=weight_decay, lr_step=lr_step,
+        neg_radius_m=neg_radius, margin=margin, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        lr_step=lr_step, lr_gamma=lr_gamma,
         batch_size=batch_size, n_neg=negatives, neg_sample=neg_sample, cache_refresh=cache_refresh,
         val_fraction=val_fraction, val_cell_m=val_cell, patience=patience, seed=seed, max_side=max_side,
         num_clusters=num_clusters, pca=pca, amp=amp,

@@ -154,3 +154,4 @@ def _print_summary(report) -> None:
                    "stored": "vocabulary from the database"}.get(report.vocabulary or "", ""))
     table.add_row("time", f"{report.elapsed_s:.1f} s", "")
     err.print(table)
+

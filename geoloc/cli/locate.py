@@ -81,6 +81,8 @@ def locate_command(
     for r in results:
         if r.error:
             console.warn(r.error)
+        for note in r.warnings:
+            console.warn(f"{r.query}: {note}")
 
     if fmt == "json":
         console.print_json([r.to_json() for r in results])
@@ -186,7 +188,23 @@ class _progress:
 def _fmt_m(value) -> str:
     if value is None:
         return "–"
-    return f"{value:,.0f} m" if value < 10_000 else f"{value / 1000:,.1f} km"
+    if value < 10_000:
+        return f"{value:,.0f} m"
+    return f"{value / 1000:,.1f} km" if value < 100_000 else f"{value / 1000:,.0f} km"
+
+
+_CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
+
+
+def _common_folder(paths) -> str | None:
+    """The folder all the queries are in, or None (no queries, or only "/" in common)."""
+    if not paths:
+        return None
+    try:
+        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
+    except ValueError:
+        return None
+    return folder if folder not in ("", os.sep) else None
 
 
 def _print_tables(results) -> None:
@@ -201,19 +219,28 @@ def _print_tables(results) -> None:
     if not results:
         return
     with_truth = any(r.query_gps for r in results)
-    table = Table(title="geoloc locate", title_justify="left")
-    table.add_column("query", overflow="fold")
-    table.add_column("latitude", justify="right")
-    table.add_column("longitude", justify="right")
-    table.add_column("± radius", justify="right")
-    table.add_column("agree", justify="right")
-    table.add_column("top score", justify="right")
+    # Long absolute paths would squeeze the numbers out of an 80-column terminal: name the
+    # queries relative to the folder they share, given once in the title.
+    folder = _common_folder([r.query for r in results])
+    title = "geoloc locate" + (f" — in {display_path(folder)}" if folder else "")
+    # Numbers never wrap or get cut; the query column takes what is left. (How many candidates
+    # agree is in the JSON and the map; "confidence" sums it up here.)
+    table = Table(title=title, title_justify="left", pad_edge=False)
+    table.add_column("query", overflow="fold", min_width=10)
+    for header in ("latitude", "longitude", "radius", "score"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("confidence", no_wrap=True)
     if with_truth:
-        table.add_column("error", justify="right")
+        table.add_column("error", justify="right", no_wrap=True)
     for r in results:
-        name = Text(display_path(r.query))
+        name = Text(display_path(os.path.relpath(r.query, folder) if folder else r.query))
         if r.estimate is None:
-            row = [name, Text(r.error or "no estimate", style="red"), "", "", "", ""]
+            # The reason goes under the name, where the text can fold; the numbers stay empty.
+            reason = r.error or "no estimate"
+            for prefix in (f"{r.query}: ", f"{display_path(r.query)}: "):
+                reason = reason.removeprefix(prefix)
+            name.append("\n" + reason, style="red")
+            row = [name, "–", "–", "", "", ""]
         else:
             e = r.estimate
             row = [
@@ -221,8 +248,8 @@ def _print_tables(results) -> None:
                 f"{e.lat:.6f}",
                 f"{e.lon:.6f}",
                 _fmt_m(e.radius_m),
-                f"{e.support}/{e.considered}",
                 f"{r.candidates[0].score:.3f}" if r.candidates else "–",
+                Text(e.confidence, style=_CONFIDENCE_STYLE.get(e.confidence, "")),
             ]
         if with_truth:
             row.append(_fmt_m(r.error_m))

@@ -1,0 +1,107 @@
+"""`geoloc photos`: list what a database holds, e.g. the photos it could not place (unlocated).
+
+`geoloc index` only counts unlocated photos; a user's next question is "which ones, and why?".
+This command answers it without indexing anything and without a lock, so it also works while
+`geoloc index` runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from geoloc.cli import app
+from geoloc.cli._common import DB_HELP, handle_errors
+
+_HELP = (
+    "List the photos in the database, with their stored position.\n\n"
+    "--unlocated lists only the photos without a usable GPS position, with the reason read "
+    "from their EXIF now (e.g. \"no GPS data\"); `geoloc locate --unlocated` can place them."
+)
+
+CSV_COLUMNS = ("path", "lat", "lon", "alt", "taken_at", "gps_accuracy_m", "width", "height",
+               "reason")
+
+
+@app.command("photos", help=_HELP)
+@handle_errors
+def photos(
+    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    unlocated: bool = typer.Option(False, "--unlocated", help="Only photos without a position."),
+    located: bool = typer.Option(False, "--located", help="Only photos with a position."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list on stdout."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV on stdout."),
+) -> None:
+    """Thin: database → records (→ reasons) → lines, JSON or CSV (help text in _HELP)."""
+    from geoloc.cli._common import one_format, resolve_db
+    from geoloc.database import Database
+    from geoloc.errors import UsageError
+
+    fmt = one_format(json=as_json, csv=as_csv)
+    if located and unlocated:
+        raise UsageError("choose --located or --unlocated, not both")
+    with Database.open(resolve_db(db)) as database:
+        records = database.photos(located_only=located)
+    if unlocated:
+        records = [r for r in records if not r.located]
+    records.sort(key=lambda r: r.path)
+    rows = [_row(r) for r in records]
+    if fmt == "json":
+        from geoloc.console import print_json
+
+        print_json(rows)
+    elif fmt == "csv":
+        import csv
+        import sys
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_lines(rows)
+
+
+def _row(record) -> dict:
+    """A record as JSON, plus ``reason``: why an unlocated photo has no position (else None).
+
+    The reason is not stored; it is read again from the file's EXIF (no pixels decoded, about
+    a millisecond), so it also tells when a file has gone or gained a position since.
+    """
+    from geoloc.errors import PhotoError
+    from geoloc.photos import read_meta
+
+    data = record.to_json()
+    data.pop("row", None)
+    data.pop("size", None)
+    data.pop("mtime_ns", None)
+    reason = None
+    if not record.located:
+        try:
+            meta = read_meta(record.path)
+            reason = (meta.no_position_reason if not meta.located else
+                      "the file has a position now; run `geoloc index` to store it")
+        except PhotoError as exc:
+            reason = exc.reason
+    data["reason"] = reason
+    return data
+
+
+def _print_lines(rows: list[dict]) -> None:
+    """For people: one photo per line, then a count on stderr (so `| wc -l` stays exact)."""
+    import sys
+
+    from geoloc import console
+
+    for row in rows:
+        if row["located"]:
+            where = f"{row['lat']:.6f}, {row['lon']:.6f}"
+        else:
+            where = f"unlocated: {row['reason'] or 'no position'}"
+        sys.stdout.write(f"{row['path']}\t{where}\n")
+    sys.stdout.flush()
+    located = sum(1 for r in rows if r["located"])
+    noun = "photo" if len(rows) == 1 else "photos"
+    console.info(f"{len(rows)} {noun}: {located} located, {len(rows) - located} unlocated")
