@@ -215,12 +215,13 @@ def test_ctrl_c_in_a_real_process_saves_and_resume_continues(lund_dir, tmp_path)
                 break
         assert any(t.strip().startswith("start") for t in seen), "".join(seen)
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        _, rest = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    stderr = "".join(seen) + proc.stderr.read() if not proc.stderr.closed else "".join(seen)
+    stderr = "".join(seen) + rest
     assert proc.returncode == 130, stderr
+    assert "checkpoint saved to" in stderr and "--resume" in stderr and "Traceback" not in stderr
     last = out.parent / f"{out.name}.ckpt" / "last.pt"
     assert last.is_file() and not out.exists()
     saved = torch.load(last, weights_only=True)
