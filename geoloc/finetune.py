@@ -494,7 +494,8 @@ def require_trainable_count(n: int, config: FinetuneConfig) -> None:
 
     if n < 3:
         raise TrainingDataError(
-            f"only {n} GPS-tagged photo(s) to train on; finetune needs many photos of the same "
+            ("no GPS-tagged photo" if n == 0 else f"only {n} GPS-tagged photo(s)") + " to train on; "
+            f"finetune needs many photos of the same "
             f"places: pairs taken within {config.pos_radius_m:g} m of each other, and others more "
             f"than {config.neg_radius_m:g} m away"
         )

@@ -70,6 +70,9 @@ def test_eval_against_an_existing_database(tmp_path, lund, exif_dir):
     assert data["model"] == "lite0-avg" and data["threshold_m"] == 25.0
     _check_figures(data, 7)
     assert data["queries_without_gps"] == 1
+    # ...and says which photo that was, not only how many
+    assert "Canon_40D.jpg: no GPS position in its EXIF" in res.stderr
+    assert [e["path"] for e in data["errors"]] == [str(no_gps)]
     assert data["dataset"]["database_images"] == 8
     # along a 200 m street, the offline baseline finds the right stretch for most queries
     assert data["recall"]["5"] >= 0.5
@@ -80,6 +83,31 @@ def test_eval_against_an_existing_database(tmp_path, lund, exif_dir):
     # no query with GPS at all: one clear line
     res = run("eval", no_gps, "--db", db)
     assert res.exit_code == 1 and "GPS" in res.stderr and "Traceback" not in res.output
+
+
+def test_a_users_tiny_benchmark_the_arezzo_walk(tmp_path, exif_dir):
+    """Nine GPS-tagged photos of a walk through Arezzo (exif-samples/jpg/gps), indexed and then
+    evaluated against themselves, as a user checks geoloc on their own photos: each query is kept
+    out of its own candidates, and the figures that do not depend on the network are exact."""
+    walk = exif_dir / "jpg" / "gps"
+    db = tmp_path / "arezzo"
+    res = run("index", walk, "--db", db, "--model", "lite0-avg", "--max-side", SIDE, "--quiet")
+    assert res.exit_code == 0, res.output
+    out_csv, png = tmp_path / "arezzo.csv", tmp_path / "arezzo.png"
+    res = run("eval", f"{walk}/DSCN00*.jpg", "--db", db, "--json", "--csv", out_csv, "--plot", png)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    _check_figures(data, 9)
+    assert data["dataset"]["database_images"] == 9 and data["queries_failed"] == 0
+    # Only DSCN0025 and DSCN0027 (13 m apart) have another photo of the walk within 25 m, so
+    # seven queries can never be right and, with all 8 other photos ranked, recall@20 is 2/9.
+    assert data["queries_without_positive"] == 7
+    assert data["recall"]["20"] == round(2 / 9, 4)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 9 and all(r["top1_path"] != r["query"] for r in rows)
+    assert {Path(r["query"]).name for r in rows if r["first_correct_rank"]} <= {"DSCN0025.jpg", "DSCN0027.jpg"}
+    with Image.open(png) as im:
+        assert im.format == "PNG"
 
 
 # ---------------------------------------------------------------------------------------------

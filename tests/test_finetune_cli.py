@@ -80,6 +80,22 @@ def test_the_model_indexes_and_locates(trained, lund_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_model_evaluates_alone_and_against_its_base(trained, lund_dir):
+    """`geoloc eval --model FILE` and `--compare lite0-vlad,FILE`: the study a user runs to see
+    whether fine-tuning helped, on the same split (odd frames database, even frames queries)."""
+    _, out, _, _ = trained
+    split = [f"{lund_dir}/*[02468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg"]
+    alone = data(run("eval", *split, "--model", out, "--json"))
+    assert alone["queries"] == 14 and alone["dim"] == 64 * 320 and alone["recall"]["20"] == 1.0
+    both = data(run("eval", *split, "--compare", f"lite0-vlad,{out}", "--max-side", "224", "--json"))
+    rows = {r["model"]: r for r in both["models"]}
+    assert list(rows) == ["lite0-vlad", str(out)]
+    assert all(r["status"] == "ok" and r["queries"] == 14 for r in rows.values())
+    # the file was trained at 224 px and keeps that size, so --max-side 224 changes nothing for it
+    assert rows[str(out)]["recall"] == alone["recall"]
+
+
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(trained, lund_dir, tmp_path):
     _, out, first, _ = trained
     # A copy of the run (model + checkpoint folder), so the other tests keep theirs.

@@ -290,10 +290,12 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
     title = "geoloc eval --compare"
     if first is not None:
         title += f" — {first.dataset}: {first.summary.queries} queries, {first.database_images} database images, " \
-                 f"within {first.threshold_m:g} m"
+                 f"within {first.threshold_m:g} m; position error in m"
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
     t.add_column("model", no_wrap=True)
-    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median m", "mean m"):
+    # Short headers: the table has to fit 80 columns (stdout redirected to a file is 80 wide),
+    # or Rich truncates the last one.
+    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median", "mean"):
         t.add_column(col, justify="right", no_wrap=True)
     for row in rows:
         if row.result is None:

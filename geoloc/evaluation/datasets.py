@@ -505,12 +505,21 @@ def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
     return out
 
 
+QUERY_WITHOUT_GPS = "no GPS position in its EXIF: no ground truth, not scored"
+DB_PHOTO_WITHOUT_GPS = "no GPS position in its EXIF: left out of the database side"
+
+
 def photos_with_gps(
     inputs: Iterable[Path | str],
     problems: list[PhotoError],
     read_meta: Callable[[Path], object] | None = None,
+    without_gps: str | None = None,
 ) -> tuple[list[Path], Positions, int]:
-    """Discovered photos that carry a usable EXIF position; returns (paths, positions, skipped)."""
+    """Discovered photos that carry a usable EXIF position; returns (paths, positions, skipped).
+
+    With ``without_gps`` (a reason), each photo without a position is also listed in
+    ``problems``: a count alone leaves the user guessing which of their photos did not count.
+    """
     from geoloc.photos import discover
     from geoloc.photos import read_meta as _read_meta
 
@@ -525,6 +534,8 @@ def photos_with_gps(
             lon.append(float(meta.lon))
         else:
             skipped += 1
+            if without_gps:
+                problems.append(PhotoError(Path(p), without_gps))
     return paths, Positions(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)), skipped
 
 
@@ -542,7 +553,7 @@ def read_csv_split(queries_csv: Path, db_source: Sequence[Path | str]) -> Split:
 def read_exif_split(queries: Sequence[Path | str], db_source: Sequence[Path | str]) -> Split:
     """Queries and database both from photos whose EXIF carries GPS (or a CSV for the database)."""
     problems: list[PhotoError] = []
-    q_paths, q, skipped = photos_with_gps(queries, problems)
+    q_paths, q, skipped = photos_with_gps(queries, problems, without_gps=QUERY_WITHOUT_GPS)
     if not q_paths:
         raise GeolocError("none of the query photos carries a GPS position to score against")
     db_paths, db = _db_side(db_source, problems)
@@ -575,7 +586,7 @@ def _db_side(db_source: Sequence[Path | str], problems: list[PhotoError]) -> tup
     if len(db_source) == 1 and str(db_source[0]).lower().endswith(".csv") and Path(db_source[0]).is_file():
         paths, pos = read_location_csv(Path(db_source[0]), problems)
     else:
-        paths, pos, _ = photos_with_gps(db_source, problems)
+        paths, pos, _ = photos_with_gps(db_source, problems, without_gps=DB_PHOTO_WITHOUT_GPS)
     if not paths:
         raise GeolocError("the database side has no images with a position: " + ", ".join(map(str, db_source)))
     return paths, pos

@@ -108,16 +108,26 @@ def plot_recall_curves(curves: Mapping[str, np.ndarray], path: Path, threshold_m
     path = Path(path)
     fig = Figure(figsize=(6, 4.2), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
-    for name, curve in curves.items():
+    longest = 1
+    # Curves often coincide (every model at 100 % from some N on): distinct line styles and
+    # markers keep each one visible where it lies under another.
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D", "v", "x", "+")
+    for i, (name, curve) in enumerate(curves.items()):
         curve = np.asarray(curve, dtype=np.float64)
         if curve.size == 0 or not np.isfinite(curve).any():
             continue
         n = np.arange(1, len(curve) + 1)
-        ax.plot(n, 100.0 * curve, marker="o", markersize=3, linewidth=1.5, label=name)
+        longest = max(longest, len(curve))
+        ax.plot(n, 100.0 * curve, linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                markersize=4, linewidth=1.5, label=name, fillstyle="none" if i % 2 else "full")
     ax.set_xlabel("N (number of top database candidates)")
     ax.set_ylabel(f"Recall@N (%), within {threshold_m:g} m")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(left=1)
+    # A little room past 0-100 % and 1-N: curves that saturate at 100 % (common on easy sets)
+    # and the recall@1 markers would otherwise be drawn on the frame and half hidden.
+    ax.set_ylim(-2, 102)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlim(0.5, longest + 0.5)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -25,7 +25,7 @@ from geoloc.evaluation.cache import (
     file_stamp,
     settings_key,
 )
-from geoloc.evaluation.datasets import Positions, Split, photos_with_gps
+from geoloc.evaluation.datasets import QUERY_WITHOUT_GPS, Positions, Split, photos_with_gps
 from geoloc.evaluation.metrics import (
     RECALL_NS,
     Candidate,
@@ -411,7 +411,7 @@ def evaluate_database(
     progress = progress or EvalProgress()
     threshold = resolve_threshold(config)
     problems: list[PhotoError] = []
-    q_paths, q_pos, skipped = photos_with_gps(queries, problems)
+    q_paths, q_pos, skipped = photos_with_gps(queries, problems, without_gps=QUERY_WITHOUT_GPS)
     if not q_paths:
         raise GeolocError(
             "none of the query photos carries a GPS position to score against"

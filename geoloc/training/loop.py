@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -472,7 +473,11 @@ class Trainer:
         # An interrupt inside this pass leaves step == n_queries: a resumed run redoes the pass.
         objective, recall = self._end_of_epoch_pass()
         seconds = self.epoch_seconds + time.perf_counter() - t1
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # An epoch in which no tuple violated the margin made no optimizer step; PyTorch then
+            # warns that the schedule steps first. The schedule counts epochs, so that is right.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.epoch = epoch
         self.order = None
         self._record(EpochReport(epoch, self._mean_loss(), objective, recall, lr, self.trained, n_queries, seconds))
