@@ -116,8 +116,19 @@ class SidecarReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def sidecar_path(photo: Path) -> Path:
-    """``photo.jpg`` → ``photo.xmp``: the name exiftool, Lightroom and digiKam look for."""
+SIDECAR_NAMINGS = ("stem", "full")
+
+
+def sidecar_path(photo: Path, naming: str = "stem") -> Path:
+    """Where a photo's sidecar goes; photo managers disagree on the name.
+
+    ``stem``: ``photo.jpg`` → ``photo.xmp`` (exiftool's ``%d%f.xmp``, Lightroom);
+    ``full``: ``photo.jpg`` → ``photo.jpg.xmp`` (darktable, digiKam's default).
+    """
+    if naming == "full":
+        return photo.with_name(photo.name + ".xmp")
+    if naming != "stem":
+        raise ValueError(f"unknown sidecar naming {naming!r}; choose one of {', '.join(SIDECAR_NAMINGS)}")
     return photo.with_suffix(".xmp")
 
 
@@ -166,8 +177,10 @@ def xmp_sidecar(result: LocateResult) -> str:
     )
 
 
-def write_sidecars(results: Iterable[LocateResult]) -> SidecarReport:
-    """Write ``<photo>.xmp`` next to every located query that has no GPS of its own.
+def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> SidecarReport:
+    """Write an XMP sidecar next to every located query that has no GPS of its own.
+
+    ``naming`` picks the file name (see :func:`sidecar_path`).
 
     An existing sidecar is replaced only when geoloc wrote it; anything else there (a photo
     manager's edits) is left alone and reported. Writes are atomic (temporary file + rename).
@@ -181,7 +194,7 @@ def write_sidecars(results: Iterable[LocateResult]) -> SidecarReport:
         if r.query_gps is not None:
             report.skipped.append((photo, "the photo has its own GPS position"))
             continue
-        target = sidecar_path(photo)
+        target = sidecar_path(photo, naming)
         key = Path(os.path.abspath(target))
         if key in claimed:
             report.skipped.append((photo, f"{target.name} is already written for another photo"))

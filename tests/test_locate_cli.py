@@ -176,6 +176,20 @@ def test_xmp_sidecar_for_the_photo_without_gps_only(lund, tmp_path):
         sidecar.unlink(missing_ok=True)
 
 
+def test_xmp_sidecar_named_for_darktable_and_digikam(lund):
+    db, _, nogps, _ = lund
+    result = run("--unlocated", "--db", db, "--xmp", "--xmp-name", "full", "--json")
+    assert result.exit_code == 0, result.output
+    sidecar = nogps.with_name(nogps.name + ".xmp")  # photo.jpg.xmp
+    try:
+        assert sidecar.is_file() and not nogps.with_suffix(".xmp").exists()
+        assert "exif:GPSLatitude=" in sidecar.read_text()
+    finally:
+        sidecar.unlink(missing_ok=True)
+    bad = run("--unlocated", "--db", db, "--xmp", "--xmp-name", "sideways")
+    assert bad.exit_code == 2 and "--xmp-name" in bad.stderr
+
+
 def test_csv_and_geojson(lund):
     db, queries, _, _ = lund
     result = run(queries / "06.jpg", queries / "08.jpg", "--db", db, "--csv")

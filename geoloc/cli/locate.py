@@ -38,6 +38,12 @@ def locate_command(
     xmp: bool = typer.Option(
         False, "--xmp", help="Write an XMP sidecar (photo.xmp) next to each located photo without GPS."
     ),
+    xmp_name: str = typer.Option(
+        "stem",
+        "--xmp-name",
+        metavar="stem|full",
+        help="Sidecar file name: stem = photo.xmp (exiftool, Lightroom), full = photo.jpg.xmp (darktable, digiKam).",
+    ),
     unlocated: bool = typer.Option(
         False, "--unlocated", help="Also locate every photo of the database that has no GPS of its own."
     ),
@@ -49,6 +55,10 @@ def locate_command(
     from geoloc.errors import GeolocError, UsageError
 
     fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson)
+    from geoloc.export import SIDECAR_NAMINGS
+
+    if xmp_name not in SIDECAR_NAMINGS:
+        raise UsageError(f"--xmp-name {xmp_name}: choose one of {', '.join(SIDECAR_NAMINGS)}")
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
@@ -102,7 +112,7 @@ def locate_command(
         _print_tables(results)
 
     if xmp:
-        _write_sidecars(results)
+        _write_sidecars(results, xmp_name)
     if map_file is not None and any(r.estimate for r in results):
         from geoloc.mapview import save_map
 
@@ -273,11 +283,11 @@ def _print_tables(results) -> None:
         out.print(cands)
 
 
-def _write_sidecars(results) -> None:
+def _write_sidecars(results, naming: str) -> None:
     from geoloc import console
     from geoloc.export import write_sidecars
 
-    report = write_sidecars(results)
+    report = write_sidecars(results, naming)
     own_gps = 0
     for photo, reason in report.skipped:
         if reason == "the photo has its own GPS position":
