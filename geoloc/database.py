@@ -37,6 +37,8 @@ DESCRIPTORS = "descriptors.f32"
 COMPACTING = "descriptors.f32.compact"
 VOCABULARY = "vocabulary.safetensors"
 LOCK = "lock"
+#: Everything ``create`` may find left over from a create that crashed before its manifest.
+_DATA_FILES = (SQLITE, SQLITE + "-wal", SQLITE + "-shm", DESCRIPTORS, COMPACTING, VOCABULARY)
 
 FORMAT_VERSION = 1
 #: Rewrite the descriptor file once dead rows (replaced or removed photos) exceed this fraction.
@@ -283,9 +285,8 @@ class Database:
         try:
             if cls.exists(path):
                 raise DatabaseError(f"a database already exists at {display_path(path)}")
-            ours = {LOCK, SQLITE, SQLITE + "-wal", SQLITE + "-shm", DESCRIPTORS, COMPACTING, VOCABULARY}
             foreign = sorted(p.name for p in path.iterdir()
-                             if p.name not in ours and not p.name.endswith(".tmp"))
+                             if p.name not in (LOCK, *_DATA_FILES) and not p.name.endswith(".tmp"))
             if foreign:  # e.g. --db pointing at a photo folder by mistake
                 lock.release()
                 (path / LOCK).unlink(missing_ok=True)  # leave the folder as it was
@@ -295,7 +296,7 @@ class Database:
                     f"{' and more' if len(foreign) > 1 else ''}); choose a new or empty folder"
                 )
             # Leftovers of a create that crashed before its manifest was written.
-            for name in (SQLITE, SQLITE + "-wal", SQLITE + "-shm", DESCRIPTORS, COMPACTING, VOCABULARY):
+            for name in _DATA_FILES:
                 try:
                     (path / name).unlink()
                 except FileNotFoundError:
@@ -314,7 +315,7 @@ class Database:
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', 0)")
             conn.execute("COMMIT")
             open(path / DESCRIPTORS, "ab").close()
-            _atomic_write(path / MANIFEST, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
+            _write_manifest(path, full)
             db = cls(path, full, conn, True, lock)
             return db
         except OSError as exc:
@@ -350,7 +351,8 @@ class Database:
             os.fsync(fd)
 
     def _check_descriptor_file(self) -> None:
-        size = self._descriptor_path().stat().st_size if self._descriptor_path().exists() else -1
+        path = self._descriptor_path()
+        size = path.stat().st_size if path.exists() else -1
         if size < self.next_row * self._row_bytes:
             raise DatabaseError(
                 f"database {display_path(self.path)} is damaged: {DESCRIPTORS} is missing or "
@@ -508,7 +510,7 @@ class Database:
     def update_manifest(self, changes: dict) -> None:
         self._require_write()
         manifest = {**self.manifest, **changes}
-        _atomic_write(self.path / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        _write_manifest(self.path, manifest)
         self.manifest = manifest
 
     # ------------------------------------------------------------------ writing
@@ -661,6 +663,10 @@ def _read_manifest(path: Path) -> dict:
             f"({manifest.get('geoloc_version', '?')}); upgrade geoloc to use it"
         )
     return manifest
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    _atomic_write(path / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _connect(path: Path, *, write: bool) -> sqlite3.Connection:

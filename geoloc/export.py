@@ -117,6 +117,8 @@ class SidecarReport:
 
 
 SIDECAR_NAMINGS = ("stem", "full")
+#: The ``SidecarReport.skipped`` reason for a photo that has GPS of its own (not a problem).
+OWN_GPS = "the photo has its own GPS position"
 
 
 def sidecar_path(photo: Path, naming: str = "stem") -> Path:
@@ -192,7 +194,7 @@ def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> Sid
             continue
         photo = Path(r.query)
         if r.query_gps is not None:
-            report.skipped.append((photo, "the photo has its own GPS position"))
+            report.skipped.append((photo, OWN_GPS))
             continue
         target = sidecar_path(photo, naming)
         key = Path(os.path.abspath(target))

@@ -39,6 +39,14 @@ def default_workers(device: str = "cpu") -> int:
     return max(1, min(4, cores // 4))
 
 
+def model_device(model) -> str:
+    """The device a model's weights are on (``"cpu"`` for a model without parameters)."""
+    try:
+        return str(next(model.parameters()).device)
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
 @dataclass
 class ExtractConfig:
     #: Longest side photos are resized to; None means the model's ``Preprocess.max_side``.

@@ -188,7 +188,7 @@ def photos_from_paths(
             on_error(exc)
             continue
         if meta.located:
-            located.append(TrainingPhoto(Path(path).resolve(), float(meta.lat), float(meta.lon)))
+            located.append(TrainingPhoto(Path(key), float(meta.lat), float(meta.lon)))
         else:
             unlocated += 1
     return located, unlocated
@@ -363,7 +363,7 @@ def finetune(
     device = pick_device(config.device)
 
     photos = _unique(photos)
-    plan_training(photos, config)  # fail fast, before any model is loaded, when the data cannot train
+    plan = plan_training(photos, config)  # fail fast, before any model is loaded, when the data cannot train
     ckpt_dir = prepare_checkpoint_dir(out, resume, restart)
 
     model = build_base(config)
@@ -390,8 +390,9 @@ def finetune(
             images.close()
             images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
                               memory_bytes=config.image_memory_mb << 20)
+            plan = plan_training(photos, config)
 
-        positions, split, tuples, val_queries = plan_training(photos, config)
+        positions, split, tuples, val_queries = plan
         validated = val_queries > 0
         if not validated:
             why = ("--val-fraction 0" if config.val_fraction == 0 else

@@ -18,8 +18,6 @@ from typing import Iterable, Optional, Sequence
 from geoloc.database import Database, PhotoRecord, display_path, file_sha256
 from geoloc.errors import DatabaseError, GeolocError, ModelError, PhotoError
 
-DEFAULT_MODEL = "netvlad-vgg16-pitts30k"
-
 
 @dataclass
 class IndexConfig:
@@ -134,14 +132,15 @@ def index_photos(
             report.vocabulary = "stored" if database.has_vocabulary() else None
             kept = []
         else:
-            from geoloc.extract import ExtractConfig, Extractor, default_workers
+            from geoloc.extract import ExtractConfig, Extractor, default_workers, model_device
 
+            device = model_device(model)
             extract_config = ExtractConfig(
                 max_side=int(database.manifest["preprocess"]["max_side"]),
                 batch_size=config.batch_size,
-                workers=config.workers or default_workers(_device_of(model)),
+                workers=config.workers or default_workers(device),
             )
-            extractor = Extractor(model, extract_config, device=_device_of(model))
+            extractor = Extractor(model, extract_config, device=device)
             stack.enter_context(extractor.cpu_threads())
             report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
                                                          config, progress)
@@ -202,14 +201,8 @@ def _check_options(config: IndexConfig) -> None:
 
 
 def default_model_name() -> str:
-    try:
-        from geoloc.models.registry import list_models
+    from geoloc.models.registry import DEFAULT_MODEL
 
-        for entry in list_models():
-            if getattr(entry, "default", False):
-                return entry.name
-    except ImportError:  # pragma: no cover - registry always ships
-        pass
     return DEFAULT_MODEL
 
 
@@ -301,13 +294,6 @@ def _check_writable(db_path: Path) -> None:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise DatabaseError(f"cannot create database {display_path(db_path)}: "
                             f"{display_path(probe)} is not writable")
-
-
-def _device_of(model) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except (StopIteration, AttributeError):
-        return "cpu"
 
 
 def _needs_fitting(model) -> bool:

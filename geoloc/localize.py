@@ -355,11 +355,13 @@ class SearchIndex:
         if self._index is None:
             self._matrix = descriptors if descriptors.dtype == np.float32 else descriptors.astype(np.float32)
 
+    def _train_size(self, nlist: int) -> int:
+        """Vectors the coarse quantiser's k-means is trained on."""
+        return min(self.size, nlist * max(self.config.train_per_cell, 39))
+
     def _ivf_pays(self, nlist: int, n_queries: int) -> bool:
         """Building the IVF index (k-means, then assigning every vector) against exact scans."""
-        cfg = self.config
-        n_train = min(self.size, nlist * max(cfg.train_per_cell, 39))
-        build = nlist * (n_train * cfg.kmeans_iterations + self.size)
+        build = nlist * (self._train_size(nlist) * self.config.kmeans_iterations + self.size)
         return n_queries * self.size > build
 
     def _build_ivf(self, descriptors: np.ndarray, cfg: SearchConfig, nlist: int):
@@ -367,7 +369,7 @@ class SearchIndex:
 
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        n_train = min(self.size, nlist * max(cfg.train_per_cell, 39))
+        n_train = self._train_size(nlist)
         rng = np.random.default_rng(cfg.seed)
         rows = np.sort(rng.choice(self.size, n_train, replace=False)) if n_train < self.size else None
         train = np.ascontiguousarray(descriptors[rows] if rows is not None else descriptors, dtype=np.float32)
@@ -531,7 +533,7 @@ class Locator:
 
     def _extractor_for_queries(self):
         if self._extractor is None:
-            from geoloc.extract import ExtractConfig, Extractor, default_workers
+            from geoloc.extract import ExtractConfig, Extractor, default_workers, model_device
 
             model = self.model
             cfg = ExtractConfig(
@@ -540,7 +542,7 @@ class Locator:
                 workers=self.config.workers or min(4, default_workers()),
                 hash_files=False,
             )
-            self._extractor = Extractor(model, cfg, device=_device_of(model))
+            self._extractor = Extractor(model, cfg, device=model_device(model))
         return self._extractor
 
     # -- queries ----------------------------------------------------------------------------
@@ -586,19 +588,21 @@ class Locator:
             paths = [Path(k) for k in to_extract]
 
             def failed(item) -> None:
-                for i in to_extract.get(os.fspath(item.path), []):
+                slots = to_extract.get(os.fspath(item.path), [])
+                for i in slots:
                     results[i].error = str(item.error) if item.error else f"{queries[i]}: unusable"
-                advance(len(to_extract.get(os.fspath(item.path), [])))
+                advance(len(slots))
 
             for items, out in extractor.descriptors(paths, on_error=failed):
                 self._check_dim(out)
                 for item, row in zip(items, out):
-                    for i in to_extract.get(os.fspath(item.path), []):
+                    slots = to_extract.get(os.fspath(item.path), [])
+                    for i in slots:
                         descriptors[i] = row
                         meta = item.meta
                         if meta is not None and getattr(meta, "located", False):
                             results[i].query_gps = (float(meta.lat), float(meta.lon))
-                    advance(len(to_extract.get(os.fspath(item.path), [])))
+                    advance(len(slots))
             self.timings.descriptor_s += _now() - start
             self.timings.extracted += len(paths)
         if stored:
@@ -814,9 +818,7 @@ def _unchanged(record) -> bool:
     """The file is still the one indexed (or gone: the stored descriptor is all there is)."""
     try:
         st = os.stat(record.path)
-    except FileNotFoundError:
-        return True
-    except OSError:
+    except OSError:  # gone or unreadable
         return True
     return st.st_size == record.size and st.st_mtime_ns == record.mtime_ns
 
@@ -840,13 +842,6 @@ def _display(path) -> str:
     from geoloc.database import display_path
 
     return display_path(path)
-
-
-def _device_of(model) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except (StopIteration, AttributeError):
-        return "cpu"
 
 
 def _now() -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from geoloc.database import display_path
 from geoloc.errors import GeolocError
 from geoloc.localize import LocateResult
 
@@ -40,15 +41,6 @@ class MapConfig:
 def esc(text: object) -> str:
     """HTML-escape a user-provided string for a popup, tooltip or layer name."""
     return html.escape(str(text), quote=True)
-
-
-def _display(path: Path | str) -> str:
-    text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:  # undecodable bytes in a file name
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def thumbnail_data_uri(path: Path, max_side: int, quality: int = 70) -> str | None:
@@ -261,9 +253,9 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         layer_name = f"{index}. {name}" if several else name
         # With several queries, badges carry the query's number and popups say whose they are.
         tag = f" {index}" if several else ""
-        whose = f" for {esc(_display(name))}" if several else ""
+        whose = f" for {esc(display_path(name))}" if several else ""
         confident = e.confidence == "high"
-        group = folium.FeatureGroup(name=esc(_display(layer_name)), show=True)
+        group = folium.FeatureGroup(name=esc(display_path(layer_name)), show=True)
         group.add_to(fmap)
 
         circle = folium.Circle(
@@ -293,12 +285,12 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         marker.add_child(
             _bind_element(
                 "Popup",
-                _popup_html(f"Estimate for {esc(_display(name))}", lines, _display(r.query)),
+                _popup_html(f"Estimate for {esc(display_path(name))}", lines, display_path(r.query)),
                 {"maxWidth": 260},
                 thumb(r.query),
             )
         )
-        marker.add_child(_bind_element("Tooltip", esc(_display(name))))
+        marker.add_child(_bind_element("Tooltip", esc(display_path(name))))
         marker.add_to(group)
         lats.append(e.lat)
         lons.append(e.lon)
@@ -315,7 +307,7 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
             marker.add_child(
                 _bind_element(
                     "Popup",
-                    _popup_html(f"#{c.rank}{whose}", lines, _display(c.path)),
+                    _popup_html(f"#{c.rank}{whose}", lines, display_path(c.path)),
                     {"maxWidth": 260},
                     thumb(c.path),
                 )
@@ -333,7 +325,7 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
                 _bind_element(
                     "Popup",
                     _popup_html(
-                        f"True position of {esc(_display(name))}",
+                        f"True position of {esc(display_path(name))}",
                         [f"{qlat:.6f}, {qlon:.6f}", f"estimate error {_fmt_m(r.error_m)}"],
                         None,
                     ),
@@ -379,9 +371,9 @@ def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | No
     path = Path(path).expanduser()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise GeolocError(f"cannot write map {_display(path)}: folder {_display(folder)} does not exist")
+        raise GeolocError(f"cannot write map {display_path(path)}: folder {display_path(folder)} does not exist")
     if path.is_dir():
-        raise GeolocError(f"cannot write map {_display(path)}: it is a folder")
+        raise GeolocError(f"cannot write map {display_path(path)}: it is a folder")
     page = build_map(results, config).get_root().render()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -393,5 +385,5 @@ def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | No
             tmp.unlink()
         except OSError:
             pass
-        raise GeolocError(f"cannot write map {_display(path)}: {exc.strerror or exc}") from None
+        raise GeolocError(f"cannot write map {display_path(path)}: {exc.strerror or exc}") from None
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hub_fixtures import (
@@ -88,7 +89,11 @@ def test_the_mapillary_model_comes_from_its_own_file(tmp_path, monkeypatch):
     assert listed["netvlad-vgg16-pitts30k-128"]["cached"] is False
     result = runner.invoke(app, ["models", "download", "netvlad-vgg16-msls-128", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["path"].endswith("netvlad-vgg16-msls-128.safetensors")
+    converted = json.loads(result.stdout)["path"]
+    assert converted.endswith("netvlad-vgg16-msls-128.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(converted).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("args", [["models", "--help"], ["models", "download", "--help"]])

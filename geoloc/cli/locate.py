@@ -285,12 +285,12 @@ def _print_tables(results) -> None:
 
 def _write_sidecars(results, naming: str) -> None:
     from geoloc import console
-    from geoloc.export import write_sidecars
+    from geoloc.export import OWN_GPS, write_sidecars
 
     report = write_sidecars(results, naming)
     own_gps = 0
     for photo, reason in report.skipped:
-        if reason == "the photo has its own GPS position":
+        if reason == OWN_GPS:
             own_gps += 1
         else:
             console.warn(f"{photo}: no sidecar written: {reason}")

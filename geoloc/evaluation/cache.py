@@ -140,11 +140,9 @@ class QueryDescriptorCache:
 
     def _store(self, paths: Sequence[Path], matrix: np.ndarray, errors: dict[int, str]) -> None:
         """Write the current query set (failures left out) atomically; cache trouble is not fatal."""
-        keep = [i for i in range(len(paths)) if i not in errors and file_stamp(paths[i]) is not None]
-        rows = {}
-        for r, i in enumerate(keep):
-            size, mtime = file_stamp(paths[i])  # type: ignore[misc]
-            rows[str(paths[i])] = (size, mtime, r)
+        stamps = {i: file_stamp(p) for i, p in enumerate(paths) if i not in errors}
+        keep = [i for i, stamp in stamps.items() if stamp is not None]
+        rows = {str(paths[i]): (*stamps[i], r) for r, i in enumerate(keep)}  # type: ignore[misc]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / f".queries.{os.getpid()}.npy"

@@ -22,8 +22,9 @@ import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, UsageError
 from geoloc.geo import EARTH_RADIUS_M, haversine_m, is_valid_position, utm_to_latlon
+from geoloc.photos.discovery import SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"})
+IMAGE_SUFFIXES = SUFFIXES
 
 # Street-level benchmarks whose .mat files carry UTM without a zone: the zone of their city.
 KNOWN_UTM_ZONES = {"pitts": (17, True), "tokyo": (54, True)}
@@ -47,10 +48,6 @@ class Positions:
     @property
     def has_latlon(self) -> bool:
         return bool(len(self.lat)) and bool(np.all(np.isfinite(self.lat)) and np.all(np.isfinite(self.lon)))
-
-    def subset(self, index: Sequence[int]) -> Positions:
-        index = np.asarray(index, dtype=np.int64)
-        return Positions(self.lat[index], self.lon[index], None if self.utm is None else self.utm[index])
 
 
 @dataclass

@@ -34,6 +34,7 @@ from geoloc.evaluation.metrics import (
     summarize,
 )
 from geoloc.geo import haversine_m, utm_to_latlon
+from geoloc.localize import _round as _r
 
 DEFAULT_THRESHOLD_M = 25.0
 #: An IVF threshold no database reaches: evaluation always searches exhaustively.
@@ -125,12 +126,6 @@ class EvalResult:
         if include_queries:
             data["per_query"] = [_outcome_json(o, top_k) for o in self.outcomes]
         return data
-
-
-def _r(v: float | None, digits: int) -> float | None:
-    if v is None or not math.isfinite(v):
-        return None
-    return round(float(v), digits)
 
 
 def _outcome_json(o: QueryOutcome, top_k: int) -> dict:
@@ -267,15 +262,11 @@ def _file_key(spec: str) -> list | None:
 
 def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: dict, progress: EvalProgress):
     """Query descriptors with the database's own model, vocabulary and image size."""
-    from geoloc.extract import ExtractConfig, Extractor, default_workers
+    from geoloc.extract import ExtractConfig, Extractor, default_workers, model_device
     from geoloc.localize import load_database_model
 
     if "extractor" not in holder:
         model = load_database_model(database, config.device)
-        try:
-            device = str(next(model.parameters()).device)
-        except StopIteration:  # pragma: no cover
-            device = "cpu"
         holder["extractor"] = Extractor(
             model,
             ExtractConfig(
@@ -284,7 +275,7 @@ def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: di
                 workers=config.workers or default_workers(),
                 hash_files=False,
             ),
-            device=device,
+            device=model_device(model),
         )
     extractor = holder["extractor"]
     position = {os.fspath(p): i for i, p in enumerate(paths)}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoloc.errors import ModelError, WeightsUnavailableError
-from geoloc.models.weights import lite0_weights_path
+from geoloc.models.weights import _truthy, lite0_weights_path
 
 Arch = Literal["vgg16", "alexnet", "lite0"]
 TrainLayers = Literal["none", "last_layer", "last_block", "all"]
@@ -95,8 +95,7 @@ def _torchvision_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
 
 
 def _offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("GEOLOC_OFFLINE", "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return _truthy(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("GEOLOC_OFFLINE"))
 
 
 # --------------------------------------------------------------------------------------------

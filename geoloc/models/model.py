@@ -28,6 +28,7 @@ from geoloc.models.backbones import (
 )
 from geoloc.models.netvlad import POOLINGS, NetVLAD, Whitening, build_pooling
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
+from geoloc.models.weights import publish_file, sha256_file
 
 FORMAT_VERSION = "1"
 # Metadata keys that describe the architecture; a caller's metadata cannot override them.
@@ -275,11 +276,7 @@ def save_model_file(model: GeolocModel, path: Path, metadata: dict[str, Any] | N
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
-        # mkstemp creates 0600 files; a model file is shared like any other (umask decides).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -370,11 +367,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
             return str(cached["sha256"])
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path, chunk)
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(json.dumps({**key, "sha256": digest}))

@@ -171,6 +171,17 @@ def _hub_reachable(endpoint: str | None, timeout_s: float = 5.0) -> bool:
         return False
 
 
+def publish_file(tmp: str | Path, target: Path) -> None:
+    """Move a finished temporary file into place atomically, with ordinary permissions.
+
+    mkstemp creates 0600 files; a model file is shared like any other, so the umask decides.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -256,7 +267,7 @@ def write_model_tensors(tensors: dict, meta: dict[str, str], target: Path) -> Pa
     os.close(fd)
     try:
         save_file({n: t.contiguous() for n, t in tensors.items()}, tmp, metadata=full)
-        os.replace(tmp, target)
+        publish_file(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

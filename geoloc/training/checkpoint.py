@@ -33,6 +33,8 @@ def checkpoint_dir_for(out: Path) -> Path:
 def save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
+    from geoloc.database import _fsync_dir
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -41,16 +43,7 @@ def save(path: Path, state: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    _fsync_dir(path.parent)
 
 
 def load(path: Path) -> dict[str, Any]:
