@@ -364,6 +364,10 @@ def finetune(
 
     photos = _unique(photos)
     plan = plan_training(photos, config)  # fail fast, before any model is loaded, when the data cannot train
+    if config.pca:
+        from geoloc.training.pca import check_enough_photos
+
+        check_enough_photos(int(config.pca), len(photos))  # not after hours of training
     ckpt_dir = prepare_checkpoint_dir(out, resume, restart)
 
     model = build_base(config)

@@ -135,6 +135,15 @@ def test_photos_far_apart_say_what_the_data_needs(exif_dir, tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_pca_larger_than_the_photos_allow_fails_before_training(lund_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = run("finetune", lund_dir, "--out", out, "--pca", "4096", *FAST)
+    assert result.exit_code == 1
+    assert "--pca 4096 needs at least 4097 photos" in result.stderr
+    assert "epoch" not in result.stderr  # no training was wasted
+    assert not out.exists() and not any(tmp_path.iterdir())  # no checkpoint left to --resume
+
+
 def test_default_base_offline_fails_with_one_line(lund_dir, tmp_path):
     result = run("finetune", lund_dir, "--out", tmp_path / "m.safetensors")
     assert result.exit_code == 1

@@ -72,6 +72,15 @@ def _chunk_rows(d: int, budget_bytes: int) -> int:
     return max(1, budget_bytes // max(1, d * 8))
 
 
+def check_enough_photos(dim: int, n: int) -> None:
+    """PCA to ``dim`` directions needs more than ``dim`` photos; say so before any training."""
+    if dim > n - 1:
+        raise GeolocError(
+            f"--pca {dim} needs at least {dim + 1} photos to estimate {dim} directions; "
+            f"there are {n} (use a smaller --pca or more photos)"
+        )
+
+
 def fit_pca_whitening(
     x: np.ndarray,
     dim: int,
@@ -89,11 +98,7 @@ def fit_pca_whitening(
         raise GeolocError(f"--pca must be at least 1, not {dim}")
     if dim > d:
         raise GeolocError(f"--pca {dim} is larger than the descriptor dimension {d}")
-    if dim > n - 1:
-        raise GeolocError(
-            f"--pca {dim} needs at least {dim + 1} photos to estimate {dim} directions; "
-            f"there are {n} (use a smaller --pca or more photos)"
-        )
+    check_enough_photos(dim, n)
     if method == "auto":
         method = "gram" if n <= gram_max else "randomized"
     rows = _chunk_rows(d, chunk_bytes)
