@@ -56,3 +56,26 @@ def test_every_command_is_registered():
 def test_unknown_command_is_a_usage_error():
     result = CliRunner().invoke(app, ["no-such-command"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["locate", "x.jpg", "--top-k", "0"], "--top-k"),
+        (["no-such-command"], "No such command"),
+        (["models", "download"], "Missing argument"),
+        (["index", "--bogus", "."], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_from_the_console_script_are_one_line(argv, fragment):
+    """What a user types gets `error: …` on one line and exit 2, not click's boxed panel."""
+    out = subprocess.run([sys.executable, "-m", "geoloc", *argv], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], out.stderr
+
+
+def test_no_arguments_shows_the_help():
+    out = subprocess.run([sys.executable, "-m", "geoloc"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Usage" in out.stdout + out.stderr and "Traceback" not in out.stderr

@@ -48,4 +48,36 @@ from geoloc.cli import finetune as _finetune  # noqa: E402,F401
 
 
 def main() -> None:
-    app()
+    """Run the CLI; usage errors are one line on stderr (exit 2), like every other error.
+
+    Typer would draw click's usage errors as a boxed, multi-line panel; scripts and people
+    reading logs get the same ``error: …`` line as for any other failure instead.
+    """
+    import sys
+
+    from geoloc.cli._common import click_errors
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors() as exc:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        ctx = getattr(exc, "ctx", None)
+        if "NoArgsIsHelpError" in names:
+            # `geoloc` alone: typer's Rich formatter has already drawn the help while the error
+            # was built (its message comes back empty); a plain formatter leaves it in the message.
+            if exc.format_message().strip():
+                typer.echo(exc.format_message())
+        else:
+            from geoloc import console
+
+            message = exc.format_message()
+            if "UsageError" in names:
+                message += f" (see `{ctx.command_path if ctx else 'geoloc'} --help`)"
+            console.error(message)
+        code = exc.exit_code
+    except typer.Abort:  # Ctrl-C while click itself was prompting or parsing
+        from geoloc import console
+
+        console.error("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-import click
 import typer
 
 F = TypeVar("F", bound=Callable)
@@ -19,6 +18,25 @@ def resolve_db(db: Optional[Path]) -> Path:
     from geoloc.paths import default_db
 
     return (db if db is not None else default_db()).expanduser()
+
+
+@functools.lru_cache(maxsize=1)
+def click_errors() -> tuple[type[Exception], ...]:
+    """click's exception base: typer >= 0.20 vendors click, older releases use the package."""
+    found: list[type[Exception]] = []
+    try:
+        from typer._click.exceptions import ClickException as Vendored
+
+        found.append(Vendored)
+    except ImportError:
+        pass
+    try:
+        from click.exceptions import ClickException
+
+        found.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 def handle_errors(func: F) -> F:
@@ -34,7 +52,7 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, SystemExit, *click_errors()):
             raise  # click reports its own usage errors (exit 2)
         except GeolocError as exc:
             if os.environ.get("GEOLOC_DEBUG"):
