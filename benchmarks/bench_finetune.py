@@ -30,30 +30,27 @@ LUND = ROOT.parent / "shared" / "data" / "lund" / "images"
 
 
 def bench_training(args) -> None:
-    from geoloc.finetune import FinetuneConfig, finetune, photos_from_paths
-    from geoloc.training.loop import Reporter
-    from geoloc.training.report import format_epoch
+    from geoloc.training.data import photos_from_paths
+    from geoloc.training.finetune import FinetuneConfig, finetune
+    from geoloc.progress import Progress
 
-    class Timing(Reporter):
+    class Timing(Progress):
         def __init__(self):
             self.seconds = defaultdict(float)
             self.counts = defaultdict(int)
             self._phase = None
             self._t = 0.0
 
-        def phase(self, description, total):
-            self.end_phase()
+        def stage(self, description, total):
+            self.end_stage()
             self._phase = "training steps" if description.startswith("epoch") else description
             self._t = time.perf_counter()
             self.counts[self._phase] += 1
 
-        def end_phase(self):
+        def end_stage(self):
             if self._phase is not None:
                 self.seconds[self._phase] += time.perf_counter() - self._t
                 self._phase = None
-
-        def epoch_done(self, report, epochs):
-            print(format_epoch(report, epochs), flush=True)
 
         def message(self, text):
             print(text, flush=True)

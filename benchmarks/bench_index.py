@@ -107,7 +107,7 @@ def bench_network(paths, model, max_side, batch_size, workers, device) -> float:
 def bench_pipeline(paths, model, max_side, batch_size, workers, device, db_path: Path) -> dict:
     from geoloc.database import Database
     from geoloc.extract import ExtractConfig, Extractor
-    from geoloc.indexer import _record
+    from geoloc.indexer import record_of
 
     shutil.rmtree(db_path, ignore_errors=True)
     manifest = {"model": model.name or "bench", "dim": model.dim,
@@ -118,7 +118,7 @@ def bench_pipeline(paths, model, max_side, batch_size, workers, device, db_path:
     with Database.create(db_path, manifest) as db:
         for items, desc in ex.descriptors(paths):
             t0 = time.perf_counter()
-            db.add_batch([_record(i) for i in items], desc)
+            db.add_batch([record_of(i) for i in items], desc)
             store_s += time.perf_counter() - t0
     total = time.perf_counter() - start
     return {"photos_per_s": ex.stats.photos / total, "seconds": total,

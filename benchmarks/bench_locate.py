@@ -100,7 +100,7 @@ def _synthetic(n: int, dim: int, rng: np.random.Generator, places: int = 2000) -
 
 
 def bench_search(args) -> None:
-    from geoloc.localize import SearchConfig, SearchIndex
+    from geoloc.search import SearchConfig, SearchIndex
 
     rng = np.random.default_rng(0)
     print(f"\n## Search on synthetic databases (faiss {_faiss_version()}, {_omp()} threads)\n")
@@ -150,7 +150,8 @@ def _median_time(fn, repeat: int) -> float:
 
 def bench_accuracy(args) -> None:
     from geoloc.geo import haversine_m
-    from geoloc.localize import EstimateConfig, LocateConfig, Locator, estimate_position
+    from geoloc.estimate import EstimateConfig, estimate_position
+    from geoloc.localize import LocateConfig, Locator
 
     with tempfile.TemporaryDirectory() as tmp:
         db, even, _ = _build_db(Path(tmp), args.model, args.max_side, args.device)

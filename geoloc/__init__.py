@@ -14,16 +14,19 @@ _LAZY = {
     "Database": "geoloc.database",
     "index_photos": "geoloc.indexer",
     "locate": "geoloc.localize",
-    "read_photo_meta": "geoloc.photos",
+    "read_meta": "geoloc.photos",
 }
+#: Names kept for the API as 0.1.0 documented it, each mapped to the name it now has.
+_ALIASES = {"read_photo_meta": "read_meta"}
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, *_ALIASES]
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
+    target = _ALIASES.get(name, name)
+    module = _LAZY.get(target)
     if module is None:
         raise AttributeError(f"module 'geoloc' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), target)

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from geoloc.errors import DatabaseError, DatabaseLockedError
+from geoloc.files import atomic_write, display_path, fsync_dir
 
 MANIFEST = "manifest.json"
 SQLITE = "photos.sqlite"
@@ -101,16 +102,6 @@ class PhotoRecord:
         return data
 
 
-def display_path(path: Path | str) -> str:
-    """A printable/JSON-safe string for a path whose name may not be valid UTF-8."""
-    text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _path_key(path: Path | str) -> str | bytes:
     """How a path is stored: text when it is valid UTF-8, else its raw bytes (so it round-trips)."""
     text = os.fspath(path)
@@ -129,29 +120,6 @@ def _record_from_row(row: sqlite3.Row) -> PhotoRecord:
     values = dict(zip(_COLUMNS, row))
     values["path"] = _path_from_key(values["path"])
     return PhotoRecord(**values)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _now() -> str:
@@ -448,22 +416,30 @@ class Database:
         """Descriptor rows no photo references any more (replaced or removed photos)."""
         return self.next_row - len(self)
 
+    def _snapshot(self, read):
+        """``read()`` run on one consistent view of the database, with the descriptor file's row
+        count and path as of that view, retried if a compaction renumbered rows meanwhile.
+
+        A compaction commits new row numbers and then renames its file into place; records,
+        row count and file path read outside one snapshot could mix the old and the new.
+        """
+        for _ in range(5):
+            generation = self._meta("generation", 0)
+            with self._transaction("BEGIN"):
+                value = read()
+                next_row = self.next_row
+                path = self._descriptor_path()
+            if self._meta("generation", 0) == generation:
+                return value, next_row, path
+        raise DatabaseError(f"database {display_path(self.path)} keeps changing; try again")  # pragma: no cover
+
     def descriptor_matrix(self, located_only: bool = True) -> tuple[list[PhotoRecord], np.ndarray]:
         """Records and their descriptors, row i of the matrix belonging to record i.
 
         The matrix is a read-only memory-mapped view when the wanted rows are contiguous (the
         usual case for a database without dead rows); otherwise only the wanted rows are copied.
         """
-        for _ in range(5):
-            generation = self._meta("generation", 0)
-            with self._transaction("BEGIN"):  # one snapshot: records and high-water mark agree
-                records = self.photos(located_only=located_only)
-                next_row = self.next_row
-                path = self._descriptor_path()
-            if self._meta("generation", 0) == generation:
-                break
-        else:  # pragma: no cover - a compaction every few milliseconds
-            raise DatabaseError(f"database {display_path(self.path)} keeps changing; try again")
+        records, next_row, path = self._snapshot(lambda: self.photos(located_only=located_only))
         if not records:
             return records, np.zeros((0, self.dim), dtype=np.float32)
         matrix = np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
@@ -474,12 +450,31 @@ class Database:
         return records, np.ascontiguousarray(matrix[rows])
 
     def descriptors_for(self, records: list[PhotoRecord]) -> np.ndarray:
-        """The stored descriptors of some records (e.g. to compare a query with them)."""
+        """The stored descriptors of some records (e.g. to compare a query with them).
+
+        Rows are looked up again in the same snapshot as the file is read: a record read before
+        a compaction may carry a row number that now belongs to another photo.
+        """
         if not records:
             return np.zeros((0, self.dim), dtype=np.float32)
-        matrix = np.memmap(self._descriptor_path(), dtype=np.float32, mode="r",
-                           shape=(self.next_row, self.dim))
-        return np.ascontiguousarray(matrix[[r.row for r in records]])
+        keys = [_path_key(r.path) for r in records]
+
+        def rows() -> list[int | None]:
+            found = {}
+            for chunk in range(0, len(keys), 500):
+                part = keys[chunk:chunk + 500]
+                marks = ",".join("?" * len(part))
+                found.update(self._conn.execute(
+                    f"SELECT path, row FROM photos WHERE path IN ({marks})", part).fetchall())
+            return [found.get(k) for k in keys]
+
+        current, next_row, path = self._snapshot(rows)
+        missing = [r.path for r, row in zip(records, current) if row is None]
+        if missing:
+            raise DatabaseError(f"database {display_path(self.path)}: {display_path(missing[0])} "
+                                "was removed while it was being read; try again")
+        matrix = np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
+        return np.ascontiguousarray(matrix[current])
 
     # ------------------------------------------------------------------ vocabulary, manifest
 
@@ -504,7 +499,7 @@ class Database:
         from safetensors.torch import save
 
         data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
-        _atomic_write(self.path / VOCABULARY, data)
+        atomic_write(self.path / VOCABULARY, data)
         return hashlib.sha256(data).hexdigest()
 
     def update_manifest(self, changes: dict) -> None:
@@ -643,7 +638,7 @@ class Database:
                 self._desc_fd = None
             if tmp.exists():
                 os.replace(tmp, self.path / DESCRIPTORS)
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             with self._transaction():
                 self._conn.execute("DELETE FROM meta WHERE key = 'compacting'")
         elif tmp.exists():  # a compaction that crashed before its commit: the old file is current
@@ -666,7 +661,7 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    _atomic_write(path / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(path / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
@@ -674,12 +669,12 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
     try:
         if write:
             conn = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+            _check_schema_version(conn, path)  # before anything is written into a newer file
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.execute("PRAGMA user_version = 1")
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         else:
             if not file.exists():
                 raise DatabaseError(f"database {display_path(path)} is damaged: {SQLITE} is missing")
@@ -696,10 +691,22 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
                                        check_same_thread=False)
                 conn.execute("SELECT COUNT(*) FROM photos").fetchone()
             conn.execute("PRAGMA query_only=1")
+            _check_schema_version(conn, path)
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
     except sqlite3.Error as exc:
         raise DatabaseError(f"database {display_path(path)}: cannot open {SQLITE}: {exc}") from None
+
+
+def _check_schema_version(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a photos.sqlite that a newer geoloc wrote: its rows may mean something else."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > FORMAT_VERSION:
+        conn.close()
+        raise DatabaseError(
+            f"database {display_path(path)}: {SQLITE} was written by a newer geoloc (schema "
+            f"{version}, this geoloc reads up to {FORMAT_VERSION}); upgrade geoloc to use it"
+        )
 
 
 def _uri_path(file: Path) -> str:
@@ -712,15 +719,3 @@ def _geoloc_version() -> str:
     from geoloc import __version__
 
     return __version__
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Content hash that tells a touched photo from a changed one."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()

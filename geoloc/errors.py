@@ -51,3 +51,19 @@ class PhotoError(GeolocError):
         self.path = Path(path)
         self.reason = " ".join(str(reason).split()) or "unknown error"
         super().__init__(f"{self.path}: {self.reason}")
+
+
+def require(ok: bool, message: str) -> None:
+    """One rule for option values the library cannot use: a usage error (exit 2).
+
+    The CLI rejects most of them first (typer's ``min=``); library callers and the options
+    typer cannot check get the same exit code and the same kind of message.
+    """
+    if not ok:
+        raise UsageError(message)
+
+
+def require_at_least(option: str, value: float | None, minimum: float, unit: str = "") -> None:
+    """``--batch-size must be at least 1, got 0``; None (a default to be chosen) passes."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{option} must be at least {minimum:g}{unit}, got {value:g}")

@@ -18,7 +18,7 @@ from typing import Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
-from geoloc.database import display_path
+from geoloc.files import atomic_write, display_path
 from geoloc.localize import LocateResult
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
@@ -205,7 +205,7 @@ def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> Sid
             if target.exists() and not _written_by_geoloc(target):
                 report.skipped.append((photo, f"{target} exists and was not written by geoloc"))
                 continue
-            _atomic_write(target, xmp_sidecar(r))
+            atomic_write(target, xmp_sidecar(r))
         except OSError as exc:
             report.skipped.append((photo, f"cannot write {target}: {exc.strerror or exc}"))
             continue
@@ -221,22 +221,6 @@ def _written_by_geoloc(path: Path) -> bool:
     except OSError:
         return False
     return _MARKER.encode() in head
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.geoloc-tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 def csv_text(results: Iterable[LocateResult]) -> str:

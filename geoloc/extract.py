@@ -14,20 +14,19 @@ partial batch.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from geoloc.database import file_sha256
 from geoloc.errors import PhotoError
+from geoloc.files import sha256_file
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -106,7 +105,7 @@ def decode_photo(path: Path, preprocess, max_side: int, hash_file: bool = True) 
         item.width, item.height = _stored_size(item.meta, image)
         item.tensor = preprocess.to_tensor(image)
         if hash_file:
-            item.sha256 = file_sha256(item.path)
+            item.sha256 = sha256_file(item.path)
     except PhotoError as exc:
         item.error = exc
         item.tensor = None
@@ -203,6 +202,16 @@ class Extractor:
         # Preprocess.to_tensor resizes to its own max_side: make it ours.
         self.preprocess = model.preprocess.replace(max_side=self.max_side)
         self.stats = ExtractStats()
+
+    @classmethod
+    def create(cls, model, *, max_side: Optional[int] = None, batch_size: int = 16,
+               workers: Optional[int] = None, hash_files: bool = True) -> "Extractor":
+        """An extractor on the device the model is on, with that device's decoding threads
+        unless ``workers`` says otherwise (a GPU wants many more than the CPU can spare)."""
+        device = model_device(model)
+        config = ExtractConfig(max_side=max_side, batch_size=batch_size,
+                               workers=workers or default_workers(device), hash_files=hash_files)
+        return cls(model, config, device=device)
 
     def _decoded(self, paths: Iterable[Path], hash_files: bool) -> Iterator[Decoded]:
         # Read-ahead: the next batch is decoded while the network runs this one.
@@ -318,39 +327,6 @@ class Extractor:
         """Descriptors from local features kept earlier (the vocabulary sample)."""
         out = self._run(self.model.pool_features, features)
         return np.ascontiguousarray(out.numpy(), dtype=np.float32)
-
-
-class FeatureSampler:
-    """A reproducible N×C sample of the local features the pooling layer sees, for k-means.
-
-    Each photo contributes an equal share, chosen by a generator seeded from the photo's
-    position in the sample list, so the sample depends neither on batching nor on timing.
-    """
-
-    def __init__(self, paths: Sequence[Path], max_features: int = 50_000, seed: int = 0):
-        self.index = {Path(p): i for i, p in enumerate(paths)}
-        self.per_photo = max(1, math.ceil(max_features / max(1, len(paths))))
-        self.max_features = max_features
-        self.seed = seed
-        self._chunks: dict[int, torch.Tensor] = {}
-
-    def add(self, items: list[Decoded], features: torch.Tensor) -> None:
-        for item, feats in zip(items, features):
-            flat = feats.reshape(feats.shape[0], -1).T  # (h·w)×C
-            i = self.index[item.path]
-            if flat.shape[0] > self.per_photo:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-                flat = flat[torch.randperm(flat.shape[0], generator=gen)[: self.per_photo]]
-            self._chunks[i] = flat.float().clone()
-
-    def sample(self) -> torch.Tensor:
-        if not self._chunks:
-            return torch.zeros((0, 0))
-        sample = torch.cat([self._chunks[i] for i in sorted(self._chunks)])
-        if sample.shape[0] > self.max_features:
-            gen = torch.Generator().manual_seed(self.seed)
-            sample = sample[torch.randperm(sample.shape[0], generator=gen)[: self.max_features]]
-        return sample
 
 
 def _short(exc: BaseException) -> str:

@@ -8,15 +8,25 @@ descriptors is one transaction, so a re-run after a crash only redoes the batch 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from geoloc.database import Database, PhotoRecord, display_path, file_sha256
-from geoloc.errors import DatabaseError, GeolocError, ModelError, PhotoError
+from geoloc.database import Database, PhotoRecord
+from geoloc.database_model import (
+    check_request,
+    default_model_name,
+    load_database_model,
+    max_side_of,
+    new_manifest,
+    record_vocabulary,
+)
+from geoloc.errors import DatabaseError, PhotoError, require_at_least
+from geoloc.files import display_path, sha256_file
+from geoloc.progress import Progress
+from geoloc.vocabulary import FeatureSampler, fit_vocabulary, spread
 
 
 @dataclass
@@ -36,6 +46,12 @@ class IndexConfig:
     vocabulary_features: int = 50_000
     seed: int = 0
 
+    def check(self) -> None:
+        require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--workers", self.workers, 1)
+        require_at_least("--max-side", self.max_side, 32, " pixels")
+        require_at_least("--vocabulary-photos", self.vocabulary_photos, 1)
+
 
 @dataclass
 class IndexReport:
@@ -51,11 +67,7 @@ class IndexReport:
     error_files: list[tuple[Path, str]] = field(default_factory=list)
     #: "fitted" on the run that fitted the vocabulary, "stored" when it was reused, else None.
     vocabulary: Optional[str] = None
-    compacted_rows: int = 0
     elapsed_s: float = 0.0
-    decode_s: float = 0.0
-    network_s: float = 0.0
-    store_s: float = 0.0
 
     def add_error(self, path: Path, reason: str) -> None:
         self.errors += 1
@@ -78,22 +90,6 @@ class IndexReport:
         }
 
 
-class IndexProgress:
-    """What an indexing run tells its caller as it goes; the CLI draws it with Rich."""
-
-    def stage(self, description: str, total: Optional[int]) -> None:
-        """A new phase begins (``total`` photos, or None when unknown)."""
-
-    def advance(self, n: int = 1) -> None:
-        """``n`` more photos of the current phase are done."""
-
-    def warning(self, path: Path, reason: str) -> None:
-        """One photo or folder could not be used; the run goes on."""
-
-    def close(self) -> None:
-        """The run is over (successfully or not)."""
-
-
 # ------------------------------------------------------------------------------------------------
 
 
@@ -101,184 +97,116 @@ def index_photos(
     paths: Sequence[Path | str],
     db: Path | str,
     config: Optional[IndexConfig] = None,
-    progress: Optional[IndexProgress] = None,
+    progress: Optional[Progress] = None,
 ) -> IndexReport:
-    """Add the photos under ``paths`` to the database at ``db`` (created when missing)."""
+    """Add the photos under ``paths`` to the database at ``db`` (created when missing).
+
+    ``progress`` hears about each phase, photo and unusable file; the caller closes it.
+    """
     from geoloc.photos import discover
 
     config = config or IndexConfig()
-    progress = progress or IndexProgress()
+    config.check()
     started = time.perf_counter()
-    db_path = Path(db).expanduser().absolute()
-    report = IndexReport(db=db_path)
-    _check_options(config)
-
-    def on_error(exc: PhotoError) -> None:
-        report.add_error(exc.path, exc.reason)
-        progress.warning(exc.path, exc.reason)
-
-    found = discover([Path(p).expanduser() for p in paths], on_error)  # GeolocError: missing PATH
-    database, model = _open_database(db_path, config)
-    stack = contextlib.ExitStack()
-    try:
+    report = IndexReport(db=Path(db).expanduser().absolute())
+    run = _Run(config, report, progress or Progress())
+    found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
+    database, model = _open_database(report.db, config)
+    with contextlib.ExitStack() as stack:
+        stack.callback(database.close)
         report.model = database.manifest["model"]
-        progress.stage("Scanning", None)
-        to_index, seen = _diff(found, database, report, on_error, progress)
+        run.progress.stage("Scanning", None)
+        to_index, seen = _diff(found, database, report, run.on_error, run.progress)
         if model is None and to_index:
             # Loaded only now: a re-run over an unchanged archive needs no network at all, so it
             # neither imports torch nor reads the weights (seconds saved on every re-run).
-            model = _model_for_existing(database, config)
+            model = load_database_model(database, config.device, fitting=True)
         if model is None:
             report.vocabulary = "stored" if database.has_vocabulary() else None
-            kept = []
         else:
-            from geoloc.extract import ExtractConfig, Extractor, default_workers, model_device
+            run.extract(database, model, to_index, stack)
+        if config.prune:
+            report.removed = _prune(database, paths, seen, run.progress)
+        if (config.prune and database.dead_rows) or database.needs_compaction():
+            run.progress.stage("Compacting", None)
+            database.compact()
+        counts = database.counts()
+        report.total, report.located, report.unlocated = (
+            counts["total"], counts["located"], counts["unlocated"])
+    report.elapsed_s = time.perf_counter() - started
+    return report
 
-            device = model_device(model)
-            extract_config = ExtractConfig(
-                max_side=int(database.manifest["preprocess"]["max_side"]),
-                batch_size=config.batch_size,
-                workers=config.workers or default_workers(device),
-            )
-            extractor = Extractor(model, extract_config, device=device)
-            stack.enter_context(extractor.cpu_threads())
-            report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
-                                                         config, progress)
 
-        progress.stage("Indexing", len(to_index))
+class _Run:
+    """One indexing run's shared state: what it reports and where it tells people."""
+
+    def __init__(self, config: IndexConfig, report: IndexReport, progress: Progress):
+        self.config = config
+        self.report = report
+        self.progress = progress
+
+    def on_error(self, exc: PhotoError) -> None:
+        self.report.add_error(exc.path, exc.reason)
+        self.progress.warning(exc.path, exc.reason)
+
+    def extract(self, database: Database, model, to_index: list[Path], stack: contextlib.ExitStack) -> None:
+        """Vocabulary first (fitted when the database has none), then one batch at a time:
+        each batch of descriptors is one committed transaction."""
+        from geoloc.extract import Extractor
+
+        extractor = Extractor.create(model, max_side=max_side_of(database),
+                                     batch_size=self.config.batch_size, workers=self.config.workers)
+        stack.enter_context(extractor.cpu_threads())
+        self.report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
+                                                          self.config, self.progress)
+        self.progress.stage("Indexing", len(to_index))
 
         def store(items, descriptors) -> None:
-            t0 = time.perf_counter()
-            database.add_batch([_record(item) for item in items], descriptors)
-            report.store_s += time.perf_counter() - t0
-            report.indexed += len(items)
-            progress.advance(len(items))
+            database.add_batch([record_of(item) for item in items], descriptors)
+            self.report.indexed += len(items)
+            self.progress.advance(len(items))
 
         done: set[Path] = set()
         while kept:  # the vocabulary sample: its local features are already computed
             items, feats = kept.pop(0)
             store(items, extractor.pool(feats))
             done.update(item.path for item in items)
-        rest = [p for p in to_index if p not in done] if done else to_index
 
         def failed(item) -> None:
-            on_error(item.error)
-            progress.advance(1)
+            self.on_error(item.error)
+            self.progress.advance(1)
 
-        if model is not None:
-            for items, descriptors in extractor.descriptors(rest, on_error=failed):
-                store(items, descriptors)
-            report.decode_s = extractor.stats.decode_s
-            report.network_s = extractor.stats.network_s
-
-        if config.prune:
-            report.removed = _prune(database, paths, seen, progress)
-        if (config.prune and database.dead_rows) or database.needs_compaction():
-            progress.stage("Compacting", None)
-            report.compacted_rows = database.compact()
-        counts = database.counts()
-        report.total, report.located, report.unlocated = (
-            counts["total"], counts["located"], counts["unlocated"])
-    finally:
-        stack.close()
-        database.close()
-        progress.close()
-    report.elapsed_s = time.perf_counter() - started
-    return report
-
-
-def _check_options(config: IndexConfig) -> None:
-    if config.batch_size < 1:
-        raise GeolocError(f"--batch-size must be at least 1, got {config.batch_size}")
-    if config.workers is not None and config.workers < 1:
-        raise GeolocError(f"--workers must be at least 1, got {config.workers}")
-    if config.max_side is not None and config.max_side < 32:
-        raise GeolocError(f"--max-side must be at least 32 pixels, got {config.max_side}")
+        rest = [p for p in to_index if p not in done] if done else to_index
+        for items, descriptors in extractor.descriptors(rest, on_error=failed):
+            store(items, descriptors)
 
 
 # ------------------------------------------------------------------------------------------------
 # Database and model
 
 
-def default_model_name() -> str:
-    from geoloc.models.registry import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
-def _model_key(spec: str) -> str:
-    """How a ``--model`` value is recorded: a registry name as is, a file as its resolved path."""
-    from geoloc.models.registry import list_models
-
-    if any(entry.name == spec for entry in list_models()):  # registry names win
-        return spec
-    path = Path(spec).expanduser()
-    if path.exists() or os.sep in spec or path.suffix:
-        return str(path.resolve())
-    return spec  # neither: load_model says which names are valid
-
-
 def _open_database(db_path: Path, config: IndexConfig):
     """The database (locked for writing) and, for a new database only, its model.
 
     An existing database is checked against ``--model`` and ``--max-side`` from its manifest
-    alone; its model is loaded later, by ``_model_for_existing``, only if a photo needs it.
+    alone; its model is loaded later, only if a photo needs it.
     """
-    from geoloc.models.registry import load_model, pick_device
+    from geoloc.models.registry import load_model, model_key, pick_device
 
     if Database.exists(db_path):
         database = Database.open(db_path, write=True)
         try:
-            manifest = database.manifest
-            stored = manifest["model"]
-            if config.model is not None and _model_key(config.model) != stored:
-                raise DatabaseError(
-                    f"database {display_path(db_path)} was built with model {stored}, not "
-                    f"{_model_key(config.model)}; use another --db for another model "
-                    "(or leave out --model)"
-                )
-            stored_side = int(manifest["preprocess"]["max_side"])
-            if config.max_side is not None and config.max_side != stored_side:
-                raise DatabaseError(
-                    f"database {display_path(db_path)} was built with --max-side {stored_side}, "
-                    f"not {config.max_side}; descriptors of different sizes do not mix"
-                )
+            check_request(database, config.model, config.max_side)
             return database, None
         except BaseException:
             database.close()
             raise
     _check_writable(db_path)
-    spec = config.model or default_model_name()
-    model = load_model(_model_key(spec), device=str(pick_device(config.device)))
+    key = model_key(config.model or default_model_name())
+    model = load_model(key, device=pick_device(config.device))
     if config.max_side is not None:
         model.preprocess = model.preprocess.replace(max_side=int(config.max_side))
-    manifest = {
-        "model": _model_key(spec),
-        "model_weights_hash": getattr(model, "weights_hash", ""),
-        "weights_hash": getattr(model, "weights_hash", ""),
-        "dim": int(model.dim),
-        "preprocess": model.preprocess.to_dict(),
-        "needs_vocabulary": _needs_fitting(model),
-        "vocabulary_sha256": None,
-    }
-    return Database.create(db_path, manifest), model
-
-
-def _model_for_existing(database: Database, config: IndexConfig):
-    """The model an existing database was built with, refused if its weights changed since."""
-    from geoloc.models.registry import load_model, pick_device
-
-    manifest = database.manifest
-    stored = manifest["model"]
-    model = load_model(stored, device=str(pick_device(config.device)))
-    expected = manifest.get("model_weights_hash")
-    if expected and getattr(model, "weights_hash", None) and model.weights_hash != expected:
-        raise DatabaseError(
-            f"database {display_path(database.path)}: the weights of model {stored} changed "
-            f"since it was built ({expected[:12]} → {model.weights_hash[:12]}); use another --db"
-        )
-    model.preprocess = model.preprocess.replace(max_side=int(manifest["preprocess"]["max_side"]))
-    return model
+    return Database.create(db_path, new_manifest(model, key)), model
 
 
 def _check_writable(db_path: Path) -> None:
@@ -296,47 +224,23 @@ def _check_writable(db_path: Path) -> None:
                             f"{display_path(probe)} is not writable")
 
 
-def _needs_fitting(model) -> bool:
-    return bool(getattr(model, "needs_vocabulary", False)) and not bool(
-        getattr(model, "has_vocabulary", False))
-
-
-def model_for_database(database: Database, device: str = "cpu"):
-    """The model that built ``database``, vocabulary and preprocessing included (for locate)."""
-    from geoloc.models.registry import load_model
-
-    model = load_model(database.manifest["model"], device=device)
-    model.preprocess = model.preprocess.replace(
-        max_side=int(database.manifest["preprocess"]["max_side"]))
-    if database.manifest.get("needs_vocabulary") or database.has_vocabulary():
-        state = database.load_vocabulary()
-        if state is None:
-            raise DatabaseError(
-                f"database {display_path(database.path)} has no vocabulary for model "
-                f"{database.manifest['model']} yet; run `geoloc index` on it"
-            )
-        model.load_vocabulary(state)
-    return model
-
-
 #: Local features of the vocabulary sample kept in memory, to pool them after fitting instead of
 #: decoding those photos again (beyond this, the rest are simply decoded twice).
 KEEP_FEATURES_BYTES = 256 * 2**20
 
 
 def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path],
-                       config: IndexConfig, progress: IndexProgress):
+                       config: IndexConfig, progress: Progress):
     """Load the database's vocabulary, or fit and store it before the first descriptor.
 
     Returns ``(state, kept)``: state is "stored", "fitted" or None; kept holds batches of
     ``(photos, local features)`` of the sample, ready to be pooled and stored.
     """
-    if database.has_vocabulary():
-        model.load_vocabulary(database.load_vocabulary())
+    if database.has_vocabulary():  # loaded with the model, and checked against the manifest
         if not database.manifest.get("vocabulary_sha256"):  # killed between the two writes
-            _record_vocabulary(database, model, {})
+            record_vocabulary(database, model, {})
         return "stored", []
-    if not _needs_fitting(model):
+    if not model.needs_vocabulary:
         return None, []
     if database.next_row:
         raise DatabaseError(
@@ -345,54 +249,27 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
         )
     if not to_index:
         return None, []
-    from geoloc.extract import FeatureSampler
-
-    sample = _spread(to_index, config.vocabulary_photos)
+    sample = spread(to_index, config.vocabulary_photos)
+    position = {path: i for i, path in enumerate(sample)}
     progress.stage("Fitting vocabulary", len(sample))
-    sampler = FeatureSampler(sample, max_features=config.vocabulary_features, seed=config.seed)
+    sampler = FeatureSampler(len(sample), max_features=config.vocabulary_features, seed=config.seed)
     kept, kept_bytes = [], 0
     # Unusable photos are skipped quietly here: the indexing pass reports them.
     for items, feats in extractor.batches(sample, model.local_features,
                                           on_error=lambda item: progress.advance(1)):
-        sampler.add(items, feats)
+        for item, one in zip(items, feats):
+            sampler.add(position[item.path], one)
         if kept_bytes + feats.nbytes <= KEEP_FEATURES_BYTES:
             kept.append((items, feats))
             kept_bytes += feats.nbytes
         progress.advance(len(items))
     features = sampler.sample()
-    clusters = getattr(model, "num_clusters", None) or 1
-    if features.shape[0] < clusters:
-        raise GeolocError(
-            f"too few photos to fit the vocabulary of {database.manifest['model']}: "
-            f"{features.shape[0]} local features from {len(sample)} photos, {clusters} needed; "
-            "index more photos at once, or use a larger --max-side"
-        )
-    try:
-        model.fit_vocabulary(features, seed=config.seed)
-    except ModelError as exc:
-        raise GeolocError(f"cannot fit the vocabulary: {exc}") from None
+    fit_vocabulary(model, features, len(sample), seed=config.seed,
+                   hint="index more photos at once, or use a larger --max-side")
     database.save_vocabulary(model.vocabulary_state())
-    _record_vocabulary(database, model, {"vocabulary_photos": len(sample),
-                                         "vocabulary_features": int(features.shape[0])})
+    record_vocabulary(database, model, {"vocabulary_photos": len(sample),
+                                        "vocabulary_features": int(features.shape[0])})
     return "fitted", kept
-
-
-def _record_vocabulary(database: Database, model, extra: dict) -> None:
-    """Make the manifest's weights hash identify the vocabulary as well as the weights."""
-    vocab_hash = model.vocabulary_hash()
-    combined = hashlib.sha256(
-        f"{database.manifest.get('model_weights_hash', '')}:{vocab_hash}".encode()).hexdigest()
-    database.update_manifest({"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra})
-
-
-def _spread(paths: list[Path], n: int) -> list[Path]:
-    """Up to ``n`` paths spread evenly over the (sorted) list: every folder gets a say."""
-    if n <= 0:
-        return []
-    if len(paths) <= n:
-        return list(paths)
-    step = len(paths) / n
-    return [paths[int(i * step)] for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,7 +277,7 @@ def _spread(paths: list[Path], n: int) -> list[Path]:
 
 
 def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_error,
-          progress: IndexProgress) -> tuple[list[Path], set[str]]:
+          progress: Progress) -> tuple[list[Path], set[str]]:
     """Split the photos found into those to index and those already current.
 
     A photo whose size and mtime match the database is current. When they differ, the content
@@ -430,7 +307,7 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
             report.unchanged += 1
         else:
             try:
-                same = stored[2] is not None and file_sha256(resolved) == stored[2]
+                same = stored[2] is not None and sha256_file(resolved) == stored[2]
             except OSError as exc:
                 on_error(PhotoError(path, f"cannot read: {exc.strerror or exc}"))
                 continue
@@ -445,7 +322,7 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
     return to_index, seen
 
 
-def _record(item) -> PhotoRecord:
+def record_of(item) -> PhotoRecord:
     meta = item.meta
     located = bool(getattr(meta, "located", False))
     return PhotoRecord(
@@ -464,7 +341,7 @@ def _record(item) -> PhotoRecord:
 
 
 def _prune(database: Database, roots: Sequence[Path | str], seen: set[str],
-           progress: IndexProgress) -> int:
+           progress: Progress) -> int:
     """Remove photos under ``roots`` whose files are gone.
 
     Only a definite "no such file" counts: a photo on an unmounted drive or in a folder that is

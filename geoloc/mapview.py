@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from geoloc.database import display_path
+from geoloc.files import atomic_write, display_path
+from geoloc.formatting import format_distance
 from geoloc.errors import GeolocError
 from geoloc.localize import LocateResult
 
@@ -204,17 +204,13 @@ def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
     return "".join(parts)
 
 
-def _fmt_m(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "?"
-    return f"{value:,.0f} m" if value < 10_000 else f"{value / 1000:,.1f} km"
+def _distance(metres: float | None) -> str:
+    return format_distance(metres, missing="?")
 
 
 def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
     """A folium map with one layer per located query; raises GeolocError if nothing to show."""
     import folium
-
-    from geoloc.geo import from_local_m
 
     cfg = config or MapConfig()
     results = [r for r in results if r.estimate is not None]
@@ -229,35 +225,77 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         folium.TileLayer(cfg.tiles, name="map", control=False, max_zoom=19).add_to(fmap)
     fmap.get_root().header.add_child(folium.Element(_CSS), name="geoloc_css")
 
-    thumb_keys: dict[str, str | None] = {}
-    thumb_data: dict[str, str] = {}
-
-    def thumb(path: Path | str) -> str | None:
-        """The key of the photo's thumbnail in ``geolocThumbs``, or None without one."""
-        name = os.fspath(path)
-        if name not in thumb_keys:
-            uri = thumbnail_data_uri(Path(name), cfg.thumbnail_px, cfg.thumbnail_quality)
-            key = f"t{len(thumb_data)}" if uri else None
-            if key:
-                thumb_data[key] = uri
-            thumb_keys[name] = key
-        return thumb_keys[name]
-
-    lats: list[float] = []
-    lons: list[float] = []
+    layers = _Layers(cfg, several=len(results) > 1)
     for index, r in enumerate(results, start=1):
-        e = r.estimate
-        assert e is not None
-        name = Path(r.query).name
-        several = len(results) > 1
-        layer_name = f"{index}. {name}" if several else name
-        # With several queries, badges carry the query's number and popups say whose they are.
-        tag = f" {index}" if several else ""
-        whose = f" for {esc(display_path(name))}" if several else ""
-        confident = e.confidence == "high"
-        group = folium.FeatureGroup(name=esc(display_path(layer_name)), show=True)
+        group = layers.query_layer(index, r)
         group.add_to(fmap)
 
+    root = fmap.get_root()
+    root.script.add_child(folium.Element(_POPUP_JS), name="geoloc_popup_js")
+    root.script.add_child(
+        folium.Element("var geolocThumbs = " + _script_json(layers.thumb_data) + ";"), name="geoloc_thumbs"
+    )
+    if len(results) > 1:
+        folium.LayerControl(collapsed=len(results) > 6).add_to(fmap)
+    fmap.get_root().html.add_child(folium.Element(_legend_html(cfg, any(r.query_gps for r in results))),
+                                   name="geoloc_legend")
+    fmap.fit_bounds(layers.bounds(), padding=(20, 20), max_zoom=19)
+    return fmap
+
+
+class _Layers:
+    """Draws each query's layer (estimate, candidates, true position), collecting what the page
+    needs once for all of them: the thumbnails, and the bounds that show every mark."""
+
+    def __init__(self, cfg: MapConfig, several: bool):
+        self.cfg = cfg
+        self.several = several
+        self.thumb_data: dict[str, str] = {}
+        self._thumb_keys: dict[str, str | None] = {}
+        self.lats: list[float] = []
+        self.lons: list[float] = []
+
+    def thumb(self, path: Path | str) -> str | None:
+        """The key of the photo's thumbnail in ``geolocThumbs``, or None without one."""
+        name = os.fspath(path)
+        if name not in self._thumb_keys:
+            uri = thumbnail_data_uri(Path(name), self.cfg.thumbnail_px, self.cfg.thumbnail_quality)
+            key = f"t{len(self.thumb_data)}" if uri else None
+            if key:
+                self.thumb_data[key] = uri
+            self._thumb_keys[name] = key
+        return self._thumb_keys[name]
+
+    def _extend(self, lat: float, lon: float) -> None:
+        self.lats.append(lat)
+        self.lons.append(lon)
+
+    def bounds(self) -> list[list[float]]:
+        return [[min(self.lats), min(self.lons)], [max(self.lats), max(self.lons)]]
+
+    def query_layer(self, index: int, r: LocateResult):
+        import folium
+
+        name = Path(r.query).name
+        layer_name = f"{index}. {name}" if self.several else name
+        # With several queries, badges carry the query's number and popups say whose they are.
+        tag = f" {index}" if self.several else ""
+        whose = f" for {esc(display_path(name))}" if self.several else ""
+        group = folium.FeatureGroup(name=esc(display_path(layer_name)), show=True)
+        self._estimate(group, r, name, tag)
+        for c in r.candidates:
+            self._candidate(group, c, whose)
+        if r.query_gps is not None:
+            self._truth(group, r, name, tag)
+        return group
+
+    def _estimate(self, group, r: LocateResult, name: str, tag: str) -> None:
+        import folium
+
+        from geoloc.geo import from_local_m
+
+        cfg, e = self.cfg, r.estimate
+        confident = e.confidence == "high"
         circle = folium.Circle(
             location=[e.lat, e.lon],
             radius=float(e.radius_m),
@@ -268,90 +306,57 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
             # A doubtful estimate's circle is dashed: the radius says little then.
             dash_array=None if confident else "6 6",
         )
-        circle.add_child(_bind_element("Tooltip", f"± {_fmt_m(e.radius_m)}", {"sticky": True}))
+        circle.add_child(_bind_element("Tooltip", f"± {_distance(e.radius_m)}", {"sticky": True}))
         circle.add_to(group)
-
         lines = [
             f"{e.lat:.6f}, {e.lon:.6f}",
-            f"uncertainty ± {_fmt_m(e.radius_m)} ({e.support} of {e.considered} candidates agree)",
+            f"uncertainty ± {_distance(e.radius_m)} ({e.support} of {e.considered} candidates agree)",
             f"confidence: <b>{esc(e.confidence)}</b>",
         ]
         lines.extend(esc(note) for note in e.warnings)
         if r.error_m is not None:
-            lines.append(f"error {_fmt_m(r.error_m)} from the photo's own GPS")
+            lines.append(f"error {_distance(r.error_m)} from the photo's own GPS")
         marker = folium.Marker([e.lat, e.lon], icon=_badge_icon("est" + tag + ("" if confident else "?"),
                                                            cfg.estimate_color, _badge_size("est" + tag + "?")),
                                z_index_offset=3000)
-        marker.add_child(
-            _bind_element(
-                "Popup",
-                _popup_html(f"Estimate for {esc(display_path(name))}", lines, display_path(r.query)),
-                {"maxWidth": 260},
-                thumb(r.query),
-            )
-        )
+        marker.add_child(_bind_element(
+            "Popup", _popup_html(f"Estimate for {esc(display_path(name))}", lines, display_path(r.query)),
+            {"maxWidth": 260}, self.thumb(r.query)))
         marker.add_child(_bind_element("Tooltip", esc(display_path(name))))
         marker.add_to(group)
-        lats.append(e.lat)
-        lons.append(e.lon)
+        self._extend(e.lat, e.lon)
         # The circle's extent, so that fitting the bounds shows all of it.
         for dx, dy in ((e.radius_m, 0.0), (-e.radius_m, 0.0), (0.0, e.radius_m), (0.0, -e.radius_m)):
-            la, lo = from_local_m(dx, dy, e.lat, e.lon)
-            lats.append(la)
-            lons.append(lo)
+            self._extend(*from_local_m(dx, dy, e.lat, e.lon))
 
-        for c in r.candidates:
-            lines = [f"score {c.score:.3f}", f"{_fmt_m(c.distance_m)} from the estimate"]
-            marker = folium.Marker([c.lat, c.lon], icon=_rank_icon(c.rank, cfg.candidate_color),
-                                   z_index_offset=1000 - c.rank)
-            marker.add_child(
-                _bind_element(
-                    "Popup",
-                    _popup_html(f"#{c.rank}{whose}", lines, display_path(c.path)),
-                    {"maxWidth": 260},
-                    thumb(c.path),
-                )
-            )
-            marker.add_child(_bind_element("Tooltip", f"#{c.rank}{whose} · {c.score:.3f}"))
-            marker.add_to(group)
-            lats.append(c.lat)
-            lons.append(c.lon)
+    def _candidate(self, group, c, whose: str) -> None:
+        import folium
 
-        if r.query_gps is not None:
-            qlat, qlon = r.query_gps
-            marker = folium.Marker([qlat, qlon], icon=_badge_icon("GPS" + tag, cfg.truth_color, _badge_size("GPS" + tag)),
-                                   z_index_offset=2000)
-            marker.add_child(
-                _bind_element(
-                    "Popup",
-                    _popup_html(
-                        f"True position of {esc(display_path(name))}",
-                        [f"{qlat:.6f}, {qlon:.6f}", f"estimate error {_fmt_m(r.error_m)}"],
-                        None,
-                    ),
-                )
-            )
-            marker.add_to(group)
-            line = folium.PolyLine([[e.lat, e.lon], [qlat, qlon]], color=cfg.truth_color,
-                                   weight=2, dash_array="5 5")
-            line.add_child(_bind_element("Tooltip", f"error {_fmt_m(r.error_m)}"))
-            line.add_to(group)
-            lats.append(qlat)
-            lons.append(qlon)
+        lines = [f"score {c.score:.3f}", f"{_distance(c.distance_m)} from the estimate"]
+        marker = folium.Marker([c.lat, c.lon], icon=_rank_icon(c.rank, self.cfg.candidate_color),
+                               z_index_offset=1000 - c.rank)
+        marker.add_child(_bind_element(
+            "Popup", _popup_html(f"#{c.rank}{whose}", lines, display_path(c.path)),
+            {"maxWidth": 260}, self.thumb(c.path)))
+        marker.add_child(_bind_element("Tooltip", f"#{c.rank}{whose} · {c.score:.3f}"))
+        marker.add_to(group)
+        self._extend(c.lat, c.lon)
 
-    root = fmap.get_root()
-    root.script.add_child(folium.Element(_POPUP_JS), name="geoloc_popup_js")
-    root.script.add_child(
-        folium.Element("var geolocThumbs = " + _script_json(thumb_data) + ";"), name="geoloc_thumbs"
-    )
-    if len(results) > 1:
-        folium.LayerControl(collapsed=len(results) > 6).add_to(fmap)
-    fmap.get_root().html.add_child(folium.Element(_legend_html(cfg, any(r.query_gps for r in results))),
-                                   name="geoloc_legend")
-    south, north = min(lats), max(lats)
-    west, east = min(lons), max(lons)
-    fmap.fit_bounds([[south, west], [north, east]], padding=(20, 20), max_zoom=19)
-    return fmap
+    def _truth(self, group, r: LocateResult, name: str, tag: str) -> None:
+        import folium
+
+        cfg, e = self.cfg, r.estimate
+        qlat, qlon = r.query_gps
+        marker = folium.Marker([qlat, qlon], icon=_badge_icon("GPS" + tag, cfg.truth_color, _badge_size("GPS" + tag)),
+                               z_index_offset=2000)
+        marker.add_child(_bind_element("Popup", _popup_html(
+            f"True position of {esc(display_path(name))}",
+            [f"{qlat:.6f}, {qlon:.6f}", f"estimate error {_distance(r.error_m)}"], None)))
+        marker.add_to(group)
+        line = folium.PolyLine([[e.lat, e.lon], [qlat, qlon]], color=cfg.truth_color, weight=2, dash_array="5 5")
+        line.add_child(_bind_element("Tooltip", f"error {_distance(r.error_m)}"))
+        line.add_to(group)
+        self._extend(qlat, qlon)
 
 
 def _script_json(data) -> str:
@@ -375,15 +380,8 @@ def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | No
     if path.is_dir():
         raise GeolocError(f"cannot write map {display_path(path)}: it is a folder")
     page = build_map(results, config).get_root().render()
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
+        atomic_write(path, page)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise GeolocError(f"cannot write map {display_path(path)}: {exc.strerror or exc}") from None
     return path

@@ -51,3 +51,61 @@ def _limit_threads():
     except Exception:
         pass
     yield
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny in-process model: for tests of formatting, errors and options, which need a model and a
+# database but not a real network's accuracy. It is a real GeolocModel (two convolutions and a
+# NetVLAD layer of 4 clusters, so the vocabulary path runs too) registered under its own name,
+# with weights drawn from a fixed seed: the same descriptors on every run, in milliseconds.
+
+TINY_MODEL = "test-tiny"
+TINY_MAX_SIDE = 64
+
+
+def _tiny_factory(entry):
+    import torch
+    from torch import nn
+
+    from geoloc.models.model import GeolocModel
+    from geoloc.models.netvlad import NetVLAD
+
+    gen = torch.Generator().manual_seed(1234)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1))
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model = GeolocModel(backbone, NetVLAD(num_clusters=4, dim=16), arch="tiny", pooling="netvlad",
+                        preprocess=entry.preprocess, name=entry.name, weights_hash="f" * 64, base=entry.name)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """The registry name of the tiny model (registered once for the whole session)."""
+    from geoloc.models.preprocess import IMAGENET
+    from geoloc.models.registry import ModelEntry, get_entry, register_model
+    from geoloc.errors import ModelError
+
+    try:
+        get_entry(TINY_MODEL)
+    except ModelError:
+        register_model(ModelEntry(
+            name=TINY_MODEL, description="two convolutions + NetVLAD (K=4), for tests", dim=4 * 16,
+            source=None, preprocess=IMAGENET.replace(max_side=TINY_MAX_SIDE), offline=True,
+            needs_vocabulary=True, default=False, arch="tiny", pooling="netvlad", num_clusters=4,
+            factory=_tiny_factory,
+        ))
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory, tiny_model, lund_dir) -> Path:
+    """The odd Lund frames indexed with the tiny model (a second or two)."""
+    from geoloc.indexer import IndexConfig, index_photos
+
+    db = tmp_path_factory.mktemp("tiny") / "db"
+    report = index_photos([lund_dir / f"{i:02d}.jpg" for i in range(1, 30, 2)], db,
+                          IndexConfig(model=tiny_model, device="cpu"))
+    assert (report.located, report.errors) == (15, 0)
+    return db

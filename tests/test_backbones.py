@@ -19,7 +19,7 @@ from geoloc.models.backbones import (
 )
 from geoloc.models.model import build_model
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
-from geoloc.models.weights import lite0_weights_path
+from geoloc.models.pretrained import lite0_weights_path
 
 
 @pytest.fixture(scope="module")

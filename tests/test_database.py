@@ -13,11 +13,12 @@ import pytest
 from geoloc.database import (
     COMPACTING,
     DESCRIPTORS,
+    SQLITE,
     Database,
     PhotoRecord,
-    display_path,
 )
 from geoloc.errors import DatabaseError, DatabaseLockedError
+from geoloc.files import display_path
 
 DIM = 8
 MANIFEST = {"model": "test-model", "weights_hash": "abc", "dim": DIM}
@@ -232,3 +233,33 @@ def test_update_file_stats(db_path):
         assert db.update_file_stats([(Path("/photos/a.jpg"), 5, 6)]) == 1
         rec = db.get(Path("/photos/a.jpg"))
         assert (rec.size, rec.mtime_ns, rec.row) == (5, 6, 0)
+
+
+def test_descriptors_for_records_read_before_a_compaction_are_still_theirs(db_path):
+    """A reader holds records from before a writer's compaction renumbered the rows: it still
+    gets each photo's own descriptor, not the one that moved into its old row."""
+    d = _desc(300, seed=3)
+    with Database.create(db_path, MANIFEST) as db:
+        db.add_batch([_rec(f"{i}.jpg") for i in range(300)], d)
+    reader = Database.open(db_path)
+    stale = [reader.get(Path(f"/photos/{i}.jpg")) for i in (100, 299)]
+    with Database.open(db_path, write=True) as db:
+        db.remove([Path(f"/photos/{i}.jpg") for i in range(100)])
+        assert db.compact() == 100
+    assert [r.row for r in stale] == [100, 299]  # what the reader still believes
+    np.testing.assert_array_equal(reader.descriptors_for(stale), d[[100, 299]])
+    reader.close()
+
+
+def test_a_database_from_a_newer_geoloc_is_refused_not_altered(db_path):
+    with Database.create(db_path, MANIFEST) as db:
+        db.add_batch([_rec("a.jpg")], _desc(1))
+    conn = sqlite3.connect(db_path / SQLITE)
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    before = (db_path / SQLITE).read_bytes()
+    for write in (False, True):
+        with pytest.raises(DatabaseError, match="newer geoloc"):
+            Database.open(db_path, write=write)
+    assert (db_path / SQLITE).read_bytes() == before

@@ -61,7 +61,7 @@ def test_error_stats_hand_computed():
 
 def test_summarize_counts_failed_and_positive_less_queries():
     def cand(d):
-        return [m.Candidate(i + 1, f"db{i}", None, None, 1.0 - i / 10, x) for i, x in enumerate(d)]
+        return [m.Retrieved(i + 1, f"db{i}", None, None, 1.0 - i / 10, x) for i, x in enumerate(d)]
 
     outcomes = [
         m.QueryOutcome("a", 0, 0, cand([5.0, 50.0]), error_m=4.0, has_positive=True),
@@ -291,7 +291,7 @@ def test_fingerprint_changes_with_truth(tmp_path):
 def test_query_csv_columns():
     o = m.QueryOutcome(
         "/q/1.jpg", 55.7, 13.19,
-        [m.Candidate(1, "/db/a.jpg", 55.7, 13.19, 0.91, 40.0), m.Candidate(2, "/db/b.jpg", 55.7, 13.19, 0.8, 3.5)],
+        [m.Retrieved(1, "/db/a.jpg", 55.7, 13.19, 0.91, 40.0), m.Retrieved(2, "/db/b.jpg", 55.7, 13.19, 0.8, 3.5)],
         estimate_lat=55.70001, estimate_lon=13.19, radius_m=12.0, error_m=2.25,
     )
     bad = m.QueryOutcome("/q/2.jpg", None, None, error="cannot decode")

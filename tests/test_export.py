@@ -23,7 +23,8 @@ from geoloc.export import (
     xmp_coordinate,
     xmp_sidecar,
 )
-from geoloc.localize import Candidate, Estimate, LocateResult
+from geoloc.estimate import Estimate
+from geoloc.localize import Candidate, LocateResult
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
@@ -168,7 +169,7 @@ def test_exiftool_applies_our_csv(tmp_path, exif_dir):
 def test_confidence_travels_to_every_format(tmp_path):
     """Why: a `low` estimate applied blindly with exiftool would tag a photo with a guess; each
     format must carry the confidence so the user can filter."""
-    from geoloc.localize import assess_confidence
+    from geoloc.estimate import assess_confidence
 
     r = _result("doubt.jpg")
     assess_confidence(r.estimate, 0.1, 0.3)

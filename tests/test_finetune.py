@@ -332,7 +332,7 @@ def test_resume_refuses_another_runs_checkpoint(lund_setup, tmp_path):
 
 
 def _photos_at(points_m, tmp_path=None):
-    from geoloc.finetune import TrainingPhoto
+    from geoloc.training.data import TrainingPhoto
     from geoloc.geo import from_local_m
 
     photos = []
@@ -343,7 +343,8 @@ def _photos_at(points_m, tmp_path=None):
 
 
 def test_plan_validates_on_held_out_areas(data_dir):
-    from geoloc.finetune import FinetuneConfig, TrainingPhoto, plan_training
+    from geoloc.training.data import TrainingPhoto
+    from geoloc.training.finetune import FinetuneConfig, plan_training
 
     rows = list(csv.DictReader(open(data_dir / "lund" / "gps_from_exif.csv")))
     photos = [TrainingPhoto(Path(r["filename"]), float(r["lat"]), float(r["lon"])) for r in rows]
@@ -353,7 +354,7 @@ def test_plan_validates_on_held_out_areas(data_dir):
 
 
 def test_plan_trains_on_everything_when_nothing_can_be_scored():
-    from geoloc.finetune import FinetuneConfig, plan_training
+    from geoloc.training.finetune import FinetuneConfig, plan_training
 
     # Pairs 5 m apart, every pair in its own 50 m cell, plus one lone photo far away: holding a
     # cell out either takes a pair from training or leaves a photo with nobody within 25 m.
@@ -366,7 +367,7 @@ def test_plan_trains_on_everything_when_nothing_can_be_scored():
 
 
 def test_plan_says_what_the_data_needs():
-    from geoloc.finetune import FinetuneConfig, plan_training
+    from geoloc.training.finetune import FinetuneConfig, plan_training
 
     with pytest.raises(TrainingDataError, match="within 10 m"):
         plan_training(_photos_at([(0, 0), (100, 0), (200, 0), (300, 0)]), FinetuneConfig())
@@ -376,7 +377,7 @@ def test_plan_says_what_the_data_needs():
 
 def test_photos_from_database_keeps_located_photos_on_disk(tmp_path, lund_dir):
     from geoloc.database import Database, PhotoRecord
-    from geoloc.finetune import photos_from_database
+    from geoloc.training.data import photos_from_database
 
     records = [
         PhotoRecord(path=lund_dir / "01.jpg", size=1, mtime_ns=1, lat=55.69816, lon=13.19538),
@@ -398,7 +399,7 @@ def test_defaults_are_the_papers_and_reach_the_optimizer(lund_setup, tmp_path):
     """The issue's recipe, checked where it acts (the optimizer, the schedule, the miner), not
     only in the config: 10 m / 25 m, 1000 sampled and 10 kept negatives, a cache refreshed every
     1000 queries, margin 0.1, SGD 1e-4 / 0.9 / 1e-3, the rate halved every 5 epochs."""
-    from geoloc.finetune import FinetuneConfig
+    from geoloc.training.finetune import FinetuneConfig
     from geoloc.models.preprocess import IMAGENET
     from geoloc.training.images import ImageSet
     from geoloc.training.loop import Trainer
@@ -427,8 +428,9 @@ def test_defaults_are_the_papers_and_reach_the_optimizer(lund_setup, tmp_path):
 
 def test_a_whitened_base_keeps_its_whitening_frozen(tmp_path):
     """finetune --pca refits whitening; training itself must not move it (docs/finetune.md)."""
-    from geoloc.finetune import FinetuneConfig, build_base
-    from geoloc.models.model import build_model, save_model_file
+    from geoloc.training.finetune import FinetuneConfig, build_base
+    from geoloc.models.model import build_model
+    from geoloc.models.modelfile import save_model_file
 
     base = build_model("lite0", "netvlad", num_clusters=4, whiten_dim=8, pretrained_backbone=False)
     base.pool.fitted.fill_(True)

@@ -52,7 +52,7 @@ def test_a_short_run_lowers_the_loss_and_writes_a_model(trained):
     assert set(summary["validation"]["recall"]) == {"1", "5", "10"}
     assert "epoch 2/2" in stderr and "recall@1/5/10" in stderr
 
-    from geoloc.models.model import read_model_metadata
+    from geoloc.models.modelfile import read_model_metadata
     from geoloc.models.registry import load_model
 
     meta = read_model_metadata(out)
@@ -192,7 +192,7 @@ def test_cli_defaults_are_the_config_defaults():
     the library's (a drift between the two would make the docs wrong for one of them)."""
     import typer.main
 
-    from geoloc.finetune import FinetuneConfig
+    from geoloc.training.finetune import FinetuneConfig
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["finetune"].params}
     config = FinetuneConfig()

@@ -281,7 +281,8 @@ def test_descriptor_does_not_depend_on_the_batch(lund_dir):
 def test_model_file_is_recorded_by_its_resolved_path(lund_dir, tmp_path, monkeypatch):
     import torch
 
-    from geoloc.models.model import build_model, save_model_file
+    from geoloc.models.model import build_model
+    from geoloc.models.modelfile import save_model_file
 
     model_file = save_model_file(build_model("lite0", "gem", pretrained_backbone=False),
                                  tmp_path / "models" / "mine.safetensors")
@@ -326,3 +327,15 @@ def test_a_rerun_with_nothing_to_do_loads_no_model(lund_db):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [29, False]
+
+
+def test_a_model_path_that_is_no_file_is_refused_at_once(tmp_path, lund_dir):
+    """``--model /dev/zero`` would read forever; a device, a pipe or a folder is refused."""
+    import time
+
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["index", str(lund_dir / "01.jpg"), "--db", str(tmp_path / "db"),
+                                      "--model", "/dev/zero"])
+    assert result.exit_code == 1 and time.perf_counter() - start < 30
+    assert "not a regular file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "db").exists()

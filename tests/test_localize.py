@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 
 from geoloc.geo import from_local_m, haversine_m
-from geoloc.localize import (
-    Candidate,
-    Estimate,
-    EstimateConfig,
-    LocateResult,
-    SearchConfig,
-    SearchIndex,
-    assess_confidence,
-    estimate_position,
-)
+from geoloc.estimate import Estimate, EstimateConfig, assess_confidence, estimate_position
+from geoloc.localize import Candidate, LocateResult
+from geoloc.search import SearchConfig, SearchIndex
 
 LAT0, LON0 = 55.7048, 13.1930  # Lund
 

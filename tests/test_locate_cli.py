@@ -259,9 +259,8 @@ def test_only_unreadable_queries_is_exit_1(lund, tmp_path):
         (["{q}", "--db", "{db}", "--top-k", "0"], 2, ""),
     ],
 )
-def test_bad_input_is_one_line_and_the_right_exit_code(lund, tmp_path, args, code, message):
-    db, queries, _, _ = lund
-    values = {"q": queries / "02.jpg", "db": db, "tmp": tmp_path}
+def test_bad_input_is_one_line_and_the_right_exit_code(tiny_db, lund_dir, tmp_path, args, code, message):
+    values = {"q": lund_dir / "02.jpg", "db": tiny_db, "tmp": tmp_path}
     result = run(*[a.format(**values) for a in args])
     assert result.exit_code == code, result.output
     assert message in result.stderr
@@ -271,24 +270,22 @@ def test_bad_input_is_one_line_and_the_right_exit_code(lund, tmp_path, args, cod
         assert result.stdout == ""
 
 
-def test_empty_database_is_a_clear_error(tmp_path, lund):
+def test_empty_database_is_a_clear_error(tmp_path, lund_dir):
     from geoloc.database import Database
 
-    _, queries, _, _ = lund
     Database.create(tmp_path / "empty", {"model": "lite0-vlad", "dim": 8, "preprocess": {}}).close()
-    result = run(queries / "02.jpg", "--db", tmp_path / "empty")
+    result = run(lund_dir / "02.jpg", "--db", tmp_path / "empty")
     assert result.exit_code == 1
     assert "is empty" in result.stderr
 
 
-def test_model_mismatch_is_a_clear_error(tmp_path, lund):
-    db, queries, _, _ = lund
+def test_model_mismatch_is_a_clear_error(tmp_path, tiny_db, lund_dir):
     copy = tmp_path / "db"
-    shutil.copytree(db, copy, ignore=shutil.ignore_patterns("lock"))
+    shutil.copytree(tiny_db, copy, ignore=shutil.ignore_patterns("lock"))
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["model_weights_hash"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    result = run(queries / "02.jpg", "--db", copy)
+    result = run(lund_dir / "02.jpg", "--db", copy)
     assert result.exit_code == 1
     assert "weights have changed" in result.stderr
 
@@ -309,3 +306,16 @@ def test_library_locate_matches_the_cli(lund):
     (r,) = locate(db, [queries / "22.jpg"], top_k=3)
     (o,) = run_json(queries / "22.jpg", "--db", db, "--top-k", "3")
     assert r.to_json() == o
+
+
+def test_library_locate_keeps_the_callers_top_k(tiny_db, lund_dir):
+    """``locate(db, q, config=LocateConfig(top_k=3))`` lists 3 candidates: the function's own
+    ``top_k`` argument overrides the config only when it is given."""
+    from geoloc.localize import LocateConfig, locate
+
+    (r,) = locate(tiny_db, [lund_dir / "02.jpg"], config=LocateConfig(top_k=3))
+    assert len(r.candidates) == 3
+    (r,) = locate(tiny_db, [lund_dir / "02.jpg"], top_k=2, config=LocateConfig(top_k=3))
+    assert len(r.candidates) == 2
+    (r,) = locate(tiny_db, [lund_dir / "02.jpg"])
+    assert len(r.candidates) == LocateConfig().top_k

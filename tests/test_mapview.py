@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from geoloc.errors import GeolocError
-from geoloc.localize import Candidate, Estimate, LocateResult, estimate_position
+from geoloc.estimate import Estimate, estimate_position
+from geoloc.localize import Candidate, LocateResult
 from geoloc.mapview import MapConfig, build_map, esc, save_map
 
 XSS_DIR = '"><script>alert(1)<'  # with the file name below: "><script>alert(1)</script>.jpg
@@ -131,7 +132,7 @@ def test_bounds_cover_the_uncertainty_circle(photos):
 def test_legend_numbered_badges_and_doubtful_estimates(tmp_path):
     """Why: with several queries the badges and popups must say which query they belong to, a
     doubtful estimate must look doubtful, and a key must explain the symbols."""
-    from geoloc.localize import assess_confidence
+    from geoloc.estimate import assess_confidence
 
     a = _result(Path("a.jpg"), [Path("x1.jpg"), Path("x2.jpg")])
     b = _result(Path("b.jpg"), [Path("x3.jpg")], gps=False)

@@ -32,7 +32,7 @@ from geoloc.models import (
     load_model,
     pick_device,
 )
-from geoloc.models.model import load_model_file, read_model_metadata, save_model_file
+from geoloc.models.modelfile import load_model_file, read_model_metadata, save_model_file
 from geoloc.models.preprocess import IMAGENET
 from geoloc.models.registry import WeightsSource
 from geoloc.models.weights import hub_download

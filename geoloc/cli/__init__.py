@@ -38,7 +38,8 @@ def _root(
     """Tell where a photo was taken by matching it against your own GPS-tagged photos (NetVLAD)."""
 
 
-# Registration order is the order shown in --help.
+# Commands are listed in --help in the order they are registered here; the `models` group,
+# added with add_typer, is listed after the plain commands whatever its place.
 from geoloc.cli import models as _models  # noqa: E402,F401
 from geoloc.cli import index as _index  # noqa: E402,F401
 from geoloc.cli import photos as _photos  # noqa: E402,F401

@@ -48,6 +48,7 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from geoloc import console
+        from geoloc.env import debug
         from geoloc.errors import GeolocError
 
         try:
@@ -55,7 +56,7 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit, *click_errors()):
             raise  # click reports its own usage errors (exit 2)
         except GeolocError as exc:
-            if os.environ.get("GEOLOC_DEBUG"):
+            if debug():
                 raise
             console.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
@@ -75,7 +76,7 @@ def handle_errors(func: F) -> F:
             console.error("out of memory: try a smaller --batch-size or --max-side")
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug: still one line, with a way to get the details
-            if os.environ.get("GEOLOC_DEBUG"):
+            if debug():
                 raise
             console.error(
                 f"internal error: {type(exc).__name__}: {exc} "

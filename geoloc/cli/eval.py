@@ -10,6 +10,8 @@ import typer
 
 from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
+from geoloc.files import display_path
+from geoloc.formatting import format_distance
 
 _MAX_LISTED_PROBLEMS = 20
 
@@ -74,126 +76,26 @@ def eval_command(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
 ) -> None:
     """Measure recall@N and position error against ground truth (EXIF GPS or a benchmark's)."""
-    from geoloc.errors import GeolocError, UsageError
-
-    if as_json and csv_file is not None and str(csv_file) == "-":
-        raise UsageError("choose one output format on stdout, not --json and --csv -")
-    if compare and model:
-        raise UsageError("give either --model or --compare, not both")
-    if dataset is not None and queries:
-        raise UsageError("give either QUERIES or --dataset, not both (a CSV dataset lists its queries)")
-    if dataset is None and not queries:
-        raise UsageError("give QUERIES (photos with GPS) or --dataset; see geoloc eval --help")
-    benchmark = dataset is not None or bool(db_images)
-    if benchmark and db is not None:
-        raise UsageError("--db evaluates an existing database; with --dataset/--db-images the database is built "
-                         "in the eval cache, so leave out --db")
-    if compare and not benchmark:
-        raise UsageError("--compare builds one database per model: give the database images (--db-images) or a "
-                         "--dataset, not an existing --db")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise UsageError(f"--plot {plot}: the curve is written as PNG; name the file .png")
-    for target in (plot, None if csv_file is None or str(csv_file) == "-" else csv_file):
-        if target is not None:
-            _check_target(target)
-
+    from geoloc.console import RichProgress
+    from geoloc.evaluation.request import EvalRequest, run_eval
     from geoloc.evaluation.runner import EvalConfig
 
-    config = EvalConfig(
-        model=model,
-        threshold_m=threshold_m,
-        top_k=top_k,
-        max_side=max_side,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
+    request = EvalRequest(
+        queries=list(queries or []), db=resolve_db(db) if db is not None else None, db_images=list(db_images or []), dataset=dataset,
+        images_root=images_root, queries_root=queries_root, split=split_name, utm_zone=utm_zone,
+        compare=compare, csv=csv_file, plot=plot, as_json=as_json,
+        config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
+                          batch_size=batch_size, workers=workers, device=device),
     )
-    config.check()
-    models = None
-    if compare:
-        from geoloc.evaluation.compare import parse_model_list
-
-        models = parse_model_list(compare)
-
-    progress = _RichProgress()
+    progress = RichProgress(transient=True, warnings=False)  # problems are listed once, at the end
     try:
-        if benchmark:
-            from geoloc.evaluation.datasets import load_dataset, read_exif_split
-
-            if dataset is not None:
-                split = load_dataset(
-                    dataset,
-                    db_images=db_images or (),
-                    images_root=images_root,
-                    queries_root=queries_root,
-                    split=split_name,
-                    utm_zone=utm_zone,
-                )
-            else:
-                split = read_exif_split(queries or [], db_images or [])
-            _info(f"{split.name}: {len(split.db_paths)} database images, {len(split.query_paths)} queries "
-                  f"({split.kind})")
-            if models:
-                from geoloc.evaluation.compare import compare_models
-
-                rows = compare_models(split, models, config, progress)
-                results = [(r.model, r.result) for r in rows]
-            else:
-                from geoloc.evaluation.runner import evaluate_split
-
-                rows = None
-                result = evaluate_split(split, config, progress)
-                results = [(result.model, result)]
-        else:
-            from geoloc.evaluation.runner import evaluate_database
-
-            rows = None
-            result = evaluate_database(resolve_db(db), queries or [], config, progress)
-            results = [(result.model, result)]
+        run = run_eval(request, resolve_db(None), progress)
     finally:
         progress.close()
-
-    done = [(name, r) for name, r in results if r is not None]
-    _report_problems(done)
-
-    if csv_file is not None:
-        from geoloc.evaluation.report import save_query_csv, write_query_csv
-
-        sections = [(name if rows else None, r.outcomes, r.threshold_m) for name, r in done]
-        if str(csv_file) == "-":
-            write_query_csv(sections, sys.stdout, top_k)
-        else:
-            save_query_csv(sections, csv_file, top_k)
-            _info(f"per-query CSV written to {csv_file}")
-    if plot is not None and done:
-        from geoloc.evaluation.report import plot_recall_curves
-
-        title = f"{done[0][1].dataset} ({done[0][1].summary.queries} queries)"
-        plot_recall_curves({name: r.summary.curve for name, r in done}, plot, done[0][1].threshold_m, title)
-        _info(f"recall curve written to {plot}")
-
-    csv_on_stdout = csv_file is not None and str(csv_file) == "-"
-    if as_json:
-        from geoloc.console import print_json
-
-        if rows is None:
-            print_json(done[0][1].to_json())
-        else:
-            first = done[0][1] if done else None
-            print_json({
-                "threshold_m": first.threshold_m if first else config.threshold_m,
-                "dataset": first.to_json()["dataset"] if first else None,
-                "models": [r.to_json() for r in rows],
-            })
-    elif rows is None:
-        _print_summary(done[0][1], to_stderr=csv_on_stdout)
-    else:
-        _print_compare(rows, to_stderr=csv_on_stdout)
-
-    if done and all(r.summary.queries == 0 for _, r in done):
-        raise GeolocError("no query could be evaluated: none of them could be read (see the warnings above)")
-    if not done:
-        raise GeolocError("no model could be evaluated: " + "; ".join(f"{r.model}: {r.skipped}" for r in rows or []))
+    _report_problems(run.done)
+    _write_files(run, request)
+    _print_results(run, request)
+    run.raise_if_nothing()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,20 +107,46 @@ def _info(message: str) -> None:
     console.info(message)
 
 
-def _check_target(target: Path) -> None:
-    """Fail before hours of extraction when an output file cannot be written."""
-    import os
+def _write_files(run, request) -> None:
+    """The per-query CSV and the recall curve, when asked for (their folders were checked first)."""
+    done, top_k = run.done, request.config.top_k
+    if request.csv is not None:
+        from geoloc.evaluation.report import save_query_csv, write_query_csv
 
-    from geoloc.errors import GeolocError
+        sections = [(name if run.rows else None, r.outcomes, r.threshold_m) for name, r in done]
+        if request.csv_on_stdout:
+            write_query_csv(sections, sys.stdout, top_k)
+        else:
+            save_query_csv(sections, request.csv, top_k)
+            _info(f"per-query CSV written to {display_path(request.csv)}")
+    if request.plot is not None and done:
+        from geoloc.evaluation.report import plot_recall_curves
 
-    target = target.expanduser()
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise GeolocError(f"cannot write {target}: it is a folder")
-    if not folder.is_dir():
-        raise GeolocError(f"cannot write {target}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise GeolocError(f"cannot write {target}: folder {folder} is not writable")
+        first = done[0][1]
+        title = f"{first.dataset} ({first.summary.queries} queries)"
+        plot_recall_curves({name: r.summary.curve for name, r in done}, request.plot, first.threshold_m, title)
+        _info(f"recall curve written to {display_path(request.plot)}")
+
+
+def _print_results(run, request) -> None:
+    """JSON on stdout, or the table for people (on stderr when the CSV has stdout)."""
+    done = run.done
+    if request.as_json:
+        from geoloc.console import print_json
+
+        if run.rows is None:
+            print_json(done[0][1].to_json())
+        else:
+            first = done[0][1] if done else None
+            print_json({
+                "threshold_m": first.threshold_m if first else request.config.threshold_m,
+                "dataset": first.to_json()["dataset"] if first else None,
+                "models": [r.to_json() for r in run.rows],
+            })
+    elif run.rows is None:
+        _print_summary(done[0][1], to_stderr=request.csv_on_stdout)
+    else:
+        _print_compare(run.rows, to_stderr=request.csv_on_stdout)
 
 
 def _report_problems(done) -> None:
@@ -244,12 +172,6 @@ def _pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
-def _metres(v) -> str:
-    if v is None:
-        return "–"
-    return f"{v:,.1f} m" if v < 10_000 else f"{v / 1000:,.1f} km"
-
-
 def _num(v) -> str:
     return "–" if v is None else f"{v:,.1f}"
 
@@ -272,8 +194,8 @@ def _print_summary(result, to_stderr: bool = False) -> None:
               + (f", {result.skipped_queries} without GPS skipped" if result.skipped_queries else ""))
     t.add_row("threshold", f"{result.threshold_m:g} m")
     t.add_row("recall@1/5/10/20", " / ".join(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)) + " %")
-    t.add_row("median error", _metres(s.median_error_m))
-    t.add_row("mean error", _metres(s.mean_error_m))
+    t.add_row("median error", format_distance(s.median_error_m))
+    t.add_row("mean error", format_distance(s.mean_error_m))
     if s.queries_without_positive:
         t.add_row("no positive", f"{s.queries_without_positive} queries have no database image within the threshold")
     d = result.descriptors
@@ -311,34 +233,3 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
     for row in rows:
         if row.result is None:
             con.print(f"{row.model} skipped: {row.skipped}", markup=False, highlight=False)
-
-
-class _RichProgress:
-    """One transient progress bar per phase on stderr; per-file problems are listed at the end."""
-
-    def __init__(self):
-        self._bar = None
-        self._task = None
-
-    def stage(self, description, total):
-        from geoloc.console import progress
-
-        if self._bar is None:
-            self._bar = progress(transient=True)
-            self._bar.start()
-        if self._task is not None:
-            self._bar.remove_task(self._task)
-        self._task = self._bar.add_task(description, total=total, rate="")
-
-    def advance(self, n=1):
-        if self._bar is not None and self._task is not None:
-            self._bar.advance(self._task, n)
-
-    def warning(self, path, reason):
-        pass
-
-    def close(self):
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-            self._task = None

@@ -82,7 +82,8 @@ def finetune(
     """
     from geoloc import console
     from geoloc.errors import PhotoError, UsageError
-    from geoloc.finetune import FinetuneConfig, finetune as run_finetune, photos_from_database, photos_from_paths
+    from geoloc.training.data import photos_from_database, photos_from_paths
+    from geoloc.training.finetune import FinetuneConfig, finetune as run_finetune
 
     if out is None:
         raise UsageError("--out FILE is required: the model file to write (.safetensors)")
@@ -118,9 +119,9 @@ def finetune(
     console.info(f"{len(photos)} GPS-tagged photos from {source}"
                  + (f" ({unlocated} without a position ignored)" if unlocated else ""))
 
-    from geoloc.training.report import RichReporter
+    from geoloc.console import RichProgress
 
-    reporter = RichReporter()
+    reporter = RichProgress(transient=True)
     try:
         result = run_finetune(photos, out, config, resume=resume, restart=restart, reporter=reporter)
     finally:

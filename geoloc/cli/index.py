@@ -52,12 +52,16 @@ def index(
 ) -> None:
     """Thin: options → IndexConfig → index_photos → summary/JSON (help text in _HELP)."""
     from geoloc.cli._common import resolve_db
+    from geoloc.console import RichProgress
     from geoloc.indexer import IndexConfig, index_photos
 
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
                          device=device, prune=prune, vocabulary_photos=vocabulary_photos)
-    progress = _RichProgress() if not quiet else _WarningsOnly()
-    report = index_photos(paths, resolve_db(db), config, progress)
+    progress = RichProgress(transient=False, rate="photos", bars=not quiet)
+    try:
+        report = index_photos(paths, resolve_db(db), config, progress)
+    finally:
+        progress.close()
     if not quiet:
         _print_summary(report)
     if as_json:
@@ -66,74 +70,11 @@ def index(
         print_json(report.to_json())
 
 
-class _WarningsOnly:
-    """--quiet: only the per-file warnings reach the terminal."""
-
-    def stage(self, description, total):
-        pass
-
-    def advance(self, n=1):
-        pass
-
-    def warning(self, path, reason):
-        from geoloc import console
-        from geoloc.database import display_path
-
-        console.warn(f"{display_path(path)}: {reason}")
-
-    def close(self):
-        pass
-
-
-class _RichProgress(_WarningsOnly):
-    """A progress bar per phase on stderr, with photos/s and ETA."""
-
-    def __init__(self):
-        self._progress = None
-        self._task = None
-
-    def stage(self, description, total):
-        import time
-
-        from geoloc.console import progress
-
-        if self._progress is None:
-            self._progress = progress(transient=False)
-            self._progress.start()
-        elif self._task is not None:
-            self._finish_task()
-        self._task = self._progress.add_task(description, total=total, rate="")
-        self._started = time.perf_counter()
-        self._done = 0
-
-    def _finish_task(self):
-        task = self._progress.tasks[-1]
-        if task.total is None:
-            self._progress.update(self._task, total=task.completed)
-
-    def advance(self, n=1):
-        import time
-
-        if self._task is None:
-            return
-        self._done += n
-        elapsed = time.perf_counter() - self._started
-        rate = f"{self._done / elapsed:.1f} photos/s" if elapsed > 0.5 else ""
-        self._progress.update(self._task, advance=n, rate=rate)
-
-    def close(self):
-        if self._progress is not None:
-            if self._task is not None:
-                self._finish_task()
-            self._progress.stop()
-            self._progress = None
-
-
 def _print_summary(report) -> None:
     from rich.table import Table
 
     from geoloc.console import err
-    from geoloc.database import display_path
+    from geoloc.files import display_path
 
     table = Table(title=f"geoloc index → {display_path(report.db)}", title_justify="left",
                   show_header=False, box=None, pad_edge=False)

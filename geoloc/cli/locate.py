@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -11,8 +10,9 @@ import typer
 
 from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, handle_errors, one_format, resolve_db
+from geoloc.files import check_writable, display_path
+from geoloc.formatting import format_distance
 
-_GLOB_CHARS = set("*?[")
 
 
 @app.command(
@@ -63,53 +63,19 @@ def locate_command(
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
     if map_file is not None:
-        _check_map_target(map_file)
+        check_writable(map_file, "map")
 
     # Everything above is instant; the heavy imports start here.
-    from geoloc.localize import LocateConfig, LocateResult, Locator
+    from geoloc.localize import LocateConfig
 
-    slots = _expand_queries(queries or [])
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size)
-    with Locator(db_path, config) as locator:
-        if unlocated:
-            extra = locator.unlocated_photos()
-            known = {os.path.realpath(p) for kind, p in slots if kind == "path"}
-            slots += [("path", p) for p in extra if os.path.realpath(p) not in known]
-            if not extra:
-                console.info(f"database {db_path} has no photo without GPS")
-        paths = [p for kind, p in slots if kind == "path"]
-        if not slots:
-            results: list = []
-        else:
-            with _progress(len(paths)) as advance:
-                located = iter(locator.locate(paths, on_progress=advance))
-            results = [
-                next(located) if kind == "path" else LocateResult(Path(p.path), error=str(p))
-                for kind, p in slots
-            ]
-
+    results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     for r in results:
         if r.error:
             console.warn(r.error)
         for note in r.warnings:
             console.warn(f"{r.query}: {note}")
-
-    if fmt == "json":
-        console.print_json([r.to_json() for r in results])
-    elif fmt == "csv":
-        import sys
-
-        from geoloc.export import write_csv
-
-        write_csv(results, sys.stdout)
-    elif fmt == "geojson":
-        import sys
-
-        from geoloc.export import write_geojson
-
-        write_geojson(results, sys.stdout)
-    else:
-        _print_tables(results)
+    _print_results(results, fmt)
 
     if xmp:
         _write_sidecars(results, xmp_name)
@@ -128,18 +94,49 @@ def locate_command(
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_map_target(map_file: Path) -> None:
-    """Fail before any work when the map cannot be written where asked."""
-    from geoloc.errors import GeolocError
+def _locate_all(db_path: Path, slots: list, unlocated: bool, config) -> list:
+    """One result per slot, in order: located photos, and the files that could not be read."""
+    from geoloc import console
+    from geoloc.console import RichProgress
+    from geoloc.localize import LocateResult, Locator
 
-    target = map_file.expanduser()
-    folder = target.parent
-    if not folder.is_dir():
-        raise GeolocError(f"cannot write map {map_file}: folder {folder} does not exist")
-    if target.is_dir():
-        raise GeolocError(f"cannot write map {map_file}: it is a folder")
-    if not os.access(folder, os.W_OK):
-        raise GeolocError(f"cannot write map {map_file}: folder {folder} is not writable")
+    with Locator(db_path, config) as locator:
+        if unlocated:
+            extra = locator.unlocated_photos()
+            known = {os.path.realpath(p) for kind, p in slots if kind == "path"}
+            slots += [("path", p) for p in extra if os.path.realpath(p) not in known]
+            if not extra:
+                console.info(f"database {display_path(db_path)} has no photo without GPS")
+        paths = [p for kind, p in slots if kind == "path"]
+        if not slots:
+            return []
+        progress = RichProgress(transient=True, bars=len(paths) > 1)
+        progress.stage("Locating", len(paths))
+        try:
+            located = iter(locator.locate(paths, on_progress=progress.advance))
+        finally:
+            progress.close()
+    return [next(located) if kind == "path" else LocateResult(Path(p.path), error=str(p)) for kind, p in slots]
+
+
+def _print_results(results: list, fmt: str | None) -> None:
+    """The data format asked for on stdout, or the tables for people."""
+    import sys
+
+    from geoloc import console
+
+    if fmt == "json":
+        console.print_json([r.to_json() for r in results])
+    elif fmt == "csv":
+        from geoloc.export import write_csv
+
+        write_csv(results, sys.stdout)
+    elif fmt == "geojson":
+        from geoloc.export import write_geojson
+
+        write_geojson(results, sys.stdout)
+    else:
+        _print_tables(results)
 
 
 def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
@@ -150,57 +147,17 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
     become error entries of their own, so that every named file is answered for.
     """
     from geoloc.errors import GeolocError
-    from geoloc.photos import discover
+    from geoloc.photos import discover, expand_globs
 
     if not args:
         return []
-    roots: list[Path] = []
-    for arg in args:
-        text = os.fspath(arg)
-        if not os.path.lexists(text) and _GLOB_CHARS & set(text):
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-            if not matches:
-                raise GeolocError(f"no file matches {text}")
-            roots.extend(Path(m) for m in matches)
-        else:
-            roots.append(Path(text).expanduser())
+    roots = expand_globs(args)
     slots: list[tuple[str, object]] = []
     for path in discover(roots, on_error=lambda exc: slots.append(("error", exc))):
         slots.append(("path", path))
     if not slots:
         raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
     return slots
-
-
-class _progress:
-    """A transient progress bar on stderr for batches; silent for a single query."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self._bar = None
-
-    def __enter__(self):
-        if self.total <= 1:
-            return lambda n: None
-        from geoloc.console import progress
-
-        self._bar = progress(transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("Locating", total=self.total, rate="")
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False
-
-
-def _fmt_m(value) -> str:
-    if value is None:
-        return "–"
-    if value < 10_000:
-        return f"{value:,.0f} m"
-    return f"{value / 1000:,.1f} km" if value < 100_000 else f"{value / 1000:,.0f} km"
 
 
 _CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
@@ -223,7 +180,6 @@ def _print_tables(results) -> None:
     from rich.text import Text
 
     from geoloc.console import out_console
-    from geoloc.database import display_path
 
     out = out_console()
     if not results:
@@ -257,12 +213,12 @@ def _print_tables(results) -> None:
                 name,
                 f"{e.lat:.6f}",
                 f"{e.lon:.6f}",
-                _fmt_m(e.radius_m),
+                format_distance(e.radius_m),
                 f"{r.candidates[0].score:.3f}" if r.candidates else "–",
                 Text(e.confidence, style=_CONFIDENCE_STYLE.get(e.confidence, "")),
             ]
         if with_truth:
-            row.append(_fmt_m(r.error_m))
+            row.append(format_distance(r.error_m))
         table.add_row(*row)
     out.print(table)
 
@@ -277,7 +233,7 @@ def _print_tables(results) -> None:
         cands.add_column("photo", overflow="fold")
         for c in r.candidates:
             cands.add_row(
-                str(c.rank), f"{c.score:.3f}", _fmt_m(c.distance_m), f"{c.lat:.6f}", f"{c.lon:.6f}",
+                str(c.rank), f"{c.score:.3f}", format_distance(c.distance_m), f"{c.lat:.6f}", f"{c.lon:.6f}",
                 Text(display_path(c.path)),
             )
         out.print(cands)

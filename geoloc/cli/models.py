@@ -63,13 +63,13 @@ def download(
     commands work offline."""
     from geoloc import console
     from geoloc.models.registry import download_model, get_entry, is_cached
-    from geoloc.models.weights import hub_offline
+    from geoloc.env import offline
 
     entry = get_entry(name)
     was_cached = is_cached(entry)
     if entry.offline:
         console.info(f"{entry.name} needs no download: its weights ship with an installed package.")
-    elif not was_cached and not hub_offline():
+    elif not was_cached and not offline():
         console.info(f"Downloading {entry.name} from {entry.source_text()} …")
     path = download_model(entry.name)
     if as_json:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geoloc.files import atomic_write, replacing
+
 CACHE_FORMAT = 1
 
 
@@ -145,13 +147,11 @@ class QueryDescriptorCache:
         rows = {str(paths[i]): (*stamps[i], r) for r, i in enumerate(keep)}  # type: ignore[misc]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".queries.{os.getpid()}.npy"
-            np.save(tmp, np.ascontiguousarray(matrix[keep], dtype=np.float32))
-            os.replace(tmp, self._matrix_file)
+            with replacing(self._matrix_file, durable=False) as tmp:
+                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
+                    np.save(fh, np.ascontiguousarray(matrix[keep], dtype=np.float32))
             meta = {"format": CACHE_FORMAT, "state": self.state, "rows": rows}
-            tmpj = self.folder / f".queries.{os.getpid()}.json"
-            tmpj.write_text(json.dumps(meta), encoding="utf-8")
-            os.replace(tmpj, self._index_file)
+            atomic_write(self._index_file, json.dumps(meta), durable=False)
         except OSError as exc:
             from geoloc.console import warn
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
 from geoloc.evaluation.datasets import Split
+from geoloc.progress import Progress
 from geoloc.evaluation.runner import (
     EvalConfig,
-    EvalProgress,
     EvalResult,
     evaluate_split,
     with_model,
@@ -82,7 +82,7 @@ def compare_models(
     split: Split,
     models: Sequence[str],
     config: EvalConfig,
-    progress: EvalProgress | None = None,
+    progress: Progress | None = None,
 ) -> list[CompareRow]:
     """Evaluate every model on ``split``; missing weights make a skipped row, not an error."""
     rows: list[CompareRow] = []

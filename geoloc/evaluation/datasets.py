@@ -10,7 +10,6 @@ figures were computed), so UTM is kept when a dataset has it; otherwise distance
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import math
 import os
@@ -484,24 +483,6 @@ def _is_number(s: str) -> bool:
 # photos with EXIF GPS
 
 
-def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
-    """Photos, folders and globs (quoted, so the shell leaves them) as a list of paths."""
-    out: list[Path] = []
-    for item in inputs:
-        s = str(item)
-        if any(c in s for c in "*?[") and not Path(s).exists():
-            matches = sorted(glob.glob(str(Path(s).expanduser()), recursive=True))
-            if not matches:
-                raise GeolocError(f"{s}: no files match this pattern")
-            out.extend(Path(m) for m in matches)
-        else:
-            p = Path(s).expanduser()
-            if not p.exists():
-                raise GeolocError(f"{p}: no such file or folder")
-            out.append(p)
-    return out
-
-
 QUERY_WITHOUT_GPS = "no GPS position in its EXIF: no ground truth, not scored"
 DB_PHOTO_WITHOUT_GPS = "no GPS position in its EXIF: left out of the database side"
 
@@ -517,13 +498,13 @@ def photos_with_gps(
     With ``without_gps`` (a reason), each photo without a position is also listed in
     ``problems``: a count alone leaves the user guessing which of their photos did not count.
     """
-    from geoloc.photos import discover
+    from geoloc.photos import discover, expand_globs
     from geoloc.photos import read_meta as _read_meta
 
     read_meta = read_meta or _read_meta
     paths, lat, lon = [], [], []
     skipped = 0
-    for p in discover(expand_inputs(inputs), on_error=problems.append):
+    for p in discover(expand_globs(inputs), on_error=problems.append):
         meta = read_meta(p)
         if getattr(meta, "located", False):
             paths.append(Path(p).absolute())

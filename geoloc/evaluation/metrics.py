@@ -19,7 +19,7 @@ RECALL_NS: tuple[int, ...] = (1, 5, 10, 20)
 
 
 @dataclass
-class Candidate:
+class Retrieved:
     """One retrieved database image, with its distance from the query's true position."""
 
     rank: int
@@ -37,7 +37,7 @@ class QueryOutcome:
     query: str
     true_lat: float | None
     true_lon: float | None
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[Retrieved] = field(default_factory=list)
     estimate_lat: float | None = None
     estimate_lon: float | None = None
     radius_m: float | None = None

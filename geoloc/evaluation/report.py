@@ -87,13 +87,11 @@ def save_query_csv(sections: Sequence[Section], path: Path, top_k: int) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    import os
+    from geoloc.files import atomic_write
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, text)
     except OSError as exc:
         raise GeolocError(f"{path}: cannot write ({exc.strerror or exc})") from None
 

@@ -2,7 +2,7 @@
 
 Nothing here extracts, searches or estimates on its own: the database side is built by
 ``geoloc.indexer.index_photos``, query descriptors come from ``geoloc.extract.Extractor``, the
-search is ``geoloc.localize.SearchIndex`` and the estimate ``geoloc.localize.estimate_position``,
+search is ``geoloc.search.SearchIndex`` and the estimate ``geoloc.estimate.estimate_position``,
 so the figures measure exactly what ``geoloc index`` and ``geoloc locate`` do. What is specific
 to evaluation is that the truth comes from the benchmark (not from EXIF), and that everything
 expensive is cached.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoloc.errors import GeolocError, PhotoError, UsageError
+from geoloc.errors import GeolocError, PhotoError, UsageError, require, require_at_least
 from geoloc.evaluation.cache import (
     QueryDescriptorCache,
     eval_cache_dir,
@@ -28,13 +28,14 @@ from geoloc.evaluation.cache import (
 from geoloc.evaluation.datasets import QUERY_WITHOUT_GPS, Positions, Split, photos_with_gps
 from geoloc.evaluation.metrics import (
     RECALL_NS,
-    Candidate,
+    Retrieved,
     QueryOutcome,
     Summary,
     summarize,
 )
 from geoloc.geo import haversine_m, utm_to_latlon
-from geoloc.localize import _round as _r
+from geoloc.progress import Prefixed, Progress
+from geoloc.formatting import json_number as _r
 
 DEFAULT_THRESHOLD_M = 25.0
 #: An IVF threshold no database reaches: evaluation always searches exhaustively.
@@ -57,34 +58,16 @@ class EvalConfig:
     vocabulary_photos: int = 300
 
     def check(self) -> None:
-        if self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.threshold_m is not None and not (self.threshold_m > 0 and math.isfinite(self.threshold_m)):
-            raise UsageError(f"--threshold-m must be a positive number of metres, got {self.threshold_m}")
-        if self.max_side is not None and self.max_side < 32:
-            raise UsageError(f"--max-side must be at least 32 pixels, got {self.max_side}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        require_at_least("--top-k", self.top_k, 1)
+        require(self.threshold_m is None or (self.threshold_m > 0 and math.isfinite(self.threshold_m)),
+                f"--threshold-m must be a positive number of metres, got {self.threshold_m}")
+        require_at_least("--max-side", self.max_side, 32, " pixels")
+        require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--workers", self.workers, 1)
 
     @property
     def search_depth(self) -> int:
         return max(self.top_k, max(self.recall_ns), self.estimate_k)
-
-
-class EvalProgress:
-    """Callbacks for people watching (the CLI draws them); the same shape as the indexer's."""
-
-    def stage(self, description: str, total: int | None) -> None:
-        """A new phase begins."""
-
-    def advance(self, n: int = 1) -> None:
-        """``n`` more images of the phase are done."""
-
-    def warning(self, path: Path, reason: str) -> None:
-        """One image could not be used; the run goes on."""
-
-    def close(self) -> None:
-        """The run is over."""
 
 
 @dataclass
@@ -151,84 +134,44 @@ def resolve_threshold(config: EvalConfig, split: Split | None = None) -> float:
 
 
 def model_spec(config: EvalConfig) -> str:
-    from geoloc.indexer import _model_key, default_model_name
+    from geoloc.database_model import default_model_name
+    from geoloc.models.registry import model_key
 
-    return _model_key(config.model or default_model_name())
+    return model_key(config.model or default_model_name())
 
 
 # ---------------------------------------------------------------------------------------------
 # a benchmark split: the database side is built into the cache
 
 
-def evaluate_split(split: Split, config: EvalConfig, progress: EvalProgress | None = None) -> EvalResult:
+def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None = None) -> EvalResult:
     """recall@N of one model on one split, with the database built (once) into the eval cache."""
     from geoloc.database import Database
-    from geoloc.indexer import IndexConfig, IndexProgress, index_photos
 
     config.check()
-    progress = progress or EvalProgress()
+    progress = progress or Progress()
     threshold = resolve_threshold(config, split)
     spec = model_spec(config)
     settings = {"max_side": config.max_side, "model_file": _file_key(spec)}
     folder = eval_cache_dir(split.name, split.fingerprint(), settings_key(spec, None, settings))
-    db_dir = folder / "database"
-
-    class _Forward(IndexProgress):  # index_photos closes its progress; the evaluation goes on
-        def stage(self, description, total):
-            progress.stage(f"Database: {description.lower()}", total)
-
-        def advance(self, n=1):
-            progress.advance(n)
-
-        def warning(self, path, reason):
-            progress.warning(path, reason)
-
-    report = index_photos(
-        split.db_paths,
-        db_dir,
-        IndexConfig(
-            model=spec,
-            max_side=config.max_side,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            device=config.device,
-            vocabulary_photos=config.vocabulary_photos,
-        ),
-        progress=_Forward(),
-    )
+    report = _build_database(split, folder / "database", spec, config, progress)
     problems = list(split.problems) + [PhotoError(p, r) for p, r in report.error_files]
 
-    with Database.open(db_dir) as database:
+    with Database.open(folder / "database") as database:
         manifest = dict(database.manifest)
-        records, matrix = database.descriptor_matrix(located_only=False)
-        index_of = {os.path.realpath(p): i for i, p in enumerate(split.db_paths)}
-        keep_rows, split_rows = [], []
-        for r, rec in enumerate(records):
-            i = index_of.get(os.path.realpath(rec.path))
-            if i is not None:
-                keep_rows.append(r)
-                split_rows.append(i)
-        if not split_rows:
-            raise GeolocError(f"{split.source}: none of the database images could be used")
-        if len(keep_rows) == len(records):  # the usual case: search the memory-mapped file in place
-            db_matrix = matrix
-        else:
-            db_matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
-        del matrix
-        split_rows_arr = np.asarray(split_rows, dtype=np.int64)
-
+        db_matrix, split_rows = _split_rows(database, split)
         state = f"{manifest.get('weights_hash')}|{manifest.get('vocabulary_sha256')}|{manifest['preprocess']}|{manifest['dim']}"
-        qcache = QueryDescriptorCache(folder, state)
         model_holder: dict = {}
 
         def compute(paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
             return _extract_queries(database, paths, config, model_holder, progress)
 
-        q_desc, q_errors, qstats = qcache.get_or_compute(split.query_paths, compute, int(manifest["dim"]))
+        q_desc, q_errors, qstats = QueryDescriptorCache(folder, state).get_or_compute(
+            split.query_paths, compute, int(manifest["dim"]))
 
     for i, reason in q_errors.items():
         problems.append(PhotoError(split.query_paths[i], reason))
-    outcomes = _search_and_score(split, split_rows_arr, db_matrix, q_desc, q_errors, threshold, config)
+    outcomes = _search_and_score(split, split_rows, db_matrix, q_desc, q_errors, threshold, config)
     summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
     return EvalResult(
         model=str(manifest["model"]),
@@ -251,6 +194,42 @@ def evaluate_split(split: Split, config: EvalConfig, progress: EvalProgress | No
     )
 
 
+def _build_database(split: Split, db_dir: Path, spec: str, config: EvalConfig, progress: Progress):
+    """The split's database side as a geoloc database in the cache: ``geoloc index`` itself,
+    so later runs only index what changed."""
+    from geoloc.indexer import IndexConfig, index_photos
+
+    return index_photos(
+        split.db_paths,
+        db_dir,
+        IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
+                    workers=config.workers, device=config.device,
+                    vocabulary_photos=config.vocabulary_photos),
+        progress=Prefixed(progress, "Database: "),
+    )
+
+
+def _split_rows(database, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The descriptors of the split's database images, and each one's index in the split.
+
+    The cache's database may hold images a changed split no longer lists; only the split's own
+    take part (usually all of them: then the memory-mapped file is searched in place).
+    """
+    records, matrix = database.descriptor_matrix(located_only=False)
+    index_of = {os.path.realpath(p): i for i, p in enumerate(split.db_paths)}
+    keep_rows, split_rows = [], []
+    for r, rec in enumerate(records):
+        i = index_of.get(os.path.realpath(rec.path))
+        if i is not None:
+            keep_rows.append(r)
+            split_rows.append(i)
+    if not split_rows:
+        raise GeolocError(f"{split.source}: none of the database images could be used")
+    if len(keep_rows) != len(records):
+        matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
+    return matrix, np.asarray(split_rows, dtype=np.int64)
+
+
 def _file_key(spec: str) -> list | None:
     """A model file's size and mtime: a re-trained file gets a fresh cache, not stale descriptors."""
     p = Path(spec)
@@ -260,23 +239,13 @@ def _file_key(spec: str) -> list | None:
     return None
 
 
-def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: dict, progress: EvalProgress):
+def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: dict, progress: Progress):
     """Query descriptors with the database's own model, vocabulary and image size."""
-    from geoloc.extract import ExtractConfig, Extractor, default_workers, model_device
-    from geoloc.localize import load_database_model
+    from geoloc.database_model import load_database_model, query_extractor
 
     if "extractor" not in holder:
-        model = load_database_model(database, config.device)
-        holder["extractor"] = Extractor(
-            model,
-            ExtractConfig(
-                max_side=int(database.manifest["preprocess"]["max_side"]),
-                batch_size=config.batch_size,
-                workers=config.workers or default_workers(),
-                hash_files=False,
-            ),
-            device=model_device(model),
-        )
+        holder["extractor"] = query_extractor(load_database_model(database, config.device), database,
+                                              batch_size=config.batch_size, workers=config.workers)
     extractor = holder["extractor"]
     position = {os.fspath(p): i for i, p in enumerate(paths)}
     out = np.full((len(paths), database.dim), np.nan, dtype=np.float32)
@@ -326,12 +295,8 @@ def _search_and_score(
     threshold: float,
     config: EvalConfig,
 ) -> list[QueryOutcome]:
-    from geoloc.localize import (
-        EstimateConfig,
-        SearchConfig,
-        SearchIndex,
-        estimate_position,
-    )
+    from geoloc.estimate import EstimateConfig, estimate_position
+    from geoloc.search import SearchConfig, SearchIndex
 
     # Exact search always: published recall figures are exhaustive nearest neighbours.
     index = SearchIndex(db_matrix, SearchConfig(ivf_threshold=EXACT_SEARCH))
@@ -365,7 +330,7 @@ def _search_and_score(
         sims = scores[r][valid].astype(np.float64)
         dists = split.distances_m(qi, rows)
         o.candidates = [
-            Candidate(k + 1, str(split.db_paths[j]), _opt(split.db.lat[j]), _opt(split.db.lon[j]), float(s), float(d))
+            Retrieved(k + 1, str(split.db_paths[j]), _opt(split.db.lat[j]), _opt(split.db.lon[j]), float(s), float(d))
             for k, (j, s, d) in enumerate(zip(rows, sims, dists))
         ]
         o.has_positive = bool(available[positives[qi]].any())
@@ -393,13 +358,14 @@ def evaluate_database(
     db: Path,
     queries: Sequence[Path | str],
     config: EvalConfig,
-    progress: EvalProgress | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """recall@N of an existing database (its own model) on query photos whose EXIF has GPS."""
-    from geoloc.localize import LocateConfig, Locator, SearchConfig
+    from geoloc.localize import LocateConfig, Locator
+    from geoloc.search import SearchConfig
 
     config.check()
-    progress = progress or EvalProgress()
+    progress = progress or Progress()
     threshold = resolve_threshold(config)
     problems: list[PhotoError] = []
     q_paths, q_pos, skipped = photos_with_gps(queries, problems, without_gps=QUERY_WITHOUT_GPS)
@@ -418,16 +384,7 @@ def evaluate_database(
     )
     with Locator(Path(db), cfg) as locator:
         manifest = locator.database.manifest
-        if config.model is not None and model_spec(config) != manifest["model"]:
-            raise UsageError(
-                f"database {db} was built with model {manifest['model']}; to evaluate "
-                f"{config.model}, give the database images (--db-images) or a --dataset instead of --db"
-            )
-        if config.max_side is not None and int(manifest["preprocess"]["max_side"]) != config.max_side:
-            raise UsageError(
-                f"database {db} was built with --max-side {manifest['preprocess']['max_side']}; "
-                "--max-side cannot change it"
-            )
+        _check_database_matches(db, manifest, config)
         progress.stage("Queries", len(q_paths))
         results = locator.locate(q_paths, on_progress=progress.advance)
         records = locator.records
@@ -439,28 +396,7 @@ def evaluate_database(
         np.array([r.lat for r in records], dtype=np.float64), np.array([r.lon for r in records], dtype=np.float64)
     )
     split = Split("database", "exif", str(db), db_paths, db_pos, q_paths, q_pos)
-    positives = split.positives(threshold)
-    self_row = {os.path.realpath(p): i for i, p in enumerate(db_paths)}
-    outcomes = []
-    for qi, res in enumerate(results):
-        tl, tn = float(q_pos.lat[qi]), float(q_pos.lon[qi])
-        o = QueryOutcome(str(q_paths[qi]), tl, tn)
-        if res.error is not None or not res.candidates:
-            o.error = res.error or "no candidates"
-            problems.append(PhotoError(q_paths[qi], o.error))
-            outcomes.append(o)
-            continue
-        o.candidates = [
-            Candidate(c.rank, str(c.path), c.lat, c.lon, float(c.score), float(haversine_m(c.lat, c.lon, tl, tn)))
-            for c in res.candidates
-        ]
-        me = self_row.get(os.path.realpath(q_paths[qi]))
-        o.has_positive = any(int(j) != me for j in positives[qi])
-        if res.estimate is not None:
-            o.estimate_lat, o.estimate_lon = float(res.estimate.lat), float(res.estimate.lon)
-            o.radius_m = float(res.estimate.radius_m)
-            o.error_m = float(haversine_m(o.estimate_lat, o.estimate_lon, tl, tn))
-        outcomes.append(o)
+    outcomes = _outcomes_of(split, results, threshold, problems)
     summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
     return EvalResult(
         model=str(manifest["model"]),
@@ -476,6 +412,47 @@ def evaluate_database(
         problems=problems,
         skipped_queries=skipped,
     )
+
+
+def _check_database_matches(db: Path, manifest: dict, config: EvalConfig) -> None:
+    """An existing database is evaluated with its own model and size, never another's."""
+    if config.model is not None and model_spec(config) != manifest["model"]:
+        raise UsageError(
+            f"database {db} was built with model {manifest['model']}; to evaluate "
+            f"{config.model}, give the database images (--db-images) or a --dataset instead of --db"
+        )
+    if config.max_side is not None and int(manifest["preprocess"]["max_side"]) != config.max_side:
+        raise UsageError(
+            f"database {db} was built with --max-side {manifest['preprocess']['max_side']}; "
+            "--max-side cannot change it"
+        )
+
+
+def _outcomes_of(split: Split, results, threshold: float, problems: list[PhotoError]) -> list[QueryOutcome]:
+    """``geoloc locate``'s answers scored against the queries' own GPS (their EXIF)."""
+    positives = split.positives(threshold)
+    self_row = {os.path.realpath(p): i for i, p in enumerate(split.db_paths)}
+    outcomes = []
+    for qi, res in enumerate(results):
+        tl, tn = float(split.queries.lat[qi]), float(split.queries.lon[qi])
+        o = QueryOutcome(str(split.query_paths[qi]), tl, tn)
+        if res.error is not None or not res.candidates:
+            o.error = res.error or "no candidates"
+            problems.append(PhotoError(split.query_paths[qi], o.error))
+            outcomes.append(o)
+            continue
+        o.candidates = [
+            Retrieved(c.rank, str(c.path), c.lat, c.lon, float(c.score), float(haversine_m(c.lat, c.lon, tl, tn)))
+            for c in res.candidates
+        ]
+        me = self_row.get(os.path.realpath(split.query_paths[qi]))
+        o.has_positive = any(int(j) != me for j in positives[qi])
+        if res.estimate is not None:
+            o.estimate_lat, o.estimate_lon = float(res.estimate.lat), float(res.estimate.lon)
+            o.radius_m = float(res.estimate.radius_m)
+            o.error_m = float(haversine_m(o.estimate_lat, o.estimate_lon, tl, tn))
+        outcomes.append(o)
+    return outcomes
 
 
 def with_model(config: EvalConfig, model: str) -> EvalConfig:

@@ -9,15 +9,14 @@ over-fits, so each builder can freeze everything but the last layer or block.
 from __future__ import annotations
 
 import math
-import os
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoloc.errors import ModelError, WeightsUnavailableError
-from geoloc.models.weights import _truthy, lite0_weights_path
+from geoloc.errors import ModelError
+from geoloc.models.pretrained import lite0_imagenet_state, torchvision_imagenet_state
 
 Arch = Literal["vgg16", "alexnet", "lite0"]
 TrainLayers = Literal["none", "last_layer", "last_block", "all"]
@@ -72,30 +71,6 @@ def alexnet_conv5() -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Conv2d(256, 256, kernel_size=3, padding=1),
     )
-
-
-def _torchvision_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights of torchvision's VGG-16/AlexNet, from torch.hub's cache or the web."""
-    from torchvision.models import AlexNet_Weights, VGG16_Weights
-
-    weights = VGG16_Weights.IMAGENET1K_V1 if arch == "vgg16" else AlexNet_Weights.IMAGENET1K_V1
-    filename = weights.url.rsplit("/", 1)[-1]
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-    if not os.path.exists(cached) and _offline():
-        raise WeightsUnavailableError(
-            f"the ImageNet weights of {arch} ({filename}) are not in torch's cache "
-            f"({os.path.dirname(cached)}) and downloads are off (HF_HUB_OFFLINE); "
-            "go online once, or use the offline backbone lite0"
-        )
-    try:
-        state = weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # network, hash or disk failure: one line for the user
-        raise WeightsUnavailableError(f"cannot get the ImageNet weights of {arch} from {weights.url}: {exc}") from None
-    return {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-
-
-def _offline() -> bool:
-    return _truthy(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("GEOLOC_OFFLINE"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,13 +175,8 @@ class EfficientNetLite0(nn.Module):
 
 def lite0_imagenet(include_head: bool = True) -> EfficientNetLite0:
     """EfficientNet-Lite0 with the ImageNet weights, loaded with strict key matching."""
-    path = lite0_weights_path()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read the EfficientNet-Lite0 weights: {exc}") from None
     model = EfficientNetLite0(include_head=True)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(lite0_imagenet_state(), strict=True)
     if not include_head:
         model = _drop_head(model)
     return model.eval()
@@ -246,7 +216,7 @@ def build_backbone(arch: str, pretrained: bool = True) -> nn.Module:
     else:
         raise ModelError(f"unknown backbone {arch!r}; choose one of {', '.join(ARCHS)}")
     if pretrained:
-        trunk.load_state_dict(_torchvision_imagenet_state(arch), strict=True)
+        trunk.load_state_dict(torchvision_imagenet_state(arch), strict=True)
     return trunk
 
 

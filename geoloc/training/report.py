@@ -1,45 +1,29 @@
-"""Rich progress for a training run, on stderr: a bar per phase with loss, a line per epoch."""
+"""What a training run reports: one record per epoch, and the line people read for it.
+
+The run talks to people through the one progress protocol (:class:`geoloc.progress.Progress`);
+an epoch's line is a message like any other, and the records stay in the run's history.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from geoloc.training.loop import EpochReport, Reporter
 
+@dataclass
+class EpochReport:
+    epoch: int
+    loss: float | None            # mean loss of the tuples trained this epoch (None: epoch 0)
+    objective: float              # exact triplet objective over all training queries after the epoch
+    recall: dict[str, float] | None
+    lr: float
+    trained: int                  # tuples that had a violating negative and were trained
+    queries: int
+    seconds: float
+    best: bool = False
 
-class RichReporter(Reporter):
-    def __init__(self) -> None:
-        from geoloc import console
-
-        self._console = console
-        self._progress = console.progress(transient=True)
-        self._progress.start()
-        self._task = None
-
-    def phase(self, description: str, total: int) -> None:
-        self.end_phase()
-        self._task = self._progress.add_task(description, total=total, rate="")
-
-    def advance(self, n: int = 1, **fields: Any) -> None:
-        if self._task is None:
-            return
-        rate = f"loss {fields['loss']:.4f}" if fields.get("loss") else ""
-        self._progress.update(self._task, advance=n, rate=rate)
-
-    def end_phase(self) -> None:
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-            self._task = None
-
-    def epoch_done(self, report: EpochReport, epochs: int) -> None:
-        self._console.info(format_epoch(report, epochs))
-
-    def message(self, text: str) -> None:
-        self._console.info(text)
-
-    def close(self) -> None:
-        self.end_phase()
-        self._progress.stop()
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def format_epoch(report: EpochReport, epochs: int) -> str:

@@ -1,8 +1,9 @@
 """``finetune``: weakly supervised NetVLAD training on the user's own GPS-tagged photos.
 
-This module wires photos, models and the training package together; the training itself
-(tuples, mining, loss, loop, checkpoints, PCA) lives in :mod:`geoloc.training`. The result is a
-geoloc model file (safetensors + metadata) that ``geoloc index --model FILE`` accepts.
+This module wires photos, models and the rest of the training package together, one step a
+function: plan the tuples from the GPS positions, build the base model, decode the photos once,
+fit a fresh vocabulary, train, whiten, write. The result is a geoloc model file (safetensors +
+metadata) that ``geoloc index --model FILE`` accepts.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from geoloc.errors import GeolocError, PhotoError, UsageError
+from geoloc.errors import PhotoError, UsageError, require
+from geoloc.progress import Progress
 from geoloc.training.checkpoint import BEST, LAST, CheckpointError, checkpoint_dir_for
+from geoloc.training.data import TrainingPhoto, unique
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geoloc.training.loop import Reporter, Trainer
+    from geoloc.training.loop import Trainer
 
 #: Bases that get a fresh NetVLAD layer, k-means initialised on the training photos.
-FRESH_BASES = {"vgg16": "vgg16", "alexnet": "alexnet"}
+FRESH_BASES = ("vgg16", "alexnet")
 TRAIN_LAYER_CHOICES = ("last_layer", "last_block")
 
 
@@ -69,10 +72,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Reject impossible values before any photo is read or model loaded."""
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise UsageError(message)
-
+        need = require
         need(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
         need(self.train_layers in TRAIN_LAYER_CHOICES,
              f"--train-layers must be one of {', '.join(TRAIN_LAYER_CHOICES)}, not {self.train_layers!r}")
@@ -110,13 +110,6 @@ class FinetuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainingPhoto:
-    path: Path
-    lat: float
-    lon: float
 
 
 @dataclass
@@ -165,59 +158,10 @@ class FinetuneResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Where the photos come from
-
-
-def photos_from_paths(
-    paths: Iterable[str | os.PathLike], on_error: Callable[[PhotoError], None]
-) -> tuple[list[TrainingPhoto], int]:
-    """The photos under ``paths`` that carry a usable GPS position, and how many did not."""
-    from geoloc.photos import discover, read_meta
-
-    located: list[TrainingPhoto] = []
-    unlocated = 0
-    seen: set[str] = set()
-    for path in discover(paths, on_error):
-        key = os.path.realpath(path)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            meta = read_meta(path)
-        except PhotoError as exc:
-            on_error(exc)
-            continue
-        if meta.located:
-            located.append(TrainingPhoto(Path(key), float(meta.lat), float(meta.lon)))
-        else:
-            unlocated += 1
-    return located, unlocated
-
-
-def photos_from_database(db: Path, on_error: Callable[[PhotoError], None]) -> tuple[list[TrainingPhoto], int]:
-    """The located photos of a database whose files are still there."""
-    from geoloc.database import Database
-
-    with Database.open(Path(db)) as database:
-        records = database.photos()
-    located: list[TrainingPhoto] = []
-    unlocated = 0
-    for record in records:
-        if not record.located:
-            unlocated += 1
-            continue
-        if not Path(record.path).is_file():
-            on_error(PhotoError(record.path, "in the database but no longer on disk; skipped"))
-            continue
-        located.append(TrainingPhoto(Path(record.path), float(record.lat), float(record.lon)))
-    return located, unlocated
-
-
-# ------------------------------------------------------------------------------------------------
 # The base model
 
 
-def build_base(config: FinetuneConfig, *, fitted_later: bool = False):
+def build_base(config: FinetuneConfig):
     """The model training starts from, on the CPU, with the chosen layers trainable.
 
     Registry names and model files come through ``load_model``; ``vgg16``/``alexnet`` get a
@@ -229,7 +173,7 @@ def build_base(config: FinetuneConfig, *, fitted_later: bool = False):
     base = config.base
     if base in FRESH_BASES:
         model = build_model(
-            FRESH_BASES[base], "netvlad", num_clusters=config.num_clusters,
+            base, "netvlad", num_clusters=config.num_clusters,
             pretrained_backbone=True, train_layers=config.train_layers, name=base,
         )
         model.base = base
@@ -241,60 +185,32 @@ def build_base(config: FinetuneConfig, *, fitted_later: bool = False):
     return model
 
 
-def needs_vocabulary(model) -> bool:
-    return bool(getattr(model, "needs_vocabulary", False)) and not bool(getattr(model, "has_vocabulary", True))
-
-
-def mark_vocabulary_fitted(model) -> None:
-    """After loading trained NetVLAD weights into a fresh model, its pooling is ready."""
-    from geoloc.models.netvlad import NetVLAD
-
-    if isinstance(getattr(model, "pool", None), NetVLAD):
-        model.pool.fitted.fill_(True)
-    model.needs_vocabulary = False
-
-
-def fit_vocabulary(model, images, indices: Sequence[int], config: FinetuneConfig, device, reporter) -> None:
-    """k-means initialisation of a fresh NetVLAD layer from the training photos' local features.
-
-    Up to ``vocabulary_photos`` photos spread over the training set each give an equal share of
-    ``vocabulary_features`` local features, chosen by a generator seeded from the photo's index,
-    so the vocabulary does not depend on batching or timing.
-    """
+def fit_training_vocabulary(model, images, indices: Sequence[int], config: FinetuneConfig, device,
+                            reporter: Progress) -> None:
+    """k-means initialisation of a fresh NetVLAD layer from the training photos' local features,
+    sampled as the indexer samples a database's (:mod:`geoloc.vocabulary`)."""
     import torch
 
     from geoloc.training.images import autocast
+    from geoloc.vocabulary import FeatureSampler, fit_vocabulary, spread
 
-    n = min(len(indices), max(1, config.vocabulary_photos))
-    step = len(indices) / n
-    sample = [int(indices[int(i * step)]) for i in range(n)]
-    per_photo = max(1, -(-config.vocabulary_features // n))
-    parts: list[torch.Tensor] = []
-    reporter.phase("fitting the NetVLAD vocabulary", len(sample))
+    sample = [int(i) for i in spread(list(indices), max(1, config.vocabulary_photos))]
+    sampler = FeatureSampler(len(sample), max_features=config.vocabulary_features, seed=config.seed)
+    reporter.stage("fitting the NetVLAD vocabulary", len(sample))
     try:
         with torch.no_grad():
             for span, tensors in images.iter_chunks(sample, config.eval_batch_size):
                 for i, tensor in zip(span, tensors):
                     with autocast(device, config.amp):
                         feats = model.local_features(tensor[None].to(device))[0].float().cpu()
-                    flat = feats.reshape(feats.shape[0], -1).T
-                    if flat.shape[0] > per_photo:
-                        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
-                        flat = flat[torch.randperm(flat.shape[0], generator=gen)[:per_photo]]
-                    parts.append(flat.clone())
+                    sampler.add(i, feats)
                 reporter.advance(len(span))
     finally:
-        reporter.end_phase()
-    features = torch.cat(parts) if parts else torch.zeros(0, 1)
-    clusters = getattr(model, "num_clusters", None) or config.num_clusters
-    if features.shape[0] < clusters:
-        raise GeolocError(
-            f"too few local features to fit {clusters} NetVLAD clusters ({features.shape[0]} from "
-            f"{len(sample)} photos); use more photos or a larger --max-side"
-        )
-    reporter.message(f"fitting {clusters} NetVLAD clusters on {features.shape[0]} local features of {n} photos")
-    model.fit_vocabulary(features, seed=config.seed)
-    model.needs_vocabulary = False
+        reporter.end_stage()
+    features = sampler.sample()
+    reporter.message(f"fitting {model.num_clusters} NetVLAD clusters on {features.shape[0]} local "
+                     f"features of {len(sample)} photos")
+    fit_vocabulary(model, features, len(sample), seed=config.seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,7 +255,7 @@ def finetune(
     *,
     resume: bool = False,
     restart: bool = False,
-    reporter: "Reporter | None" = None,
+    reporter: Progress | None = None,
     on_step: Callable[["Trainer"], None] | None = None,
 ) -> FinetuneResult:
     """Train ``config.base`` on ``photos`` and write the model file ``out``.
@@ -349,20 +265,14 @@ def finetune(
     ``trainer.request_stop()`` from ``on_step``).
     """
     from geoloc.models.registry import pick_device
-    from geoloc.training.images import ImageSet
-    from geoloc.training.loop import Reporter, Trainer
 
     config = config or FinetuneConfig()
     config.check()
-    reporter = reporter or Reporter()
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
-    if out.suffix.lower() != ".safetensors":
-        raise UsageError(f"--out {out}: model files are safetensors; give a name ending in .safetensors")
+    reporter = reporter or Progress()
+    out = check_out(out)
     device = pick_device(config.device)
 
-    photos = _unique(photos)
+    photos = unique(photos)
     plan = plan_training(photos, config)  # fail fast, before any model is loaded, when the data cannot train
     if config.pca:
         from geoloc.training.pca import check_enough_photos
@@ -372,76 +282,128 @@ def finetune(
 
     model = build_base(config)
     preprocess = model.preprocess
-    skipped: list[dict[str, str]] = []
-
-    images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
-                      memory_bytes=config.image_memory_mb << 20)
+    images = None
     try:
-        # One decode of every photo: unusable files are dropped before tuples are built (and
-        # small collections end up cached, decoded, for the whole run).
-        bad: dict[int, PhotoError] = {}
-        reporter.phase("reading photos", len(photos))
-        for span, _ in images.iter_chunks(list(range(len(photos))), 32,
-                                          on_error=lambda i, exc: bad.__setitem__(i, exc)):
-            reporter.advance(len(span))
-        reporter.end_phase()
-        if bad:
-            for i, exc in sorted(bad.items()):
-                reporter.message(f"skipped {exc}")
-                skipped.append({"path": str(photos[i].path), "reason": exc.reason})
-            keep = [i for i in range(len(photos)) if i not in bad]
-            photos = [photos[i] for i in keep]
-            images.close()
-            images = ImageSet([p.path for p in photos], preprocess, workers=config.workers,
-                              memory_bytes=config.image_memory_mb << 20)
+        photos, images, skipped = _decode_once(photos, preprocess, config, reporter)
+        if skipped:
             plan = plan_training(photos, config)
-
-        positions, split, tuples, val_queries = plan
-        validated = val_queries > 0
-        if not validated:
-            why = ("--val-fraction 0" if config.val_fraction == 0 else
-                   "too few photos to hold out a whole area with photos within "
-                   f"{config.threshold_m:g} m of each other")
-            reporter.message(f"no validation ({why}); keeping the epoch with the lowest training objective")
-
-        if not resume and needs_vocabulary(model):
-            model.to(device)
-            fit_vocabulary(model, images, split.train.tolist(), config, device, reporter)
-        elif resume:
-            mark_vocabulary_fitted(model)
-        model.to(device)
-
-        cache_gib = len(split.train) * int(model.dim) * 4 / 2**30
-        if cache_gib > 4:
-            reporter.message(
-                f"note: the mining cache holds {len(split.train)} descriptors of {model.dim} floats: "
-                f"{cache_gib:.1f} GiB of memory (and as much in each checkpoint)"
-            )
-        trainer = Trainer(
-            model, images, positions, split, tuples, config.train_settings(), device, ckpt_dir,
-            fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")),
-            reporter=reporter, on_step=on_step,
-        )
-        if resume:
-            trainer.resume()
-            trainer.stopped_early = trainer.bad_epochs >= config.patience
-            where = f" (query {trainer.step} of epoch {trainer.epoch + 1})" if trainer.order is not None else ""
-            reporter.message(f"resuming after epoch {trainer.epoch}{where}")
-        result = trainer.run(validated=validated)
-
-        trainer.load_trainable_state(result.best_state)
-        mark_vocabulary_fitted(model)
+        result = _train(model, images, photos, plan, config, device, ckpt_dir, resume, reporter, on_step)
         pca_info = None
         if config.pca:
+            from geoloc.training.pca import attach_pca
+
             pca_info = attach_pca(model, images, config, ckpt_dir, device, reporter)
         model.to("cpu")
     finally:
-        images.close()
+        if images is not None:
+            images.close()
 
     model.preprocess = preprocess
     model.base = _base_label(config.base)
-    history = [h.to_json() for h in result.history]
-    metadata = {
+    _, split, tuples, val_queries = plan
+    from geoloc.models.modelfile import save_model_file
+
+    save_model_file(model, out, _metadata(model, photos, split, tuples, val_queries, result, config, device, pca_info))
+    return FinetuneResult(
+        out=out, base=model.base, device=str(device), photos=len(photos),
+        train_photos=int(len(split.train)), val_photos=int(len(split.val)),
+        queries=int(len(tuples.queries)), val_queries=val_queries if result.validated else 0,
+        epochs_run=result.epochs_run, best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+        recall=result.best_recall if result.validated else None,
+        history=[h.to_json() for h in result.history], dim=int(model.dim),
+        pca=pca_info, checkpoint=ckpt_dir, skipped=skipped, resumed=resume,
+    )
+
+
+def check_out(out: Path) -> Path:
+    """The model file to write, refused before any photo is read when it cannot be one."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"--out {out}: model files are safetensors; give a name ending in .safetensors")
+    return out
+
+
+def _decode_once(photos: list[TrainingPhoto], preprocess, config: FinetuneConfig, reporter: Progress):
+    """One decode of every photo: unusable files are dropped before tuples are built (and small
+    collections end up cached, decoded, for the whole run). Returns the usable photos, their
+    image set and what was skipped."""
+    from geoloc.training.images import ImageSet
+
+    def image_set(items):
+        return ImageSet([p.path for p in items], preprocess, workers=config.workers,
+                        memory_bytes=config.image_memory_mb << 20)
+
+    images = image_set(photos)
+    bad: dict[int, PhotoError] = {}
+    reporter.stage("reading photos", len(photos))
+    try:
+        for span, _ in images.iter_chunks(list(range(len(photos))), 32,
+                                          on_error=lambda i, exc: bad.__setitem__(i, exc)):
+            reporter.advance(len(span))
+    except BaseException:
+        images.close()
+        raise
+    finally:
+        reporter.end_stage()
+    skipped: list[dict[str, str]] = []
+    if not bad:
+        return photos, images, skipped
+    for i, exc in sorted(bad.items()):
+        reporter.message(f"skipped {exc}")
+        skipped.append({"path": str(photos[i].path), "reason": exc.reason})
+    images.close()
+    kept = [p for i, p in enumerate(photos) if i not in bad]
+    return kept, image_set(kept), skipped
+
+
+def _train(model, images, photos, plan, config: FinetuneConfig, device, ckpt_dir: Path, resume: bool,
+           reporter: Progress, on_step):
+    """Vocabulary (fresh bases), then the epochs; the model ends with its best epoch's weights."""
+    from geoloc.training.loop import Trainer
+
+    positions, split, tuples, val_queries = plan
+    validated = val_queries > 0
+    if not validated:
+        why = ("--val-fraction 0" if config.val_fraction == 0 else
+               "too few photos to hold out a whole area with photos within "
+               f"{config.threshold_m:g} m of each other")
+        reporter.message(f"no validation ({why}); keeping the epoch with the lowest training objective")
+
+    if not resume and model.needs_vocabulary:
+        model.to(device)
+        fit_training_vocabulary(model, images, split.train.tolist(), config, device, reporter)
+    elif resume:
+        model.mark_vocabulary_fitted()  # the checkpoint holds the trained centroids
+    model.to(device)
+
+    cache_gib = len(split.train) * int(model.dim) * 4 / 2**30
+    if cache_gib > 4:
+        reporter.message(
+            f"note: the mining cache holds {len(split.train)} descriptors of {model.dim} floats: "
+            f"{cache_gib:.1f} GiB of memory (and as much in each checkpoint)"
+        )
+    trainer = Trainer(
+        model, images, positions, split, tuples, config.train_settings(), device, ckpt_dir,
+        fingerprint=fingerprint(photos, config, getattr(model, "weights_hash", "")),
+        reporter=reporter, on_step=on_step,
+    )
+    if resume:
+        trainer.resume()
+        trainer.stopped_early = trainer.bad_epochs >= config.patience
+        where = f" (query {trainer.step} of epoch {trainer.epoch + 1})" if trainer.order is not None else ""
+        reporter.message(f"resuming after epoch {trainer.epoch}{where}")
+    result = trainer.run(validated=validated)
+    trainer.load_trainable_state(result.best_state)
+    model.mark_vocabulary_fitted()
+    return result
+
+
+def _metadata(model, photos, split, tuples, val_queries: int, result, config: FinetuneConfig, device,
+              pca_info) -> dict[str, Any]:
+    """What the model file says about its making, for people and for reproducing it."""
+    return {
         "base": model.base,
         "description": f"{model.base} fine-tuned by geoloc on {len(photos)} GPS-tagged photos",
         "geoloc_version": _version(),
@@ -457,17 +419,6 @@ def finetune(
                        "split": "grid cells", "cell_m": config.val_cell_m} if result.validated else None,
         "pca": pca_info,
     }
-    from geoloc.models.model import save_model_file
-
-    save_model_file(model, out, metadata)
-    return FinetuneResult(
-        out=out, base=model.base, device=str(device), photos=len(photos),
-        train_photos=int(len(split.train)), val_photos=int(len(split.val)),
-        queries=int(len(tuples.queries)), val_queries=val_queries if result.validated else 0,
-        epochs_run=result.epochs_run, best_epoch=result.best_epoch, stopped_early=result.stopped_early,
-        recall=result.best_recall if result.validated else None, history=history, dim=int(model.dim),
-        pca=pca_info, checkpoint=ckpt_dir, skipped=skipped, resumed=resume,
-    )
 
 
 def plan_training(photos: Sequence[TrainingPhoto], config: FinetuneConfig):
@@ -506,17 +457,6 @@ def require_trainable_count(n: int, config: FinetuneConfig) -> None:
         )
 
 
-def _unique(photos: Sequence[TrainingPhoto]) -> list[TrainingPhoto]:
-    seen: set[str] = set()
-    result = []
-    for p in photos:
-        key = str(p.path)
-        if key not in seen:
-            seen.add(key)
-            result.append(p)
-    return result
-
-
 def _base_label(base: str) -> str:
     path = Path(base).expanduser()
     return str(path.resolve()) if path.is_file() else base
@@ -526,66 +466,3 @@ def _version() -> str:
     from geoloc import __version__
 
     return __version__
-
-
-# ------------------------------------------------------------------------------------------------
-# PCA whitening after training
-
-
-class _Unwhitened:
-    """The model's descriptor before any whitening layer: what PCA is fitted on."""
-
-    def __init__(self, model):
-        self.model = model
-        self.dim = int(model.pool.out_dim)
-
-    def __call__(self, images):
-        import torch.nn.functional as F
-
-        return F.normalize(self.model.pool(self.model.local_features(images)).float(), dim=1)
-
-
-def attach_pca(model, images, config: FinetuneConfig, ckpt_dir: Path, device, reporter) -> dict[str, Any]:
-    """Fit PCA whitening on the training photos' descriptors and put it on the model.
-
-    Descriptors go to a memory-mapped file in the checkpoint folder as they are computed, and
-    the fit reads them back chunk by chunk (see :mod:`geoloc.training.pca`).
-    """
-    import torch
-
-    from geoloc.models.netvlad import Whitening
-    from geoloc.training.images import compute_descriptors
-    from geoloc.training.pca import fit_pca_whitening
-
-    model.to(device).eval()
-    source = _Unwhitened(model)
-    n, d = len(images), source.dim
-    folder = ckpt_dir / "pca"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "descriptors.f32"
-    matrix = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, d))
-    try:
-        reporter.phase("descriptors for PCA", n)
-        try:
-            chunk = max(1, config.eval_batch_size) * 8
-            for a in range(0, n, chunk):
-                idx = list(range(a, min(n, a + chunk)))
-                matrix[a:a + len(idx)] = compute_descriptors(
-                    source, images, idx, device, batch_size=config.eval_batch_size, amp=config.amp, dim=d,
-                ).numpy()
-                reporter.advance(len(idx))
-        finally:
-            reporter.end_phase()
-        matrix.flush()
-        reporter.message(f"fitting PCA whitening {d} → {config.pca} on {n} descriptors")
-        pca = fit_pca_whitening(matrix, int(config.pca), seed=config.seed)
-    finally:
-        del matrix
-        shutil.rmtree(folder, ignore_errors=True)
-    weight, bias = pca.weight_bias()
-    whiten = Whitening(d, pca.dim)
-    with torch.no_grad():
-        whiten.conv.weight.copy_(torch.from_numpy(weight)[:, :, None, None])
-        whiten.conv.bias.copy_(torch.from_numpy(bias))
-    model.whiten = whiten.to(next(model.parameters()).device)
-    return {"dim": pca.dim, "method": pca.method, "photos": n, "input_dim": d}

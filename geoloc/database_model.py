@@ -1,0 +1,125 @@
+"""The model of a database: the one answer to "which network made these descriptors?".
+
+A database's descriptors only compare with descriptors from exactly the same network: the same
+weights, the same fitted NetVLAD vocabulary, the same image size. The manifest records all
+three when the database is created; every later reader or writer gets its model here, where it
+is checked against them, so an overwritten model file or a hand-edited folder is an error and
+never a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from geoloc.errors import DatabaseError, ModelError
+from geoloc.files import display_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geoloc.database import Database
+    from geoloc.extract import Extractor
+    from geoloc.models.model import GeolocModel
+
+
+def default_model_name() -> str:
+    from geoloc.models.registry import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def new_manifest(model: GeolocModel, key: str) -> dict[str, Any]:
+    """What a new database records about the model ``key`` (see :func:`geoloc.models.model_key`)."""
+    return {
+        "model": key,
+        "model_weights_hash": model.weights_hash,
+        "weights_hash": model.weights_hash,
+        "dim": int(model.dim),
+        "preprocess": model.preprocess.to_dict(),
+        "needs_vocabulary": model.needs_vocabulary,
+        "vocabulary_sha256": None,
+    }
+
+
+def max_side_of(database: Database) -> int:
+    """The image size the database's descriptors were computed at (queries use it too)."""
+    return int(database.manifest["preprocess"]["max_side"])
+
+
+def check_request(database: Database, model: str | None, max_side: int | None) -> None:
+    """Refuse ``--model``/``--max-side`` values that differ from what built ``database``."""
+    from geoloc.models.registry import model_key
+
+    stored = database.manifest["model"]
+    if model is not None and model_key(model) != stored:
+        raise DatabaseError(
+            f"database {display_path(database.path)} was built with model {stored}, not "
+            f"{model_key(model)}; use another --db for another model (or leave out --model)"
+        )
+    if max_side is not None and max_side != max_side_of(database):
+        raise DatabaseError(
+            f"database {display_path(database.path)} was built with --max-side "
+            f"{max_side_of(database)}, not {max_side}; descriptors of different sizes do not mix"
+        )
+
+
+def load_database_model(database: Database, device: str = "auto", *, fitting: bool = False) -> GeolocModel:
+    """The database's own model with its vocabulary and image size, checked against the manifest.
+
+    ``fitting``: the caller (the indexer) fits a missing vocabulary itself; otherwise a database
+    whose model needs a vocabulary it does not have yet is an error that says what to run.
+    """
+    from geoloc.models.registry import load_model, pick_device
+
+    manifest = database.manifest
+    name = manifest["model"]
+    where = f"database {display_path(database.path)}"
+    model = load_model(name, device=pick_device(device))
+    expected = manifest.get("model_weights_hash")
+    if expected and model.weights_hash and model.weights_hash != expected:
+        raise DatabaseError(
+            f"{where} was built with model {name} whose weights have changed since "
+            f"({expected[:12]} → {model.weights_hash[:12]}); re-index into a new --db with the current model"
+        )
+    model.preprocess = model.preprocess.replace(max_side=max_side_of(database))
+    if database.has_vocabulary():
+        _load_vocabulary(database, model, where)
+    elif model.needs_vocabulary and not fitting:
+        raise DatabaseError(f"{where} has no vocabulary for model {name} yet; run `geoloc index` on it")
+    if int(model.dim) != database.dim:
+        raise DatabaseError(
+            f"{where} holds {database.dim}-dimensional descriptors but model {name} gives {model.dim}"
+        )
+    return model
+
+
+def _load_vocabulary(database: Database, model: GeolocModel, where: str) -> None:
+    state = database.load_vocabulary()
+    try:
+        model.load_vocabulary(state)
+    except ModelError as exc:
+        raise DatabaseError(f"{where}: its vocabulary does not fit model {database.manifest['model']} ({exc})") from None
+    recorded = database.manifest.get("vocabulary_sha256")
+    if recorded and model.vocabulary_hash() != recorded:
+        raise DatabaseError(
+            f"{where}: its vocabulary file does not match its manifest (the folder was modified by "
+            "hand?); re-index into a new --db"
+        )
+
+
+def record_vocabulary(database: Database, model: GeolocModel, extra: dict[str, Any]) -> None:
+    """Make the manifest's weights hash identify the vocabulary as well as the weights."""
+    import hashlib
+
+    vocab_hash = model.vocabulary_hash()
+    combined = hashlib.sha256(f"{database.manifest.get('model_weights_hash', '')}:{vocab_hash}".encode()).hexdigest()
+    database.update_manifest({"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra})
+
+
+def query_extractor(model: GeolocModel, database: Database, *, batch_size: int = 8,
+                    workers: int | None = None) -> Extractor:
+    """The extractor for photos compared with ``database``: its image size, no file hashing
+    (a query is not stored), decoding threads for the device the model is on."""
+    from geoloc.extract import Extractor
+
+    return Extractor.create(model, max_side=max_side_of(database), batch_size=batch_size,
+                            workers=workers, hash_files=False)
+

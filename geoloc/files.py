@@ -1,0 +1,136 @@
+"""What every module that writes or names files shares: display, durable replacement, hashing.
+
+Each of these used to exist in two or three slightly different copies (two functions named
+``file_sha256`` with different caching, three "write a temporary file and rename it" loops, only
+some of which fsynced). One copy each means one behaviour to reason about: a file geoloc writes
+is either the old one or the complete new one, and a hash is the same whoever computes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+_HASH_CHUNK = 1 << 22
+
+
+def display_path(path: Path | str) -> str:
+    """A printable/JSON-safe string for a path whose name may not be valid UTF-8."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def check_writable(target: Path | str, what: str = "") -> None:
+    """Refuse, before any work, an output file that cannot be written where asked.
+
+    An hour of extraction should not end in "folder does not exist". ``what`` names the file
+    in the message ("map" → "cannot write map out.html: …").
+    """
+    from geoloc.errors import GeolocError
+
+    target = Path(target).expanduser()
+    folder = target.parent if str(target.parent) else Path(".")
+    name = f"{what} {display_path(target)}" if what else display_path(target)
+    if target.is_dir():
+        raise GeolocError(f"cannot write {name}: it is a folder")
+    if not folder.is_dir():
+        raise GeolocError(f"cannot write {name}: folder {display_path(folder)} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise GeolocError(f"cannot write {name}: folder {display_path(folder)} is not writable")
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename in ``path`` durable; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``target``; once the block succeeds it replaces ``target``.
+
+    Write the new content to the yielded path (by name: safetensors, faiss and numpy writers
+    want one). On success the file gets ordinary permissions (the umask decides, not
+    ``mkstemp``'s 0600), is fsynced when ``durable``, and is renamed over ``target`` in one
+    step, so readers see the old file or the whole new one, never half of one. On any failure,
+    Ctrl-C included, the temporary file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(target.parent)
+
+
+def atomic_write(target: Path | str, data: bytes | str, *, durable: bool = True) -> None:
+    """Write ``data`` (text as UTF-8 with ``\\n`` line ends) to ``target`` all or nothing."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with replacing(target, durable=durable) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+
+
+def sha256_file(path: Path | str) -> str:
+    """The sha256 of a file's content, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file_cached(path: Path | str) -> str:
+    """:func:`sha256_file`, remembered under geoloc's cache by path, size and mtime.
+
+    For large files read at every start (a 1 GB model file): hashing it again each time would
+    cost seconds, and a changed file changes its size or mtime, which the key covers.
+    """
+    from geoloc.paths import cache_dir
+
+    path = Path(path).resolve()
+    st = path.stat()
+    key = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    memo = cache_dir() / "hashes" / (hashlib.sha1(str(path).encode()).hexdigest() + ".json")
+    try:
+        cached = json.loads(memo.read_text())
+        if all(cached.get(k) == v for k, v in key.items()):
+            return str(cached["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_file(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(memo, json.dumps({**key, "sha256": digest}), durable=False)
+    except OSError:
+        pass  # an unwritable cache: just hash again next time
+    return digest

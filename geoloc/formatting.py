@@ -1,0 +1,34 @@
+"""How geoloc shows numbers: JSON-safe rounding, and distances in metres or kilometres.
+
+One formatter each, so the same distance reads the same in the locate table, the eval summary
+and the map, and the same value has the same digits in every JSON object.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def json_number(value: float | None, digits: int) -> float | None:
+    """``value`` rounded for JSON; None for a missing, infinite or NaN value (JSON has none)."""
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def format_distance(metres: float | None, missing: str = "–") -> str:
+    """A distance for people: ``4.7 m``, ``1,234 m``, ``12.3 km``, ``1,234 km``.
+
+    A decimal below 10 m, where it still means something (the estimate's error on a street);
+    whole metres up to 10 km; kilometres beyond, with a decimal up to 100 km.
+    """
+    if metres is None or not math.isfinite(metres):
+        return missing
+    if metres < 10:
+        return f"{metres:.1f} m"
+    if metres < 10_000:
+        return f"{metres:,.0f} m"
+    if metres < 100_000:
+        return f"{metres / 1000:,.1f} km"
+    return f"{metres / 1000:,.0f} km"

@@ -1,0 +1,137 @@
+"""The library API as a script uses it, and the layout rules that keep it one answer per question.
+
+The layout tests read the package's source (no imports run): each module's imports, to check
+that nothing takes another module's private names, that imports form no loop, and that a module
+reaches only the layers below it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import geoloc
+
+PACKAGE = Path(geoloc.__file__).parent
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        if name.endswith(".__init__"):
+            name = name[: -len(".__init__")]
+        found[name] = ast.parse(path.read_text(encoding="utf-8"))
+    return found
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
+    """(module, names) for every ``from geoloc... import names`` and ``import geoloc...``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("geoloc"):
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.startswith("geoloc")]
+    return out
+
+
+def test_the_lazy_top_level_names_all_exist():
+    """``geoloc.read_photo_meta`` (the 0.1.0 name) and every other advertised name resolve."""
+    for name in geoloc.__all__:
+        assert getattr(geoloc, name) is not None, name
+    assert geoloc.read_photo_meta is geoloc.read_meta
+    with pytest.raises(AttributeError):
+        geoloc.no_such_name  # noqa: B018
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for name, tree in _modules().items():
+        for module, names in _imports(tree):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and module != name:
+                offenders.append(f"{name} imports {', '.join(private)} from {module}")
+    assert offenders == []
+
+
+def test_imports_form_no_loop():
+    modules = _modules()
+    graph = {
+        name: {m for m, _ in _imports(tree) if m in modules and m != name and not name.startswith(m + ".")}
+        for name, tree in modules.items()
+    }
+    # A package's __init__ that re-exports its modules is not a loop through them.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not m.startswith(name + ".")}
+    seen, stack, loops = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            loops.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        stack.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    assert loops == []
+
+
+def test_locating_does_not_reach_into_indexing():
+    """How a database's model is loaded has one answer (geoloc.database_model), not the
+    indexer's: locating a photo needs neither the indexer nor the training code."""
+    modules = _modules()
+    for name in ("geoloc.localize", "geoloc.search", "geoloc.estimate", "geoloc.database_model"):
+        imported = {m for m, _ in _imports(modules[name])}
+        assert not imported & {"geoloc.indexer", "geoloc.training.finetune"}, name
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: __import__("geoloc.indexer", fromlist=["IndexConfig"]).IndexConfig(batch_size=0).check(),
+        lambda: __import__("geoloc.localize", fromlist=["LocateConfig"]).LocateConfig(top_k=0).check(),
+        lambda: __import__("geoloc.evaluation", fromlist=["EvalConfig"]).EvalConfig(batch_size=0).check(),
+        lambda: __import__("geoloc.training.finetune", fromlist=["FinetuneConfig"]).FinetuneConfig(epochs=0).check(),
+    ],
+    ids=["index", "locate", "eval", "finetune"],
+)
+def test_an_impossible_option_is_a_usage_error_from_every_library_entry(make):
+    """One rule: an option value the library cannot use is a usage error (exit 2), whether the
+    CLI's own range check or the library's catches it."""
+    from geoloc.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        make()
+    assert info.value.exit_code == 2 and "at least 1" in str(info.value)
+
+
+def test_query_decoding_threads_follow_the_device_the_model_is_on(tiny_model, tiny_db, monkeypatch):
+    """On a GPU the query extractor gets the GPU's decoding threads, not the CPU's."""
+    from geoloc import extract
+    from geoloc.database import Database
+    from geoloc.database_model import load_database_model, query_extractor
+
+    with Database.open(tiny_db) as database:
+        model = load_database_model(database, "cpu")
+        assert query_extractor(model, database).config.workers == extract.default_workers("cpu")
+        monkeypatch.setattr(extract, "model_device", lambda m: "cuda:0")
+        assert query_extractor(model, database).config.workers == extract.default_workers("cuda")
+        assert query_extractor(model, database, workers=3).config.workers == 3
+
+
+def test_a_registered_model_cannot_shadow_another(tiny_model):
+    from geoloc.errors import ModelError
+    from geoloc.models.registry import get_entry, register_model
+
+    with pytest.raises(ModelError, match="already registered"):
+        register_model(get_entry(tiny_model))
