@@ -7,11 +7,14 @@ would corrupt it, so nothing but data is ever written there when a data format i
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
+from geoloc.files import printable
 from geoloc.progress import Progress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -23,26 +26,48 @@ def out_console() -> Console:
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {_one_line(message)}", markup=True, highlight=False)
+    err.print(Text.assemble(("warning:", "yellow"), " ", _one_line(message)))
 
 
 def info(message: str) -> None:
-    err.print(message, markup=False, highlight=False)
+    err.print(Text("\n".join(printable(line) for line in str(message).split("\n"))))
 
 
 def error(message: str) -> None:
-    err.print(f"[red]error:[/] {_one_line(message)}", markup=True, highlight=False)
+    err.print(Text.assemble(("error:", "red"), " ", _one_line(message)))
 
 
 def _one_line(message: str) -> str:
-    from rich.markup import escape
-
-    return escape(" ".join(str(message).split()))
+    """Messages are data: one line, every control character escaped, never parsed as markup
+    (a photo named ``[red]x[/]`` or with a terminal escape in it is shown as it is named)."""
+    return printable(" ".join(str(message).split()))
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    """JSON on stdout, UTF-8, readable, and safe for any terminal or parser.
+
+    Paths are kept without loss: a byte of a name that is not UTF-8 travels as Python's
+    surrogate escape and is written as the JSON escape ``\\udcXX`` (``os.fsencode`` of the
+    parsed string gives the original bytes back). C1 controls and line separators are escaped
+    too, so no name can act on the terminal that shows the JSON.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=_json_default)
+    sys.stdout.write(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
     sys.stdout.flush()
+
+
+def data_out():
+    """stdout for data that carries names exactly as they are (CSV for exiftool): a byte of a
+    name that is not UTF-8 is written back as that byte, not refused."""
+    out = sys.stdout
+    try:
+        out.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError, OSError):
+        pass
+    return out
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _json_default(obj: Any) -> Any:

@@ -105,13 +105,18 @@ def _load_vocabulary(database: Database, model: GeolocModel, where: str) -> None
         )
 
 
-def record_vocabulary(database: Database, model: GeolocModel, extra: dict[str, Any]) -> None:
-    """Make the manifest's weights hash identify the vocabulary as well as the weights."""
+def store_vocabulary(database: Database, model: GeolocModel, extra: dict[str, Any]) -> None:
+    """Store the model's fitted vocabulary, and make the manifest's weights hash identify it as
+    well as the weights (one transaction: a crash leaves both or neither)."""
+    database.save_vocabulary(model.vocabulary_state(), vocabulary_manifest(database, model, extra))
+
+
+def vocabulary_manifest(database: Database, model: GeolocModel, extra: dict[str, Any]) -> dict[str, Any]:
     import hashlib
 
     vocab_hash = model.vocabulary_hash()
     combined = hashlib.sha256(f"{database.manifest.get('model_weights_hash', '')}:{vocab_hash}".encode()).hexdigest()
-    database.update_manifest({"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra})
+    return {"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra}
 
 
 def query_extractor(model: GeolocModel, database: Database, *, batch_size: int = 8,

@@ -67,3 +67,22 @@ def require_at_least(option: str, value: float | None, minimum: float, unit: str
     """``--batch-size must be at least 1, got 0``; None (a default to be chosen) passes."""
     if value is not None and value < minimum:
         raise UsageError(f"{option} must be at least {minimum:g}{unit}, got {value:g}")
+
+
+class DatabaseDamagedError(DatabaseError):
+    """A database's files disagree with each other or with their checksums.
+
+    The message is one line: what is wrong (the first problem, and how many more), and the
+    command that repairs it. ``problems`` holds every problem found, for ``geoloc check``.
+    """
+
+    def __init__(self, where: str, problems: list[str], fix: str):
+        self.problems = list(problems)
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        super().__init__(f"{where} is damaged: {problems[0]}{more}; {fix}")
+
+
+class RunInterrupted(GeolocError):
+    """Ctrl-C: the run stopped, and the message says what was saved (exit code 130)."""
+
+    exit_code = 130

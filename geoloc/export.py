@@ -18,7 +18,7 @@ from typing import Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
-from geoloc.files import atomic_write, display_path
+from geoloc.files import atomic_write, json_path
 from geoloc.localize import LocateResult
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
@@ -52,7 +52,7 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
         score = r.candidates[0].score if r.candidates else None
         writer.writerow(
             [
-                display_path(r.query),
+                json_path(r.query),
                 f"{e.lat:.7f}",
                 f"{e.lon:.7f}",
                 "N" if e.lat >= 0 else "S",

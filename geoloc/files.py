@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,14 +20,39 @@ from typing import Iterator
 _HASH_CHUNK = 1 << 22
 
 
+#: Characters a terminal acts on, or that reorder what it shows: C0/C1 controls, DEL, the
+#: Unicode line separators and the bidirectional overrides ("Trojan source" names).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(match: re.Match) -> str:
+    ch = match.group()
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, kept by os.fsdecode's surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on written as an escape (``\\x1b``,
+    ``\\n``, ``\\u202e``), and bytes that are not UTF-8 as ``\\xff``: one line, shown as is."""
+    return _UNSAFE.sub(_escape, text)
+
+
 def display_path(path: Path | str) -> str:
-    """A printable/JSON-safe string for a path whose name may not be valid UTF-8."""
-    text = os.fspath(path)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A path for people: messages, tables, maps. Names are data, never terminal commands:
+    control characters and undecodable bytes come out as escapes (see :func:`printable`)."""
+    return printable(os.fspath(path))
+
+
+def json_path(path: Path | str) -> str:
+    """A path for JSON, without loss: a byte that is not UTF-8 stays a surrogate escape
+    (``\\udcff`` once written as JSON by :func:`geoloc.console.print_json`), so that
+    ``os.fsencode(json.loads(text)[...])`` gives back the exact bytes of the name."""
+    return os.fspath(path)
 
 
 def check_writable(target: Path | str, what: str = "") -> None:

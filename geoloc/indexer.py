@@ -21,12 +21,15 @@ from geoloc.database_model import (
     load_database_model,
     max_side_of,
     new_manifest,
-    record_vocabulary,
+    store_vocabulary,
+    vocabulary_manifest,
 )
-from geoloc.errors import DatabaseError, PhotoError, require_at_least
-from geoloc.files import display_path, sha256_file
+from geoloc.database.layout import FIT_CACHE
+from geoloc.errors import DatabaseError, PhotoError, RunInterrupted, require_at_least
+from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
-from geoloc.vocabulary import FeatureSampler, fit_vocabulary, spread
+from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
+from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
 
 
 @dataclass
@@ -41,6 +44,8 @@ class IndexConfig:
     device: str = "auto"
     #: Drop photos under the given PATHs whose files no longer exist.
     prune: bool = False
+    #: Rebuild what damage left rebuildable instead of refusing a damaged database.
+    repair: bool = False
     #: Vocabulary fitting (models whose NetVLAD centroids come from the user's photos).
     vocabulary_photos: int = 300
     vocabulary_features: int = 50_000
@@ -68,6 +73,8 @@ class IndexReport:
     #: "fitted" on the run that fitted the vocabulary, "stored" when it was reused, else None.
     vocabulary: Optional[str] = None
     elapsed_s: float = 0.0
+    #: What ``--repair`` did (None without it).
+    repair: Optional[RepairReport] = None
 
     def add_error(self, path: Path, reason: str) -> None:
         self.errors += 1
@@ -75,7 +82,7 @@ class IndexReport:
 
     def to_json(self) -> dict:
         return {
-            "db": display_path(self.db),
+            "db": json_path(self.db),
             "model": self.model,
             "total": self.total,
             "located": self.located,
@@ -84,8 +91,9 @@ class IndexReport:
             "unchanged": self.unchanged,
             "errors": self.errors,
             "removed": self.removed,
-            "error_files": [{"path": display_path(p), "reason": r} for p, r in self.error_files],
+            "error_files": [{"path": json_path(p), "reason": r} for p, r in self.error_files],
             "vocabulary": self.vocabulary,
+            "repair": self.repair.to_json() if self.repair is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -101,7 +109,11 @@ def index_photos(
 ) -> IndexReport:
     """Add the photos under ``paths`` to the database at ``db`` (created when missing).
 
-    ``progress`` hears about each phase, photo and unusable file; the caller closes it.
+    ``progress`` hears about each phase, photo and unusable file; the caller closes it. A
+    damaged database is refused with a one-line :class:`DatabaseDamagedError`, unless
+    ``config.repair``, which rebuilds what can be rebuilt (``paths`` may then be empty: the
+    stored paths of damaged photos are used). Ctrl-C raises :class:`RunInterrupted` saying what
+    was saved.
     """
     from geoloc.photos import discover
 
@@ -115,21 +127,32 @@ def index_photos(
     with contextlib.ExitStack() as stack:
         stack.callback(database.close)
         report.model = database.manifest["model"]
-        run.progress.stage("Scanning", None)
-        to_index, seen = _diff(found, database, report, run.on_error, run.progress)
-        if model is None and to_index:
-            # Loaded only now: a re-run over an unchanged archive needs no network at all, so it
-            # neither imports torch nor reads the weights (seconds saved on every re-run).
-            model = load_database_model(database, config.device, fitting=True)
-        if model is None:
-            report.vocabulary = "stored" if database.has_vocabulary() else None
-        else:
-            run.extract(database, model, to_index, stack)
+        try:
+            again = run.check_damage(database)
+            run.progress.stage("Scanning", None)
+            to_index, seen = _diff(found, database, report, run.on_error, run.progress)
+            to_index = sorted(set(to_index) | set(again))
+            to_index, claimed = claim_stored_rows(database, to_index, run.on_error)
+            report.unchanged += claimed
+            if report.repair is not None:
+                report.repair.claimed = claimed
+            if model is None and to_index:
+                # Loaded only now: a re-run over an unchanged archive needs no network at all, so
+                # it neither imports torch nor reads the weights (seconds saved on every re-run).
+                model = load_database_model(database, config.device, fitting=True)
+            if model is None:
+                report.vocabulary = "stored" if database.has_vocabulary() else None
+            else:
+                run.extract(database, model, to_index, stack)
+        except KeyboardInterrupt:
+            raise run.interrupted(database) from None
         if config.prune:
             report.removed = _prune(database, paths, seen, run.progress)
-        if (config.prune and database.dead_rows) or database.needs_compaction():
+        if (config.prune and database.dead_rows) or (database.needs_compaction() and not database.rebuilt):
             run.progress.stage("Compacting", None)
             database.compact()
+        if config.repair:
+            database.finish_repair()
         counts = database.counts()
         report.total, report.located, report.unlocated = (
             counts["total"], counts["located"], counts["unlocated"])
@@ -144,10 +167,35 @@ class _Run:
         self.config = config
         self.report = report
         self.progress = progress
+        self.stage = "indexing"
+        self.failed: set[Path] = set()  # unusable photos, reported once
 
     def on_error(self, exc: PhotoError) -> None:
+        if exc.path in self.failed:
+            return
+        self.failed.add(exc.path)
         self.report.add_error(exc.path, exc.reason)
         self.progress.warning(exc.path, exc.reason)
+
+    def check_damage(self, database: Database) -> list[Path]:
+        """Refuse a damaged database; with ``repair``, the photos to index again."""
+        if not self.config.repair:
+            problems = database.verify()
+            if problems:
+                raise database.damage(problems)
+            return []
+        self.report.repair = RepairReport(rebuilt=list(database.repaired))
+        return damaged_photos(database, self.report.repair)
+
+    def interrupted(self, database: Database) -> RunInterrupted:
+        total = database.counts()["total"]
+        if self.stage == "fitting":
+            return RunInterrupted(
+                f"interrupted while fitting the vocabulary: {self.fitted} of {self.sample} sample photos "
+                "are done and kept; run the same command again to continue")
+        return RunInterrupted(
+            f"interrupted: {self.report.indexed} photos saved in this run, {total} in the database; "
+            "run the same command again to continue")
 
     def extract(self, database: Database, model, to_index: list[Path], stack: contextlib.ExitStack) -> None:
         """Vocabulary first (fitted when the database has none), then one batch at a time:
@@ -157,8 +205,8 @@ class _Run:
         extractor = Extractor.create(model, max_side=max_side_of(database),
                                      batch_size=self.config.batch_size, workers=self.config.workers)
         stack.enter_context(extractor.cpu_threads())
-        self.report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index,
-                                                          self.config, self.progress)
+        self.report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index, self)
+        self.stage = "indexing"
         self.progress.stage("Indexing", len(to_index))
 
         def store(items, descriptors) -> None:
@@ -166,7 +214,8 @@ class _Run:
             self.report.indexed += len(items)
             self.progress.advance(len(items))
 
-        done: set[Path] = set()
+        done: set[Path] = set(self.failed)
+        self.progress.advance(len(self.failed & set(to_index)))
         while kept:  # the vocabulary sample: its local features are already computed
             items, feats = kept.pop(0)
             store(items, extractor.pool(feats))
@@ -194,7 +243,7 @@ def _open_database(db_path: Path, config: IndexConfig):
     from geoloc.models.registry import load_model, model_key, pick_device
 
     if Database.exists(db_path):
-        database = Database.open(db_path, write=True)
+        database = Database.open(db_path, write=True, repair=config.repair)
         try:
             check_request(database, config.model, config.max_side)
             return database, None
@@ -229,20 +278,22 @@ def _check_writable(db_path: Path) -> None:
 KEEP_FEATURES_BYTES = 256 * 2**20
 
 
-def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path],
-                       config: IndexConfig, progress: Progress):
-    """Load the database's vocabulary, or fit and store it before the first descriptor.
+def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path], run: _Run):
+    """The database's vocabulary, or a new one fitted on a sample and stored before the first
+    descriptor. Only the sample goes through the network here, and each photo's share of
+    features is cached as it comes, so an interrupted fit resumes where it stopped.
 
     Returns ``(state, kept)``: state is "stored", "fitted" or None; kept holds batches of
     ``(photos, local features)`` of the sample, ready to be pooled and stored.
     """
+    config = run.config
     if database.has_vocabulary():  # loaded with the model, and checked against the manifest
-        if not database.manifest.get("vocabulary_sha256"):  # killed between the two writes
-            record_vocabulary(database, model, {})
+        if not database.manifest.get("vocabulary_sha256"):  # a 0.1.0 database killed between two writes
+            database.update_manifest(vocabulary_manifest(database, model, {}))
         return "stored", []
     if not model.needs_vocabulary:
         return None, []
-    if database.next_row:
+    if len(database):
         raise DatabaseError(
             f"database {display_path(database.path)} is damaged: it holds descriptors but "
             "not the vocabulary they were computed with; index into a new --db"
@@ -251,24 +302,42 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
         return None, []
     sample = spread(to_index, config.vocabulary_photos)
     position = {path: i for i, path in enumerate(sample)}
-    progress.stage("Fitting vocabulary", len(sample))
     sampler = FeatureSampler(len(sample), max_features=config.vocabulary_features, seed=config.seed)
+    cache = FitCache(database.path / FIT_CACHE, sample, {
+        "seed": config.seed, "max_features": config.vocabulary_features, "max_side": max_side_of(database),
+        "weights": database.manifest.get("model_weights_hash")})
+    for i in cache.done():
+        picked = cache.get(i)
+        if picked is not None:
+            sampler.put(i, picked)
+    todo = [p for i, p in enumerate(sample) if i not in sampler]
+    run.stage, run.sample, run.fitted = "fitting", len(sample), len(sampler)
+    run.progress.stage("Fitting vocabulary", len(sample))
+    run.progress.advance(len(sample) - len(todo))
     kept, kept_bytes = [], 0
-    # Unusable photos are skipped quietly here: the indexing pass reports them.
-    for items, feats in extractor.batches(sample, model.local_features,
-                                          on_error=lambda item: progress.advance(1)):
+
+    def failed(item) -> None:  # reported now, and not decoded again by the indexing pass
+        run.on_error(item.error)
+        run.progress.advance(1)
+
+    for items, feats in extractor.batches(todo, model.local_features, on_error=failed):
         for item, one in zip(items, feats):
-            sampler.add(position[item.path], one)
+            i = position[item.path]
+            cache.put(i, sampler.add(i, one))
+        run.fitted = len(sampler)
         if kept_bytes + feats.nbytes <= KEEP_FEATURES_BYTES:
             kept.append((items, feats))
             kept_bytes += feats.nbytes
-        progress.advance(len(items))
+        run.progress.advance(len(items))
     features = sampler.sample()
-    fit_vocabulary(model, features, len(sample), seed=config.seed,
-                   hint="index more photos at once, or use a larger --max-side")
-    database.save_vocabulary(model.vocabulary_state())
-    record_vocabulary(database, model, {"vocabulary_photos": len(sample),
-                                        "vocabulary_features": int(features.shape[0])})
+    unreadable = len(sample) - len(sampler)
+    hint = "index more photos at once, or use a larger --max-side"
+    if unreadable:
+        hint = f"{unreadable} of the {len(sample)} sampled photos could not be read (see the warnings above); {hint}"
+    fit_vocabulary(model, features, len(sampler), seed=config.seed, hint=hint)
+    store_vocabulary(database, model, {"vocabulary_photos": len(sample),
+                                       "vocabulary_features": int(features.shape[0])})
+    cache.clear()
     return "fitted", kept
 
 

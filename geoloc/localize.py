@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
 from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, assess_confidence, estimate_position
 from geoloc.files import display_path
@@ -169,6 +170,12 @@ class Locator:
             self.records, self._matrix = self.database.descriptor_matrix(located_only=True)
             if not self.records:
                 raise self._nothing_located()
+            # Every stored descriptor is checked against its checksum before it is trusted: all
+            # of them now when they fit the budget, else each candidate as a search returns it.
+            self._verified_all = len(self.records) * self.database.dim * 4 <= VERIFY_ALL_BYTES
+            problems = self.database.verify(self.records) if self._verified_all else []
+            if problems:
+                raise self.database.damage(problems)
         except BaseException:
             self.database.close()
             raise
@@ -268,6 +275,7 @@ class Locator:
             else:
                 to_extract.setdefault(key, []).append(i)
         if stored:
+            self._check_rows([rec for _, rec in stored])
             rows = self.database.descriptors_for([rec for _, rec in stored])
             for (i, _), row in zip(stored, rows):
                 batch.descriptors[i] = np.asarray(row, dtype=np.float32)
@@ -342,6 +350,8 @@ class Locator:
         cfg = self.config
         rows = np.array([j for j, _ in keep])
         sims = np.array([s for _, s in keep])
+        if not self._verified_all:
+            self._check_rows([self.records[j] for j in rows])
         n_est = min(cfg.estimate_k, len(keep)) if cfg.estimate_k > 0 else 1
         estimate = estimate_position(self._lats[rows[:n_est]], self._lons[rows[:n_est]], sims[:n_est], cfg.estimate)
         assess_confidence(estimate, float(sims[0]), reference, cfg.confidence)
@@ -393,6 +403,13 @@ class Locator:
             )
             self.timings.index_s += _now() - start
         return self.index
+
+    def _check_rows(self, records) -> None:
+        damaged = self.database.damaged_rows(records)
+        if damaged:
+            names = [display_path(r.path) for r in records if r.row in damaged]
+            raise self.database.damage([f"the stored descriptor of {names[0]} no longer matches its checksum"
+                                        + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")])
 
     def _check_dim(self, out: np.ndarray) -> None:
         if out.shape[1] != self.database.dim:

@@ -9,6 +9,7 @@ same photos give the same vocabulary whichever command fitted it.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TypeVar
 
 from geoloc.errors import GeolocError, ModelError
@@ -45,18 +46,31 @@ class FeatureSampler:
         self.seed = seed
         self._chunks: dict[int, torch.Tensor] = {}
 
-    def add(self, key: int, features: torch.Tensor) -> None:
-        """One photo's C×h×w local features."""
+    def pick(self, key: int, features: torch.Tensor) -> torch.Tensor:
+        """This photo's share of its C×h×w local features, as (share)×C."""
         import torch
 
         flat = features.reshape(features.shape[0], -1).T  # (h·w)×C
         if flat.shape[0] > self.per_photo:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(key))
             flat = flat[torch.randperm(flat.shape[0], generator=gen)[: self.per_photo]]
-        self._chunks[int(key)] = flat.float().clone()
+        return flat.float().clone()
+
+    def put(self, key: int, picked: torch.Tensor) -> None:
+        """A photo's share, as :meth:`pick` chose it (now, or in an interrupted earlier run)."""
+        self._chunks[int(key)] = picked
+
+    def add(self, key: int, features: torch.Tensor) -> torch.Tensor:
+        """One photo's C×h×w local features; returns the share kept."""
+        picked = self.pick(key, features)
+        self.put(key, picked)
+        return picked
 
     def __len__(self) -> int:
         return len(self._chunks)
+
+    def __contains__(self, key: int) -> bool:
+        return int(key) in self._chunks
 
     def sample(self) -> torch.Tensor:
         import torch
@@ -83,3 +97,70 @@ def fit_vocabulary(model: GeolocModel, features: torch.Tensor, photos: int, *, s
         model.fit_vocabulary(features, seed=seed)
     except ModelError as exc:
         raise GeolocError(f"cannot fit the vocabulary: {exc}") from None
+
+
+class FitCache:
+    """The shares of an interrupted vocabulary fit, one small file per sample photo.
+
+    Fitting a first database's vocabulary runs the network over its whole sample before any
+    descriptor can be stored; a kill or Ctrl-C in the middle would throw that work away. Each
+    photo's share is written here as it is computed, so the next run resumes where this one
+    stopped. The cache is only reused for the very same sample and settings, and is removed once
+    the vocabulary is stored.
+    """
+
+    def __init__(self, folder: Path, sample: Sequence[Path], settings: dict):
+        import json
+        import os
+        import shutil
+
+        self.folder = Path(folder)
+        key = {"sample": [os.fsencode(p).hex() for p in sample], **settings}
+        self._stamp = json.dumps(key, sort_keys=True)
+        stamp_file = self.folder / "sample.json"
+        try:
+            current = stamp_file.read_text()
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != self._stamp:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self._ready = current == self._stamp
+
+    def _file(self, key: int) -> Path:
+        return self.folder / f"{int(key):06d}.npy"
+
+    def done(self) -> set[int]:
+        if not self._ready:
+            return set()
+        return {int(p.stem) for p in self.folder.glob("[0-9]*.npy")}
+
+    def get(self, key: int):
+        import numpy as np
+        import torch
+
+        try:
+            return torch.from_numpy(np.load(self._file(key)))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: int, picked) -> None:
+        """Best effort: a share that cannot be cached is only computed again next time."""
+        import numpy as np
+
+        from geoloc.files import atomic_write, replacing
+
+        try:
+            if not self._ready:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                atomic_write(self.folder / "sample.json", self._stamp, durable=False)
+                self._ready = True
+            with replacing(self._file(key), durable=False) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, picked.numpy())
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -3,6 +3,7 @@ finish with every photo exactly once and the same descriptors as an uninterrupte
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -129,3 +130,46 @@ def test_killed_twice_then_finished(lund_dir, tmp_path, clean):
     _kill_when(proc, lambda: max(first, 6) + 2 <= _committed(db) < 27)
     assert 0 < _committed(db) < 29
     _check_recovered(photos, db, clean)
+
+
+def test_a_first_run_killed_after_its_first_commits_keeps_them(lund_dir, tmp_path, clean):
+    """A first run commits from its first batch after the vocabulary: a kill -9 then loses at
+    most the batch in flight, and the re-run indexes only what is missing."""
+    photos = _copy(lund_dir, tmp_path / "photos")
+    db = tmp_path / "db"
+    proc = _start(photos, db)
+    _kill_when(proc, lambda: 4 <= _committed(db) < 27)
+    kept = _committed(db)
+    assert kept >= 4
+    report = json.loads(_index_cli(photos, db).stdout)
+    assert report["indexed"] + report["unchanged"] == 29 and report["indexed"] <= 29 - kept
+    _check_recovered(photos, db, clean)
+
+
+def test_a_killed_vocabulary_fit_resumes_where_it_stopped(lund_dir, tmp_path, clean):
+    """Each sample photo's share of features is cached as it is computed: the re-run does not
+    compute those again, and fits the same vocabulary as an uninterrupted run."""
+    photos = _copy(lund_dir, tmp_path / "photos")
+    db = tmp_path / "db"
+    cache = db / ".vocabulary-fit"
+    proc = _start(photos, db)
+    _kill_when(proc, lambda: len(list(cache.glob("0*.npy"))) >= 2)
+    assert not (db / "vocabulary.safetensors").exists()
+    assert len(list(cache.glob("0*.npy"))) >= 2
+    _check_recovered(photos, db, clean)
+    assert not cache.exists()
+
+
+def test_ctrl_c_says_how_many_photos_were_saved(lund_dir, tmp_path):
+    photos = _copy(lund_dir, tmp_path / "photos")
+    db = tmp_path / "db"
+    proc = _start(photos, db)
+    deadline = time.monotonic() + 120
+    while _committed(db) < 8 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "photos saved in this run" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1

@@ -282,9 +282,10 @@ def test_empty_database_is_a_clear_error(tmp_path, lund_dir):
 def test_model_mismatch_is_a_clear_error(tmp_path, tiny_db, lund_dir):
     copy = tmp_path / "db"
     shutil.copytree(tiny_db, copy, ignore=shutil.ignore_patterns("lock"))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["model_weights_hash"] = "0" * 64
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    from geoloc.database import Database
+
+    with Database.open(copy, write=True) as database:  # as if the model file were retrained since
+        database.update_manifest({"model_weights_hash": "0" * 64})
     result = run(lund_dir / "02.jpg", "--db", copy)
     assert result.exit_code == 1
     assert "weights have changed" in result.stderr

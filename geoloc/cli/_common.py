@@ -95,3 +95,22 @@ def one_format(**flags: bool) -> Optional[str]:
 
         raise UsageError("choose one output format, not " + " and ".join(f"--{c}" for c in chosen))
     return chosen[0] if chosen else None
+
+
+def cell(value: object):
+    """A table cell or title for people: the value as plain text (escaped, never markup)."""
+    from rich.text import Text
+
+    from geoloc.files import printable
+
+    return Text(printable(str(value)))
+
+
+def warn_mirror_damage(database) -> None:
+    """Damage that changes no answer (a mirror file whose copy is intact): said, not fatal."""
+    from geoloc import console
+    from geoloc.files import display_path
+
+    for note in database.notes:
+        console.warn(f"database {display_path(database.path)}: {note}; answers are unaffected, and "
+                     f"`geoloc index --repair --db {display_path(database.path)}` rewrites it")

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
+from geoloc.cli._common import DB_HELP, cell, handle_errors, resolve_db
 from geoloc.files import display_path
 from geoloc.formatting import format_distance
 
@@ -182,25 +182,29 @@ def _console(to_stderr: bool):
     return console.err if to_stderr else console.out_console()
 
 
+def _row(table, label: str, value: str) -> None:
+    table.add_row(label, cell(value))
+
+
 def _print_summary(result, to_stderr: bool = False) -> None:
     from rich.table import Table
 
     s = result.summary
-    t = Table(title=f"geoloc eval — {result.model}", show_header=False, box=None, title_justify="left")
+    t = Table(title=cell(f"geoloc eval — {result.model}"), show_header=False, box=None, title_justify="left")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("dataset", f"{result.dataset} ({result.kind}, {result.database_images} database images)")
-    t.add_row("queries", f"{s.queries}" + (f" ({s.failed} unreadable)" if s.failed else "")
+    _row(t, "dataset", f"{result.dataset} ({result.kind}, {result.database_images} database images)")
+    _row(t, "queries", f"{s.queries}" + (f" ({s.failed} unreadable)" if s.failed else "")
               + (f", {result.skipped_queries} without GPS skipped" if result.skipped_queries else ""))
-    t.add_row("threshold", f"{result.threshold_m:g} m")
-    t.add_row("recall@1/5/10/20", " / ".join(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)) + " %")
-    t.add_row("median error", format_distance(s.median_error_m))
-    t.add_row("mean error", format_distance(s.mean_error_m))
+    _row(t, "threshold", f"{result.threshold_m:g} m")
+    _row(t, "recall@1/5/10/20", " / ".join(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)) + " %")
+    _row(t, "median error", format_distance(s.median_error_m))
+    _row(t, "mean error", format_distance(s.mean_error_m))
     if s.queries_without_positive:
-        t.add_row("no positive", f"{s.queries_without_positive} queries have no database image within the threshold")
+        _row(t, "no positive", f"{s.queries_without_positive} queries have no database image within the threshold")
     d = result.descriptors
     if d:
-        t.add_row("descriptors", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items()))
+        _row(t, "descriptors", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d.items()))
     _console(to_stderr).print(t)
 
 
@@ -221,15 +225,15 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
         t.add_column(col, justify="right", no_wrap=True)
     for row in rows:
         if row.result is None:
-            t.add_row(row.model, "", "skipped", "", "", "", "", "")
+            t.add_row(cell(row.model), "", "skipped", "", "", "", "", "")
             continue
         r = row.result
         s = r.summary
-        t.add_row(row.model, str(r.dim), *(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)),
+        t.add_row(cell(row.model), str(r.dim), *(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)),
                   _num(s.median_error_m), _num(s.mean_error_m))
     con = _console(to_stderr)
-    con.print(title, markup=False, highlight=False)
+    con.print(cell(title))
     con.print(t)
     for row in rows:
         if row.result is None:
-            con.print(f"{row.model} skipped: {row.skipped}", markup=False, highlight=False)
+            con.print(cell(f"{row.model} skipped: {row.skipped}"))

@@ -23,8 +23,8 @@ _HELP = (
 @app.command("index", help=_HELP)
 @handle_errors
 def index(
-    paths: List[Path] = typer.Argument(..., metavar="PATH", show_default=False,
-                                       help="Photos or folders (searched recursively)."),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", show_default=False,
+                                                 help="Photos or folders (searched recursively)."),
     db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="NAME|FILE",
@@ -33,6 +33,9 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
     prune: bool = typer.Option(
         False, "--prune", help="Drop photos under PATH whose files no longer exist."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Rebuild what damage left rebuildable (a lost photos.sqlite, manifest "
+        "or vocabulary; damaged descriptors) instead of refusing a damaged database; see `geoloc check`."),
     max_side: Optional[int] = typer.Option(
         None, "--max-side", min=32, metavar="PIXELS",
         help="Longest side photos are resized to. Default: the model's (640 for the registry "
@@ -55,11 +58,15 @@ def index(
     from geoloc.console import RichProgress
     from geoloc.indexer import IndexConfig, index_photos
 
+    from geoloc.errors import UsageError
+
+    if not paths and not repair:
+        raise UsageError("give at least one PATH (a photo or a folder) to index")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
-                         device=device, prune=prune, vocabulary_photos=vocabulary_photos)
+                         device=device, prune=prune, repair=repair, vocabulary_photos=vocabulary_photos)
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
-        report = index_photos(paths, resolve_db(db), config, progress)
+        report = index_photos(paths or [], resolve_db(db), config, progress)
     finally:
         progress.close()
     if not quiet:
@@ -71,28 +78,34 @@ def index(
 
 
 def _print_summary(report) -> None:
+    """The run in a few rows on stderr; every user string is a Text, never parsed as markup."""
     from rich.table import Table
+    from rich.text import Text
 
     from geoloc.console import err
     from geoloc.files import display_path
+    from geoloc.repair import describe
 
-    table = Table(title=f"geoloc index → {display_path(report.db)}", title_justify="left",
+    table = Table(title=Text(f"geoloc index → {display_path(report.db)}"), title_justify="left",
                   show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column()
-    table.add_row("in the database", str(report.total),
-                  f"{report.located} located, {report.unlocated} unlocated")
-    rate = report.indexed / report.elapsed_s if report.elapsed_s > 0 else 0.0
-    table.add_row("indexed", str(report.indexed),
-                  f"new or changed, {rate:.1f} photos/s" if report.indexed else "new or changed")
-    table.add_row("unchanged", str(report.unchanged), "already current")
-    table.add_row("errors", str(report.errors), "files that could not be read" if report.errors else "")
-    if report.removed:
-        table.add_row("removed", str(report.removed), "files gone (--prune)")
-    table.add_row("model", report.model,
-                  {"fitted": "vocabulary fitted on these photos",
-                   "stored": "vocabulary from the database"}.get(report.vocabulary or "", ""))
-    table.add_row("time", f"{report.elapsed_s:.1f} s", "")
-    err.print(table)
 
+    def row(label: str, value: str, note: str = "") -> None:
+        table.add_row(Text(label), Text(value), Text(note))
+
+    row("in the database", str(report.total), f"{report.located} located, {report.unlocated} unlocated")
+    rate = report.indexed / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    row("indexed", str(report.indexed), f"new or changed, {rate:.1f} photos/s" if report.indexed else "new or changed")
+    row("unchanged", str(report.unchanged), "already current")
+    row("errors", str(report.errors), "files that could not be read" if report.errors else "")
+    if report.removed:
+        row("removed", str(report.removed), "files gone (--prune)")
+    if report.repair is not None:
+        row("repair", "", describe(report.repair))
+    row("model", display_path(report.model),
+        {"fitted": "vocabulary fitted on these photos",
+         "stored": "vocabulary from the database"}.get(report.vocabulary or "", ""))
+    row("time", f"{report.elapsed_s:.1f} s")
+    err.print(table)

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, handle_errors, one_format, resolve_db
-from geoloc.files import check_writable, display_path
+from geoloc.cli._common import DB_HELP, handle_errors, one_format, resolve_db, warn_mirror_damage
+from geoloc.files import check_writable, display_path, printable
 from geoloc.formatting import format_distance
 
 
@@ -101,6 +101,7 @@ def _locate_all(db_path: Path, slots: list, unlocated: bool, config) -> list:
     from geoloc.localize import LocateResult, Locator
 
     with Locator(db_path, config) as locator:
+        warn_mirror_damage(locator.database)
         if unlocated:
             extra = locator.unlocated_photos()
             known = {os.path.realpath(p) for kind, p in slots if kind == "path"}
@@ -130,7 +131,7 @@ def _print_results(results: list, fmt: str | None) -> None:
     elif fmt == "csv":
         from geoloc.export import write_csv
 
-        write_csv(results, sys.stdout)
+        write_csv(results, console.data_out())
     elif fmt == "geojson":
         from geoloc.export import write_geojson
 
@@ -191,7 +192,7 @@ def _print_tables(results) -> None:
     title = "geoloc locate" + (f" — in {display_path(folder)}" if folder else "")
     # Numbers never wrap or get cut; the query column takes what is left. (How many candidates
     # agree is in the JSON and the map; "confidence" sums it up here.)
-    table = Table(title=title, title_justify="left", pad_edge=False)
+    table = Table(title=Text(title), title_justify="left", pad_edge=False)
     table.add_column("query", overflow="fold", min_width=10)
     for header in ("latitude", "longitude", "radius", "score"):
         table.add_column(header, justify="right", no_wrap=True)
@@ -205,7 +206,7 @@ def _print_tables(results) -> None:
             reason = r.error or "no estimate"
             for prefix in (f"{r.query}: ", f"{display_path(r.query)}: "):
                 reason = reason.removeprefix(prefix)
-            name.append("\n" + reason, style="red")
+            name.append("\n" + printable(reason), style="red")
             row = [name, "–", "–", "", "", ""]
         else:
             e = r.estimate

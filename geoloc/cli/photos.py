@@ -35,7 +35,7 @@ def photos(
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV on stdout."),
 ) -> None:
     """Thin: database → records (→ reasons) → lines, JSON or CSV (help text in _HELP)."""
-    from geoloc.cli._common import one_format, resolve_db
+    from geoloc.cli._common import one_format, resolve_db, warn_mirror_damage
     from geoloc.database import Database
     from geoloc.errors import UsageError
 
@@ -43,6 +43,7 @@ def photos(
     if located and unlocated:
         raise UsageError("choose --located or --unlocated, not both")
     with Database.open(resolve_db(db)) as database:
+        warn_mirror_damage(database)
         records = database.photos(located_only=located)
     if unlocated:
         records = [r for r in records if not r.located]
@@ -54,9 +55,10 @@ def photos(
         print_json(rows)
     elif fmt == "csv":
         import csv
-        import sys
 
-        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+        from geoloc.console import data_out
+
+        writer = csv.DictWriter(data_out(), fieldnames=CSV_COLUMNS, extrasaction="ignore",
                                 lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -90,17 +92,26 @@ def _row(record) -> dict:
 
 
 def _print_lines(rows: list[dict]) -> None:
-    """For people: one photo per line, then a count on stderr (so `| wc -l` stays exact)."""
+    """For people: one photo per line, then a count on stderr (so `| wc -l` stays exact).
+
+    A name that holds a tab, a newline, a terminal escape or bytes that are not UTF-8 is shown
+    quoted, with those characters escaped: one photo stays one line, and no name can act on
+    the terminal. (``--json`` and ``--csv`` carry names exactly.)
+    """
     import sys
 
     from geoloc import console
+    from geoloc.files import display_path
 
     for row in rows:
+        name = display_path(row["path"])
+        if name != row["path"]:
+            name = '"' + name.replace('"', '\\"') + '"'
         if row["located"]:
             where = f"{row['lat']:.6f}, {row['lon']:.6f}"
         else:
-            where = f"unlocated: {row['reason'] or 'no position'}"
-        sys.stdout.write(f"{row['path']}\t{where}\n")
+            where = f"unlocated: {display_path(row['reason'] or 'no position')}"
+        sys.stdout.write(f"{name}\t{where}\n")
     sys.stdout.flush()
     located = sum(1 for r in rows if r["located"])
     noun = "photo" if len(rows) == 1 else "photos"
