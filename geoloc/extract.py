@@ -31,11 +31,16 @@ from geoloc.files import sha256_file
 
 def default_workers(device: str = "cpu") -> int:
     """Decoding threads. A GPU needs many to stay fed; on the CPU the network wants the cores
-    (decoding costs a fraction of a CPU network pass), and extra threads only contend."""
+    (decoding costs a fraction of a CPU network pass), and extra threads only contend. Never
+    more than the memory available holds: each thread may hold a large photo's pixels."""
+    from geoloc.photos.decode import memory_bytes
+
     cores = os.cpu_count() or 2
     if str(device).split(":")[0] in ("cuda", "mps"):
-        return max(2, min(8, cores))
-    return max(1, min(4, cores // 4))
+        wanted = max(2, min(8, cores))
+    else:
+        wanted = max(1, min(4, cores // 4))
+    return max(1, min(wanted, memory_bytes(available=True) // (512 << 20)))
 
 
 def model_device(model) -> str:

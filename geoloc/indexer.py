@@ -300,42 +300,55 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
         )
     if not to_index:
         return None, []
-    sample = spread(to_index, config.vocabulary_photos)
-    position = {path: i for i, path in enumerate(sample)}
-    sampler = FeatureSampler(len(sample), max_features=config.vocabulary_features, seed=config.seed)
+    # The sample, then the other photos in the same spread order: one that cannot be read is
+    # replaced by the next, so junk among the photos does not starve the fit.
+    target = min(len(to_index), config.vocabulary_photos)
+    sample = spread(to_index, target)
+    chosen = set(sample)
+    candidates = sample + [p for p in spread(to_index, len(to_index)) if p not in chosen]
+    position = {path: i for i, path in enumerate(candidates)}
+    sampler = FeatureSampler(target, max_features=config.vocabulary_features, seed=config.seed)
     cache = FitCache(database.path / FIT_CACHE, sample, {
         "seed": config.seed, "max_features": config.vocabulary_features, "max_side": max_side_of(database),
         "weights": database.manifest.get("model_weights_hash")})
     for i in cache.done():
         picked = cache.get(i)
-        if picked is not None:
+        if picked is not None and i < len(candidates):
             sampler.put(i, picked)
-    todo = [p for i, p in enumerate(sample) if i not in sampler]
-    run.stage, run.sample, run.fitted = "fitting", len(sample), len(sampler)
-    run.progress.stage("Fitting vocabulary", len(sample))
-    run.progress.advance(len(sample) - len(todo))
+    run.stage, run.sample, run.fitted = "fitting", target, len(sampler)
+    run.progress.stage("Fitting vocabulary", target)
+    run.progress.advance(len(sampler))
     kept, kept_bytes = [], 0
+    tried = 0
 
     def failed(item) -> None:  # reported now, and not decoded again by the indexing pass
         run.on_error(item.error)
-        run.progress.advance(1)
 
-    for items, feats in extractor.batches(todo, model.local_features, on_error=failed):
-        for item, one in zip(items, feats):
-            i = position[item.path]
-            cache.put(i, sampler.add(i, one))
-        run.fitted = len(sampler)
-        if kept_bytes + feats.nbytes <= KEEP_FEATURES_BYTES:
-            kept.append((items, feats))
-            kept_bytes += feats.nbytes
-        run.progress.advance(len(items))
+    while len(sampler) < target and tried < len(candidates):
+        wanted = target - len(sampler)
+        todo = []
+        while len(todo) < wanted and tried < len(candidates):
+            i = tried
+            tried += 1
+            if i not in sampler and candidates[i] not in run.failed:
+                todo.append(candidates[i])
+        for items, feats in extractor.batches(todo, model.local_features, on_error=failed):
+            for item, one in zip(items, feats):
+                i = position[item.path]
+                cache.put(i, sampler.add(i, one))
+            run.fitted = len(sampler)
+            if kept_bytes + feats.nbytes <= KEEP_FEATURES_BYTES:
+                kept.append((items, feats))
+                kept_bytes += feats.nbytes
+            run.progress.advance(len(items))
     features = sampler.sample()
-    unreadable = len(sample) - len(sampler)
+    unreadable = len([p for p in candidates[:tried] if p in run.failed])
     hint = "index more photos at once, or use a larger --max-side"
     if unreadable:
-        hint = f"{unreadable} of the {len(sample)} sampled photos could not be read (see the warnings above); {hint}"
+        hint = (f"{unreadable} of the {tried} photos tried could not be read (see the warnings above); "
+                f"{hint}")
     fit_vocabulary(model, features, len(sampler), seed=config.seed, hint=hint)
-    store_vocabulary(database, model, {"vocabulary_photos": len(sample),
+    store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
                                        "vocabulary_features": int(features.shape[0])})
     cache.clear()
     return "fitted", kept

@@ -339,3 +339,52 @@ def test_a_model_path_that_is_no_file_is_refused_at_once(tmp_path, lund_dir):
     assert result.exit_code == 1 and time.perf_counter() - start < 30
     assert "not a regular file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "db").exists()
+
+
+def _png_bomb(path: Path, width: int, height: int) -> None:
+    """A real, complete PNG of width×height transparent black: tiny on disk, huge decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    row = bytes(1 + width * 4)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.slow
+def test_memory_bombs_under_the_pixel_limit_cost_no_memory(lund_dir, tmp_path):
+    """Two 970 KB PNGs of 15800×15800 RGBA (249.6 MP, under the 250 MP pixel limit) took 5.4 and
+    10.3 GB. Decoding is bounded by bytes: they are refused from their header, with the numbers,
+    and the run's peak memory stays that of ordinary photos."""
+    import subprocess
+    import sys
+
+    ordinary = tmp_path / "ordinary"
+    bombs = tmp_path / "bombs"
+    for folder in (ordinary, bombs):
+        folder.mkdir()
+        for i in (1, 3, 5):
+            shutil.copy2(lund_dir / f"{i:02d}.jpg", folder / f"{i:02d}.jpg")
+    _png_bomb(bombs / "bomb1.png", 15800, 15800)
+    shutil.copy2(bombs / "bomb1.png", bombs / "bomb2.png")
+    assert (bombs / "bomb1.png").stat().st_size < 2_000_000
+
+    def peak_rss(folder: Path) -> tuple[int, str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geoloc", "index", str(folder), "--db", str(tmp_path / f"db-{folder.name}"),
+             "--model", "lite0-gem", "--max-side", "224", "--workers", "2", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = proc.stderr.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, stderr
+        return usage.ru_maxrss * 1024, stderr
+
+    base, _ = peak_rss(ordinary)
+    peak, stderr = peak_rss(bombs)
+    assert peak <= 1.5 * base, (peak / 2**20, base / 2**20)
+    lines = [line for line in stderr.splitlines() if "bomb" in line]
+    assert len(lines) == 2 and all("too large to decode in memory" in line and "15800×15800" in line
+                                   for line in lines), stderr

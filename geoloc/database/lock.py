@@ -39,8 +39,11 @@ class WriteLock:
             raise DatabaseError(
                 f"cannot lock database {display_path(self.path.parent)}: {exc.strerror or exc}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # who holds the lock, for the message a second writer gets; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         self.fd = fd
 
     def release(self) -> None:

@@ -23,6 +23,10 @@ DEFAULT_MAX_PIXELS = 250_000_000
 
 MAX_PIXELS_ENV = "GEOLOC_MAX_PIXELS"
 
+DECODE_MB_ENV = "GEOLOC_DECODE_MB"
+"""Memory all decoding threads together may use for pixels at once, in MiB (default: a quarter
+of the machine's memory, at most 1 GiB). One image that needs more is refused."""
+
 _setup_lock = threading.Lock()
 _setup_done = False
 _open_lock = threading.Lock()
@@ -56,13 +60,22 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
 
 
 def ensure_plugins() -> None:
-    """Register the HEIC/HEIF opener once, on first use, so importing geoloc stays cheap."""
+    """Register the HEIC/HEIF opener once, on first use, so importing geoloc stays cheap.
+
+    Pillow's own warnings about a file (corrupt EXIF: "Truncated File Read", two raw lines on
+    stderr) are silenced here: what matters about a file reaches the user as one line of
+    geoloc's, and a photo whose EXIF is damaged but whose pixels are fine is simply indexed.
+    (A filter, not ``catch_warnings``, which is not safe across decoding threads.)
+    """
     global _setup_done
     if _setup_done:
         return
     with _setup_lock:
         if _setup_done:
             return
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         try:
             import pillow_heif
 
@@ -182,14 +195,114 @@ def _load(
         # JPEG: DCT scaling by 1/2, 1/4 or 1/8, never below `target`. HEIF: an embedded
         # thumbnail that is an exact scaled copy and not smaller than `target`, if any.
         image.draft("RGB", target)
-    image.load()
-    image = to_rgb(image)
+    with decode_budget().reserve(path, image):
+        image.load()
+        image = to_rgb(image)
     if image.size != target:
         # Bicubic, as MATLAB's imresize with which the original NetVLAD models were trained.
         image = image.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
     for method in _TRANSPOSES[orientation]:
         image = image.transpose(method)
     return image
+
+
+# Bytes per pixel of Pillow's modes as decoded; the flattening to 8-bit RGB comes on top.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3,
+                    "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4}
+
+
+def decode_bytes(image: Image.Image) -> int:
+    """The peak memory decoding ``image`` at its (draft) size takes: the decoded pixels, the
+    8-bit RGB copy, and for transparency the two full-size layers of the flattening."""
+    width, height = image.size
+    mode = image.mode
+    per_pixel = _BYTES_PER_PIXEL.get(mode, 2 if mode.startswith("I;16") else 4)
+    if mode != "RGB":
+        per_pixel += 3
+    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in image.info):
+        per_pixel += 8
+    return width * height * per_pixel
+
+
+class DecodeBudget:
+    """Bytes of pixels in memory at once, shared by every decoding thread of the process.
+
+    The pixel limit alone lets a 970 KB PNG of 15800×15800 RGBA through (249.6 MP) to take
+    5.4 GB; what matters is bytes. An image that needs more than the whole budget is refused
+    with the numbers; images that fit wait for each other, so two big ones never decode at once
+    and many small ones (draft-decoded JPEGs: a few MB) never wait.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def reserve(self, path: Path, image: Image.Image):
+        need = decode_bytes(image)
+        if need > self.limit:
+            width, height = image.size
+            raise PhotoError(
+                path,
+                f"image too large to decode in memory: {width}×{height} {image.mode} needs about "
+                f"{_mb(need)} (limit {_mb(self.limit)}; set {DECODE_MB_ENV} to raise it)",
+            )
+        return _Reservation(self, need)
+
+
+class _Reservation:
+    def __init__(self, budget: DecodeBudget, need: int):
+        self.budget = budget
+        self.need = need
+
+    def __enter__(self):
+        with self.budget._cond:
+            self.budget._cond.wait_for(lambda: self.budget.used + self.need <= self.budget.limit)
+            self.budget.used += self.need
+
+    def __exit__(self, *exc):
+        with self.budget._cond:
+            self.budget.used -= self.need
+            self.budget._cond.notify_all()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+_budget: DecodeBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def decode_budget() -> DecodeBudget:
+    """The process's budget: ``GEOLOC_DECODE_MB``, else a quarter of memory, at most 1 GiB."""
+    global _budget
+    with _budget_lock:
+        limit = _budget_limit()
+        if _budget is None or _budget.limit != limit:
+            _budget = DecodeBudget(limit)
+        return _budget
+
+
+def _budget_limit() -> int:
+    env = os.environ.get(DECODE_MB_ENV, "").strip()
+    if env:
+        try:
+            value = float(env)
+            if value > 0:
+                return int(value * 2**20)
+        except ValueError:
+            pass
+    return min(1 << 30, max(256 << 20, memory_bytes() // 4))
+
+
+def memory_bytes(available: bool = False) -> int:
+    """The machine's physical memory (or what is available now), 8 GiB when it cannot be read."""
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES" if available else "SC_PHYS_PAGES")
+        return int(pages) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 8 << 30
 
 
 def _scaled(size: tuple[int, int], max_side: int) -> tuple[int, int]:
