@@ -29,9 +29,15 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(module, names) for every ``from geoloc... import names`` and ``import geoloc...``."""
+    """(module, names) for every ``from geoloc... import names`` and ``import geoloc...``, those
+    inside functions included (a lazy import is still a dependency), those only for type
+    checkers (``if TYPE_CHECKING:``) not."""
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
     out = []
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("geoloc"):
             out.append((node.module, [a.name for a in node.names]))
         elif isinstance(node, ast.Import):

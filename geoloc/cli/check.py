@@ -27,7 +27,7 @@ def check(
     from geoloc import console
     from geoloc.cli._common import resolve_db
     from geoloc.database import Database
-    from geoloc.database.integrity import check as run_check
+    from geoloc.database.check import check as run_check
     from geoloc.errors import DatabaseError
     from geoloc.files import display_path
 
