@@ -26,9 +26,17 @@ def default_model_name() -> str:
     return DEFAULT_MODEL
 
 
-def new_manifest(model: GeolocModel, key: str) -> dict[str, Any]:
-    """What a new database records about the model ``key`` (see :func:`geoloc.models.model_key`)."""
+def new_manifest(model: GeolocModel, key: str, maps: bool = True) -> dict[str, Any]:
+    """What a new database records about the model ``key`` (see :func:`geoloc.models.model_key`),
+    and how it stores verification maps (``maps``; see :mod:`geoloc.database.maps`)."""
+    extra: dict[str, Any] = {}
+    if maps:
+        from geoloc.database.maps import MapSpec
+
+        stride, channels = model.map_geometry()
+        extra["maps"] = MapSpec.for_model(stride, channels, model.preprocess.max_side).to_dict()
     return {
+        **extra,
         "model": key,
         "model_weights_hash": model.weights_hash,
         "weights_hash": model.weights_hash,

@@ -76,6 +76,8 @@ class Estimate:
     # this database's photos are to their own neighbours): see ``assess_confidence``.
     confidence: str = "high"
     warnings: list[str] = field(default_factory=list)  # the reasons, in words (not in "estimate")
+    #: The re-ranked top-1's verification ("verified", "unverified", "no match"), None without.
+    verification: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +87,7 @@ class Estimate:
             "support": self.support,
             "agreement": json_number(self.agreement, 3),
             "confidence": self.confidence,
+            "verification": self.verification,
         }
 
 
@@ -93,6 +96,7 @@ def estimate_position(
     lons: Sequence[float],
     scores: Sequence[float],
     config: EstimateConfig | None = None,
+    anchor: int | None = None,
 ) -> Estimate | None:
     """Similarity-weighted centre of the strongest spatially consistent group of candidates.
 
@@ -100,6 +104,11 @@ def estimate_position(
     with the largest total weight wins, its centre is refined by flat-kernel mean shift until
     membership stops changing, and the estimate is the weighted mean of the final members.
     With no agreement at all this falls back to the best-scoring candidate, i.e. top-1.
+
+    ``anchor``: a candidate the winning group must contain, whatever the weights say — the
+    re-ranked first candidate, which geometric verification chose over look-alikes whose
+    cosine may be higher. Its neighbours still share the average by their cosine, so the
+    estimate is as smooth as without re-ranking, around the right place.
     """
     cfg = config or EstimateConfig()
     lats = np.asarray(lats, dtype=np.float64)
@@ -122,7 +131,7 @@ def estimate_position(
     group_weight = (dist <= radius) @ weights
     # Ties go to the group seeded by the better-ranked candidate.
     order = np.lexsort((-scores, -np.round(group_weight, 12)))
-    seed = int(order[0])
+    seed = int(order[0]) if anchor is None else int(anchor)
 
     members = dist[seed] <= radius
     centre = _weighted_mean(xy, weights, members)
@@ -130,7 +139,7 @@ def estimate_position(
         new_members = np.linalg.norm(xy - centre, axis=1) <= radius
         if not new_members.any():
             break
-        if np.array_equal(new_members, members):
+        if np.array_equal(new_members, members) or (anchor is not None and not new_members[anchor]):
             break
         new_centre = _weighted_mean(xy, weights, new_members)
         # Mean shift can only be allowed to move to a group at least as strong.
@@ -162,18 +171,36 @@ def assess_confidence(
     best_score: float,
     reference: float | None,
     config: ConfidenceConfig | None = None,
+    verification: str | None = None,
+    top_inliers: int | None = None,
 ) -> Estimate:
     """Set ``estimate.confidence`` and ``estimate.warnings``; returns the same estimate.
 
-    ``low``: the best score is below ``reference`` (the database's typical nearest-neighbour
-    score), so even the best candidate is a poor match. ``medium``: a decent match, but the
-    winning group holds less than ``min_agreement`` of the candidates' weight, i.e. the top
-    candidates point to different places. ``high`` otherwise.
+    With geometric verification (``verification``: the re-ranked top-1's verdict, see
+    :mod:`geoloc.verify`): ``low`` when no candidate shares the query's layout ("no match"),
+    at most ``medium`` when the best one only partly does. Verification is the stronger
+    evidence, so a verified match is not second-guessed by raw scores. Without it: ``low`` when
+    the best score is below ``reference`` (the database's typical nearest-neighbour score).
+    Either way, ``medium`` when the winning group holds less than ``min_agreement`` of the
+    candidates' weight, i.e. the top candidates point to different places.
     """
     cfg = config or ConfidenceConfig()
     warnings: list[str] = []
     level = "high"
-    if reference is not None and best_score < reference:
+    estimate.verification = verification
+    if verification == "no match":
+        level = "low"
+        warnings.append(
+            f"no match: even the best candidate shares only {top_inliers} geometrically consistent "
+            "features with the photo; it is probably from a place the database does not cover"
+        )
+    elif verification == "unverified":
+        level = "medium"
+        warnings.append(
+            f"unverified: the best candidate shares only {top_inliers} geometrically consistent "
+            "features with the photo"
+        )
+    elif verification is None and reference is not None and best_score < reference:
         level = "low"
         warnings.append(
             f"weak match: best score {best_score:.3f} is below {reference:.3f}, what this "

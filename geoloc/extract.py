@@ -242,7 +242,9 @@ class Extractor:
             batch = batch.to(self.device)
         with torch.inference_mode():
             out = fn(batch)
-            if self.device.type != "cpu":
+            if isinstance(out, tuple):  # e.g. descriptors and verification maps
+                out = tuple(o.float().cpu() if self.device.type != "cpu" else o for o in out)
+            elif self.device.type != "cpu":
                 out = out.float().cpu()
         self.stats.network_s += time.perf_counter() - start
         return out
@@ -264,7 +266,11 @@ class Extractor:
             if kept:
                 good.extend(kept)
                 outs.append(out)
-        return good, (torch.cat(outs) if outs else None)
+        if not outs:
+            return good, None
+        if isinstance(outs[0], tuple):
+            return good, tuple(torch.cat(parts) for parts in zip(*outs))
+        return good, torch.cat(outs)
 
     def batches(
         self,
@@ -327,6 +333,16 @@ class Extractor:
         """Yield ``(photos, descriptors)`` batches, descriptors as float32 numpy rows."""
         for items, out in self.batches(paths, self.model, on_error):
             yield items, np.ascontiguousarray(out.numpy(), dtype=np.float32)
+
+    def descriptors_and_maps(
+        self,
+        paths: Iterable[Path],
+        on_error: Callable[[Decoded], None] = lambda item: None,
+    ) -> Iterator[tuple[list[Decoded], np.ndarray, torch.Tensor]]:
+        """Like :meth:`descriptors`, with each photo's verification map (B×C×h×w, CPU) from
+        the same network pass."""
+        for items, (desc, maps) in self.batches(paths, self.model.forward_with_map, on_error):
+            yield items, np.ascontiguousarray(desc.numpy(), dtype=np.float32), maps
 
     def pool(self, features: torch.Tensor) -> np.ndarray:
         """Descriptors from local features kept earlier (the vocabulary sample)."""

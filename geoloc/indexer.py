@@ -29,6 +29,7 @@ from geoloc.errors import DatabaseError, PhotoError, RunInterrupted, require_at_
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
+from geoloc.verify import stored_map
 from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
 
 
@@ -46,6 +47,9 @@ class IndexConfig:
     prune: bool = False
     #: Rebuild what damage left rebuildable instead of refusing a damaged database.
     repair: bool = False
+    #: A new database stores each photo's verification map with its descriptor, for fast
+    #: re-ranking (``geoloc locate``); without, re-ranking computes them from the photo files.
+    maps: bool = True
     #: Vocabulary fitting (models whose NetVLAD centroids come from the user's photos).
     vocabulary_photos: int = 300
     vocabulary_features: int = 50_000
@@ -209,16 +213,19 @@ class _Run:
         self.stage = "indexing"
         self.progress.stage("Indexing", len(to_index))
 
-        def store(items, descriptors) -> None:
-            database.add_batch([record_of(item) for item in items], descriptors)
+        stride = database.maps.stride if database.maps else 0
+
+        def store(items, descriptors, maps=None) -> None:
+            stored = [stored_map(m.numpy(), stride) for m in maps] if maps is not None else None
+            database.add_batch([record_of(item) for item in items], descriptors, stored)
             self.report.indexed += len(items)
             self.progress.advance(len(items))
 
         done: set[Path] = set(self.failed)
         self.progress.advance(len(self.failed & set(to_index)))
-        while kept:  # the vocabulary sample: its local features are already computed
-            items, feats = kept.pop(0)
-            store(items, extractor.pool(feats))
+        while kept:  # the vocabulary sample: its local features (and maps) are already computed
+            items, feats, maps = kept.pop(0)
+            store(items, extractor.pool(feats), maps)
             done.update(item.path for item in items)
 
         def failed(item) -> None:
@@ -226,8 +233,12 @@ class _Run:
             self.progress.advance(1)
 
         rest = [p for p in to_index if p not in done] if done else to_index
-        for items, descriptors in extractor.descriptors(rest, on_error=failed):
-            store(items, descriptors)
+        if database.maps:
+            for items, descriptors, maps in extractor.descriptors_and_maps(rest, on_error=failed):
+                store(items, descriptors, maps)
+        else:
+            for items, descriptors in extractor.descriptors(rest, on_error=failed):
+                store(items, descriptors)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,7 +266,7 @@ def _open_database(db_path: Path, config: IndexConfig):
     model = load_model(key, device=pick_device(config.device))
     if config.max_side is not None:
         model.preprocess = model.preprocess.replace(max_side=int(config.max_side))
-    return Database.create(db_path, new_manifest(model, key)), model
+    return Database.create(db_path, new_manifest(model, key, maps=config.maps)), model
 
 
 def _check_writable(db_path: Path) -> None:
@@ -332,14 +343,17 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
             tried += 1
             if i not in sampler and candidates[i] not in run.failed:
                 todo.append(candidates[i])
-        for items, feats in extractor.batches(todo, model.local_features, on_error=failed):
+        fn = model.features_with_map if database.maps else model.local_features
+        for items, out in extractor.batches(todo, fn, on_error=failed):
+            feats, maps = out if database.maps else (out, None)
             for item, one in zip(items, feats):
                 i = position[item.path]
                 cache.put(i, sampler.add(i, one))
             run.fitted = len(sampler)
-            if kept_bytes + feats.nbytes <= KEEP_FEATURES_BYTES:
-                kept.append((items, feats))
-                kept_bytes += feats.nbytes
+            size = feats.nbytes + (maps.nbytes if maps is not None else 0)
+            if kept_bytes + size <= KEEP_FEATURES_BYTES:
+                kept.append((items, feats, maps))
+                kept_bytes += size
             run.progress.advance(len(items))
     features = sampler.sample()
     unreadable = len([p for p in candidates[:tried] if p in run.failed])

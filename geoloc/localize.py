@@ -19,9 +19,10 @@ import numpy as np
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
 from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, assess_confidence, estimate_position
-from geoloc.files import display_path
+from geoloc.files import display_path, json_path
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
+from geoloc.rerank import RerankConfig, Reranker
 from geoloc.search import SearchConfig, SearchIndex, index_cache
 
 # --------------------------------------------------------------------------------------------
@@ -37,17 +38,23 @@ class Candidate:
     path: Path
     lat: float
     lon: float
-    score: float
+    score: float  # the cosine similarity of the global descriptors, whatever the rank
     distance_m: float | None = None
+    #: Geometric verification: consistent matches, and the re-ranking score they gave (None:
+    #: not verified — beyond ``--rerank-top``, no map, or ``--no-rerank``).
+    inliers: int | None = None
+    fused: float | None = None
 
     def to_json(self) -> dict:
         return {
             "rank": self.rank,
-            "path": display_path(self.path),
+            "path": json_path(self.path),
             "lat": json_number(self.lat, 7),
             "lon": json_number(self.lon, 7),
             "score": json_number(self.score, 6),
             "distance_m": json_number(self.distance_m, 2),
+            "verified": None if self.inliers is None else {"inliers": self.inliers,
+                                                            "score": json_number(self.fused, 6)},
         }
 
 
@@ -58,11 +65,13 @@ class LocateResult:
     candidates: list[Candidate] = field(default_factory=list)
     query_gps: tuple[float, float] | None = None
     error: str | None = None
+    #: What re-ranking could not do (a candidate whose file is gone, in an older database).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
-        """Why the estimate should not be trusted as it stands (empty when confident)."""
-        return list(self.estimate.warnings) if self.estimate is not None else []
+        """Why the estimate should not be trusted as it stands, and what re-ranking could not do."""
+        return (list(self.estimate.warnings) if self.estimate is not None else []) + list(self.notes)
 
     @property
     def error_m(self) -> float | None:
@@ -81,7 +90,7 @@ class LocateResult:
     def to_json(self) -> dict:
         """The SPEC's object; ``estimate`` carries extra fields (support, agreement, confidence)."""
         return {
-            "query": display_path(self.query),
+            "query": json_path(self.query),
             "estimate": self.estimate.to_json() if self.estimate else None,
             "candidates": [c.to_json() for c in self.candidates],
             "query_gps": (
@@ -113,9 +122,11 @@ class LocateConfig:
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     def check(self) -> None:
         require_at_least("--top-k", self.top_k, 1)
+        require_at_least("--rerank-top", self.rerank.top, 1)
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
 
@@ -129,6 +140,7 @@ class LocateTimings:
     model_load_s: float = 0.0
     descriptor_s: float = 0.0  # decoding + network, all queries
     search_s: float = 0.0
+    rerank_s: float = 0.0  # geometric verification, inside estimate_s
     estimate_s: float = 0.0
     queries: int = 0
     extracted: int = 0  # queries that went through the network (others reused stored rows)
@@ -142,12 +154,13 @@ class _Batch:
     results: list[LocateResult]
     descriptors: list[np.ndarray | None]
     self_rows: list[int | None]  # the query's own row among the located photos, if it is one
+    cells: list  # the query's verification cells (geoloc.verify.Cells), when re-ranking
 
     @classmethod
     def of(cls, queries: Sequence[Path | str]) -> _Batch:
         paths = [Path(q) for q in queries]
         n = len(paths)
-        return cls(paths, [LocateResult(query=q) for q in paths], [None] * n, [None] * n)
+        return cls(paths, [LocateResult(query=q) for q in paths], [None] * n, [None] * n, [None] * n)
 
 
 class Locator:
@@ -185,6 +198,7 @@ class Locator:
         self._lons = np.array([r.lon for r in self.records], dtype=np.float64)
         self._model = None
         self._extractor = None
+        self._reranker: Reranker | None = None
         self._reference: float | None = None
         self._reference_done = False
         self.timings.open_s = _now() - start
@@ -251,12 +265,15 @@ class Locator:
         self._name_failures(batch)
         ok = [i for i, d in enumerate(batch.descriptors) if d is not None]
         if ok:
+            notes: list[list[str]] = [[] for _ in ok]
             answers = self.search_and_estimate(
-                np.stack([batch.descriptors[i] for i in ok]), [batch.self_rows[i] for i in ok]
+                np.stack([batch.descriptors[i] for i in ok]), [batch.self_rows[i] for i in ok],
+                cells=[batch.cells[i] for i in ok], notes=notes,
             )
-            for i, (estimate, candidates) in zip(ok, answers):
+            for i, (estimate, candidates), note in zip(ok, answers, notes):
                 batch.results[i].estimate = estimate
                 batch.results[i].candidates = candidates
+                batch.results[i].notes = note
         return batch.results
 
     def _reuse_stored(self, batch: _Batch, advance: Callable[[int], None]) -> dict[str, list[int]]:
@@ -279,8 +296,25 @@ class Locator:
             rows = self.database.descriptors_for([rec for _, rec in stored])
             for (i, _), row in zip(stored, rows):
                 batch.descriptors[i] = np.asarray(row, dtype=np.float32)
+            if self.config.rerank.enabled:
+                self._stored_cells(batch, stored)
             advance(len(stored))
         return to_extract
+
+    def _stored_cells(self, batch: _Batch, stored: list) -> None:
+        """A database photo queried again verifies with its stored map (computed from its file
+        for a database that stores none)."""
+        from geoloc import verify
+
+        if self.database.maps is not None:
+            slots = self.database.map_slots([rec.row for _, rec in stored])
+            stride = float(self.database.maps.stride)
+            for (i, _), slot in zip(stored, slots):
+                batch.cells[i] = None if slot is None else verify.dequantize(*slot, stride)
+            return
+        paths = [Path(rec.path) for _, rec in stored]
+        for (i, _), cells in zip(stored, self._compute_cells(paths)):
+            batch.cells[i] = cells
 
     def _extract(self, batch: _Batch, to_extract: dict[str, list[int]], advance: Callable[[int], None]) -> None:
         """Descriptors (and EXIF positions) of the queries the database does not hold."""
@@ -293,18 +327,47 @@ class Locator:
                 batch.results[i].error = str(item.error) if item.error else f"{batch.queries[i]}: unusable"
             advance(len(slots))
 
-        for items, out in extractor.descriptors([Path(k) for k in to_extract], on_error=failed):
+        paths = [Path(k) for k in to_extract]
+        for items, out, cells in self._describe(extractor, paths, failed):
             self._check_dim(out)
-            for item, row in zip(items, out):
+            for item, row, one in zip(items, out, cells):
                 slots = to_extract.get(os.fspath(item.path), [])
                 for i in slots:
                     batch.descriptors[i] = row
+                    batch.cells[i] = one
                     meta = item.meta
                     if meta is not None and getattr(meta, "located", False):
                         batch.results[i].query_gps = (float(meta.lat), float(meta.lon))
                 advance(len(slots))
         self.timings.descriptor_s += _now() - start
         self.timings.extracted += len(to_extract)
+
+    def _describe(self, extractor, paths: list[Path], on_error):
+        """Descriptors, and when re-ranking each photo's verification cells, batch by batch."""
+        if not self.config.rerank.enabled:
+            for items, out in extractor.descriptors(paths, on_error=on_error):
+                yield items, out, [None] * len(items)
+            return
+        from geoloc import verify
+
+        stride = float(self.model.map_geometry()[0])
+        for items, out, maps in extractor.descriptors_and_maps(paths, on_error=on_error):
+            yield items, out, [verify.query_cells(m.numpy(), stride) for m in maps]
+
+    def _compute_cells(self, paths: list[Path]) -> list:
+        """Verification cells straight from photo files (a database that stores no maps)."""
+        found: dict[str, object] = {}
+        for items, _, cells in self._describe(self._query_extractor(), paths, lambda item: None):
+            for item, one in zip(items, cells):
+                found[os.fspath(item.path)] = one
+        return [found.get(os.fspath(p)) for p in paths]
+
+    @property
+    def reranker(self) -> Reranker:
+        if self._reranker is None:
+            self._reranker = Reranker(self.database, self.records, self.config.rerank,
+                                      compute_maps=self._compute_cells)
+        return self._reranker
 
     @staticmethod
     def _name_failures(batch: _Batch) -> None:
@@ -317,16 +380,19 @@ class Locator:
                 result.error = f"{display_path(q)}: no descriptor could be computed"
 
     def search_and_estimate(
-        self, descriptors: np.ndarray, exclude_rows: Sequence[int | None] | None = None
+        self, descriptors: np.ndarray, exclude_rows: Sequence[int | None] | None = None,
+        cells: Sequence | None = None, notes: list[list[str]] | None = None,
     ) -> list[tuple[Estimate | None, list[Candidate]]]:
         """Top-k candidates and the estimate for each descriptor (rows of a Q×D matrix).
 
         ``exclude_rows[i]`` is the row of the query itself when it is in the database: a photo
-        is never its own candidate.
+        is never its own candidate. ``cells[i]``: the query's verification cells, to re-rank
+        its candidates (None: search order). ``notes[i]`` collects what re-ranking could not do.
         """
         cfg = self.config
         exclude_rows = list(exclude_rows) if exclude_rows is not None else [None] * len(descriptors)
-        want = max(cfg.top_k, cfg.estimate_k)
+        cells = list(cells) if cells is not None else [None] * len(descriptors)
+        want = max(cfg.top_k, cfg.estimate_k, cfg.rerank.top if cfg.rerank.enabled else 0)
         index = self._index_for(len(descriptors))
         start = _now()
         scores, ids = index.search(descriptors, want + 1)
@@ -341,25 +407,50 @@ class Locator:
                 for j, s in zip(ids[q], scores[q])
                 if j >= 0 and int(j) != exclude_rows[q]
             ][:want]
-            answers.append(self._answer(keep, reference) if keep else (None, []))
+            if not keep:
+                answers.append((None, []))
+                continue
+            note = notes[q] if notes is not None else []
+            answers.append(self._answer(keep, reference, cells[q], note))
         self.timings.estimate_s += _now() - start
         return answers
 
-    def _answer(self, keep: list[tuple[int, float]], reference: float | None) -> tuple[Estimate, list[Candidate]]:
-        """The estimate from the best ``estimate_k`` (row, score) pairs, and the top-k candidates."""
+    def _answer(self, keep: list[tuple[int, float]], reference: float | None, cells, notes: list[str]
+                ) -> tuple[Estimate, list[Candidate]]:
+        """Re-rank the best candidates (with ``cells``), then the estimate from the best
+        ``estimate_k`` and the top-k candidates."""
         cfg = self.config
-        rows = np.array([j for j, _ in keep])
-        sims = np.array([s for _, s in keep])
+        rows = [j for j, _ in keep]
         if not self._verified_all:
             self._check_rows([self.records[j] for j in rows])
+        sims = [s for _, s in keep]
+        inliers: list[int | None] = [None] * len(keep)
+        fused = list(sims)
+        verdict = None
+        if cfg.rerank.enabled and cells is not None:
+            start = _now()
+            verdict = self.reranker.rerank(cells, rows, sims)
+            n = len(verdict.order)
+            order = verdict.order + list(range(n, len(keep)))
+            inliers = [verdict.inliers[i] if i < n else None for i in order]
+            fused = [verdict.fused[i] if i < n else sims[i] for i in order]
+            rows, sims = [rows[i] for i in order], [sims[i] for i in order]
+            notes.extend(verdict.notes)
+            self.timings.rerank_s += _now() - start
+        ranked = np.array(rows)
         n_est = min(cfg.estimate_k, len(keep)) if cfg.estimate_k > 0 else 1
-        estimate = estimate_position(self._lats[rows[:n_est]], self._lons[rows[:n_est]], sims[:n_est], cfg.estimate)
-        assess_confidence(estimate, float(sims[0]), reference, cfg.confidence)
+        # Re-ranked: the group must hold the verified first candidate; cosines weigh the rest.
+        estimate = estimate_position(self._lats[ranked[:n_est]], self._lons[ranked[:n_est]],
+                                     np.array(sims[:n_est]), cfg.estimate, anchor=0 if verdict else None)
+        assess_confidence(estimate, float(sims[0]), reference, cfg.confidence,
+                          verification=verdict.flag if verdict else None,
+                          top_inliers=verdict.top_inliers if verdict else None)
         candidates = []
-        for rank, (j, s) in enumerate(keep[: cfg.top_k], start=1):
+        for rank, (j, s) in enumerate(zip(rows[: cfg.top_k], sims), start=1):
             lat, lon = float(self._lats[j]), float(self._lons[j])
             distance = float(haversine_m(lat, lon, estimate.lat, estimate.lon))
-            candidates.append(Candidate(rank, self.records[j].path, lat, lon, s, distance))
+            candidates.append(Candidate(rank, self.records[j].path, lat, lon, s, distance,
+                                        inliers[rank - 1], fused[rank - 1] if inliers[rank - 1] is not None else None))
         return estimate, candidates
 
     def score_reference(self) -> float | None:

@@ -231,17 +231,16 @@ def test_study_on_lund(tmp_path, lund_dir):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     rows = {r["model"]: r for r in data["models"]}
-    assert list(rows) == [
-        "netvlad-vgg16-pitts30k", "netvlad-vgg16-pitts30k-512", "netvlad-vgg16-pitts30k-128",
-        "lite0-vlad", "lite0-max", "lite0-avg", "lite0-gem",
-    ]
+    lite = [f"lite0-{p}{r}" for p in ("vlad", "max", "avg", "gem") for r in ("", " +rerank")]
+    assert list(rows) == ["netvlad-vgg16-pitts30k", "netvlad-vgg16-pitts30k-512", "netvlad-vgg16-pitts30k-128", *lite]
     for name in ("netvlad-vgg16-pitts30k", "netvlad-vgg16-pitts30k-512", "netvlad-vgg16-pitts30k-128"):
         assert rows[name]["status"] == "skipped"
         assert rows[name]["reason"] == f"weights not available offline (geoloc models download {name})"
-    for name in ("lite0-vlad", "lite0-max", "lite0-avg", "lite0-gem"):
+    for name in lite:
         assert rows[name]["status"] == "ok"
         _check_figures(rows[name], 14)
         assert rows[name]["dataset"]["database_images"] == 15
+        assert rows[name]["rerank"] == name.endswith("+rerank")
     assert rows["lite0-vlad"]["dim"] == 64 * 320 and rows["lite0-max"]["dim"] == 320
     # every query of this walk has a database frame within 25 m; NetVLAD finds one in its top 5
     assert rows["lite0-vlad"]["queries_without_positive"] == 0

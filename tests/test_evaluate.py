@@ -327,20 +327,20 @@ def test_query_cache_reuses_and_invalidates(tmp_path):
 
     def compute(paths):
         calls.append([p.name for p in paths])
-        return np.stack([np.full(4, float(p.stem)) for p in paths]).astype(np.float32), {}
+        return np.stack([np.full(4, float(p.stem)) for p in paths]).astype(np.float32), {}, None
 
     cache = QueryDescriptorCache(tmp_path / "c", state="v1")
-    d, errors, stats = cache.get_or_compute(files, compute, 4)
+    d, _, errors, stats = cache.get_or_compute(files, compute, 4)
     assert (stats.computed, stats.cached, errors) == (3, 0, {})
     assert d[:, 0].tolist() == [0.0, 1.0, 2.0]
     # a fresh cache object (a new run) recomputes nothing
-    d2, _, stats2 = QueryDescriptorCache(tmp_path / "c", state="v1").get_or_compute(files, compute, 4)
+    d2, _, _, stats2 = QueryDescriptorCache(tmp_path / "c", state="v1").get_or_compute(files, compute, 4)
     assert (stats2.computed, stats2.cached) == (0, 3) and np.array_equal(d, d2)
     # a touched file is recomputed alone; another state (vocabulary) recomputes everything
     os.utime(files[1], ns=(1, 1))
-    _, _, stats3 = QueryDescriptorCache(tmp_path / "c", state="v1").get_or_compute(files, compute, 4)
+    _, _, _, stats3 = QueryDescriptorCache(tmp_path / "c", state="v1").get_or_compute(files, compute, 4)
     assert (stats3.computed, stats3.cached) == (1, 2) and calls[-1] == ["1.jpg"]
-    _, _, stats4 = QueryDescriptorCache(tmp_path / "c", state="v2").get_or_compute(files, compute, 4)
+    _, _, _, stats4 = QueryDescriptorCache(tmp_path / "c", state="v2").get_or_compute(files, compute, 4)
     assert stats4.computed == 3
 
 
@@ -351,11 +351,11 @@ def test_query_cache_keeps_failures_out(tmp_path):
 
     def compute(paths):
         calls.append([p.name for p in paths])
-        return np.ones((len(paths), 2), np.float32), {0: "broken"}
+        return np.ones((len(paths), 2), np.float32), {0: "broken"}, None
 
-    d, errors, stats = QueryDescriptorCache(tmp_path / "c", "s").get_or_compute(files, compute, 2)
+    d, _, errors, stats = QueryDescriptorCache(tmp_path / "c", "s").get_or_compute(files, compute, 2)
     assert errors == {0: "broken"} and np.isnan(d[0]).all() and stats.computed == 1
     # the failed one is tried again next time, the good one is not
-    _, errors2, stats2 = QueryDescriptorCache(tmp_path / "c", "s").get_or_compute(files, compute, 2)
+    _, _, errors2, stats2 = QueryDescriptorCache(tmp_path / "c", "s").get_or_compute(files, compute, 2)
     assert calls[-1] == ["0.jpg"] and errors2 == {0: "broken"}
     assert (stats2.computed, stats2.cached) == (0, 1)

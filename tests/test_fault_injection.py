@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 
-FILES = ("manifest.json", "photos.sqlite", "descriptors.f32", "descriptors.idx", "vocabulary.safetensors")
+FILES = ("manifest.json", "photos.sqlite", "descriptors.f32", "descriptors.idx", "maps.i8", "vocabulary.safetensors")
 
 
 def _garbage(path: Path) -> None:
@@ -135,7 +135,7 @@ def test_a_lost_manifest_with_another_model_wipes_nothing(built, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(clean, db, ignore=shutil.ignore_patterns("lock"))
     (db / "manifest.json").unlink()
-    data = ("photos.sqlite", "descriptors.f32", "descriptors.idx", "vocabulary.safetensors")
+    data = ("photos.sqlite", "descriptors.f32", "descriptors.idx", "maps.i8", "vocabulary.safetensors")
     before = {name: (db / name).read_bytes() for name in data}
     result = run("index", photos / "05.jpg", "--db", db, "--model", "lite0-gem")
     one_damage_line(result, db)
@@ -182,6 +182,7 @@ def test_a_geoloc_0_1_database_is_upgraded_in_place(built, tmp_path):
     db = tmp_path / "db"
     shutil.copytree(clean, db, ignore=shutil.ignore_patterns("lock"))
     (db / "descriptors.idx").unlink()
+    (db / "maps.i8").unlink()  # 0.1.0 stored no verification maps either
     conn = sqlite3.connect(db / "photos.sqlite")
     with conn:
         conn.execute("DELETE FROM meta WHERE key IN ('manifest', 'vocabulary')")
@@ -189,10 +190,11 @@ def test_a_geoloc_0_1_database_is_upgraded_in_place(built, tmp_path):
     conn.close()
     manifest = json.loads((db / "manifest.json").read_text())
     manifest["format"] = 1
+    del manifest["maps"]
     (db / "manifest.json").write_text(json.dumps(manifest))
     assert answers(db, queries)[0] == reference
     assert "no checksums" in run("check", "--db", db).stderr
     assert run("index", photos, "--db", db, "-q").exit_code == 0
-    assert (db / "descriptors.idx").stat().st_size == 15 * 40
+    assert (db / "descriptors.idx").stat().st_size == 15 * 48 and not (db / "maps.i8").exists()
     assert "15 descriptors verified" in run("check", "--db", db).stderr
     assert answers(db, queries)[0] == reference

@@ -105,7 +105,7 @@ def test_result_json_has_exactly_the_spec_fields():
     assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings"}
     assert {"lat", "lon", "radius_m"} <= set(body["estimate"])
     assert body["estimate"]["confidence"] == "high" and body["warnings"] == []
-    assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m"}
+    assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m", "verified"}
     assert body["candidates"][0]["rank"] == 1
     assert body["error_m"] == pytest.approx(11.12, abs=0.05)
     assert body["error"] is None

@@ -74,6 +74,10 @@ def eval_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per network batch."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
+    rerank: bool = typer.Option(True, "--rerank/--no-rerank",
+                                help="Re-rank the top candidates by geometric verification, as `geoloc locate` does "
+                                     "(--compare shows each model without and with it)."),
+    rerank_top: int = typer.Option(20, "--rerank-top", min=1, help="Candidates verified per query."),
 ) -> None:
     """Measure recall@N and position error against ground truth (EXIF GPS or a benchmark's)."""
     from geoloc.console import RichProgress
@@ -85,7 +89,8 @@ def eval_command(
         images_root=images_root, queries_root=queries_root, split=split_name, utm_zone=utm_zone,
         compare=compare, csv=csv_file, plot=plot, as_json=as_json,
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
-                          batch_size=batch_size, workers=workers, device=device),
+                          batch_size=batch_size, workers=workers, device=device,
+                          rerank=rerank, rerank_top=rerank_top),
     )
     progress = RichProgress(transient=True, warnings=False)  # problems are listed once, at the end
     try:

@@ -49,6 +49,11 @@ def locate_command(
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Query photos per network batch."),
+    rerank: bool = typer.Option(
+        True, "--rerank/--no-rerank",
+        help="Re-rank the top candidates by geometric verification (default); --no-rerank keeps the "
+        "global search's order."),
+    rerank_top: int = typer.Option(20, "--rerank-top", min=1, metavar="N", help="Candidates verified per query."),
 ) -> None:
     """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
     from geoloc import console
@@ -67,8 +72,10 @@ def locate_command(
 
     # Everything above is instant; the heavy imports start here.
     from geoloc.localize import LocateConfig
+    from geoloc.rerank import RerankConfig
 
-    config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size)
+    config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size,
+                          rerank=RerankConfig(enabled=rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     for r in results:
         if r.error:

@@ -18,6 +18,8 @@ from geoloc.database.layout import (
     COMPACT_MIN_ROWS,
     COMPACTING,
     DESCRIPTORS,
+    MAPS,
+    MAPS_COMPACTING,
     ROWS,
     ROWS_COMPACTING,
 )
@@ -47,14 +49,18 @@ def compact(db) -> int:
     n = db.next_row
     old = np.memmap(db.path / DESCRIPTORS, dtype=np.float32, mode="r", shape=(n, db.dim)) if n else None
     old_idx = np.memmap(db.path / ROWS, dtype=np.uint8, mode="r", shape=(n, rowidx.ENTRY)) if n else None
-    for target, source in ((COMPACTING, old), (ROWS_COMPACTING, old_idx)):
+    sources = [(COMPACTING, old), (ROWS_COMPACTING, old_idx)]
+    if db.maps:
+        old_maps = np.memmap(db.path / MAPS, dtype=np.uint8, mode="r", shape=(n, db.maps.slot_bytes)) if n else None
+        sources.append((MAPS_COMPACTING, old_maps))
+    for target, source in sources:
         with open(db.path / target, "wb") as fh:
             for i in range(0, len(records), 4096):
                 rows = [r.row for r in records[i:i + 4096]]
                 fh.write(np.ascontiguousarray(source[rows]).tobytes())  # type: ignore[index]
             fh.flush()
             os.fsync(fh.fileno())
-    del old, old_idx
+    del old, old_idx, sources
     with db.transaction():
         # Records are in increasing old-row order and new rows never exceed old ones, so
         # updating in this order never collides with the UNIQUE constraint.
@@ -69,7 +75,7 @@ def compact(db) -> int:
 
 
 def finish_compaction(db) -> None:
-    pairs = ((COMPACTING, DESCRIPTORS), (ROWS_COMPACTING, ROWS))
+    pairs = ((COMPACTING, DESCRIPTORS), (ROWS_COMPACTING, ROWS), (MAPS_COMPACTING, MAPS))
     if db.meta("compacting", 0):
         db.close_files()
         for tmp, final in pairs:

@@ -9,6 +9,7 @@ from typing import Iterable
 from geoloc.database import rows as rowidx
 from geoloc.database.layout import (
     DESCRIPTORS,
+    MAPS,
     QUICK_CHECK_BYTES,
     ROWS,
     SQLITE,
@@ -45,6 +46,8 @@ def structural_problems(db) -> list[str]:
             problems.append(f"{ROWS} is missing")
         elif db.index_rows(readers_path=True) < n:
             problems.append(f"{ROWS} holds {db.index_rows(readers_path=True)} of the {n} entries {SQLITE} counts")
+    if db.maps and db.map_rows(readers_path=True) < n:
+        problems.append(f"{MAPS} holds {db.map_rows(readers_path=True)} of the {n} maps {SQLITE} counts")
     top = db.conn.fetch_one("SELECT MAX(row), MIN(row) FROM photos")
     if top[0] is not None and (int(top[0]) >= n or int(top[1]) < 0):
         problems.append(f"{SQLITE} refers to descriptor rows beyond its own counter ({int(top[0])} ≥ {n})")
@@ -74,56 +77,86 @@ def verify(db, records: list[PhotoRecord] | None = None, *, budget: int = VERIFY
 
 
 
+class _Rows:
+    """Reads a row's descriptor bytes, index entry and map slot, and says whether they agree."""
+
+    def __init__(self, db, readers_path: bool = True):
+        self.db = db
+        self.paths = [db.descriptor_path() if readers_path else db.path / DESCRIPTORS,
+                      db.index_path() if readers_path else db.path / ROWS]
+        if db.maps:
+            self.paths.append(db.maps_path() if readers_path else db.path / MAPS)
+        self.files: list = []
+
+    def usable(self) -> bool:
+        return all(p.is_file() for p in self.paths)
+
+    def __enter__(self):
+        self.files = [open(p, "rb") for p in self.paths]
+        return self
+
+    def __exit__(self, *exc):
+        for fh in self.files:
+            fh.close()
+
+    def _read(self, k: int, row: int, size: int) -> bytes:
+        self.files[k].seek(row * size)
+        return self.files[k].read(size)
+
+    def intact(self, row: int) -> tuple[bool, bytes | None]:
+        """(whether the row's bytes and map match their checksums, its photo's digest)."""
+        db = self.db
+        data = self._read(0, row, db.row_bytes)
+        parsed = rowidx.parse(self._read(1, row, rowidx.ENTRY))
+        if len(data) != db.row_bytes or parsed is None or parsed[1] != rowidx.row_crc(data):
+            return False, None
+        if db.maps:
+            slot = self._read(2, row, db.maps.slot_bytes)
+            if len(slot) != db.maps.slot_bytes or parsed[2] != rowidx.row_crc(slot):
+                return False, None
+        return True, parsed[0]
+
+
 def damaged_rows(db, records: Iterable[PhotoRecord]) -> set[int]:
-    """Rows of ``records`` whose descriptor bytes, index entry or photo hash disagree."""
+    """Rows of ``records`` whose descriptor bytes, map, index entry or photo hash disagree."""
     records = [r for r in records if r.row >= 0]
     if not records or db.meta("manifest") is None:
         return set()
     records.sort(key=lambda r: r.row)
-    bad: set[int] = set()
-    desc_path, idx_path = db.descriptor_path(), db.index_path()
-    if not (desc_path.is_file() and idx_path.is_file()):
+    rows = _Rows(db)
+    if not rows.usable():
         return {r.row for r in records}
+    bad: set[int] = set()
     n = db.next_row
-    with open(desc_path, "rb") as desc, open(idx_path, "rb") as idx:
+    with rows:
         for r in records:
-            if r.row >= n:
-                bad.add(r.row)
-                continue
-            desc.seek(r.row * db.row_bytes)
-            row = desc.read(db.row_bytes)
-            idx.seek(r.row * rowidx.ENTRY)
-            parsed = rowidx.parse(idx.read(rowidx.ENTRY))
-            if (len(row) != db.row_bytes or parsed is None or parsed[1] != rowidx.row_crc(row)
-                    or (r.sha256 and rowidx.hex_of(parsed[0]) not in (None, r.sha256))):
+            ok, digest = rows.intact(r.row) if r.row < n else (False, None)
+            if not ok or (r.sha256 and rowidx.hex_of(digest) not in (None, r.sha256)):
                 bad.add(r.row)
     return bad
-
 
 
 def adoptable_rows(db) -> dict[str, int]:
     """``{photo sha256: row}`` of dead rows whose descriptor is intact: a photo with that
     content takes its row back instead of going through the network again (after a lost
-    WAL or photos.sqlite, or a photo moved to another folder)."""
+    WAL or photos.sqlite, or a photo moved to another folder). Rows written before
+    ``adoptable_from`` (a refitted vocabulary made them stale) are never taken back."""
     if db.meta("manifest") is None or db.dead_rows <= 0:
         return {}
-    if not ((db.path / DESCRIPTORS).is_file() and (db.path / ROWS).is_file()):
+    rows = _Rows(db, readers_path=False)
+    if not rows.usable():
         return {}
     live = {int(r) for (r,) in db.conn.fetch_all("SELECT row FROM photos")}
+    first = int(db.meta("adoptable_from", 0) or 0)
     found: dict[str, int] = {}
-    with open(db.path / DESCRIPTORS, "rb") as desc, open(db.path / ROWS, "rb") as idx:
-        for row in range(db.next_row):
+    with rows:
+        for row in range(first, db.next_row):
             if row in live:
                 continue
-            idx.seek(row * rowidx.ENTRY)
-            parsed = rowidx.parse(idx.read(rowidx.ENTRY))
-            if parsed is None or rowidx.hex_of(parsed[0]) is None:
-                continue
-            desc.seek(row * db.row_bytes)
-            if rowidx.row_crc(desc.read(db.row_bytes)) == parsed[1]:
-                found[rowidx.hex_of(parsed[0])] = row  # the latest row of a content wins
+            ok, digest = rows.intact(row)
+            if ok and rowidx.hex_of(digest) is not None:
+                found[rowidx.hex_of(digest)] = row  # the latest row of a content wins
     return found
-
 
 
 def _vocabulary_problems(db) -> list[str]:

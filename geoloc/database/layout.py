@@ -15,6 +15,8 @@ DESCRIPTORS = "descriptors.f32"
 ROWS = "descriptors.idx"
 COMPACTING = "descriptors.f32.compact"
 ROWS_COMPACTING = "descriptors.idx.compact"
+MAPS = "maps.i8"
+MAPS_COMPACTING = "maps.i8.compact"
 VOCABULARY = "vocabulary.safetensors"
 LOCK = "lock"
 #: Sampled local features of an interrupted vocabulary fit, so that a re-run resumes it.
@@ -23,8 +25,8 @@ FIT_CACHE = ".vocabulary-fit"
 DAMAGED = "damaged"
 
 #: Everything a database folder may hold; anything else means it is not one.
-DATA_FILES = (SQLITE, SQLITE + "-wal", SQLITE + "-shm", SQLITE + "-journal", DESCRIPTORS, ROWS,
-              COMPACTING, ROWS_COMPACTING, VOCABULARY)
+DATA_FILES = (SQLITE, SQLITE + "-wal", SQLITE + "-shm", SQLITE + "-journal", DESCRIPTORS, ROWS, MAPS,
+              COMPACTING, ROWS_COMPACTING, MAPS_COMPACTING, VOCABULARY)
 
 #: 1: geoloc 0.1.0 (no row index, no copies in SQLite); 2: checksums and copies.
 FORMAT_VERSION = 2

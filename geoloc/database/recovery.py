@@ -22,6 +22,7 @@ from geoloc.database.layout import (
     FORMAT_VERSION,
     LOCK,
     MANIFEST,
+    MAPS,
     ROWS,
     SQLITE,
     VOCABULARY,
@@ -117,13 +118,18 @@ def rebuild_row_index(db) -> None:
     """A lost ``descriptors.idx``: entries from the recorded photo hashes and the rows as they
     are now (they can no longer be verified against what was written)."""
     n = min(db.next_row, db.descriptor_rows())
+    if db.maps:
+        n = min(n, db.map_rows())
     sha = {int(row): s for row, s in db.conn.fetch_all("SELECT row, sha256 FROM photos")}
     matrix = np.memmap(db.path / DESCRIPTORS, dtype=np.float32, mode="r", shape=(n, db.dim)) if n else None
+    slot = db.maps.slot_bytes if db.maps else 0
+    slots = np.memmap(db.path / MAPS, dtype=np.uint8, mode="r", shape=(n, slot)) if n and slot else None
     with open(db.path / ROWS, "wb") as fh:
         for start in range(0, n, 4096):
             part = np.ascontiguousarray(matrix[start:start + 4096])
+            maps = np.ascontiguousarray(slots[start:start + 4096]).tobytes() if slots is not None else b""
             fh.write(rowidx.entries([sha.get(r) for r in range(start, start + len(part))],
-                                    part.tobytes(), db.row_bytes))
+                                    part.tobytes(), db.row_bytes, maps, slot))
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -133,14 +139,17 @@ def adopt_tail(db) -> None:
     """Rows past the committed mark are kept as dead rows (an interrupted batch, or commits
     lost with photos.sqlite-wal: their photos take them back by content hash). Only a torn
     partial row, or a row without its index entry (never committed), is cut off."""
-    complete = min(db.descriptor_rows(), db.index_rows())
+    complete = db.physical_rows()
     n = db.next_row
     if complete < n:
         return  # damage: reported by structural_problems
-    for name, unit in ((DESCRIPTORS, db.row_bytes), (ROWS, rowidx.ENTRY)):
+    files = [(DESCRIPTORS, db.row_bytes, db.descriptor_fd), (ROWS, rowidx.ENTRY, db.index_fd)]
+    if db.maps:
+        files.append((MAPS, db.maps.slot_bytes, db.maps_fd))
+    for name, unit, fd_of in files:
         file = db.path / name
-        if file.stat().st_size != complete * unit:
-            fd = db.descriptor_fd() if name == DESCRIPTORS else db.index_fd()
+        if file.exists() and file.stat().st_size != complete * unit:
+            fd = fd_of()
             os.ftruncate(fd, complete * unit)
             os.fsync(fd)
     if complete > n:
@@ -184,8 +193,7 @@ def connect_or_rebuild(path: Path) -> Connection:
             aside.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path / name), str(aside / name))
     conn = connect(path, write=True, create=True)
-    dim = int(manifest["dim"])
-    rows = complete_rows(path, dim)
+    rows = complete_rows(path, manifest)
     manifest = {**manifest, "format": FORMAT_VERSION, "revision": int(manifest.get("revision", 0)) + 1}
     conn.execute("BEGIN IMMEDIATE")
     for key, value in (("next_row", rows), ("generation", 0), ("rebuilt", 1),
@@ -198,16 +206,21 @@ def connect_or_rebuild(path: Path) -> Connection:
 
 
 
-def complete_rows(path: Path, dim: int) -> int:
+def complete_rows(path: Path, manifest: dict) -> int:
+    """Rows whose descriptor, index entry and (if stored) map slot are all complete."""
+    from geoloc.database.maps import MapSpec
+
+    dim = int(manifest["dim"])
     desc = path / DESCRIPTORS
     rows = desc.stat().st_size // (dim * 4) if desc.exists() else 0
     idx = path / ROWS
     if idx.exists():
         rows = min(rows, idx.stat().st_size // rowidx.ENTRY)
+    spec = MapSpec.from_manifest(manifest)
+    if spec is not None:
+        maps = path / MAPS
+        rows = min(rows, maps.stat().st_size // spec.slot_bytes if maps.exists() else 0)
     return rows
-
-
-
 
 def refuse_non_empty(path: Path, lock: WriteLock) -> None:
     """A new database only in an empty folder, or over the empty leftovers of a crashed create."""

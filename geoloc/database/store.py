@@ -34,6 +34,8 @@ from geoloc.database.layout import (
     DESCRIPTORS,
     FORMAT_VERSION,
     MANIFEST,
+    MAPS,
+    MAPS_COMPACTING,
     ROWS,
     ROWS_COMPACTING,
     SQLITE,
@@ -45,6 +47,7 @@ from geoloc.database import integrity
 from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock
 from geoloc.database.manifest import load_manifest, write_manifest
+from geoloc.database.maps import MapSpec
 from geoloc.database.records import COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
 from geoloc.database.recovery import connect_or_rebuild, recover, refuse_non_empty
 from geoloc.database.sqlite import Connection, connect
@@ -69,6 +72,9 @@ class Database:
         self._lock = lock
         self._desc_fd: Optional[int] = None
         self._idx_fd: Optional[int] = None
+        self._maps_fd: Optional[int] = None
+        #: How verification maps are stored (``maps.i8``), or None for a database without them.
+        self.maps: Optional[MapSpec] = None
         self.manifest: dict = {}
         self.dim = 0
         self.row_bytes = 0
@@ -173,7 +179,7 @@ class Database:
                 for key, value in (("next_row", 0), ("generation", 0)):
                     conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(full, sort_keys=True),))
-            for name in (DESCRIPTORS, ROWS):
+            for name in (DESCRIPTORS, ROWS) + ((MAPS,) if db.maps else ()):
                 open(path / name, "ab").close()
             write_manifest(path, full)
             return db
@@ -190,6 +196,7 @@ class Database:
         self.manifest = manifest
         self.dim = int(manifest["dim"])
         self.row_bytes = self.dim * 4
+        self.maps = MapSpec.from_manifest(manifest)
 
     def mirror_problems(self) -> list[str]:
         """Damage to the readable mirrors (manifest.json, vocabulary.safetensors) whose copies in
@@ -250,17 +257,32 @@ class Database:
         file = self.descriptor_path() if readers_path else self.path / DESCRIPTORS
         return file.stat().st_size // self.row_bytes if file.exists() and self.row_bytes else 0
 
+    def maps_path(self) -> Path:
+        if self.meta("compacting", 0) and (self.path / MAPS_COMPACTING).exists():
+            return self.path / MAPS_COMPACTING
+        return self.path / MAPS
+
+    def map_rows(self, readers_path: bool = False) -> int:
+        file = self.maps_path() if readers_path else self.path / MAPS
+        return file.stat().st_size // self.maps.slot_bytes if self.maps and file.exists() else 0
+
     def index_rows(self, readers_path: bool = False) -> int:
         file = self.index_path() if readers_path else self.path / ROWS
         return file.stat().st_size // rowidx.ENTRY if file.exists() else 0
 
     def physical_rows(self) -> int:
-        return min(self.descriptor_rows(), self.index_rows()) if (self.path / ROWS).exists() else self.descriptor_rows()
+        rows = min(self.descriptor_rows(), self.index_rows()) if (self.path / ROWS).exists() else self.descriptor_rows()
+        return min(rows, self.map_rows()) if self.maps else rows
 
     def descriptor_fd(self) -> int:
         if self._desc_fd is None:
             self._desc_fd = os.open(self.path / DESCRIPTORS, os.O_RDWR | os.O_CREAT, 0o644)
         return self._desc_fd
+
+    def maps_fd(self) -> int:
+        if self._maps_fd is None:
+            self._maps_fd = os.open(self.path / MAPS, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._maps_fd
 
     def index_fd(self) -> int:
         if self._idx_fd is None:
@@ -270,7 +292,7 @@ class Database:
     # ------------------------------------------------------------------ context, closing
 
     def close_files(self) -> None:
-        for name in ("_desc_fd", "_idx_fd"):
+        for name in ("_desc_fd", "_idx_fd", "_maps_fd"):
             fd = getattr(self, name)
             if fd is not None:
                 os.close(fd)
@@ -475,13 +497,20 @@ class Database:
         with contextlib.suppress(DatabaseError):
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _append(self, descriptors: np.ndarray, sha256s: list[Optional[str]]) -> int:
-        """Write rows and their index entries at the end, durably; the first new row."""
+    def _append(self, descriptors: np.ndarray, sha256s: list[Optional[str]], slots: Optional[bytes]) -> int:
+        """Write rows, their map slots and their index entries at the end, durably; the first
+        new row. All three are fsynced before the transaction that refers to them commits."""
         start = self.next_row
         data = memoryview(np.ascontiguousarray(descriptors, dtype=np.float32)).cast("B")
-        entries = rowidx.entries(sha256s, data, self.row_bytes)
-        for fd, payload, offset, name in ((self.descriptor_fd(), data, start * self.row_bytes, DESCRIPTORS),
-                                          (self.index_fd(), entries, start * rowidx.ENTRY, ROWS)):
+        slot_bytes = self.maps.slot_bytes if self.maps else 0
+        if self.maps and slots is None:
+            slots = bytes(slot_bytes * len(sha256s))  # empty slots: no map to verify with
+        entries = rowidx.entries(sha256s, data, self.row_bytes, slots or b"", slot_bytes)
+        writes = [(self.descriptor_fd(), data, start * self.row_bytes, DESCRIPTORS)]
+        if self.maps:
+            writes.append((self.maps_fd(), memoryview(slots), start * slot_bytes, MAPS))
+        writes.append((self.index_fd(), entries, start * rowidx.ENTRY, ROWS))
+        for fd, payload, offset, name in writes:
             try:
                 os.ftruncate(fd, offset)  # a torn row of a failed earlier attempt, never a stored one
                 written = 0
@@ -495,9 +524,12 @@ class Database:
                 ) from None
         return start
 
-    def add_batch(self, records: list[PhotoRecord], descriptors: np.ndarray) -> None:
+    def add_batch(self, records: list[PhotoRecord], descriptors: np.ndarray,
+                  maps: Optional[list] = None) -> None:
         """Store photos and their descriptors in one transaction (all or nothing).
 
+        ``maps``: per photo, its verification map as :func:`geoloc.verify.quantize` gives it
+        ``(int8 N×C, float16 scales, h, w)``, or None; for a database that stores maps.
         A photo already in the database is replaced; its old descriptor row becomes dead.
         """
         self.require_write()
@@ -509,10 +541,26 @@ class Database:
         keys = [path_key(r.path) for r in records]
         if len(set(keys)) != len(keys):
             raise ValueError("a batch lists the same photo twice")
-        start = self._append(descriptors, [r.sha256 for r in records])
+        slots = None
+        if self.maps and maps is not None:
+            slots = b"".join(self.maps.encode(*(m if m is not None else (None, None, 0, 0))) for m in maps)
+        start = self._append(descriptors, [r.sha256 for r in records], slots)
         for i, record in enumerate(records):
             record.row = start + i
         self._insert(records, keys, next_row=start + len(records))
+
+    def map_slots(self, rows: Iterable[int]) -> list:
+        """The stored verification maps of some rows, each ``(int8 N×C, scales, h, w)`` or None."""
+        rows = list(rows)
+        if not self.maps:
+            return [None] * len(rows)
+        spec = self.maps
+        out = []
+        with open(self.maps_path(), "rb") as fh:
+            for row in rows:
+                fh.seek(int(row) * spec.slot_bytes)
+                out.append(spec.decode(fh.read(spec.slot_bytes)))
+        return out
 
     def adopt(self, records: list[PhotoRecord]) -> None:
         """Store photos whose descriptors are already in the file: each record's ``row`` is a

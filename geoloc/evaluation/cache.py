@@ -66,11 +66,15 @@ class QueryDescriptorCache:
     vocabulary); a different state empties the cache instead of mixing descriptors.
     """
 
-    def __init__(self, folder: Path, state: str):
+    def __init__(self, folder: Path, state: str, slot_bytes: int = 0):
+        """``slot_bytes``: each query's verification map slot is cached too (re-ranking), as
+        the database stores them (:mod:`geoloc.database.maps`)."""
         self.folder = Path(folder)
         self.state = state
+        self.slot_bytes = slot_bytes
         self._rows: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime_ns, row)
         self._matrix: np.ndarray | None = None
+        self._slots: np.ndarray | None = None
         self._load()
 
     @property
@@ -81,28 +85,37 @@ class QueryDescriptorCache:
     def _matrix_file(self) -> Path:
         return self.folder / "queries.npy"
 
+    @property
+    def _slots_file(self) -> Path:
+        return self.folder / "queries.maps.npy"
+
     def _load(self) -> None:
         try:
             meta = json.loads(self._index_file.read_text(encoding="utf-8"))
             if meta.get("format") != CACHE_FORMAT or meta.get("state") != self.state:
                 return
             matrix = np.load(self._matrix_file, mmap_mode="r")
+            slots = np.load(self._slots_file, mmap_mode="r") if self.slot_bytes else None
             rows = {p: (int(s), int(m), int(r)) for p, (s, m, r) in meta["rows"].items()}
             if rows and max(r for _, _, r in rows.values()) >= len(matrix):
                 return
-        except (OSError, ValueError, KeyError, TypeError):
+            if slots is not None and (len(slots) != len(matrix) or slots.shape[1] != self.slot_bytes):
+                return
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
             return  # missing or damaged: recompute
-        self._rows, self._matrix = rows, matrix
+        self._rows, self._matrix, self._slots = rows, matrix, slots
 
-    def lookup(self, paths: Sequence[Path]) -> tuple[dict[int, np.ndarray], list[int]]:
-        """Descriptors found for ``paths`` (by position) and the positions still to compute."""
-        found: dict[int, np.ndarray] = {}
+    def lookup(self, paths: Sequence[Path]) -> tuple[dict[int, tuple], list[int]]:
+        """(descriptor, map slot) found for ``paths`` (by position), and the positions still to
+        compute."""
+        found: dict[int, tuple] = {}
         missing: list[int] = []
         for i, p in enumerate(paths):
             entry = self._rows.get(str(p))
             stamp = file_stamp(p)
             if entry is not None and self._matrix is not None and stamp is not None and stamp == entry[:2]:
-                found[i] = np.asarray(self._matrix[entry[2]], dtype=np.float32)
+                slot = bytes(self._slots[entry[2]]) if self._slots is not None else None
+                found[i] = (np.asarray(self._matrix[entry[2]], dtype=np.float32), slot)
             else:
                 missing.append(i)
         return found, missing
@@ -110,19 +123,23 @@ class QueryDescriptorCache:
     def get_or_compute(
         self,
         paths: Sequence[Path],
-        compute: Callable[[list[Path]], tuple[np.ndarray, dict[int, str]]],
+        compute: Callable[[list[Path]], tuple[np.ndarray, dict[int, str], np.ndarray | None]],
         dim: int,
-    ) -> tuple[np.ndarray, dict[int, str], CacheStats]:
-        """All descriptors of ``paths`` (rows of NaN for failures) and per-position errors.
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], CacheStats]:
+        """All descriptors of ``paths`` (rows of NaN for failures), their map slots (rows of
+        ``slot_bytes``, when cached maps are wanted) and per-position errors.
 
-        ``compute(paths)`` returns (descriptors for those paths, {position: error}) and is called
-        once, with only the paths not already cached.
+        ``compute(paths)`` returns (descriptors for those paths, {position: error}, slots) and
+        is called once, with only the paths not already cached.
         """
         found, missing = self.lookup(paths)
         out = np.full((len(paths), dim), np.nan, dtype=np.float32)
-        for i, d in found.items():
+        slots = np.zeros((len(paths), self.slot_bytes), dtype=np.uint8) if self.slot_bytes else None
+        for i, (d, slot) in found.items():
             if d.shape == (dim,):
                 out[i] = d
+                if slots is not None:
+                    slots[i] = np.frombuffer(slot, dtype=np.uint8)
             else:
                 missing.append(i)
         missing.sort()
@@ -130,23 +147,30 @@ class QueryDescriptorCache:
         stats = CacheStats(computed=0, cached=len(paths) - len(missing))
         if missing:
             todo = [paths[i] for i in missing]
-            desc, errs = compute(todo)
+            desc, errs, new_slots = compute(todo)
             for j, i in enumerate(missing):
                 if j in errs:
                     errors[i] = errs[j]
                 else:
                     out[i] = desc[j]
+                    if slots is not None and new_slots is not None:
+                        slots[i] = new_slots[j]
             stats.computed = len(missing) - len(errs)
-            self._store(paths, out, errors)
-        return out, errors, stats
+            self._store(paths, out, errors, slots)
+        return out, slots, errors, stats
 
-    def _store(self, paths: Sequence[Path], matrix: np.ndarray, errors: dict[int, str]) -> None:
+    def _store(self, paths: Sequence[Path], matrix: np.ndarray, errors: dict[int, str],
+               slots: np.ndarray | None = None) -> None:
         """Write the current query set (failures left out) atomically; cache trouble is not fatal."""
         stamps = {i: file_stamp(p) for i, p in enumerate(paths) if i not in errors}
         keep = [i for i, stamp in stamps.items() if stamp is not None]
         rows = {str(paths[i]): (*stamps[i], r) for r, i in enumerate(keep)}  # type: ignore[misc]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
+            if slots is not None:
+                with replacing(self._slots_file, durable=False) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, np.ascontiguousarray(slots[keep]))
             with replacing(self._matrix_file, durable=False) as tmp:
                 with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
                     np.save(fh, np.ascontiguousarray(matrix[keep], dtype=np.float32))
@@ -159,3 +183,4 @@ class QueryDescriptorCache:
             return
         self._rows = rows
         self._matrix = np.load(self._matrix_file, mmap_mode="r")
+        self._slots = np.load(self._slots_file, mmap_mode="r") if slots is not None else None

@@ -84,13 +84,22 @@ def compare_models(
     config: EvalConfig,
     progress: Progress | None = None,
 ) -> list[CompareRow]:
-    """Evaluate every model on ``split``; missing weights make a skipped row, not an error."""
+    """Evaluate every model on ``split``, each without and (when asked) with re-ranking: two
+    rows a model, so the table shows what verification adds. Missing weights make a skipped
+    row, not an error."""
+    from dataclasses import replace
+
     rows: list[CompareRow] = []
+    passes = [False, True] if config.rerank else [False]
     for name in models:
-        try:
-            result = evaluate_split(split, with_model(config, name), progress)
-        except WeightsUnavailableError:
-            rows.append(CompareRow(name, skipped=f"weights not available offline (geoloc models download {name})"))
-            continue
-        rows.append(CompareRow(name, result=result))
+        for rerank in passes:
+            label = f"{name} +rerank" if rerank else name
+            try:
+                result = evaluate_split(split, replace(with_model(config, name), rerank=rerank), progress)
+            except WeightsUnavailableError:
+                rows.append(CompareRow(label, skipped=f"weights not available offline (geoloc models download {name})"))
+                break
+            if rerank and not result.reranked:
+                break  # no maps stored: the plain row says it all
+            rows.append(CompareRow(label, result=result))
     return rows

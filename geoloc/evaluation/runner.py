@@ -56,6 +56,8 @@ class EvalConfig:
     estimate_k: int = 10  # candidates the position estimate looks at (as in geoloc locate)
     recall_ns: tuple[int, ...] = RECALL_NS
     vocabulary_photos: int = 300
+    rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
+    rerank_top: int = 20
 
     def check(self) -> None:
         require_at_least("--top-k", self.top_k, 1)
@@ -64,10 +66,11 @@ class EvalConfig:
         require_at_least("--max-side", self.max_side, 32, " pixels")
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
+        require_at_least("--rerank-top", self.rerank_top, 1)
 
     @property
     def search_depth(self) -> int:
-        return max(self.top_k, max(self.recall_ns), self.estimate_k)
+        return max(self.top_k, max(self.recall_ns), self.estimate_k, self.rerank_top if self.rerank else 0)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class EvalResult:
     cache: Path | None = None
     problems: list[PhotoError] = field(default_factory=list)
     skipped_queries: int = 0  # queries without ground truth (no EXIF GPS)
+    reranked: bool = False  # candidates reordered by geometric verification
 
     def to_json(self, include_queries: bool = False, top_k: int = 10) -> dict:
         s = self.summary
@@ -102,6 +106,7 @@ class EvalResult:
             "queries_without_positive": s.queries_without_positive,
             "queries_failed": s.failed,
             "queries_without_gps": self.skipped_queries,
+            "rerank": self.reranked,
             "descriptors": dict(self.descriptors),
             "cache": str(self.cache) if self.cache else None,
             "errors": [{"path": str(p.path), "reason": p.reason} for p in self.problems],
@@ -159,19 +164,23 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
 
     with Database.open(folder / "database") as database:
         manifest = dict(database.manifest)
-        db_matrix, split_rows = _split_rows(database, split)
-        state = f"{manifest.get('weights_hash')}|{manifest.get('vocabulary_sha256')}|{manifest['preprocess']}|{manifest['dim']}"
+        db_matrix, split_rows, db_records = _split_rows(database, split)
+        state = (f"{manifest.get('weights_hash')}|{manifest.get('vocabulary_sha256')}|{manifest['preprocess']}|"
+                 f"{manifest['dim']}|{manifest.get('maps')}")
         model_holder: dict = {}
 
-        def compute(paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
+        def compute(paths: list[Path]):
             return _extract_queries(database, paths, config, model_holder, progress)
 
-        q_desc, q_errors, qstats = QueryDescriptorCache(folder, state).get_or_compute(
+        slot_bytes = database.maps.slot_bytes if database.maps else 0
+        q_desc, q_slots, q_errors, qstats = QueryDescriptorCache(folder, state, slot_bytes).get_or_compute(
             split.query_paths, compute, int(manifest["dim"]))
 
-    for i, reason in q_errors.items():
-        problems.append(PhotoError(split.query_paths[i], reason))
-    outcomes = _search_and_score(split, split_rows, db_matrix, q_desc, q_errors, threshold, config)
+        for i, reason in q_errors.items():
+            problems.append(PhotoError(split.query_paths[i], reason))
+        reranker = _reranker(database, db_records, q_slots, config, progress)
+        outcomes = _search_and_score(split, split_rows, db_matrix, q_desc, q_errors, threshold, config,
+                                     reranker, q_slots)
     summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
     return EvalResult(
         model=str(manifest["model"]),
@@ -181,6 +190,7 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
         threshold_m=threshold,
         summary=summary,
         outcomes=outcomes,
+        reranked=reranker is not None,
         database_images=len(split_rows),
         descriptors={
             "database_computed": report.indexed,
@@ -227,7 +237,19 @@ def _split_rows(database, split: Split) -> tuple[np.ndarray, np.ndarray]:
         raise GeolocError(f"{split.source}: none of the database images could be used")
     if len(keep_rows) != len(records):
         matrix = np.ascontiguousarray(matrix[np.asarray(keep_rows)], dtype=np.float32)
-    return matrix, np.asarray(split_rows, dtype=np.int64)
+    return matrix, np.asarray(split_rows, dtype=np.int64), [records[r] for r in keep_rows]
+
+
+def _reranker(database, records, q_slots, config: EvalConfig, progress: Progress):
+    """The split's re-ranker, when asked for and possible (maps stored with the database)."""
+    if not config.rerank:
+        return None
+    if database.maps is None or q_slots is None:
+        progress.message(f"{database.where} stores no verification maps: evaluated without re-ranking")
+        return None
+    from geoloc.rerank import RerankConfig, Reranker
+
+    return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top))
 
 
 def _file_key(spec: str) -> list | None:
@@ -259,14 +281,26 @@ def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: di
             progress.warning(item.path, errors[i])
         progress.advance(1)
 
-    for items, desc in extractor.descriptors(paths, on_error=failed):
-        for item, row in zip(items, desc):
-            out[position[os.fspath(item.path)]] = row
-        progress.advance(len(items))
+    spec = database.maps
+    slots = np.zeros((len(paths), spec.slot_bytes), dtype=np.uint8) if spec else None
+    if spec:  # the queries' verification maps too, from the same pass, cached with them
+        from geoloc.verify import stored_map
+
+        for items, desc, maps in extractor.descriptors_and_maps(paths, on_error=failed):
+            for item, row, fmap in zip(items, desc, maps):
+                i = position[os.fspath(item.path)]
+                out[i] = row
+                slots[i] = np.frombuffer(spec.encode(*stored_map(fmap.numpy(), spec.stride)), dtype=np.uint8)
+            progress.advance(len(items))
+    else:
+        for items, desc in extractor.descriptors(paths, on_error=failed):
+            for item, row in zip(items, desc):
+                out[position[os.fspath(item.path)]] = row
+            progress.advance(len(items))
     for i in range(len(paths)):
         if i not in errors and np.isnan(out[i]).any():
             errors[i] = "no descriptor could be computed"
-    return out, errors
+    return out, errors, slots
 
 
 def _estimator_positions(pos: Positions, ref: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -294,6 +328,8 @@ def _search_and_score(
     q_errors: dict[int, str],
     threshold: float,
     config: EvalConfig,
+    reranker=None,
+    q_slots: np.ndarray | None = None,
 ) -> list[QueryOutcome]:
     from geoloc.estimate import EstimateConfig, estimate_position
     from geoloc.search import SearchConfig, SearchIndex
@@ -314,9 +350,10 @@ def _search_and_score(
     db_lat, db_lon, real = _estimator_positions(split.db, ref)
     q_lat, q_lon, _ = _estimator_positions(split.queries, ref)
     est_cfg = EstimateConfig()
+    row_of = {q: r for r, q in enumerate(ok)}
+    ranked = _ranked(ok, row_of, ids, scores, reranker, q_slots)
 
     outcomes: list[QueryOutcome] = []
-    row_of = {q: r for r, q in enumerate(ok)}
     for qi, path in enumerate(split.query_paths):
         tl, tn = _opt(split.queries.lat[qi]), _opt(split.queries.lon[qi])
         o = QueryOutcome(str(path), tl, tn)
@@ -324,10 +361,8 @@ def _search_and_score(
             o.error = q_errors[qi]
             outcomes.append(o)
             continue
-        r = row_of[qi]
-        valid = ids[r] >= 0
-        rows = split_rows[ids[r][valid]]
-        sims = scores[r][valid].astype(np.float64)
+        search_rows, sims, anchor = ranked[qi]
+        rows = split_rows[search_rows]
         dists = split.distances_m(qi, rows)
         o.candidates = [
             Retrieved(k + 1, str(split.db_paths[j]), _opt(split.db.lat[j]), _opt(split.db.lon[j]), float(s), float(d))
@@ -336,7 +371,7 @@ def _search_and_score(
         o.has_positive = bool(available[positives[qi]].any())
         n_est = max(1, min(config.estimate_k, len(rows)))
         if len(rows):
-            est = estimate_position(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], est_cfg)
+            est = estimate_position(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], est_cfg, anchor=anchor)
             if est is not None:
                 o.radius_m = float(est.radius_m)
                 o.error_m = float(haversine_m(est.lat, est.lon, q_lat[qi], q_lon[qi]))
@@ -344,6 +379,40 @@ def _search_and_score(
                     o.estimate_lat, o.estimate_lon = float(est.lat), float(est.lon)
         outcomes.append(o)
     return outcomes
+
+
+def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per query: search rows, cosines and the estimate's weights, in final order.
+
+    With a re-ranker, each query's top candidates are verified; queries go through two threads
+    (OpenCV's MAGSAC and numpy's matrix products release the GIL).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(qi: int):
+        r = row_of[qi]
+        valid = ids[r] >= 0
+        rows = ids[r][valid].astype(np.int64)
+        sims = scores[r][valid].astype(np.float64)
+        anchor = None
+        slot = q_slots[qi] if q_slots is not None else None
+        cells = _slot_cells(reranker, slot) if reranker is not None else None
+        if cells is not None and len(rows):
+            verdict = reranker.rerank(cells, rows.tolist(), sims)
+            n = len(verdict.order)
+            order = np.array(verdict.order + list(range(n, len(rows))), dtype=np.int64)
+            rows, sims, anchor = rows[order], sims[order], 0
+        return qi, (rows, sims, anchor)
+
+    with ThreadPoolExecutor(max_workers=2 if reranker is not None else 1) as pool:
+        return dict(pool.map(one, ok))
+
+
+def _slot_cells(reranker, slot):
+    from geoloc.verify import dequantize
+
+    decoded = reranker.database.maps.decode(bytes(slot)) if slot is not None else None
+    return None if decoded is None else dequantize(*decoded, float(reranker.database.maps.stride))
 
 
 def _opt(v: float) -> float | None:
@@ -362,6 +431,7 @@ def evaluate_database(
 ) -> EvalResult:
     """recall@N of an existing database (its own model) on query photos whose EXIF has GPS."""
     from geoloc.localize import LocateConfig, Locator
+    from geoloc.rerank import RerankConfig
     from geoloc.search import SearchConfig
 
     config.check()
@@ -381,6 +451,7 @@ def evaluate_database(
         workers=config.workers,
         device=config.device,
         search=SearchConfig(ivf_threshold=EXACT_SEARCH),  # exact, as published figures are
+        rerank=RerankConfig(enabled=config.rerank, top=config.rerank_top),
     )
     with Locator(Path(db), cfg) as locator:
         manifest = locator.database.manifest
@@ -406,6 +477,7 @@ def evaluate_database(
         threshold_m=threshold,
         summary=summary,
         outcomes=outcomes,
+        reranked=config.rerank,
         database_images=len(records),
         descriptors={"queries_computed": extracted, "queries_cached": len(q_paths) - extracted},
         cache=None,

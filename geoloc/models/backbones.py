@@ -199,6 +199,24 @@ class Lite0Trunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
 
+    def features_and_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 320-channel features and, from the same pass, the output of the last block at
+        stride 16 (block 10, 112 channels): the finer map geometric verification matches."""
+        net = self.net
+        x = F.relu6(net._bn0(net._conv_stem(x)))
+        tap = x
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i == LITE0_VERIFY_BLOCK:
+                tap = x
+        return x, tap
+
+
+#: The EfficientNet-Lite0 block whose output is verified against (the end of the stride-16,
+#: 112-channel stage): measured better than the stride-32 last stage, which has too few cells
+#: to fit a geometry on (docs/benchmarks.md, re-ranking).
+LITE0_VERIFY_BLOCK = 10
+
 
 # --------------------------------------------------------------------------------------------
 # Building and freezing

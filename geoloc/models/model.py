@@ -93,6 +93,34 @@ class GeolocModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool_features(self.local_features(images))
 
+    def features_with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local features the pooling sees and, from the same pass, the dense map that
+        geometric verification matches (about stride 16: VGG-16's conv5_3, Lite0's block 10)."""
+        tapped = getattr(self.backbone, "features_and_tap", None)
+        if tapped is not None:
+            return tapped(images)
+        features = self.local_features(images)
+        return features, features
+
+    def forward_with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Descriptors and verification maps in one pass: re-ranking a query costs no second
+        network pass."""
+        features, tap = self.features_with_map(images)
+        return self.pool_features(features), tap
+
+    def map_geometry(self) -> tuple[int, int]:
+        """(stride in input pixels, channels) of the verification map, measured once on a
+        small input so that any backbone (a plug-in's too) answers the same way."""
+        if getattr(self, "_map_geometry", None) is None:
+            try:
+                device = next(self.parameters()).device
+            except StopIteration:
+                device = torch.device("cpu")
+            with torch.no_grad():
+                _, tap = self.features_with_map(torch.zeros(1, 3, 128, 128, device=device))
+            self._map_geometry = (max(1, round(128 / tap.shape[-1])), int(tap.shape[1]))
+        return self._map_geometry
+
     # -- vocabulary (NetVLAD centroids fitted on the user's photos) ------------------------------
     @property
     def has_vocabulary(self) -> bool:
