@@ -28,7 +28,15 @@ def locate_command(
     db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, metavar="K", help="Candidates to list per query."),
     map_file: Optional[Path] = typer.Option(
-        None, "--map", metavar="FILE", help="Write an HTML map (estimate, uncertainty circle, candidates) to FILE."
+        None, "--map", metavar="FILE",
+        help="Write an HTML map (estimates, uncertainty circles, candidates, a table of the answers) to FILE: "
+        "one file that opens offline; only its map tiles come from the network."
+    ),
+    no_thumbnails: bool = typer.Option(
+        False, "--no-thumbnails", help="With --map: embed no photo thumbnails in the map."
+    ),
+    relative_paths: bool = typer.Option(
+        False, "--relative-paths", help="With --map: show paths relative to the map file's folder."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per query."),
     as_csv: bool = typer.Option(
@@ -62,7 +70,11 @@ def locate_command(
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
-    if map_file is not None:
+    if map_file is None:
+        for flag, given in (("--no-thumbnails", no_thumbnails), ("--relative-paths", relative_paths)):
+            if given:
+                raise UsageError(f"{flag} only applies to a map: add --map FILE")
+    else:
         check_writable(map_file, "map")
 
     # Everything above is instant; the heavy imports start here.
@@ -80,10 +92,14 @@ def locate_command(
     if xmp:
         _write_sidecars(results, xmp_name)
     if map_file is not None and any(r.estimate for r in results):
-        from geoloc.mapview import save_map
+        from geoloc.mapview import MapConfig, save_map
 
-        save_map(results, map_file)
-        console.info(f"map written to {map_file}")
+        map_file = map_file.expanduser()
+        config = MapConfig(relative_to=map_file.absolute().parent if relative_paths else None)
+        if no_thumbnails:
+            config.thumbnail_px = 0
+        save_map(results, map_file, config)
+        console.info(f"map written to {display_path(map_file)}")
 
     if results and not any(r.estimate for r in results):
         raise GeolocError(
