@@ -8,11 +8,12 @@ descriptors is one transaction, so a re-run after a crash only redoes the batch 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from geoloc.database import Database, PhotoRecord
 from geoloc.database_model import (
@@ -25,7 +26,7 @@ from geoloc.database_model import (
     vocabulary_manifest,
 )
 from geoloc.database.layout import FIT_CACHE
-from geoloc.errors import DatabaseError, PhotoError, RunInterrupted, require_at_least
+from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require_at_least
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
@@ -123,6 +124,7 @@ def index_photos(
     report = IndexReport(db=Path(db).expanduser().absolute())
     run = _Run(config, report, progress or Progress())
     found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
+    found = _at_least_one(found, paths, report.db, config)
     database, model = _open_database(report.db, config)
     with contextlib.ExitStack() as stack:
         stack.callback(database.close)
@@ -228,6 +230,28 @@ class _Run:
         rest = [p for p in to_index if p not in done] if done else to_index
         for items, descriptors in extractor.descriptors(rest, on_error=failed):
             store(items, descriptors)
+
+
+def _at_least_one(found: Iterator[Path], paths: Sequence[Path | str], db: Path,
+                  config: IndexConfig) -> Iterator[Path]:
+    """The photos found, refused when there are none (before a database folder exists).
+
+    A folder without a single photo is nearly always the wrong folder, and indexing it would
+    still create a database (and load a model) for nothing. Only ``--prune`` (a folder emptied
+    on purpose) and ``--repair`` (which may be given no PATH) go on without photos.
+    """
+    first = next(found, None)
+    if first is not None:
+        return itertools.chain([first], found)
+    if config.prune or config.repair:
+        return iter(())
+    from geoloc.photos import SUFFIXES
+
+    where = ", ".join(display_path(p) for p in paths)
+    kinds = ", ".join(sorted(SUFFIXES))
+    outcome = "the database is unchanged" if Database.exists(db) else "no database was created"
+    raise GeolocError(f"no photos in {where} (geoloc reads {kinds}; hidden folders are skipped): "
+                      f"nothing to index, {outcome}")
 
 
 # ------------------------------------------------------------------------------------------------
