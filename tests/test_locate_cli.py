@@ -308,6 +308,52 @@ def test_empty_database_is_a_clear_error(tmp_path, lund_dir):
     assert "is empty" in result.stderr
 
 
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from geoloc.database import Database
+from geoloc.database.lock import WriteLock
+db = Path(sys.argv[1])
+if sys.argv[2] == "create":  # what a first `geoloc index` holds while it fits the vocabulary
+    held = Database.create(db, {"model": "lite0-vlad", "dim": 8, "preprocess": {}})
+else:  # the moment before: the folder and its lock, no manifest yet
+    db.mkdir()
+    held = WriteLock(db)
+    held.acquire()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("stage", ["create", "lock"])
+def test_a_database_still_being_built_says_so_not_empty(tmp_path, lund_dir, stage):
+    """Why: the first thing a new user does while the first `geoloc index` runs is try
+    `geoloc locate` in another terminal; "empty" would send them looking for a bug."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "db"
+    root = Path(__file__).resolve().parents[1]
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db), stage], cwd=root,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        result = run(lund_dir / "02.jpg", "--db", db)
+    finally:
+        writer.kill()  # as `kill -9` would: the kernel drops the lock, the pid stays in the file
+        writer.wait()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    verb = "built" if stage == "create" else "created"
+    assert f"is being {verb} by another geoloc process (pid {writer.pid})" in line, line
+
+    # The writer is gone (killed, its pid still in the lock file): the plain truth again.
+    result = run(lund_dir / "02.jpg", "--db", db)
+    assert result.exit_code == 1
+    assert ("is empty" if stage == "create" else "no geoloc database") in result.stderr
+    assert "another geoloc process" not in result.stderr
+
+
 def test_model_mismatch_is_a_clear_error(tmp_path, tiny_db, lund_dir):
     copy = tmp_path / "db"
     shutil.copytree(tiny_db, copy, ignore=shutil.ignore_patterns("lock"))
