@@ -83,12 +83,15 @@ def finetune(
     from geoloc import console
     from geoloc.errors import PhotoError, UsageError
     from geoloc.training.data import photos_from_database, photos_from_paths
-    from geoloc.training.finetune import FinetuneConfig, finetune as run_finetune
+    from geoloc.training.finetune import FinetuneConfig, check_run, finetune as run_finetune
 
     if out is None:
         raise UsageError("--out FILE is required: the model file to write (.safetensors)")
     if paths and db is not None:
         raise UsageError("give photos (PATH...) or --db, not both")
+    # Before the photos are read (their EXIF, one by one, can take minutes): an --out that
+    # cannot be written, or a checkpoint that contradicts --resume/--restart, fails now.
+    out = check_run(out, resume=resume, restart=restart)
     config = FinetuneConfig(
         base=base, epochs=epochs, device=device, train_layers=train_layers, pos_radius_m=pos_radius,
         neg_radius_m=neg_radius, margin=margin, lr=lr, momentum=momentum, weight_decay=weight_decay,
