@@ -25,7 +25,7 @@ _HELP = (
 def index(
     paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", show_default=False,
                                                  help="Photos or folders (searched recursively)."),
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="NAME|FILE",
         help="Model for a new database (see `geoloc models`), or a model file. Default: "
@@ -40,14 +40,14 @@ def index(
         None, "--max-side", min=32, metavar="PIXELS",
         help="Longest side photos are resized to. Default: the model's (640 for the registry "
         "models); fixed when the database is created.", show_default=False),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per network batch."),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", min=1, help="Photos per network batch."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
+        None, "--workers", metavar="N", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
         "cores (1–4) on the CPU, where the network needs them.",
         show_default=False),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     vocabulary_photos: int = typer.Option(
-        300, "--vocabulary-photos", min=1,
+        300, "--vocabulary-photos", metavar="N", min=1,
         help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
         "on the first run."),
     quiet: bool = typer.Option(False, "--quiet", "-q",

@@ -17,7 +17,8 @@ from geoloc.formatting import format_distance
 
 @app.command(
     "locate",
-    epilog="Examples: geoloc locate photo.jpg --map where.html · geoloc locate 'trip/*.jpg' --json · "
+    # One example a line (Rich keeps single line breaks in an epilogue).
+    epilog="Examples:\ngeoloc locate photo.jpg --map where.html\ngeoloc locate 'trip/*.jpg' --json\n"
     "geoloc locate --unlocated --xmp",
 )
 @handle_errors
