@@ -228,6 +228,8 @@ class _Run:
             self.progress.advance(1)
 
         rest = [p for p in to_index if p not in done] if done else to_index
+        if rest:
+            self.progress.status(_first_batch(rest, self.config.batch_size, again=bool(done)))
         for items, descriptors in extractor.descriptors(rest, on_error=failed):
             store(items, descriptors)
 
@@ -297,6 +299,15 @@ def _check_writable(db_path: Path) -> None:
                             f"{display_path(probe)} is not writable")
 
 
+def _first_batch(paths: Sequence[Path], batch_size: int, again: bool) -> str:
+    """What a phase does before its count first moves: a whole batch is decoded and goes
+    through the network before any photo of it is done (the first one also warms it up)."""
+    n = min(len(paths), batch_size)
+    if again:
+        return f"reading the next {n} photos"
+    return f"reading the first {n} photo{'s' if n != 1 else ''} and starting the network"
+
+
 #: Local features of the vocabulary sample kept in memory, to pool them after fitting instead of
 #: decoding those photos again (beyond this, the rest are simply decoded twice).
 KEEP_FEATURES_BYTES = 256 * 2**20
@@ -348,6 +359,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     def failed(item) -> None:  # reported now, and not decoded again by the indexing pass
         run.on_error(item.error)
 
+    if len(sampler) < target:
+        run.progress.status(_first_batch(candidates, config.batch_size, again=False))
     while len(sampler) < target and tried < len(candidates):
         wanted = target - len(sampler)
         todo = []
@@ -371,6 +384,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     if unreadable:
         hint = (f"{unreadable} of the {tried} photos tried could not be read (see the warnings above); "
                 f"{hint}")
+    run.progress.status(f"clustering {features.shape[0]:,} local features into "
+                        f"{model.num_clusters} visual words (k-means)")
     fit_vocabulary(model, features, len(sampler), seed=config.seed, hint=hint)
     store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
                                        "vocabulary_features": int(features.shape[0])})
