@@ -82,24 +82,98 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+class SteadyRate:
+    """A phase's throughput once it means something, for its time left.
+
+    The first photos of a phase cost what the rest do not: decoding threads starting, the
+    network's first batch, caches filling. A rate (and an ETA) measured from the phase's start
+    is wildly off for a minute on a long run, and one taken from a single batch is a guess.
+    So the clock starts at the phase's first advance, and a rate is given only once at least
+    one more advance has come and ``min_seconds`` have passed since that first one.
+    """
+
+    def __init__(self, min_seconds: float = 2.0):
+        self.min_seconds = min_seconds
+        self.first_at: float | None = None
+        self.first_done = 0
+        self.last_at = 0.0
+        self.done = 0
+        self.advances = 0
+
+    def advance(self, n: int, now: float) -> None:
+        if n <= 0:  # nothing done: no clock to start
+            return
+        self.done += n
+        self.advances += 1
+        if self.first_at is None:
+            self.first_at, self.first_done = now, self.done
+        self.last_at = now
+
+    def rate(self) -> float | None:
+        """Items per second since the first advance, or None while that would be a guess."""
+        if self.first_at is None or self.advances < 2:
+            return None
+        span = self.last_at - self.first_at
+        if span < self.min_seconds or self.done <= self.first_done:
+            return None
+        return (self.done - self.first_done) / span
+
+
+def format_eta(seconds: float) -> str:
+    """Time left as M:SS or H:MM:SS, rounded up (a countdown that shows 0:00 is over)."""
+    import math
+
+    seconds = max(0, math.ceil(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def progress(transient: bool = False):
-    """A Rich progress bar on stderr with rate and ETA, shared by every long command."""
+    """A Rich progress bar on stderr with rate and time left, shared by every long command.
+
+    Two departures from Rich's own columns: the bar pulses while a phase has started but no
+    item is done yet (``waiting``: the first batch, a k-means fit), so a long first step never
+    looks frozen; and the time left is the phase's :class:`SteadyRate` counted down between
+    updates, and absent until that rate exists (Rich's own is wild on the first photos).
+    """
+    import time
+
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
-        TimeRemainingColumn,
     )
+
+    class WaitingBar(BarColumn):
+        def render(self, task):
+            if task.fields.get("waiting") and not task.finished:
+                from rich.progress_bar import ProgressBar
+
+                return ProgressBar(total=None, completed=0, width=None if self.bar_width is None else
+                                   max(1, self.bar_width), pulse=True, animation_time=task.get_time(),
+                                   style=self.style, complete_style=self.complete_style,
+                                   finished_style=self.finished_style, pulse_style=self.pulse_style)
+            return super().render(task)
+
+    class TimeLeft(ProgressColumn):
+        def render(self, task):
+            rate, at = task.fields.get("eta_rate"), task.fields.get("eta_at")
+            if not rate or task.total is None or task.finished:
+                return Text("")
+            left = (task.total - task.completed) / rate - (time.perf_counter() - at)
+            return Text("eta " + format_eta(left), style="progress.remaining")
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        WaitingBar(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        TimeLeft(),
         console=err,
         transient=transient,
     )
@@ -125,6 +199,8 @@ class RichProgress(Progress):
         self._task = None
         self._started = 0.0
         self._done = 0
+        self._text = ""
+        self._steady = SteadyRate()
 
     def stage(self, description: str, total: int | None) -> None:
         import time
@@ -135,34 +211,58 @@ class RichProgress(Progress):
             self._progress = progress(transient=self.transient)
             self._progress.start()
         self.end_stage()
-        self._task = self._progress.add_task(description, total=total, rate="")
+        # Until its first item is done, a phase's bar pulses: the first batch can take seconds.
+        self._task = self._progress.add_task(description, total=total, rate="", waiting=True,
+                                             eta_rate=None, eta_at=None)
         self._started = time.perf_counter()
         self._done = 0
+        self._text = ""
+        self._steady = SteadyRate()
 
     def advance(self, n: int = 1, **fields: Any) -> None:
         import time
 
+        if self._task is None or (n <= 0 and not fields):
+            return
+        now = time.perf_counter()
+        self._done += n
+        self._steady.advance(n, now)
+        steady = self._steady.rate()
+        if fields.get("loss"):
+            self._text = f"loss {fields['loss']:.4f}"
+        elif self.rate and steady is not None:
+            self._text = self._throughput(now) or ""
+        self._progress.update(self._task, advance=n, rate=self._text, waiting=False, eta_rate=steady, eta_at=now)
+
+    def _throughput(self, now: float) -> str | None:
+        """The phase's overall rate (start-up included): what its finished bar keeps."""
+        elapsed = now - self._started
+        if not self.rate or self._done <= 0 or elapsed <= 0.5:
+            return None
+        return f"{self._done / elapsed:.1f} {self.rate}/s"
+
+    def status(self, text: str) -> None:
         if self._task is None:
             return
-        self._done += n
-        elapsed = time.perf_counter() - self._started
-        if fields.get("loss"):
-            text = f"loss {fields['loss']:.4f}"
-        elif self.rate and elapsed > 0.5:
-            text = f"{self._done / elapsed:.1f} {self.rate}/s"
-        else:
-            text = ""
-        self._progress.update(self._task, advance=n, rate=text)
+        # What follows a pause is other work (a fit, photos after those already decoded): its
+        # time left is measured afresh, from its own first advance.
+        self._steady = SteadyRate()
+        # Said at once (refresh): the reason to say it is that nothing else moves for a while.
+        self._progress.update(self._task, rate=printable(text), waiting=True, eta_rate=None, refresh=True)
 
     def end_stage(self) -> None:
+        import time
+
         if self._task is None:
             return
         if self.transient:
             self._progress.remove_task(self._task)
-        else:  # a phase of unknown length keeps a full bar, not a spinner, as its record
+        else:  # the record of the phase: a full bar (not a spinner), its count and throughput
             task = next(t for t in self._progress.tasks if t.id == self._task)
+            fields = {"waiting": False, "rate": self._throughput(time.perf_counter()) or self._text}
             if task.total is None:
-                self._progress.update(self._task, total=task.completed)
+                fields["total"] = task.completed
+            self._progress.update(self._task, **fields)
         self._task = None
 
     def warning(self, path, reason: str) -> None:

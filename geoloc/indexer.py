@@ -8,11 +8,12 @@ descriptors is one transaction, so a re-run after a crash only redoes the batch 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from geoloc.database import Database, PhotoRecord
 from geoloc.database_model import (
@@ -25,7 +26,7 @@ from geoloc.database_model import (
     vocabulary_manifest,
 )
 from geoloc.database.layout import FIT_CACHE
-from geoloc.errors import DatabaseError, PhotoError, RunInterrupted, require_at_least
+from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require_at_least
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
@@ -127,6 +128,7 @@ def index_photos(
     report = IndexReport(db=Path(db).expanduser().absolute())
     run = _Run(config, report, progress or Progress())
     found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
+    found = _at_least_one(found, paths, report.db, config)
     database, model = _open_database(report.db, config)
     with contextlib.ExitStack() as stack:
         stack.callback(database.close)
@@ -233,12 +235,36 @@ class _Run:
             self.progress.advance(1)
 
         rest = [p for p in to_index if p not in done] if done else to_index
+        if rest:
+            self.progress.status(_first_batch(rest, self.config.batch_size, again=bool(done)))
         if database.maps:
             for items, descriptors, maps in extractor.descriptors_and_maps(rest, on_error=failed):
                 store(items, descriptors, maps)
         else:
             for items, descriptors in extractor.descriptors(rest, on_error=failed):
                 store(items, descriptors)
+
+
+def _at_least_one(found: Iterator[Path], paths: Sequence[Path | str], db: Path,
+                  config: IndexConfig) -> Iterator[Path]:
+    """The photos found, refused when there are none (before a database folder exists).
+
+    A folder without a single photo is nearly always the wrong folder, and indexing it would
+    still create a database (and load a model) for nothing. Only ``--prune`` (a folder emptied
+    on purpose) and ``--repair`` (which may be given no PATH) go on without photos.
+    """
+    first = next(found, None)
+    if first is not None:
+        return itertools.chain([first], found)
+    if config.prune or config.repair:
+        return iter(())
+    from geoloc.photos import SUFFIXES
+
+    where = ", ".join(display_path(p) for p in paths)
+    kinds = ", ".join(sorted(SUFFIXES))
+    outcome = "the database is unchanged" if Database.exists(db) else "no database was created"
+    raise GeolocError(f"no photos in {where} (geoloc reads {kinds}; hidden folders are skipped): "
+                      f"nothing to index, {outcome}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,6 +308,15 @@ def _check_writable(db_path: Path) -> None:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise DatabaseError(f"cannot create database {display_path(db_path)}: "
                             f"{display_path(probe)} is not writable")
+
+
+def _first_batch(paths: Sequence[Path], batch_size: int, again: bool) -> str:
+    """What a phase does before its count first moves: a whole batch is decoded and goes
+    through the network before any photo of it is done (the first one also warms it up)."""
+    n = min(len(paths), batch_size)
+    if again:
+        return f"reading the next {n} photos"
+    return f"reading the first {n} photo{'s' if n != 1 else ''} and starting the network"
 
 
 #: Local features of the vocabulary sample kept in memory, to pool them after fitting instead of
@@ -335,6 +370,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     def failed(item) -> None:  # reported now, and not decoded again by the indexing pass
         run.on_error(item.error)
 
+    if len(sampler) < target:
+        run.progress.status(_first_batch(candidates, config.batch_size, again=False))
     while len(sampler) < target and tried < len(candidates):
         wanted = target - len(sampler)
         todo = []
@@ -361,6 +398,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     if unreadable:
         hint = (f"{unreadable} of the {tried} photos tried could not be read (see the warnings above); "
                 f"{hint}")
+    run.progress.status(f"clustering {features.shape[0]:,} local features into "
+                        f"{model.num_clusters} visual words (k-means)")
     fit_vocabulary(model, features, len(sampler), seed=config.seed, hint=hint)
     store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
                                        "vocabulary_features": int(features.shape[0])})

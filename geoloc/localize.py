@@ -206,6 +206,12 @@ class Locator:
     def _nothing_located(self) -> DatabaseError:
         where = f"database {display_path(self.database.path)}"
         counts = self.database.counts()
+        writer = self.database.writer()
+        if writer:  # a first `geoloc index` still at work: not empty, not yet ready
+            done = f"{counts['total']} photos so far, none located yet" if counts["total"] else "no photo stored yet"
+            return DatabaseError(
+                f"{where} is being built by another geoloc process ({writer}): {done}; "
+                "run `geoloc locate` again when that `geoloc index` has finished")
         if counts["total"] == 0:
             return DatabaseError(f"{where} is empty; add GPS-tagged photos with `geoloc index PATH`")
         return DatabaseError(

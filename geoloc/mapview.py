@@ -1,9 +1,13 @@
 """An HTML map of the answers: estimate, uncertainty circle, numbered candidates, the truth.
 
-Built with folium, with two deliberate departures from its defaults:
+Built with folium, with deliberate departures from its defaults:
 
-- the page loads Leaflet only (no jQuery, Bootstrap or Font Awesome from CDNs): markers are
-  plain ``L.divIcon``\\ s, so the map needs one library, and fewer third-party requests;
+- the page is one file that needs no network: Leaflet's JS and CSS (its icons too) are inlined
+  from the copy shipped in ``geoloc/assets/leaflet`` instead of linked from a CDN, and nothing
+  else is loaded (no jQuery, Bootstrap or Font Awesome: markers are plain ``L.divIcon``\\ s).
+  Only the map tiles come from the tile server; offline, the marks stand on a plain background
+  and a note says the tiles did not load;
+- the answers are also an HTML table under the map, readable without the map (or JavaScript);
 - popups and tooltips are bound from JSON strings that this module escapes itself. folium's own
   ``Popup``/``Tooltip`` paste their HTML into a JavaScript template literal, where a file named
   ``${alert(1)}.jpg`` would run as code; here every user-provided string (file names, paths) is
@@ -13,9 +17,11 @@ Built with folium, with two deliberate departures from its defaults:
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,12 +32,19 @@ from geoloc.errors import GeolocError
 from geoloc.localize import LocateResult
 
 
+#: The Leaflet release in ``geoloc/assets/leaflet`` (its README says where it came from).
+LEAFLET_VERSION = "1.9.4"
+
+
 @dataclass
 class MapConfig:
-    # Longest side of the thumbnails embedded in popups; 0 embeds none.
+    # Longest side of the thumbnails embedded in popups; 0 embeds none (``--no-thumbnails``).
     thumbnail_px: int = 160
     thumbnail_quality: int = 70
     tiles: str | None = "OpenStreetMap"
+    # Show paths relative to this folder (``--relative-paths``: the map's own), so that a map
+    # shared with its photos names them wherever the folder is copied; None: as they are.
+    relative_to: Path | None = None
     # Colours: estimate and its circle, candidates, the query's own GPS.
     estimate_color: str = "#d62728"
     candidate_color: str = "#1f77b4"
@@ -59,19 +72,78 @@ def thumbnail_data_uri(path: Path, max_side: int, quality: int = 70) -> str | No
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _lean_map_class():
-    """folium.Map that loads only Leaflet's JS and CSS."""
+def leaflet_assets() -> tuple[str, str]:
+    """Leaflet's JS and CSS as text to inline, the CSS's icons as data: URIs.
+
+    Read from the package once per process. The icons are the layer control's and the default
+    marker's: referenced by a relative URL, they would be requests for files that are not there.
+    """
+    return _leaflet_assets()
+
+
+@functools.lru_cache(maxsize=1)
+def _leaflet_assets() -> tuple[str, str]:
+    from importlib import resources
+
+    folder = resources.files("geoloc") / "assets" / "leaflet"
+    js = (folder / "leaflet.js").read_text(encoding="utf-8")
+    css = (folder / "leaflet.css").read_text(encoding="utf-8")
+
+    def inline(match: re.Match) -> str:
+        data = (folder / "images" / match.group(1)).read_bytes()
+        return "url(data:image/png;base64," + base64.b64encode(data).decode("ascii") + ")"
+
+    css = re.sub(r"url\(images/([\w.-]+\.png)\)", inline, css)
+    # Neither may close the element it is inlined into (neither does today; this keeps it so).
+    js = re.sub(r"</(script)", r"<\\/\1", js, flags=re.I)
+    css = re.sub(r"</(style)", r"<\\/\1", css, flags=re.I)
+    return js, css
+
+
+def _offline_map_class():
+    """folium.Map that links no JS or CSS at all: Leaflet is inlined by :func:`build_map`."""
     import folium
-    from folium import folium as folium_module
 
-    js = [(n, u) for n, u in folium_module._default_js if n == "leaflet"]
-    css = [(n, u) for n, u in folium_module._default_css if n == "leaflet_css"]
+    class OfflineMap(folium.Map):
+        default_js: list = []
+        default_css: list = []
 
-    class LeanMap(folium.Map):
-        default_js = js
-        default_css = css
+    return OfflineMap
 
-    return LeanMap
+
+def _raw(text: str):
+    """An element that renders ``text`` as it is (never as a Jinja template: Leaflet's code
+    is not ours to vet for ``{{``)."""
+    from branca.element import Element
+    from folium.template import Template
+
+    class _Raw(Element):
+        _template = Template("{{ this.text }}")
+
+        def __init__(self, body: str):
+            super().__init__()
+            self.text = body
+
+    return _Raw(text)
+
+
+def _script_on(kind: str, body: str):
+    """A script run after its parent (the map, or a layer) exists, the parent as ``target``.
+    ``body`` is geoloc's own code: it holds no user-provided text."""
+    from branca.element import MacroElement
+    from folium.template import Template
+
+    class _On(MacroElement):
+        _template = Template(
+            "{% macro script(this, kwargs) %}(function (target) {" + body
+            + "})({{ this._parent.get_name() }});{% endmacro %}"
+        )
+
+        def __init__(self):
+            super().__init__()
+            self._name = "Geoloc" + kind
+
+    return _On()
 
 
 def _bind_element(kind: str, content_html: str, options: dict | None = None, thumb: str | None = None):
@@ -147,6 +219,12 @@ def _badge_icon(label: str, color: str, size: tuple[int, int] = (34, 20)):
 
 _CSS = """
 <style>
+body { display: flex; flex-direction: column; font: 13px/1.4 sans-serif; }
+/* The map takes the top of the page, the table of answers the rest (scroll down to it). */
+.folium-map { flex: none; }
+.geoloc-results { flex: none; order: 1; padding: 8px 12px 16px; }
+/* Offline, the tiles do not load: the marks stand on this plain background. */
+.leaflet-container { background: #e8eaed; }
 .geoloc-marker { background: transparent; border: none; }
 .geoloc-rank, .geoloc-badge {
   color: #fff; font: bold 12px/1 sans-serif; text-align: center; border: 2px solid #fff;
@@ -157,16 +235,45 @@ _CSS = """
 .geoloc-popup { font: 12px/1.4 sans-serif; max-width: 240px; }
 .geoloc-thumb { display: block; max-width: 220px; max-height: 180px; margin-bottom: 4px; }
 .geoloc-popup .path { word-break: break-all; color: #444; }
-.geoloc-legend {
-  position: fixed; bottom: 24px; right: 8px; z-index: 1000; background: rgba(255,255,255,.92);
-  padding: 6px 8px; border-radius: 4px; box-shadow: 0 0 4px rgba(0,0,0,.4);
-  font: 12px/1.3 sans-serif; pointer-events: none;
+.geoloc-legend, .geoloc-offline {
+  background: rgba(255,255,255,.92); padding: 6px 8px; border-radius: 4px;
+  box-shadow: 0 0 4px rgba(0,0,0,.4); font: 12px/1.3 sans-serif;
 }
+.geoloc-legend { pointer-events: none; }
+.geoloc-offline { max-width: 260px; }
 .geoloc-legend div { margin: 3px 0; white-space: nowrap; }
 .geoloc-legend .geoloc-badge, .geoloc-legend .geoloc-rank {
   display: inline-block; vertical-align: middle; min-width: 22px; margin-right: 4px;
 }
+.geoloc-results table { border-collapse: collapse; }
+.geoloc-results th, .geoloc-results td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+.geoloc-results td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.geoloc-results .path { word-break: break-all; }
 </style>
+"""
+
+# The legend (static HTML in the page) moves into the map's bottom-right corner; a note says
+# so when tiles fail (offline), once. Both are geoloc's own text: no user string in them.
+_LEGEND_JS = """
+  var legend = document.querySelector('.geoloc-legend');
+  if (legend) {
+    var control = L.control({position: 'bottomright'});
+    control.onAdd = function () { return legend; };
+    control.addTo(target);
+  }
+"""
+
+_OFFLINE_JS = """
+  target.once('tileerror', function () {
+    var note = L.control({position: 'topleft'});
+    note.onAdd = function () {
+      var box = L.DomUtil.create('div', 'geoloc-offline');
+      box.textContent = 'Map tiles could not be loaded (offline?): the marks stand on a plain '
+        + 'background; every answer is also listed under the map.';
+      return box;
+    };
+    note.addTo(target._map);
+  });
 """
 
 
@@ -209,36 +316,43 @@ def _distance(metres: float | None) -> str:
 
 
 def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
-    """A folium map with one layer per located query; raises GeolocError if nothing to show."""
+    """A folium map with one layer per located query, and the table of every answer under it;
+    raises GeolocError if nothing can be drawn."""
     import folium
 
     cfg = config or MapConfig()
-    results = [r for r in results if r.estimate is not None]
-    if not results:
+    answers = list(results)
+    located = [r for r in answers if r.estimate is not None]
+    if not located:
         raise GeolocError("nothing to map: no query could be located")
 
-    LeanMap = _lean_map_class()
-    first = results[0].estimate
-    fmap = LeanMap(location=[first.lat, first.lon], zoom_start=17, tiles=None, control_scale=True)
-    fmap.get_root().title = "geoloc map"
+    OfflineMap = _offline_map_class()
+    first = located[0].estimate
+    fmap = OfflineMap(location=[first.lat, first.lon], zoom_start=17, tiles=None, control_scale=True,
+                      height="70%")
+    root = fmap.get_root()
+    root.title = "geoloc map"
+    js, css = leaflet_assets()
+    root.header.add_child(_raw(f"<style>{css}</style>"), name="leaflet_css")
+    root.header.add_child(_raw(f"<script>{js}</script>"), name="leaflet_js")
+    root.header.add_child(_raw(_CSS), name="geoloc_css")
     if cfg.tiles:
-        folium.TileLayer(cfg.tiles, name="map", control=False, max_zoom=19).add_to(fmap)
-    fmap.get_root().header.add_child(folium.Element(_CSS), name="geoloc_css")
+        tiles = folium.TileLayer(cfg.tiles, name="map", control=False, max_zoom=19)
+        tiles.add_child(_script_on("Offline", _OFFLINE_JS))
+        tiles.add_to(fmap)
 
-    layers = _Layers(cfg, several=len(results) > 1)
-    for index, r in enumerate(results, start=1):
+    layers = _Layers(cfg, several=len(located) > 1)
+    for index, r in enumerate(located, start=1):
         group = layers.query_layer(index, r)
         group.add_to(fmap)
 
-    root = fmap.get_root()
-    root.script.add_child(folium.Element(_POPUP_JS), name="geoloc_popup_js")
-    root.script.add_child(
-        folium.Element("var geolocThumbs = " + _script_json(layers.thumb_data) + ";"), name="geoloc_thumbs"
-    )
-    if len(results) > 1:
-        folium.LayerControl(collapsed=len(results) > 6).add_to(fmap)
-    fmap.get_root().html.add_child(folium.Element(_legend_html(cfg, any(r.query_gps for r in results))),
-                                   name="geoloc_legend")
+    root.script.add_child(_raw(_POPUP_JS), name="geoloc_popup_js")
+    root.script.add_child(_raw("var geolocThumbs = " + _script_json(layers.thumb_data) + ";"), name="geoloc_thumbs")
+    if len(located) > 1:
+        folium.LayerControl(collapsed=len(located) > 6).add_to(fmap)
+    root.html.add_child(_raw(_legend_html(cfg, any(r.query_gps for r in located))), name="geoloc_legend")
+    fmap.add_child(_script_on("Legend", _LEGEND_JS))
+    root.html.add_child(_raw(layers.table_html(answers)), name="geoloc_results")
     fmap.fit_bounds(layers.bounds(), padding=(20, 20), max_zoom=19)
     return fmap
 
@@ -265,6 +379,47 @@ class _Layers:
                 self.thumb_data[key] = uri
             self._thumb_keys[name] = key
         return self._thumb_keys[name]
+
+    def shown(self, path: Path | str) -> str:
+        """A path as the page shows it: relative to ``relative_to`` when asked, else as given.
+
+        Both sides are resolved first: database paths are stored resolved, and a map written
+        through a symlinked folder must still name its neighbours ``photo.jpg``, not
+        ``../../real/folder/photo.jpg``.
+        """
+        name = os.fspath(path)
+        if self.cfg.relative_to is not None:
+            try:
+                name = os.path.relpath(os.path.realpath(name), os.path.realpath(self.cfg.relative_to))
+            except ValueError:  # another drive (Windows): no relative path exists
+                pass
+        return display_path(name)
+
+    def table_html(self, results: Sequence[LocateResult]) -> str:
+        """Every answer as a plain HTML table, for whoever reads the page without the map (or
+        without JavaScript). Every user string is escaped here."""
+        head = ("<tr><th>#</th><th>query</th><th>latitude</th><th>longitude</th><th>radius</th>"
+                "<th>confidence</th><th>top candidate</th></tr>")
+        rows = []
+        number = 0
+        for r in results:
+            query = f'<td class="path">{esc(self.shown(r.query))}</td>'
+            e = r.estimate
+            if e is None:
+                rows.append(f'<tr class="failed"><td></td>{query}'
+                            f'<td colspan="5">not located: {esc(r.error or "no estimate")}</td></tr>')
+                continue
+            number += 1
+            top = r.candidates[0] if r.candidates else None
+            best = (f'<span class="path">{esc(self.shown(top.path))}</span> (score {top.score:.3f})'
+                    if top is not None else "")
+            rows.append(
+                f'<tr><td class="num">{number}</td>{query}<td class="num">{e.lat:.6f}</td>'
+                f'<td class="num">{e.lon:.6f}</td><td class="num">± {esc(_distance(e.radius_m))}</td>'
+                f"<td>{esc(e.confidence)}</td><td>{best}</td></tr>"
+            )
+        return (f'<div class="geoloc-results"><h2>geoloc estimates</h2><table>'
+                f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>")
 
     def _extend(self, lat: float, lon: float) -> None:
         self.lats.append(lat)
@@ -320,7 +475,7 @@ class _Layers:
                                                            cfg.estimate_color, _badge_size("est" + tag + "?")),
                                z_index_offset=3000)
         marker.add_child(_bind_element(
-            "Popup", _popup_html(f"Estimate for {esc(display_path(name))}", lines, display_path(r.query)),
+            "Popup", _popup_html(f"Estimate for {esc(display_path(name))}", lines, self.shown(r.query)),
             {"maxWidth": 260}, self.thumb(r.query)))
         marker.add_child(_bind_element("Tooltip", esc(display_path(name))))
         marker.add_to(group)
@@ -336,7 +491,7 @@ class _Layers:
         marker = folium.Marker([c.lat, c.lon], icon=_rank_icon(c.rank, self.cfg.candidate_color),
                                z_index_offset=1000 - c.rank)
         marker.add_child(_bind_element(
-            "Popup", _popup_html(f"#{c.rank}{whose}", lines, display_path(c.path)),
+            "Popup", _popup_html(f"#{c.rank}{whose}", lines, self.shown(c.path)),
             {"maxWidth": 260}, self.thumb(c.path)))
         marker.add_child(_bind_element("Tooltip", f"#{c.rank}{whose} · {c.score:.3f}"))
         marker.add_to(group)
@@ -372,7 +527,11 @@ def _script_json(data) -> str:
 
 
 def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | None = None) -> Path:
-    """Write the map as one self-contained HTML file (thumbnails embedded), atomically."""
+    """Write the map as one self-contained HTML file (Leaflet and thumbnails embedded), atomically.
+
+    ``--relative-paths`` is ``MapConfig(relative_to=path.parent)``: a map shared with the photos
+    beside it names them wherever the whole folder is copied.
+    """
     path = Path(path).expanduser()
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():

@@ -21,6 +21,10 @@ class Progress:
     def advance(self, n: int = 1, **fields: Any) -> None:
         """``n`` more items of the current phase are done; ``fields`` (e.g. ``loss``) describe them."""
 
+    def status(self, text: str) -> None:
+        """What the current phase is doing while its count stands still ("reading the first
+        photos", "clustering 50,000 features"); the next ``advance`` ends it."""
+
     def end_stage(self) -> None:
         """The current phase is over and nothing replaces it yet (a line of text follows)."""
 
@@ -49,6 +53,9 @@ class Prefixed(Progress):
 
     def advance(self, n: int = 1, **fields: Any) -> None:
         self.inner.advance(n, **fields)
+
+    def status(self, text: str) -> None:
+        self.inner.status(text)
 
     def end_stage(self) -> None:
         self.inner.end_stage()

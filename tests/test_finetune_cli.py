@@ -42,7 +42,8 @@ def trained(tmp_path_factory, lund_dir):
 @pytest.mark.slow
 def test_a_short_run_lowers_the_loss_and_writes_a_model(trained):
     _, out, summary, stderr = trained
-    assert out.is_file() and (out.parent / f"{out.name}.ckpt" / "last.pt").is_file()
+    assert out.is_file() and not (out.parent / f"{out.name}.ckpt").exists()  # complete: nothing to resume
+    assert summary["checkpoint"] is None
     assert summary["photos"] == 29 and summary["epochs_run"] == 2
     assert summary["train_photos"] + summary["val_photos"] == 29 and summary["val_photos"] > 0
     objectives = [h["objective"] for h in summary["history"]]
@@ -96,27 +97,98 @@ def test_the_model_evaluates_alone_and_against_its_base(trained, lund_dir):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_checkpoint(trained, lund_dir, tmp_path):
-    _, out, first, _ = trained
-    # A copy of the run (model + checkpoint folder), so the other tests keep theirs.
-    moved = tmp_path / "lund.safetensors"
-    shutil.copy(out, moved)
-    shutil.copytree(out.parent / f"{out.name}.ckpt", tmp_path / f"{moved.name}.ckpt")
+def test_resume_continues_an_interrupted_run(lund_dir, tmp_path):
+    """A run stopped in its second epoch (as Ctrl-C stops it) is refused a plain re-run, and
+    `--resume` (with more epochs and a PCA this time) carries it to a model file, after which
+    no checkpoint is left."""
+    from geoloc.training.data import photos_from_paths
+    from geoloc.training.finetune import FinetuneConfig, finetune
 
-    again = run("finetune", lund_dir, "--out", moved, "--epochs", "2", *FAST)
+    out = tmp_path / "lund.safetensors"
+    photos, _ = photos_from_paths([lund_dir], lambda e: None)
+    config = FinetuneConfig(base="lite0-vlad", max_side=224, n_neg=5, epochs=2)
+    config.workers = 2
+
+    def stop_in_epoch_2(trainer):
+        if trainer.epoch == 1:
+            trainer.request_stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(photos, out, config, on_step=stop_in_epoch_2)
+    assert (tmp_path / f"{out.name}.ckpt" / "last.pt").is_file() and not out.exists()
+
+    again = run("finetune", lund_dir, "--out", out, "--epochs", "2", *FAST)
     assert again.exit_code == 1
     assert "--resume" in again.stderr and "--restart" in again.stderr
 
-    resumed = data(run("finetune", lund_dir, "--out", moved, "--epochs", "3", *FAST, "--resume",
+    resumed = data(run("finetune", lund_dir, "--out", out, "--epochs", "3", *FAST, "--resume",
                        "--pca", "16", "--json"))
     assert resumed["resumed"] and resumed["epochs_run"] == 3
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
-    assert resumed["history"][:3] == first["history"]  # the earlier epochs, as they were
     assert resumed["pca"]["dim"] == 16 and resumed["dim"] == 16
+    assert not (tmp_path / f"{out.name}.ckpt").exists()
 
     from geoloc.models.registry import load_model
 
-    assert load_model(moved).dim == 16
+    assert load_model(out).dim == 16
+
+
+@pytest.mark.slow
+def test_a_finished_run_runs_again_without_restart(trained, lund_dir, tmp_path):
+    """Why: "train it again" after a finished run is not "continue an interrupted run". Here
+    the checkpoint a finished run left behind (geoloc 0.1.0 kept it; a crash between writing
+    the model and removing it does too): older than the model file, it is no run to resume."""
+    import os
+
+    _, out, _, _ = trained
+    moved = tmp_path / "lund.safetensors"
+    shutil.copy(out, moved)
+    leftover = tmp_path / f"{moved.name}.ckpt"
+    leftover.mkdir()
+    (leftover / "last.pt").write_bytes(b"the last checkpoint of the run that wrote the model")
+    (leftover / "best.pt").write_bytes(b"its best epoch")
+    written = moved.stat().st_mtime_ns
+    os.utime(leftover / "last.pt", ns=(written - 10**9, written - 10**9))
+
+    refused = run("finetune", lund_dir, "--out", moved, "--resume", *FAST)
+    assert refused.exit_code == 1
+    assert "finished" in refused.stderr and "nothing to resume" in refused.stderr
+    assert f"--base {moved}" in refused.stderr
+
+    again = data(run("finetune", lund_dir, "--out", moved, "--epochs", "1", *FAST, "--json"))
+    assert again["epochs_run"] == 1 and not again["resumed"]
+    assert moved.stat().st_mtime_ns > written and not leftover.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "suffix", "missing folder", "read-only folder"])
+def test_a_bad_out_is_refused_before_any_photo_is_read(lund_dir, tmp_path, monkeypatch, kind):
+    """Why: reading every photo's EXIF takes minutes on a real archive; a typo in --out must
+    not cost them."""
+    import os
+
+    import geoloc.training.data as data_module
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("photos were read before --out was checked")
+
+    monkeypatch.setattr(data_module, "photos_from_paths", no_reading)
+    monkeypatch.setattr(data_module, "photos_from_database", no_reading)
+    out, code, message = {
+        "folder": (tmp_path, 2, "is a folder"),
+        "suffix": (tmp_path / "model.pt", 2, "ending in .safetensors"),
+        "missing folder": (tmp_path / "nope" / "m.safetensors", 1, "does not exist"),
+        "read-only folder": (tmp_path / "ro" / "m.safetensors", 1, "is not writable"),
+    }[kind]
+    if kind == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        (tmp_path / "ro").mkdir(mode=0o555)
+    result = run("finetune", lund_dir, "--out", out, *FAST)
+    assert result.exit_code == code, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and message in line and str(out) in line
+    result = run("finetune", "--out", out, *FAST)  # from the default database: the same
+    assert result.exit_code == code and message in result.stderr
 
 
 def test_too_few_photos_says_what_the_data_needs(lund_dir, tmp_path):
@@ -256,4 +328,4 @@ def test_ctrl_c_in_a_real_process_saves_and_resume_continues(lund_dir, tmp_path)
                        "--resume", "--json"))
     assert resumed["resumed"] and resumed["epochs_run"] == saved["epoch"] + 1
     assert [h["epoch"] for h in resumed["history"]] == list(range(saved["epoch"] + 2))
-    assert out.is_file()
+    assert out.is_file() and not last.parent.exists()

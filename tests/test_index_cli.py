@@ -90,6 +90,31 @@ def test_missing_path_is_an_error(tmp_path, lund_dir):
     assert not (tmp_path / "db").exists()  # nothing created for a run that could not start
 
 
+def test_a_folder_without_photos_is_one_line_and_creates_no_database(tmp_path, lund_dir):
+    """Why: the first command a new user types may name the wrong folder; it must say so, not
+    create an empty database (and load a model) and report success."""
+    folder = tmp_path / "documents"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / ".hidden").mkdir()
+    shutil.copy(lund_dir / "01.jpg", folder / ".hidden" / "01.jpg")  # hidden folders are skipped
+    db = tmp_path / "home" / "databases" / "default"
+    result = CliRunner().invoke(app, ["index", str(folder), "--db", str(db), *FAST, "--json"])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: no photos in {folder} (geoloc reads .heic, .heif, .jpeg, .jpg")
+    assert "hidden folders are skipped" in line and line.endswith("no database was created")
+    assert not (tmp_path / "home").exists()
+
+    # An existing database: the same refusal, and the database untouched; --prune still runs.
+    data, _ = run_index(*(lund_dir / f"0{i}.jpg" for i in range(1, 5)), "--db", db, *FAST, "--json")
+    _, stderr = run_index(folder, "--db", db, *FAST, expect=1)
+    assert stderr.strip().endswith("nothing to index, the database is unchanged")
+    data, _ = run_index(folder, "--db", db, "--prune", "--json")
+    assert data["total"] == 4 and data["removed"] == 0
+
+
 def test_unwritable_database_is_an_error(tmp_path, lund_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -219,6 +220,34 @@ def test_people_get_a_table_on_stdout_and_a_map(lund, tmp_path):
     page = html.read_text()
     assert page.count("= L.marker(") == 1 + 3 + 1  # estimate, candidates, true position
     assert "data:image/jpeg;base64," in page
+    assert "<script src=" not in page and "<link " not in page  # Leaflet is in the file
+    assert page.count('<tr><td class="num">1</td>') == 1  # the table of answers
+
+
+def test_a_map_to_share_embeds_no_thumbnails_and_names_photos_relative_to_it(tiny_db, lund_dir, tmp_path):
+    """Why: a map sent to someone else should not carry the photos, nor the sender's folders."""
+    shared = tmp_path / "trip"
+    shared.mkdir()
+    query = shared / "02.jpg"
+    shutil.copy(lund_dir / "02.jpg", query)
+    html = shared / "where.html"
+    result = run(query, "--db", tiny_db, "--map", html, "--no-thumbnails", "--relative-paths", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    page = html.read_text()
+    assert "data:image/jpeg" not in page
+    table = page[page.index('<div class="geoloc-results">'):]
+    assert '<td class="path">02.jpg</td>' in table
+    candidates = os.path.relpath(lund_dir.resolve(), shared.resolve())
+    assert f"{candidates}/01.jpg" in table or f"{candidates}/03.jpg" in table
+    for folder in (lund_dir.resolve(), tmp_path.resolve()):  # no path starts at the root
+        assert f">{folder}" not in table and f"\\u003e{folder}" not in page
+
+
+@pytest.mark.parametrize("flag", ["--no-thumbnails", "--relative-paths"])
+def test_map_options_without_a_map_are_a_usage_error(tiny_db, lund_dir, flag):
+    result = run(lund_dir / "02.jpg", "--db", tiny_db, flag)
+    assert result.exit_code == 2
+    assert f"{flag} only applies to a map" in result.stderr
 
 
 def test_a_glob_a_folder_and_an_unreadable_photo_in_one_run(lund, tmp_path):
@@ -279,6 +308,52 @@ def test_empty_database_is_a_clear_error(tmp_path, lund_dir):
     result = run(lund_dir / "02.jpg", "--db", tmp_path / "empty")
     assert result.exit_code == 1
     assert "is empty" in result.stderr
+
+
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from geoloc.database import Database
+from geoloc.database.lock import WriteLock
+db = Path(sys.argv[1])
+if sys.argv[2] == "create":  # what a first `geoloc index` holds while it fits the vocabulary
+    held = Database.create(db, {"model": "lite0-vlad", "dim": 8, "preprocess": {}})
+else:  # the moment before: the folder and its lock, no manifest yet
+    db.mkdir()
+    held = WriteLock(db)
+    held.acquire()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("stage", ["create", "lock"])
+def test_a_database_still_being_built_says_so_not_empty(tmp_path, lund_dir, stage):
+    """Why: the first thing a new user does while the first `geoloc index` runs is try
+    `geoloc locate` in another terminal; "empty" would send them looking for a bug."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "db"
+    root = Path(__file__).resolve().parents[1]
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db), stage], cwd=root,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        result = run(lund_dir / "02.jpg", "--db", db)
+    finally:
+        writer.kill()  # as `kill -9` would: the kernel drops the lock, the pid stays in the file
+        writer.wait()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    verb = "built" if stage == "create" else "created"
+    assert f"is being {verb} by another geoloc process (pid {writer.pid})" in line, line
+
+    # The writer is gone (killed, its pid still in the lock file): the plain truth again.
+    result = run(lund_dir / "02.jpg", "--db", db)
+    assert result.exit_code == 1
+    assert ("is empty" if stage == "create" else "no geoloc database") in result.stderr
+    assert "another geoloc process" not in result.stderr
 
 
 def test_model_mismatch_is_a_clear_error(tmp_path, tiny_db, lund_dir):

@@ -11,8 +11,10 @@ from typing import Optional
 import typer
 
 from geoloc import __version__
+from geoloc.cli._common import HelpGroup, use_help_classes
 
 app = typer.Typer(
+    cls=HelpGroup,
     name="geoloc",
     help="Tell where a photo was taken by matching it against your own GPS-tagged photos (NetVLAD).",
     no_args_is_help=True,
@@ -47,6 +49,8 @@ from geoloc.cli import check as _check  # noqa: E402,F401
 from geoloc.cli import locate as _locate  # noqa: E402,F401
 from geoloc.cli import eval as _eval  # noqa: E402,F401
 from geoloc.cli import finetune as _finetune  # noqa: E402,F401
+
+use_help_classes(app)
 
 
 def main() -> None:

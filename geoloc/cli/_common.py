@@ -8,10 +8,54 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 F = TypeVar("F", bound=Callable)
 
 DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
+
+
+def _bare_flags(params: list) -> list:
+    """Help rows without Python type names: recent typer releases print them (``--json
+    <bool>``, ``PATH <list[Path]>``) where older ones printed nothing.
+
+    A flag takes no value, so it gets an empty metavar (click never shows a flag's metavar);
+    an argument's metavar already names it (``PATH``, ``QUERY``), so its type column is left
+    empty. Options name their values with explicit metavars (``--db DB``, ``--top-k K``).
+    """
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+            param.metavar = ""
+        elif getattr(param, "param_type_name", "") == "argument" and hasattr(param, "display_type_rich"):
+            param.display_type_rich = _no_type
+    return params
+
+
+def _no_type(ctx=None) -> None:
+    return None
+
+
+class HelpCommand(TyperCommand):
+    """Every geoloc command: help without placeholders on flags (see :func:`_bare_flags`)."""
+
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+
+class HelpGroup(TyperGroup):
+    """The ``geoloc`` and ``geoloc models`` groups, with the same help as their commands."""
+
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+
+def use_help_classes(app: typer.Typer) -> None:
+    """Give every command registered on ``app`` (and on its sub-apps) the geoloc help class."""
+    for info in app.registered_commands:
+        if info.cls is None or info.cls is TyperCommand:  # typer's default, not a choice
+            info.cls = HelpCommand
+    for group in app.registered_groups:
+        use_help_classes(group.typer_instance)
 
 
 def resolve_db(db: Optional[Path]) -> Path:

@@ -12,15 +12,15 @@ from geoloc.cli._common import DB_HELP, handle_errors
 
 _HELP = (
     "Verify a database: its files against each other, SQLite's own integrity check, every "
-    "stored descriptor against its checksum. Exit 0 when it is sound; 1 with one line per "
-    "problem otherwise (`geoloc index PHOTOS --repair` rebuilds what can be rebuilt). Reads only."
+    "stored descriptor against its checksum.\n\nExit 0 when it is sound; 1 with one line per "
+    "problem otherwise. Reads only; `geoloc index --repair` rebuilds what can be rebuilt."
 )
 
 
 @app.command("check", help=_HELP)
 @handle_errors
 def check(
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON on stdout."),
 ) -> None:
     """Thin: database → integrity.check → lines or JSON (help text in _HELP)."""

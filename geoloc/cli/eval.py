@@ -18,66 +18,69 @@ _MAX_LISTED_PROBLEMS = 20
 
 @app.command(
     "eval",
-    epilog="Examples: geoloc eval 'trip/*.jpg' --db mydb · "
-    "geoloc eval --dataset datasets/pitts30k --model netvlad-vgg16-pitts30k --plot recall.png · "
-    "geoloc eval --dataset pitts30k_test.mat --images-root Pittsburgh --compare study",
+    # One example a line (Rich keeps single line breaks in an epilogue).
+    epilog="Examples:\ngeoloc eval 'trip/*.jpg' --db mydb\n"
+    "geoloc eval --dataset datasets/pitts30k --plot recall.png\n"
+    "geoloc eval --dataset pitts.mat --images-root Pittsburgh --compare study",
 )
 @handle_errors
 def eval_command(
     queries: Optional[List[Path]] = typer.Argument(
-        None, metavar="QUERY...", help="Query photos, folders or quoted globs whose EXIF carries GPS (the truth)."
+        None, metavar="QUERY", help="Query photos, folders or quoted globs whose EXIF carries GPS (the truth)."
     ),
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP + " Used when no --db-images/--dataset is given."),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP + " Used when no --db-images/--dataset is given."),
     db_images: Optional[List[Path]] = typer.Option(
         None,
-        "--db-images",
+        "--db-images", metavar="PATH",
         help="The database side, built into the eval cache: GPS-tagged photos/folders/globs, or a CSV of "
         "path,lat,lon (repeatable).",
     ),
     dataset: Optional[Path] = typer.Option(
         None,
-        "--dataset",
+        "--dataset", metavar="PATH",
         help="A benchmark: a folder with images/<split>/{database,queries} in the @UTM@ naming, a dbStruct "
         ".mat (Pittsburgh, Tokyo 24/7), or a CSV of path,lat,lon queries (with --db-images).",
     ),
     images_root: Optional[Path] = typer.Option(
-        None, "--images-root", help="dbStruct: the folder the database image names are relative to."
+        None, "--images-root", metavar="FOLDER", help="dbStruct: the folder the database image names are relative to."
     ),
     queries_root: Optional[Path] = typer.Option(
-        None, "--queries-root", help="dbStruct: the folder of the query images (default: queries_real/, query/ "
+        None, "--queries-root", metavar="FOLDER", help="dbStruct: the folder of the query images (default: queries_real/, query/ "
         "or queries/ under --images-root)."
     ),
-    split_name: str = typer.Option("test", "--split", help="Benchmark split folder (images/<split>/...)."),
+    split_name: str = typer.Option("test", "--split", metavar="NAME", help="Benchmark split folder (images/<split>/...)."),
     utm_zone: Optional[str] = typer.Option(
-        None, "--utm-zone", help="dbStruct: UTM zone of its coordinates, e.g. 17T (known for Pittsburgh and Tokyo)."
+        None, "--utm-zone", metavar="ZONE", help="dbStruct: UTM zone of its coordinates, e.g. 17T (known for Pittsburgh and Tokyo)."
     ),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name or file (default: the registry default)."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="NAME|FILE", help="Model name or file (default: the registry default)."),
     compare: Optional[str] = typer.Option(
         None,
-        "--compare",
+        "--compare", metavar="MODELS",
         help="Evaluate several models on the same split and print one table: m1,m2,... or 'study' "
         "(NetVLAD VGG-16 4096/512/128 and EfficientNet-Lite0 with NetVLAD, max, avg and GeM pooling).",
     ),
     threshold_m: Optional[float] = typer.Option(
-        None, "--threshold-m", help="A candidate within this many metres of the truth is correct. Default: the "
+        None, "--threshold-m", metavar="METRES", help="A candidate within this many metres of the truth is correct. Default: the "
         "dataset's own (posDistThr), else 25."
     ),
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Candidates per query in --csv output."),
+    top_k: int = typer.Option(10, "--top-k", "-k", metavar="K", min=1, help="Candidates per query in --csv output."),
     max_side: Optional[int] = typer.Option(
-        None, "--max-side", min=32, help="Resize images to this longest side (default: the model's)."
+        None, "--max-side", metavar="PIXELS", min=32, help="Resize images to this longest side (default: the model's)."
     ),
     csv_file: Optional[Path] = typer.Option(
-        None, "--csv", help="Write the per-query CSV (query, truth, estimate, error, top-k) to FILE ('-': stdout)."
+        None, "--csv", metavar="FILE", help="Write the per-query CSV (query, truth, estimate, error, top-k) to FILE ('-': stdout)."
     ),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the recall@N curve as a PNG to FILE."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write the recall@N curve as a PNG to FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per network batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
-    rerank: bool = typer.Option(True, "--rerank/--no-rerank",
-                                help="Re-rank the top candidates by geometric verification, as `geoloc locate` does "
-                                     "(--compare shows each model without and with it)."),
-    rerank_top: int = typer.Option(20, "--rerank-top", min=1, help="Candidates verified per query."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", min=1, help="Images per network batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
+    no_rerank: bool = typer.Option(
+        False, "--no-rerank",
+        help="Keep the global search's order: no re-ranking of the top candidates by geometric "
+        "verification (--compare shows each model without and with it)."),
+    rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
+    rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", min=1, help="Candidates verified per query."),
 ) -> None:
     """Measure recall@N and position error against ground truth (EXIF GPS or a benchmark's)."""
     from geoloc.console import RichProgress
@@ -90,8 +93,12 @@ def eval_command(
         compare=compare, csv=csv_file, plot=plot, as_json=as_json,
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
                           batch_size=batch_size, workers=workers, device=device,
-                          rerank=rerank, rerank_top=rerank_top),
+                          rerank=not no_rerank, rerank_top=rerank_top),
     )
+    if rerank and no_rerank:
+        from geoloc.errors import UsageError
+
+        raise UsageError("choose --rerank or --no-rerank, not both")
     progress = RichProgress(transient=True, warnings=False)  # problems are listed once, at the end
     try:
         run = run_eval(request, resolve_db(None), progress)

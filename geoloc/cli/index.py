@@ -25,7 +25,7 @@ _HELP = (
 def index(
     paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", show_default=False,
                                                  help="Photos or folders (searched recursively)."),
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="NAME|FILE",
         help="Model for a new database (see `geoloc models`), or a model file. Default: "
@@ -33,10 +33,10 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
     prune: bool = typer.Option(
         False, "--prune", help="Drop photos under PATH whose files no longer exist."),
-    maps: bool = typer.Option(
-        True, "--maps/--no-maps",
-        help="Store each photo's verification map with its descriptor, for fast re-ranking in "
-        "`geoloc locate` (a new database only; about 180 KiB a photo at 640 px)."),
+    no_maps: bool = typer.Option(
+        False, "--no-maps",
+        help="A new database without the verification maps that make re-ranking fast (about 180 KiB "
+        "a photo at 640 px); re-ranking then computes them from the photo files."),
     repair: bool = typer.Option(
         False, "--repair", help="Rebuild what damage left rebuildable (a lost photos.sqlite, manifest "
         "or vocabulary; damaged descriptors) instead of refusing a damaged database; see `geoloc check`."),
@@ -44,14 +44,14 @@ def index(
         None, "--max-side", min=32, metavar="PIXELS",
         help="Longest side photos are resized to. Default: the model's (640 for the registry "
         "models); fixed when the database is created.", show_default=False),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per network batch."),
+    batch_size: int = typer.Option(16, "--batch-size", metavar="N", min=1, help="Photos per network batch."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
+        None, "--workers", metavar="N", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
         "cores (1–4) on the CPU, where the network needs them.",
         show_default=False),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     vocabulary_photos: int = typer.Option(
-        300, "--vocabulary-photos", min=1,
+        300, "--vocabulary-photos", metavar="N", min=1,
         help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
         "on the first run."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
@@ -67,7 +67,7 @@ def index(
     if not paths and not repair:
         raise UsageError("give at least one PATH (a photo or a folder) to index")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
-                         device=device, prune=prune, repair=repair, maps=maps,
+                         device=device, prune=prune, repair=repair, maps=not no_maps,
                          vocabulary_photos=vocabulary_photos)
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:

@@ -17,7 +17,8 @@ from geoloc.formatting import format_distance
 
 @app.command(
     "locate",
-    epilog="Examples: geoloc locate photo.jpg --map where.html · geoloc locate 'trip/*.jpg' --json · "
+    # One example a line (Rich keeps single line breaks in an epilogue).
+    epilog="Examples:\ngeoloc locate photo.jpg --map where.html\ngeoloc locate 'trip/*.jpg' --json\n"
     "geoloc locate --unlocated --xmp",
 )
 @handle_errors
@@ -28,7 +29,15 @@ def locate_command(
     db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, metavar="K", help="Candidates to list per query."),
     map_file: Optional[Path] = typer.Option(
-        None, "--map", metavar="FILE", help="Write an HTML map (estimate, uncertainty circle, candidates) to FILE."
+        None, "--map", metavar="FILE",
+        help="Write an HTML map (estimates, uncertainty circles, candidates, a table of the answers) to FILE: "
+        "one file that opens offline; only its map tiles come from the network."
+    ),
+    no_thumbnails: bool = typer.Option(
+        False, "--no-thumbnails", help="With --map: embed no photo thumbnails in the map."
+    ),
+    relative_paths: bool = typer.Option(
+        False, "--relative-paths", help="With --map: show paths relative to the map file's folder."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per query."),
     as_csv: bool = typer.Option(
@@ -49,10 +58,11 @@ def locate_command(
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Query photos per network batch."),
-    rerank: bool = typer.Option(
-        True, "--rerank/--no-rerank",
-        help="Re-rank the top candidates by geometric verification (default); --no-rerank keeps the "
-        "global search's order."),
+    no_rerank: bool = typer.Option(
+        False, "--no-rerank",
+        help="Keep the global search's order: no re-ranking of the top candidates by geometric "
+        "verification."),
+    rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", min=1, metavar="N", help="Candidates verified per query."),
 ) -> None:
     """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
@@ -67,15 +77,21 @@ def locate_command(
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
-    if map_file is not None:
+    if map_file is None:
+        for flag, given in (("--no-thumbnails", no_thumbnails), ("--relative-paths", relative_paths)):
+            if given:
+                raise UsageError(f"{flag} only applies to a map: add --map FILE")
+    else:
         check_writable(map_file, "map")
 
     # Everything above is instant; the heavy imports start here.
     from geoloc.localize import LocateConfig
     from geoloc.rerank import RerankConfig
 
+    if rerank and no_rerank:
+        raise UsageError("choose --rerank or --no-rerank, not both")
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size,
-                          rerank=RerankConfig(enabled=rerank, top=rerank_top))
+                          rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     for r in results:
         if r.error:
@@ -87,10 +103,14 @@ def locate_command(
     if xmp:
         _write_sidecars(results, xmp_name)
     if map_file is not None and any(r.estimate for r in results):
-        from geoloc.mapview import save_map
+        from geoloc.mapview import MapConfig, save_map
 
-        save_map(results, map_file)
-        console.info(f"map written to {map_file}")
+        map_file = map_file.expanduser()
+        config = MapConfig(relative_to=map_file.absolute().parent if relative_paths else None)
+        if no_thumbnails:
+            config.thumbnail_px = 0
+        save_map(results, map_file, config)
+        console.info(f"map written to {display_path(map_file)}")
 
     if results and not any(r.estimate for r in results):
         raise GeolocError(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import handle_errors
+from geoloc.cli._common import HelpGroup, handle_errors
 
 models_app = typer.Typer(
+    cls=HelpGroup,
     help="List the models geoloc knows, or download one ahead of time.",
     no_args_is_help=False,
     invoke_without_command=True,
@@ -22,8 +23,7 @@ def models(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
 ) -> None:
-    """List the models: name, descriptor size, where the weights come from, whether they are
-    cached, and which one is the default."""
+    """List the models: name, descriptor size, where the weights come from, whether they are cached, and which one is the default."""  # noqa: E501 (one paragraph: --help wraps it)
     if ctx.invoked_subcommand is not None:
         return
     from geoloc.console import out_console, print_json
@@ -59,8 +59,7 @@ def download(
     name: str = typer.Argument(..., metavar="NAME", help="A model name from `geoloc models`."),
     as_json: bool = typer.Option(False, "--json", help="Print {name, path, dim, cached} as JSON on stdout."),
 ) -> None:
-    """Fetch a model's weights from the Hugging Face Hub and convert them once, so later
-    commands work offline."""
+    """Fetch a model's weights from the Hugging Face Hub and convert them once, so later commands work offline."""  # noqa: E501
     from geoloc import console
     from geoloc.models.registry import download_model, get_entry, is_cached
     from geoloc.env import offline

@@ -18,7 +18,8 @@ from geoloc.cli._common import DB_HELP, handle_errors
 _HELP = (
     "List the photos in the database, with their stored position.\n\n"
     "--unlocated lists only the photos without a usable GPS position, with the reason read "
-    "from their EXIF now (e.g. \"no GPS data\"); `geoloc locate --unlocated` can place them."
+    "from their EXIF now (e.g. \"no GPS data\").\n\n"
+    "`geoloc locate --unlocated` can place them."
 )
 
 CSV_COLUMNS = ("path", "lat", "lon", "alt", "taken_at", "gps_accuracy_m", "width", "height",
@@ -28,7 +29,7 @@ CSV_COLUMNS = ("path", "lat", "lon", "alt", "taken_at", "gps_accuracy_m", "width
 @app.command("photos", help=_HELP)
 @handle_errors
 def photos(
-    db: Optional[Path] = typer.Option(None, "--db", help=DB_HELP, show_default=False),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
     unlocated: bool = typer.Option(False, "--unlocated", help="Only photos without a position."),
     located: bool = typer.Option(False, "--located", help="Only photos with a position."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list on stdout."),

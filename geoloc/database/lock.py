@@ -56,6 +56,40 @@ class WriteLock:
             self.fd = None
 
 
+def lock_holder(db_path: Path) -> Optional[str]:
+    """Who is writing the database at ``db_path`` right now ("pid 1234", "pid unknown"), or
+    None when no process is: for a reader, whose answer depends on it ("empty" is not the same
+    as "being built").
+
+    The lock is tested, never taken from its holder: a released lock leaves an empty file (the
+    writer truncates it), so only a file that names a pid — a writer at work, or one killed —
+    is tried with a shared, non-blocking flock, dropped at once. Where that cannot be done
+    (Windows), a pid on record is taken at its word.
+    """
+    try:
+        fd = os.open(Path(db_path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        pid = _read_pid(fd)
+        if pid is None:
+            return None
+        try:
+            import fcntl
+        except ImportError:  # Windows: msvcrt cannot test a lock without taking it
+            return f"pid {pid}"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"pid {pid}"
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None  # the pid of a writer that died: nobody holds the lock
+    finally:
+        os.close(fd)
+
+
 def _lock_fd(fd: int) -> None:
     try:
         import fcntl

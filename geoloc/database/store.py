@@ -45,7 +45,7 @@ from geoloc.database.layout import (
 )
 from geoloc.database import integrity
 from geoloc.database.compaction import compact, needs_compaction
-from geoloc.database.lock import WriteLock
+from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.manifest import load_manifest, write_manifest
 from geoloc.database.maps import MapSpec
 from geoloc.database.records import COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
@@ -112,6 +112,11 @@ class Database:
         """
         path = Path(path).expanduser().absolute()
         if not cls.exists(path):
+            writer = lock_holder(path)
+            if writer:
+                raise DatabaseError(
+                    f"database {display_path(path)} is being created by another geoloc process ({writer}); "
+                    "run again when it has finished")
             raise DatabaseError(f"no geoloc database at {display_path(path)} (run `geoloc index` first)")
         lock = None
         if write:
@@ -358,6 +363,13 @@ class Database:
 
     def __len__(self) -> int:
         return self.conn.fetch_one("SELECT COUNT(*) FROM photos")[0]
+
+    def writer(self) -> Optional[str]:
+        """Another process writing this database now ("pid 1234"), or None (see
+        :func:`~geoloc.database.lock.lock_holder`); a reader's photos may be a first run's few."""
+        if self.write:
+            return None  # this process is the writer
+        return lock_holder(self.path)
 
     @property
     def dead_rows(self) -> int:

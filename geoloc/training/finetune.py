@@ -129,7 +129,8 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     dim: int
     pca: Optional[dict[str, Any]]
-    checkpoint: Path
+    #: None once the run is complete (its checkpoint is removed then).
+    checkpoint: Optional[Path]
     skipped: list[dict[str, str]]
     resumed: bool
 
@@ -152,7 +153,7 @@ class FinetuneResult:
             },
             "history": self.history,
             "pca": self.pca,
-            "checkpoint": str(self.checkpoint),
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
             "skipped": self.skipped,
         }
 
@@ -228,24 +229,62 @@ def fingerprint(photos: Sequence[TrainingPhoto], config: FinetuneConfig, base_ha
     return h.hexdigest()
 
 
-def prepare_checkpoint_dir(out: Path, resume: bool, restart: bool) -> Path:
-    """The run's checkpoint folder; refuse to silently discard an earlier run's progress."""
+def check_run(out: Path, resume: bool = False, restart: bool = False) -> Path:
+    """The model file to write, and the checkpoint's state checked against ``--resume`` and
+    ``--restart``: everything that can refuse the run, before any photo is read. Changes nothing."""
+    out = check_out(out)
     folder = checkpoint_dir_for(out)
     last = folder / LAST
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; choose one")
     if resume and not last.is_file():
         raise CheckpointError(f"no checkpoint to resume at {folder}; run without --resume to start training")
-    if not resume and last.is_file():
-        if not restart:
-            raise CheckpointError(
-                f"a checkpoint of an earlier run is at {folder}: pass --resume to continue it, "
-                "or --restart to discard it and start over"
-            )
-        for name in (LAST, BEST):
-            (folder / name).unlink(missing_ok=True)
-        shutil.rmtree(folder / "pca", ignore_errors=True)
+    if resume and finished_run(out):
+        raise CheckpointError(
+            f"the run at {folder} finished and wrote {out}: there is nothing to resume; run without "
+            f"--resume to train again, or pass --base {out} to train that model further")
+    if not resume and not restart and last.is_file() and not finished_run(out):
+        raise CheckpointError(
+            f"a checkpoint of an earlier run is at {folder}: pass --resume to continue it, "
+            "or --restart to discard it and start over"
+        )
+    return out
+
+
+def finished_run(out: Path) -> bool:
+    """Whether the checkpoint next to ``out`` is that of the run that wrote ``out``.
+
+    A run writes its model file after its last checkpoint, and a finished run removes its
+    checkpoint folder; one left behind (a crash between the two, or geoloc 0.1.0, which kept
+    it) is older than the model file. An interrupted run's checkpoint is newer than any model
+    file an earlier run wrote there.
+    """
+    last = checkpoint_dir_for(out) / LAST
+    try:
+        return out.stat().st_mtime_ns >= last.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+def prepare_checkpoint_dir(out: Path, resume: bool, restart: bool) -> Path:
+    """The run's checkpoint folder; refuse to silently discard an earlier run's progress, and
+    clear what a finished run (or ``--restart``) left."""
+    check_run(out, resume, restart)
+    folder = checkpoint_dir_for(out)
+    if not resume:
+        remove_checkpoint(folder)
     return folder
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Remove what geoloc writes into a checkpoint folder, and the folder once it is empty."""
+    for name in (LAST, BEST):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "pca", ignore_errors=True)
+    try:
+        folder.rmdir()
+    except OSError:  # missing, or holding something geoloc did not put there
+        pass
 
 
 def finetune(
@@ -269,7 +308,7 @@ def finetune(
     config = config or FinetuneConfig()
     config.check()
     reporter = reporter or Progress()
-    out = check_out(out)
+    out = check_run(out, resume, restart)
     device = pick_device(config.device)
 
     photos = unique(photos)
@@ -304,6 +343,8 @@ def finetune(
     from geoloc.models.modelfile import save_model_file
 
     save_model_file(model, out, _metadata(model, photos, split, tuples, val_queries, result, config, device, pca_info))
+    # The run is complete: its checkpoint is no run to resume (--base OUT trains further).
+    remove_checkpoint(ckpt_dir)
     return FinetuneResult(
         out=out, base=model.base, device=str(device), photos=len(photos),
         train_photos=int(len(split.train)), val_photos=int(len(split.val)),
@@ -311,17 +352,21 @@ def finetune(
         epochs_run=result.epochs_run, best_epoch=result.best_epoch, stopped_early=result.stopped_early,
         recall=result.best_recall if result.validated else None,
         history=[h.to_json() for h in result.history], dim=int(model.dim),
-        pca=pca_info, checkpoint=ckpt_dir, skipped=skipped, resumed=resume,
+        pca=pca_info, checkpoint=None, skipped=skipped, resumed=resume,
     )
 
 
 def check_out(out: Path) -> Path:
-    """The model file to write, refused before any photo is read when it cannot be one."""
+    """The model file to write, refused before any photo is read when it cannot be one: a
+    folder, another suffix, a folder that does not exist or cannot be written."""
+    from geoloc.files import check_writable
+
     out = Path(out).expanduser()
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
     if out.suffix.lower() != ".safetensors":
         raise UsageError(f"--out {out}: model files are safetensors; give a name ending in .safetensors")
+    check_writable(out, "model")  # its checkpoint folder goes next to it
     return out
 
 

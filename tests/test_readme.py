@@ -1,0 +1,27 @@
+"""What the README promises a person setting geoloc up, checked against the project itself."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_two_set_up_commands_stay_as_ci_runs_them():
+    first = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    assert first == 'python -m pip install -e ".[test]"\npython -m pytest\n'
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert all(line in ci for line in first.splitlines())
+
+
+def test_it_says_how_to_get_the_cpu_only_torch_and_the_system_tools():
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in README
+    assert "5.9 GB" in README
+    assert "apt-get install chromium libimage-exiftool-perl" in README
+    # The tests that need them say so when they skip, with the same package names.
+    tests = (ROOT / "tests" / "test_export.py").read_text() + (ROOT / "tests" / "test_map_browser.py").read_text()
+    assert "libimage-exiftool-perl" in tests and "apt-get install chromium" in tests
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "missing+=(chromium)" in ci and "missing+=(libimage-exiftool-perl)" in ci
