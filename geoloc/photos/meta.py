@@ -9,6 +9,7 @@ cannot be opened at all raises.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO
 from geoloc.errors import PhotoError
 from geoloc.geo import is_valid_position
 from geoloc.photos.decode import exif_of, open_error_reason, open_image, orientation_of
+from geoloc.photos.raw import CR3, RAF, RawFile, inspect_raw, is_raw_name, preview_bytes
 
 # GPS IFD tag numbers (EXIF 2.32 / 3.0). Looked up by number because ExifRead names some of them
 # only as "Tag 0x001F".
@@ -69,8 +71,9 @@ def read_meta(path: str | os.PathLike) -> PhotoMeta:
     """Position, time, accuracy, orientation and size of one photo.
 
     GPS and time come from ExifRead; when ExifRead finds no EXIF at all (or fails on the file),
-    Pillow's reader (with pillow-heif for HEIC) is asked instead. Raises :class:`PhotoError`
-    only when the file cannot be opened.
+    Pillow's reader (with pillow-heif for HEIC) is asked instead. A RAW file's size and
+    orientation are those of its embedded preview and its own IFD0 (:mod:`geoloc.photos.raw`).
+    Raises :class:`PhotoError` only when the file cannot be opened.
     """
     path = Path(path)
     try:
@@ -78,10 +81,21 @@ def read_meta(path: str | os.PathLike) -> PhotoMeta:
     except OSError as exc:
         raise PhotoError(path, open_error_reason(exc)) from None
     with fh:
-        ifd0, exif, gps = _exifread_tags(fh)
+        raw = _raw_of(fh, path)
+        source: BinaryIO = fh
+        if raw is not None and raw.kind == RAF and raw.preview is not None:
+            source = io.BytesIO(preview_bytes(fh, raw.preview))  # the EXIF is the JPEG's
+        if raw is not None and raw.kind == CR3:
+            ifd0, exif, gps = raw.ifd0, raw.exif, raw.gps
+        else:
+            ifd0, exif, gps = _exifread_tags(source)
         meta = PhotoMeta()
-        image = _header(fh, path)
-        if image is not None:
+        image = None if raw is not None and raw.kind != RAF else _header(source, path)
+        if raw is not None and raw.kind != RAF:
+            if raw.preview is not None:
+                meta.width, meta.height = raw.preview.width, raw.preview.height
+            meta.orientation = raw.orientation or 1
+        elif image is not None:
             meta.width, meta.height = image.size
             meta.orientation = orientation_of(image)
             if not (ifd0 or exif or gps):
@@ -102,6 +116,17 @@ def read_meta(path: str | os.PathLike) -> PhotoMeta:
         else:
             meta.no_position_reason = reason
         return meta
+
+
+def _raw_of(fh: BinaryIO, path: Path) -> RawFile | None:
+    """The RAW container of a file named like a RAW, or None (a JPEG named .dng is a JPEG)."""
+    if not is_raw_name(path):
+        return None
+    try:
+        raw = inspect_raw(fh)
+    except OSError:
+        return None
+    return raw if raw.kind is not None else None
 
 
 # --- reading the tags -------------------------------------------------------------------------
