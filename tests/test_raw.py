@@ -112,6 +112,7 @@ def test_raw_position_orientation_and_pixels(tmp_path, lund_preview, suffix, pre
 
     meta = read_meta(path)
     assert (meta.lat, meta.lon) == pytest.approx(position, abs=1e-6)
+    assert meta.gps_source == "exif"
     assert meta.orientation == orientation and (meta.width, meta.height) == (320, 240)
     image = load_image(path, 160)
     assert image.size == ((120, 160) if orientation in (6, 8) else (160, 120))
@@ -207,3 +208,4 @@ def test_index_raw_files(tmp_path, lund_preview, tiny_model):
     assert (by_name["shot.dng"]["width"], by_name["shot.dng"]["height"]) == (240, 320)  # upright
     assert (by_name["shot.nef"]["width"], by_name["shot.nef"]["height"]) == (320, 240)
     assert by_name["shot.cr3"]["lat"] == pytest.approx(SANTIAGO[0], abs=1e-6)
+    assert {p["gps_source"] for p in listed} == {"exif"}
