@@ -192,6 +192,25 @@ def cr2(preview: bytes, thumbnail: bytes, orientation: int = 1, gps: dict | None
     return build_tiff([ifd0, ifd1, ifd2, ifd3], extra=b"CR\x02\x00\x00\x00\x00\x00")
 
 
+def arw(preview: bytes, thumbnail: bytes, orientation: int = 1, gps: dict | None = None) -> bytes:
+    """An ARW as Sony's bodies lay it out: IFD0 holds the preview (JPEGInterchangeFormat) and
+    the camera's tags, IFD1 the thumbnail (the raw data's SubIFD is left out)."""
+    ifd0 = Ifd({0x0103: (SHORT, [6]), 0x010F: (ASCII, "SONY"), 0x0110: (ASCII, "ILCE-7M3"),
+                0x0112: (SHORT, [orientation])}, jpeg=preview,
+               children={0x8825: Ifd(gps)} if gps else {})
+    return build_tiff([ifd0, Ifd({0x0103: (SHORT, [6])}, jpeg=thumbnail)])
+
+
+def orf(preview: bytes, orientation: int = 1, gps: dict | None = None) -> bytes:
+    """An ORF: Olympus's ``IIRO`` header, IFD0 the raw data with the camera's tags, IFD1 a JPEG
+    (the large preview many bodies keep in the maker note is not modelled: geoloc reads none)."""
+    ifd0 = Ifd({0x0100: (LONG, [8]), 0x0101: (LONG, [8]), 0x0103: (SHORT, [1]),
+                0x010F: (ASCII, "OLYMPUS IMAGING CORP."), 0x0110: (ASCII, "E-M1"),
+                0x0112: (SHORT, [orientation])}, strip=bytes(128),
+               children={0x8825: Ifd(gps)} if gps else {})
+    return build_tiff([ifd0, Ifd({0x0103: (SHORT, [6])}, jpeg=preview)], magic=b"RO")
+
+
 def cr3(preview: bytes, thumbnail: bytes, orientation: int = 1, gps: dict | None = None,
         taken: str = "2024:05:01 10:00:00") -> bytes:
     """A CR3 as Canon's bodies lay it out: ``ftyp crx``, ``moov`` holding Canon's uuid box with

@@ -3,8 +3,9 @@ embedded JPEG preview with the RAW's orientation.
 
 The files are built at run time from a real Lund photo in the layouts cameras write
 (tests/rawfiles.py), and exiftool, an independent reader, confirms each one first: its file
-type, its preview bytes, its GPS. Formats built here: DNG, CR2, NEF, CR3, RAF. ARW, ORF and RW2
-go through the same TIFF code (JPEGInterchangeFormat in an IFD, another magic number).
+type, its preview bytes, its GPS. Formats built here: DNG, CR2, NEF, ARW, ORF, CR3, RAF. RW2
+goes through the same TIFF code (another magic number, Panasonic's JpgFromRaw tag) and was
+checked by hand on exiftool's own sample.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def _build(kind: str, preview: bytes, thumb: Image.Image, orientation: int, posi
         return rawfiles.cr2(preview, rawfiles.jpeg_bytes(thumb), orientation, gps)
     if kind == "cr3":
         return rawfiles.cr3(preview, rawfiles.jpeg_bytes(thumb), orientation, gps)
+    if kind == "arw":
+        return rawfiles.arw(preview, rawfiles.jpeg_bytes(thumb), orientation, gps)
+    if kind == "orf":
+        return rawfiles.orf(preview, orientation, gps)
     raise ValueError(kind)
 
 
@@ -86,6 +91,8 @@ CASES = [  # (suffix, what exiftool calls the preview, orientation, position)
     ("nef", "JpgFromRaw", 3, PARIS),  # big-endian, as Nikon writes it
     ("cr2", "PreviewImage", 6, SANTIAGO),
     ("cr3", "PreviewImage", 8, SANTIAGO),
+    ("arw", "PreviewImage", 6, PARIS),
+    ("orf", "ThumbnailImage", 3, SANTIAGO),  # Olympus's header magic, the JPEG in IFD1
 ]
 
 
@@ -202,7 +209,7 @@ def test_index_raw_files(tmp_path, lund_preview, tiny_model):
                                       tiny_model, "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert (report["indexed"], report["located"], report["errors"]) == (4, 4, 0)
+    assert (report["indexed"], report["located"], report["errors"]) == (len(CASES), len(CASES), 0)
     listed = json.loads(CliRunner().invoke(app, ["photos", "--db", str(tmp_path / "db"), "--json"]).stdout)
     by_name = {Path(p["path"]).name: p for p in listed}
     assert (by_name["shot.dng"]["width"], by_name["shot.dng"]["height"]) == (240, 320)  # upright
