@@ -150,6 +150,12 @@ def test_xmp_elements_qualifiers_and_split_descriptions():
                         "GPSLongitudeRef": "E", "GPSAltitude": [(130.0, 1.0)]}
 
 
+def test_padded_and_utf16_sidecars():
+    text = digikam_xmp()
+    assert parse_xmp(text.encode("utf-8") + b"\x00" * 2048 + b"\n").tags["GPSLatitudeRef"] == "N"
+    assert parse_xmp(text.replace("\ufeff", "").encode("utf-16")).tags["GPSLongitude"] == [2.0, 20.586]
+
+
 def test_an_xmp_that_says_two_things_is_no_position():
     doc = parse_xmp(xmp_packet('xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="48,53.2N"',
                                "<exif:GPSLatitude>50,1.0N</exif:GPSLatitude>").encode())

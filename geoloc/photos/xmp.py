@@ -102,8 +102,10 @@ def parse_xmp(data: bytes) -> XmpGps:
     with different values makes the sidecar unusable (which one is true?).
     """
     reader = _Reader()
+    if not data.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 ends in NULs of its own
+        data = data.rstrip(b"\x00 \t\r\n")  # padding some writers leave after the packet
     try:
-        reader.feed(data.rstrip(b"\x00 \t\r\n"))
+        reader.feed(data)
     except RefusedXmp as exc:
         return XmpGps(by_geoloc=reader.by_geoloc, error=str(exc))
     except Exception as exc:  # expat's ExpatError, and anything odd a damaged file triggers
