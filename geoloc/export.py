@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 from geoloc import __version__
 from geoloc.files import atomic_write, json_path
 from geoloc.localize import LocateResult
+from geoloc.photos.xmp import GEOLOC_NS, written_by_geoloc
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
 # only the magnitude of a signed GPSLatitude into EXIF; with the Ref it stores the sign too.
@@ -105,7 +106,6 @@ def write_geojson(results: Iterable[LocateResult], out: TextIO) -> None:
 # XMP sidecars
 # --------------------------------------------------------------------------------------------
 
-GEOLOC_NS = "http://geoloc.invalid/ns/1.0/"  # .invalid: a name that can never resolve
 _MARKER = f'xmlns:geoloc="{GEOLOC_NS}"'
 
 
@@ -215,12 +215,9 @@ def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> Sid
 
 
 def _written_by_geoloc(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64 * 1024)
-    except OSError:
-        return False
-    return _MARKER.encode() in head
+    """The one test of "geoloc wrote this sidecar", shared with indexing, which never reads
+    such a sidecar back as a position (:func:`geoloc.photos.xmp.written_by_geoloc`)."""
+    return written_by_geoloc(path)
 
 
 def csv_text(results: Iterable[LocateResult]) -> str:

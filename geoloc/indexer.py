@@ -74,6 +74,9 @@ class IndexReport:
     unchanged: int = 0
     errors: int = 0
     removed: int = 0
+    #: Photos whose stored position changed because a sidecar appeared, changed or went; their
+    #: pixels did not, so they are among ``unchanged`` and went through no network.
+    positions_updated: int = 0
     error_files: list[tuple[Path, str]] = field(default_factory=list)
     #: "fitted" on the run that fitted the vocabulary, "stored" when it was reused, else None.
     vocabulary: Optional[str] = None
@@ -96,6 +99,7 @@ class IndexReport:
             "unchanged": self.unchanged,
             "errors": self.errors,
             "removed": self.removed,
+            "positions_updated": self.positions_updated,
             "error_files": [{"path": json_path(p), "reason": r} for p, r in self.error_files],
             "vocabulary": self.vocabulary,
             "repair": self.repair.to_json() if self.repair is not None else None,
@@ -417,11 +421,15 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
 
     A photo whose size and mtime match the database is current. When they differ, the content
     hash decides: same content (a copy, a ``touch``) only refreshes the stored size and mtime.
+    A current photo without an EXIF position whose sidecars are not those stored (one
+    appeared, changed or went) has its position read again and stored, without the network.
     """
     known = {path: (size, mtime_ns, sha256)
              for path, size, mtime_ns, sha256 in database.file_stats()}
+    sidecar_keys = dict(database.sidecar_keys())
     to_index: list[Path] = []
     touched: list[tuple[Path, int, int]] = []
+    relocate: list[tuple[Path, os.stat_result]] = []
     seen: set[str] = set()
     for path in found:
         progress.advance(1)
@@ -438,41 +446,76 @@ def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_err
         stored = known.get(key)
         if stored is None:
             to_index.append(resolved)
-        elif stored[0] == st.st_size and stored[1] == st.st_mtime_ns:
-            report.unchanged += 1
-        else:
+            continue
+        if not (stored[0] == st.st_size and stored[1] == st.st_mtime_ns):
             try:
                 same = stored[2] is not None and sha256_file(resolved) == stored[2]
             except OSError as exc:
                 on_error(PhotoError(path, f"cannot read: {exc.strerror or exc}"))
                 continue
-            if same:
-                touched.append((resolved, st.st_size, st.st_mtime_ns))
-                report.unchanged += 1
-            else:
+            if not same:
                 to_index.append(resolved)
+                continue
+            touched.append((resolved, st.st_size, st.st_mtime_ns))
+        report.unchanged += 1
+        if key in sidecar_keys and _sidecars_now(resolved) != sidecar_keys[key]:
+            relocate.append((resolved, st))
     if touched:
         database.update_file_stats(touched)
+    if relocate:
+        report.positions_updated += _update_positions(database, relocate, on_error)
     to_index.sort()
     return to_index, seen
 
 
+def _sidecars_now(path: Path) -> Optional[str]:
+    from geoloc.photos.sidecars import find_sidecars, sidecar_key
+
+    return sidecar_key(find_sidecars(path))
+
+
+def _update_positions(database: Database, photos: list[tuple[Path, os.stat_result]], on_error) -> int:
+    """Read the positions of photos whose sidecars changed and store those that differ."""
+    from geoloc.photos import read_meta
+
+    updates: list[PhotoRecord] = []
+    changed = 0
+    for path, st in photos:
+        try:
+            meta = read_meta(path)
+        except PhotoError as exc:
+            on_error(exc)
+            continue
+        stored = database.get(path)
+        if stored is None:
+            continue
+        record = PhotoRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=stored.sha256)
+        record.take_position(meta)
+        updates.append(record)
+        changed += _position_of(stored) != _position_of(record)
+    database.update_positions(updates)  # the new sidecar fingerprints too, changed or not
+    return changed
+
+
+def _position_of(record: PhotoRecord) -> tuple:
+    if not record.located:
+        return (None,)
+    return record.lat, record.lon, record.alt, record.gps_accuracy_m, record.gps_source
+
+
 def record_of(item) -> PhotoRecord:
-    meta = item.meta
-    located = bool(getattr(meta, "located", False))
-    return PhotoRecord(
+    """The record of a decoded photo: its file, its position (EXIF, else a sidecar) and size."""
+    record = PhotoRecord(
         path=item.path,
         size=item.size,
         mtime_ns=item.mtime_ns,
         sha256=item.sha256,
-        lat=meta.lat if located else None,
-        lon=meta.lon if located else None,
-        alt=getattr(meta, "alt", None),
-        taken_at=getattr(meta, "taken_at", None),
-        gps_accuracy_m=getattr(meta, "gps_accuracy_m", None),
+        taken_at=getattr(item.meta, "taken_at", None),
         width=item.width,
         height=item.height,
     )
+    record.take_position(item.meta)
+    return record
 
 
 def _prune(database: Database, roots: Sequence[Path | str], seen: set[str],

@@ -73,14 +73,13 @@ def claim_stored_rows(database: Database, paths: list[Path], on_error: Callable[
 
 
 def _record(path: Path, st: os.stat_result, sha: str, meta, row: int) -> PhotoRecord:
-    located = bool(getattr(meta, "located", False))
     width, height = meta.width, meta.height
     if width and height and getattr(meta, "orientation", 1) in (5, 6, 7, 8):
         width, height = height, width
-    return PhotoRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-                       lat=meta.lat if located else None, lon=meta.lon if located else None,
-                       alt=meta.alt, taken_at=meta.taken_at, gps_accuracy_m=meta.gps_accuracy_m,
-                       width=width, height=height, row=row)
+    record = PhotoRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+                         taken_at=meta.taken_at, width=width, height=height, row=row)
+    record.take_position(meta)
+    return record
 
 
 def damaged_photos(database: Database, report: RepairReport) -> list[Path]:

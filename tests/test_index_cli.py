@@ -103,7 +103,7 @@ def test_a_folder_without_photos_is_one_line_and_creates_no_database(tmp_path, l
     assert result.exit_code == 1, result.output
     assert result.stdout == "" and "Traceback" not in result.output
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: no photos in {folder} (geoloc reads .heic, .heif, .jpeg, .jpg")
+    assert line.startswith(f"error: no photos in {folder} (geoloc reads ") and ".jpg, " in line and ".dng, " in line
     assert "hidden folders are skipped" in line and line.endswith("no database was created")
     assert not (tmp_path / "home").exists()
 

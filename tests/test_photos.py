@@ -80,7 +80,8 @@ def touch(path: Path, data: bytes = b"x") -> Path:
 
 
 def test_suffixes_cover_the_issue_formats():
-    assert SUFFIXES == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+    assert SUFFIXES == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif",
+                        ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 
 
 def test_discover_formats_any_case_sorted_hidden_skipped(tmp_path):

@@ -104,6 +104,8 @@ def _print_summary(report) -> None:
     rate = report.indexed / report.elapsed_s if report.elapsed_s > 0 else 0.0
     row("indexed", str(report.indexed), f"new or changed, {rate:.1f} photos/s" if report.indexed else "new or changed")
     row("unchanged", str(report.unchanged), "already current")
+    if report.positions_updated:
+        row("new positions", str(report.positions_updated), "from sidecars that appeared, changed or went")
     row("errors", str(report.errors), "files that could not be read" if report.errors else "")
     if report.removed:
         row("removed", str(report.removed), "files gone (--prune)")

@@ -16,14 +16,15 @@ from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, handle_errors
 
 _HELP = (
-    "List the photos in the database, with their stored position.\n\n"
+    "List the photos in the database, with their stored position and where it came from "
+    "(the photo's EXIF, an XMP sidecar or a Google Takeout JSON).\n\n"
     "--unlocated lists only the photos without a usable GPS position, with the reason read "
-    "from their EXIF now (e.g. \"no GPS data\").\n\n"
+    "from their EXIF and sidecars now (e.g. \"no GPS data\").\n\n"
     "`geoloc locate --unlocated` can place them."
 )
 
 CSV_COLUMNS = ("path", "lat", "lon", "alt", "taken_at", "gps_accuracy_m", "width", "height",
-               "reason")
+               "reason", "gps_source")
 
 
 @app.command("photos", help=_HELP)
@@ -67,11 +68,15 @@ def photos(
         _print_lines(rows)
 
 
+_SOURCE_NAMES = {"xmp": "XMP sidecar", "takeout": "Google Takeout JSON"}
+
+
 def _row(record) -> dict:
     """A record as JSON, plus ``reason``: why an unlocated photo has no position (else None).
 
-    The reason is not stored; it is read again from the file's EXIF (no pixels decoded, about
-    a millisecond), so it also tells when a file has gone or gained a position since.
+    The reason is not stored; it is read again from the file's EXIF and sidecars (no pixels
+    decoded, about a millisecond), so it also tells when a file has gone or gained a position
+    since.
     """
     from geoloc.errors import PhotoError
     from geoloc.photos import read_meta
@@ -84,8 +89,13 @@ def _row(record) -> dict:
     if not record.located:
         try:
             meta = read_meta(record.path)
-            reason = (meta.no_position_reason if not meta.located else
-                      "the file has a position now; run `geoloc index` to store it")
+            if not meta.located:
+                reason = meta.no_position_reason
+            elif meta.gps_source == "exif":
+                reason = "the file has a position now; run `geoloc index` to store it"
+            else:
+                reason = (f"its {_SOURCE_NAMES.get(meta.gps_source, meta.gps_source)} has a position "
+                          "now; run `geoloc index` to store it")
         except PhotoError as exc:
             reason = exc.reason
     data["reason"] = reason
@@ -110,6 +120,8 @@ def _print_lines(rows: list[dict]) -> None:
             name = '"' + name.replace('"', '\\"') + '"'
         if row["located"]:
             where = f"{row['lat']:.6f}, {row['lon']:.6f}"
+            if row.get("gps_source") not in (None, "exif"):
+                where += f" (from its {_SOURCE_NAMES.get(row['gps_source'], row['gps_source'])})"
         else:
             where = f"unlocated: {display_path(row['reason'] or 'no position')}"
         sys.stdout.write(f"{name}\t{where}\n")

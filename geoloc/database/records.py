@@ -14,6 +14,11 @@ COLUMNS = (
     "path", "size", "mtime_ns", "sha256", "lat", "lon", "alt", "taken_at",
     "gps_accuracy_m", "width", "height", "row",
 )
+#: Columns added after format 2 was released, with their types: added to an existing database
+#: by its first writer (``ALTER TABLE``); a database without them still reads (see
+#: :func:`record_from_row`), so older and newer geoloc versions share a database.
+ADDED_COLUMNS = (("gps_source", "TEXT"), ("sidecar_key", "TEXT"))
+ALL_COLUMNS = COLUMNS + tuple(name for name, _ in ADDED_COLUMNS)
 
 
 @dataclass
@@ -33,13 +38,31 @@ class PhotoRecord:
     height: Optional[int] = None
     #: Row in descriptors.f32; assigned by ``Database.add_batch``.
     row: int = -1
+    #: Where the position came from: "exif", "xmp", "takeout" (a sidecar), None without one.
+    gps_source: Optional[str] = None
+    #: Fingerprint of the sidecars next to a photo without an EXIF position (names, sizes,
+    #: times): a later run that finds another reads the position again, without the network.
+    sidecar_key: Optional[str] = None
 
     @property
     def located(self) -> bool:
         return self.lat is not None and self.lon is not None
 
+    def take_position(self, meta: Any) -> None:
+        """The position fields from a photo's metadata (a ``geoloc.photos.PhotoMeta``): the
+        position with its altitude, accuracy and source, all ``None`` without a usable one,
+        and the fingerprint of the sidecars that were looked at. The one place this mapping
+        is made, for indexing, repairs and sidecar updates alike."""
+        located = bool(getattr(meta, "located", False))
+        self.lat = meta.lat if located else None
+        self.lon = meta.lon if located else None
+        self.alt = getattr(meta, "alt", None) if located else None
+        self.gps_accuracy_m = getattr(meta, "gps_accuracy_m", None) if located else None
+        self.gps_source = getattr(meta, "gps_source", None) if located else None
+        self.sidecar_key = getattr(meta, "sidecar_key", None)
+
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sidecar_key"}
         data["path"] = json_path(self.path)
         data["located"] = self.located
         return data
@@ -59,7 +82,15 @@ def path_from_key(value: str | bytes) -> Path:
     return Path(os.fsdecode(value) if isinstance(value, bytes) else value)
 
 
-def record_from_row(row: sqlite3.Row | tuple) -> PhotoRecord:
-    values = dict(zip(COLUMNS, row))
+def record_from_row(row: sqlite3.Row | tuple, columns: tuple[str, ...] = ALL_COLUMNS) -> PhotoRecord:
+    """A record from a row of ``columns``.
+
+    A position stored without its source (by geoloc before sidecars were read, or in a
+    database without the column) came from EXIF: that was the only source then.
+    """
+    values = dict(zip(columns, row))
     values["path"] = path_from_key(values["path"])
-    return PhotoRecord(**values)
+    record = PhotoRecord(**values)
+    if record.gps_source is None and record.located:
+        record.gps_source = "exif"
+    return record

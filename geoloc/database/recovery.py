@@ -30,7 +30,7 @@ from geoloc.database.layout import (
 )
 from geoloc.database.lock import WriteLock
 from geoloc.database.manifest import read_manifest_file, write_manifest
-from geoloc.database.sqlite import Connection, connect
+from geoloc.database.sqlite import Connection, add_missing_columns, connect
 from geoloc.errors import DatabaseDamagedError, DatabaseError
 from geoloc.files import atomic_write, display_path
 
@@ -44,6 +44,7 @@ def recover(db, repair: bool) -> None:
             leftover.unlink()
     if db.meta("manifest") is None:
         migrate_from_v1(db)
+    add_missing_columns(db.conn)
     if repair:
         repair_state(db)
     finish_vocabulary_save(db, repair)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from geoloc.database.layout import FORMAT_VERSION, SQLITE, repair_hint
+from geoloc.database.records import ADDED_COLUMNS
 from geoloc.errors import DatabaseDamagedError, DatabaseError
 from geoloc.files import display_path
 
@@ -34,7 +35,9 @@ CREATE TABLE IF NOT EXISTS photos (
     width INTEGER,
     height INTEGER,
     row INTEGER NOT NULL UNIQUE,
-    indexed_at TEXT
+    indexed_at TEXT,
+    gps_source TEXT,
+    sidecar_key TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """
@@ -201,3 +204,29 @@ def _uri_path(file: Path) -> str:
     from urllib.parse import quote
 
     return quote(os.fsencode(file.absolute()), safe="/")
+
+
+def photo_columns(conn: Connection) -> set[str]:
+    """The columns ``photos`` has in this file (an older geoloc's file lacks the added ones)."""
+    return {row[1] for row in conn.fetch_all("PRAGMA table_info(photos)")}
+
+
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Give an existing database the columns added since its file was made; the names added.
+
+    ``ALTER TABLE … ADD COLUMN`` keeps every row and leaves the new values ``NULL``, which
+    every reader understands (the schema version does not change: older geoloc versions go on
+    reading and writing the file, and simply leave the new columns alone).
+    """
+    have = photo_columns(conn)
+    missing = [(name, kind) for name, kind in ADDED_COLUMNS if name not in have]
+    if missing:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for name, kind in missing:
+                conn.execute(f"ALTER TABLE photos ADD COLUMN {name} {kind}")
+        except BaseException:
+            conn.raw.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return [name for name, _ in missing]

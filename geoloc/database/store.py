@@ -48,13 +48,11 @@ from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.manifest import load_manifest, write_manifest
 from geoloc.database.maps import MapSpec
-from geoloc.database.records import COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
+from geoloc.database.records import ALL_COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
 from geoloc.database.recovery import connect_or_rebuild, recover, refuse_non_empty
-from geoloc.database.sqlite import Connection, connect
+from geoloc.database.sqlite import Connection, connect, photo_columns
 from geoloc.errors import DatabaseDamagedError, DatabaseError
 from geoloc.files import atomic_write, display_path
-
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM photos"
 
 
 class Database:
@@ -83,6 +81,9 @@ class Database:
         self.repaired: list[str] = []
         #: Set by a repair that rebuilt photos.sqlite: every stored row is waiting to be claimed.
         self.rebuilt = False
+        #: The columns of ``photos`` read into records: a database written by an older geoloc
+        #: may lack the added ones until its next writer adds them.
+        self.columns: tuple[str, ...] = ALL_COLUMNS
 
     @property
     def where(self) -> str:
@@ -132,6 +133,7 @@ class Database:
                 load_manifest(db, repair=repair and write)
                 if write:
                     recover(db, repair=repair)
+                db.read_columns()
                 problems = db.structural_problems()
                 if problems and not (allow_damage or repair):  # a repair re-extracts what is missing
                     raise db.damage(problems)
@@ -194,6 +196,20 @@ class Database:
         except BaseException:
             lock.release()
             raise
+
+    def read_columns(self) -> None:
+        """Read records with the columns this file has: a database an older geoloc made lacks
+        ``gps_source`` and ``sidecar_key`` until a writer adds them (readers never do)."""
+        have = photo_columns(self.conn)
+        if "path" not in have:  # no photos table at all: damage, which the checks report
+            return
+        self.columns = tuple(c for c in ALL_COLUMNS if c in have)
+        self._select = f"SELECT {', '.join(self.columns)} FROM photos"
+
+    _select = f"SELECT {', '.join(ALL_COLUMNS)} FROM photos"
+
+    def _record(self, row: tuple) -> PhotoRecord:
+        return record_from_row(row, self.columns)
 
     # ------------------------------------------------------------------ manifest
 
@@ -338,13 +354,13 @@ class Database:
         return int(self.meta("next_row", 0))
 
     def photos(self, located_only: bool = False) -> list[PhotoRecord]:
-        sql = _SELECT + (" WHERE lat IS NOT NULL AND lon IS NOT NULL" if located_only else "")
-        return [record_from_row(r) for r in self.conn.fetch_all(sql + " ORDER BY row")]
+        sql = self._select + (" WHERE lat IS NOT NULL AND lon IS NOT NULL" if located_only else "")
+        return [self._record(r) for r in self.conn.fetch_all(sql + " ORDER BY row")]
 
     def iter_photos(self) -> Iterator[PhotoRecord]:
         """Like ``photos()`` without holding them all in memory at once."""
-        for r in self.conn.iterate(_SELECT + " ORDER BY row"):
-            yield record_from_row(r)
+        for r in self.conn.iterate(self._select + " ORDER BY row"):
+            yield self._record(r)
 
     def file_stats(self) -> Iterator[tuple[str, int, int, Optional[str]]]:
         """``(path, size, mtime_ns, sha256)`` of every photo: all a re-run needs to tell which
@@ -352,9 +368,21 @@ class Database:
         for key, size, mtime_ns, sha256 in self.conn.iterate("SELECT path, size, mtime_ns, sha256 FROM photos"):
             yield os.fspath(path_from_key(key)), size, mtime_ns, sha256
 
+    def sidecar_keys(self) -> Iterator[tuple[str, Optional[str]]]:
+        """``(path, sidecar_key)`` of every photo whose position a sidecar could give or take:
+        those without one, and those whose position came from a sidecar. (A photo located by
+        its own EXIF keeps it whatever its sidecars say.)"""
+        if "sidecar_key" not in self.columns:
+            sql = "SELECT path, NULL FROM photos WHERE lat IS NULL OR lon IS NULL"
+        else:
+            sql = ("SELECT path, sidecar_key FROM photos WHERE lat IS NULL OR lon IS NULL "
+                   "OR gps_source IN ('xmp', 'takeout')")
+        for key, sidecar_key in self.conn.iterate(sql):
+            yield os.fspath(path_from_key(key)), sidecar_key
+
     def get(self, path: Path) -> Optional[PhotoRecord]:
-        row = self.conn.fetch_one(_SELECT + " WHERE path = ?", (path_key(path),))
-        return None if row is None else record_from_row(row)
+        row = self.conn.fetch_one(self._select + " WHERE path = ?", (path_key(path),))
+        return None if row is None else self._record(row)
 
     def counts(self) -> dict[str, int]:
         total, located = self.conn.fetch_one(
@@ -584,17 +612,19 @@ class Database:
     def _insert(self, records: list[PhotoRecord], keys: list, next_row: Optional[int]) -> None:
         now = _now()
         rows = [(key, r.size, r.mtime_ns, r.sha256, r.lat, r.lon, r.alt, r.taken_at, r.gps_accuracy_m,
-                 r.width, r.height, r.row, now) for r, key in zip(records, keys)]
+                 r.width, r.height, r.row, now, _source(r), r.sidecar_key)
+                for r, key in zip(records, keys)]
         with self.transaction():
             self.conn.executemany(
                 "INSERT INTO photos (path, size, mtime_ns, sha256, lat, lon, alt, taken_at, "
-                "gps_accuracy_m, width, height, row, indexed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "gps_accuracy_m, width, height, row, indexed_at, gps_source, sidecar_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
                 "sha256=excluded.sha256, lat=excluded.lat, lon=excluded.lon, alt=excluded.alt, "
                 "taken_at=excluded.taken_at, gps_accuracy_m=excluded.gps_accuracy_m, "
                 "width=excluded.width, height=excluded.height, row=excluded.row, "
-                "indexed_at=excluded.indexed_at",
+                "indexed_at=excluded.indexed_at, gps_source=excluded.gps_source, "
+                "sidecar_key=excluded.sidecar_key",
                 rows,
             )
             if next_row is not None:
@@ -609,6 +639,22 @@ class Database:
                 "UPDATE photos SET size = ?, mtime_ns = ? WHERE path = ?",
                 [(size, mtime_ns, path_key(p)) for p, size, mtime_ns in changes],
             )
+        return cur.rowcount
+
+    def update_positions(self, records: Iterable[PhotoRecord]) -> int:
+        """Store new positions (and their source and sidecar fingerprint) of photos whose pixels
+        did not change: a sidecar appeared, changed or went. Nothing else of a photo is touched,
+        its descriptor least of all."""
+        self.require_write()
+        rows = [(r.lat, r.lon, r.alt, r.gps_accuracy_m, _source(r), r.sidecar_key, r.size, r.mtime_ns,
+                 path_key(r.path)) for r in records]
+        if not rows:
+            return 0
+        with self.transaction():
+            cur = self.conn.executemany(
+                "UPDATE photos SET lat = ?, lon = ?, alt = ?, gps_accuracy_m = ?, gps_source = ?, "
+                "sidecar_key = ?, size = ?, mtime_ns = ? WHERE path = ?", rows)
+        self.checkpoint()
         return cur.rowcount
 
     def remove(self, paths: Iterable[Path]) -> int:
@@ -634,6 +680,14 @@ class Database:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _source(record: PhotoRecord) -> Optional[str]:
+    """What is stored as a record's ``gps_source``: none without a position, EXIF when a
+    caller gave a position without saying where from."""
+    if not record.located:
+        return None
+    return record.gps_source or "exif"
 
 
 def _now() -> str:

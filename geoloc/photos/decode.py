@@ -17,6 +17,7 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from geoloc.errors import PhotoError
+from geoloc.photos.raw import inspect_raw, is_raw_name, preview_bytes
 
 DEFAULT_MAX_PIXELS = 250_000_000
 """Images with more pixels than this are refused as decompression bombs (``GEOLOC_MAX_PIXELS``)."""
@@ -187,8 +188,12 @@ def _load(
 ) -> Image.Image:
     if os.fstat(fh.fileno()).st_size == 0:
         raise PhotoError(path, "empty file")
+    orientation = None
+    if is_raw_name(path):
+        fh, orientation = _raw_preview(fh, path)
     image = open_image(fh, path, max_pixels)
-    orientation = orientation_of(image)
+    if orientation is None:
+        orientation = orientation_of(image)
     # From the stored size, so that the result is the same with or without draft decoding.
     target = _scaled(image.size, max_side) if max_side is not None else image.size
     if draft and target != image.size:
@@ -204,6 +209,24 @@ def _load(
     for method in _TRANSPOSES[orientation]:
         image = image.transpose(method)
     return image
+
+
+def _raw_preview(fh: BinaryIO, path: Path) -> tuple[BinaryIO, int | None]:
+    """A RAW file's embedded JPEG preview, and the orientation to apply to it: the RAW's own
+    (previews are stored as the sensor saw them), or None for one whose JPEG says (RAF).
+
+    A file named like a RAW that is no RAW container (a JPEG renamed .dng) is decoded as what
+    it is.
+    """
+    import io
+
+    raw = inspect_raw(fh)
+    if raw.kind is None:
+        fh.seek(0)
+        return fh, None
+    if raw.preview is None:
+        raise PhotoError(path, raw.problem or "no embedded JPEG preview")
+    return io.BytesIO(preview_bytes(fh, raw.preview)), raw.orientation
 
 
 # Bytes per pixel of Pillow's modes as decoded; the flattening to 8-bit RGB comes on top.

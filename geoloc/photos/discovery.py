@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from geoloc.errors import GeolocError, PhotoError
+from geoloc.photos.raw import RAW_SUFFIXES
 
 SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"}
-)
+) | RAW_SUFFIXES
 
 OnError = Callable[[PhotoError], None]
 

@@ -9,12 +9,13 @@ cannot be opened at all raises.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,6 +23,10 @@ from typing import Any, BinaryIO
 from geoloc.errors import PhotoError
 from geoloc.geo import is_valid_position
 from geoloc.photos.decode import exif_of, open_error_reason, open_image, orientation_of
+from geoloc.photos.raw import CR3, RAF, RawFile, inspect_raw, is_raw_name, preview_bytes
+from geoloc.photos.sidecars import XMP, Sidecar, find_sidecars, sidecar_key
+from geoloc.photos.takeout import read_takeout
+from geoloc.photos.xmp import read_xmp
 
 # GPS IFD tag numbers (EXIF 2.32 / 3.0). Looked up by number because ExifRead names some of them
 # only as "Tag 0x001F".
@@ -36,6 +41,12 @@ DOP_TO_METRES = 5.0
 
 ALTITUDE_RANGE_M = (-11_000.0, 100_000.0)  # Mariana Trench to the edge of space
 
+#: EXIF GPS tag numbers by name: sidecars give their values under these names.
+GPS_TAG_NUMBERS = {"GPSLatitudeRef": GPS_LATITUDE_REF, "GPSLatitude": GPS_LATITUDE,
+                   "GPSLongitudeRef": GPS_LONGITUDE_REF, "GPSLongitude": GPS_LONGITUDE,
+                   "GPSAltitudeRef": GPS_ALTITUDE_REF, "GPSAltitude": GPS_ALTITUDE, "GPSDOP": GPS_DOP,
+                   "GPSHPositioningError": GPS_H_POSITIONING_ERROR}
+
 Tags = dict[int, Any]
 
 
@@ -48,6 +59,11 @@ class PhotoMeta:
     ``gps_accuracy_m`` belong to the position and are ``None`` whenever it is.
     ``no_position_reason`` says, for an unlocated photo, why (``"no GPS data"``,
     ``"position (0, 0)"`` …), so that users can see which photos need ``geoloc locate``.
+    ``gps_source`` says where the position came from: ``"exif"`` (the file's own metadata,
+    RAW files included), ``"xmp"`` or ``"takeout"`` (a sidecar; only for photos whose EXIF has
+    no usable position), ``None`` without one. ``sidecars`` lists the sidecars that were looked
+    at (only for photos without an EXIF position), so that the database can notice when they
+    change.
     """
 
     lat: float | None = None
@@ -59,18 +75,28 @@ class PhotoMeta:
     width: int | None = None
     height: int | None = None
     no_position_reason: str | None = None
+    gps_source: str | None = None
+    sidecars: list[Sidecar] = field(default_factory=list)
 
     @property
     def located(self) -> bool:
         return is_valid_position(self.lat, self.lon)
 
+    @property
+    def sidecar_key(self) -> str | None:
+        """The fingerprint of ``sidecars`` the database keeps (:func:`sidecars.sidecar_key`)."""
+        return sidecar_key(self.sidecars)
 
-def read_meta(path: str | os.PathLike) -> PhotoMeta:
+
+def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
     """Position, time, accuracy, orientation and size of one photo.
 
     GPS and time come from ExifRead; when ExifRead finds no EXIF at all (or fails on the file),
-    Pillow's reader (with pillow-heif for HEIC) is asked instead. Raises :class:`PhotoError`
-    only when the file cannot be opened.
+    Pillow's reader (with pillow-heif for HEIC) is asked instead. A RAW file's size and
+    orientation are those of its embedded preview and its own IFD0 (:mod:`geoloc.photos.raw`).
+    When the EXIF gives no usable position and ``sidecars`` is true, the photo's XMP and
+    Google Takeout sidecars are asked, in the order of :mod:`geoloc.photos.sidecars`: the EXIF
+    always wins. Raises :class:`PhotoError` only when the file cannot be opened.
     """
     path = Path(path)
     try:
@@ -78,10 +104,21 @@ def read_meta(path: str | os.PathLike) -> PhotoMeta:
     except OSError as exc:
         raise PhotoError(path, open_error_reason(exc)) from None
     with fh:
-        ifd0, exif, gps = _exifread_tags(fh)
+        raw = _raw_of(fh, path)
+        source: BinaryIO = fh
+        if raw is not None and raw.kind == RAF and raw.preview is not None:
+            source = io.BytesIO(preview_bytes(fh, raw.preview))  # the EXIF is the JPEG's
+        if raw is not None and raw.kind == CR3:
+            ifd0, exif, gps = raw.ifd0, raw.exif, raw.gps
+        else:
+            ifd0, exif, gps = _exifread_tags(source)
         meta = PhotoMeta()
-        image = _header(fh, path)
-        if image is not None:
+        image = None if raw is not None and raw.kind != RAF else _header(source, path)
+        if raw is not None and raw.kind != RAF:
+            if raw.preview is not None:
+                meta.width, meta.height = raw.preview.width, raw.preview.height
+            meta.orientation = raw.orientation or 1
+        elif image is not None:
             meta.width, meta.height = image.size
             meta.orientation = orientation_of(image)
             if not (ifd0 or exif or gps):
@@ -99,9 +136,59 @@ def read_meta(path: str | os.PathLike) -> PhotoMeta:
             meta.lat, meta.lon = lat, lon
             meta.alt = gps_altitude(gps)
             meta.gps_accuracy_m = gps_accuracy(gps)
+            meta.gps_source = "exif"
         else:
             meta.no_position_reason = reason
-        return meta
+    if sidecars and not meta.located:
+        _position_from_sidecars(path, meta)
+    return meta
+
+
+def _raw_of(fh: BinaryIO, path: Path) -> RawFile | None:
+    """The RAW container of a file named like a RAW, or None (a JPEG named .dng is a JPEG)."""
+    if not is_raw_name(path):
+        return None
+    try:
+        raw = inspect_raw(fh)
+    except OSError:
+        return None
+    return raw if raw.kind is not None else None
+
+
+def _position_from_sidecars(path: Path, meta: PhotoMeta) -> None:
+    """The first usable position among the photo's sidecars, by the rules of EXIF GPS.
+
+    A sidecar geoloc wrote is an estimate and is never read back. What each sidecar lacks is
+    added to ``no_position_reason``, so ``geoloc photos --unlocated`` can say why a photo
+    whose sidecar seems to hold a position still has none.
+    """
+    meta.sidecars = find_sidecars(path)
+    notes: list[str] = []
+    for sidecar in meta.sidecars:
+        name = sidecar.path.name
+        if sidecar.kind == XMP:
+            read = read_xmp(sidecar.path)
+            if read.by_geoloc:
+                notes.append(f"{name} was written by geoloc (an estimate, never read back as a position)")
+                continue
+        else:
+            read = read_takeout(sidecar.path, sidecar.title)
+        if read.error:
+            notes.append(f"{name}: {read.error}")
+            continue
+        gps = {GPS_TAG_NUMBERS[k]: v for k, v in read.tags.items() if k in GPS_TAG_NUMBERS}
+        lat, lon, reason = gps_position(gps)
+        if reason is not None:
+            notes.append(f"{name}: {reason}")
+            continue
+        meta.lat, meta.lon = lat, lon
+        meta.alt = gps_altitude(gps)
+        meta.gps_accuracy_m = gps_accuracy(gps)
+        meta.gps_source = sidecar.kind
+        meta.no_position_reason = None
+        return
+    if notes:
+        meta.no_position_reason = "; ".join([meta.no_position_reason or "no position", *notes])
 
 
 # --- reading the tags -------------------------------------------------------------------------
