@@ -52,6 +52,9 @@ class PhotoError(GeolocError):
         self.reason = " ".join(str(reason).split()) or "unknown error"
         super().__init__(f"{self.path}: {self.reason}")
 
+    def __reduce__(self):  # pickled whole (a Ray worker's verdict on a photo travels to the driver)
+        return type(self), (self.path, self.reason)
+
 
 def require(ok: bool, message: str) -> None:
     """One rule for option values the library cannot use: a usage error (exit 2).

@@ -26,12 +26,17 @@ from geoloc.database_model import (
     vocabulary_manifest,
 )
 from geoloc.database.layout import FIT_CACHE
-from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require_at_least
+from geoloc.cluster import RayConfig
+from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
 from geoloc.verify import stored_map
 from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
+
+
+#: Where descriptors are computed (``--engine``).
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -55,8 +60,15 @@ class IndexConfig:
     vocabulary_photos: int = 300
     vocabulary_features: int = 50_000
     seed: int = 0
+    #: "local": this process extracts; "ray": an actor pool on a Ray cluster does (the vocabulary
+    #: sample, when one is fitted, still goes through this process: it is a few hundred photos).
+    engine: str = "local"
+    #: The cluster for ``engine="ray"`` (address, actors); None: a local Ray on this machine.
+    ray: Optional[RayConfig] = None
 
     def check(self) -> None:
+        require(self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        require_at_least("--ray-workers", self.ray.workers if self.ray else None, 1)
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
         require_at_least("--max-side", self.max_side, 32, " pixels")
@@ -128,6 +140,12 @@ def index_photos(
 
     config = config or IndexConfig()
     config.check()
+    if config.engine == "ray":  # a missing extra or an unreachable cluster fails before any work
+        from geoloc.cluster import check_reachable, import_ray
+
+        import_ray()
+        if config.ray is not None and config.ray.address:
+            check_reachable(config.ray.address)
     started = time.perf_counter()
     report = IndexReport(db=Path(db).expanduser().absolute())
     run = _Run(config, report, progress or Progress())
@@ -223,6 +241,9 @@ class _Run:
 
         def store(items, descriptors, maps=None) -> None:
             stored = [stored_map(m.numpy(), stride) for m in maps] if maps is not None else None
+            commit(items, descriptors, stored)
+
+        def commit(items, descriptors, stored=None) -> None:
             database.add_batch([record_of(item) for item in items], descriptors, stored)
             self.report.indexed += len(items)
             self.progress.advance(len(items))
@@ -241,12 +262,29 @@ class _Run:
         rest = [p for p in to_index if p not in done] if done else to_index
         if rest:
             self.progress.status(_first_batch(rest, self.config.batch_size, again=bool(done)))
-        if database.maps:
+        if self.config.engine == "ray" and rest:
+            for items, descriptors, stored in self.ray_batches(database, model, rest, stack, failed):
+                commit(items, descriptors, stored)
+        elif database.maps:
             for items, descriptors, maps in extractor.descriptors_and_maps(rest, on_error=failed):
                 store(items, descriptors, maps)
         else:
             for items, descriptors in extractor.descriptors(rest, on_error=failed):
                 store(items, descriptors)
+
+
+    def ray_batches(self, database: Database, model, paths: list[Path], stack: contextlib.ExitStack, failed):
+        """The photos' descriptors (and stored maps) from an actor pool, block by block as the
+        cluster finishes them; Ray is started or reached only now that there is work for it."""
+        from geoloc.cluster import ray_session
+        from geoloc.ray_extract import ray_batches
+
+        ray = stack.enter_context(ray_session(self.config.ray))
+        self.progress.status(f"starting {len(paths)} photos on Ray")
+        return ray_batches(ray, model, paths, max_side=max_side_of(database), batch_size=self.config.batch_size,
+                           stride=float(database.maps.stride) if database.maps else 0.0,
+                           device=self.config.device, workers=self.config.workers, config=self.config.ray,
+                           on_error=failed)
 
 
 def _at_least_one(found: Iterator[Path], paths: Sequence[Path | str], db: Path,

@@ -29,7 +29,7 @@ def test_python_dash_m():
 
 @pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS]])
 def test_help_does_not_import_heavy_libraries(argv):
-    """--help must be instant: no torch, faiss, folium, scipy or matplotlib import."""
+    """--help must be instant: no torch, faiss, folium, scipy, matplotlib or ray import."""
     code = (
         "import sys\n"
         "from geoloc.cli import app\n"
@@ -37,7 +37,8 @@ def test_help_does_not_import_heavy_libraries(argv):
         f"    app({argv!r})\n"
         "except SystemExit as e:\n"
         "    assert e.code in (0, None), e.code\n"
-        "heavy = sorted(m for m in ('torch', 'faiss', 'folium', 'scipy', 'matplotlib', 'torchvision')"
+        "heavy = sorted(m for m in ('torch', 'faiss', 'folium', 'scipy', 'matplotlib', 'torchvision',"
+        " 'ray', 'pyarrow', 'pandas')"
         " if m in sys.modules)\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )

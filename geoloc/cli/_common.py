@@ -58,6 +58,18 @@ def use_help_classes(app: typer.Typer) -> None:
         use_help_classes(group.typer_instance)
 
 
+def ray_config(engine: str, address: Optional[str], workers: Optional[int]):
+    """The cluster of ``--engine ray`` (``index`` and ``eval``); its options alone are an error."""
+    from geoloc.cluster import RayConfig
+    from geoloc.errors import UsageError
+
+    if engine != "ray":
+        if address is not None or workers is not None:
+            raise UsageError("--ray-address and --ray-workers go with --engine ray")
+        return None
+    return RayConfig(address=address, workers=workers)
+
+
 def resolve_db(db: Optional[Path]) -> Path:
     from geoloc.paths import default_db
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, cell, handle_errors, resolve_db
+from geoloc.cli._common import DB_HELP, cell, handle_errors, ray_config, resolve_db
 from geoloc.files import display_path
 from geoloc.formatting import format_distance
 
@@ -81,6 +81,16 @@ def eval_command(
         "verification (--compare shows each model without and with it)."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", min=1, help="Candidates verified per query."),
+    engine: str = typer.Option(
+        "local", "--engine", metavar="local|ray",
+        help="Where the database side of --db-images/--dataset is extracted: this process, or an actor "
+        "pool on a Ray cluster (needs geoloc[ray]; see geoloc index --engine)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", metavar="ADDR", help="With --engine ray: the cluster's head (default: a local Ray).",
+        show_default=False),
+    ray_workers: Optional[int] = typer.Option(
+        None, "--ray-workers", metavar="N", min=1, help="With --engine ray: actors, one model each.",
+        show_default=False),
 ) -> None:
     """Measure recall@N and position error against ground truth (EXIF GPS or a benchmark's)."""
     from geoloc.console import RichProgress
@@ -93,7 +103,8 @@ def eval_command(
         compare=compare, csv=csv_file, plot=plot, as_json=as_json,
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
                           batch_size=batch_size, workers=workers, device=device,
-                          rerank=not no_rerank, rerank_top=rerank_top),
+                          rerank=not no_rerank, rerank_top=rerank_top, engine=engine,
+                          ray=ray_config(engine, ray_address, ray_workers)),
     )
     if rerank and no_rerank:
         from geoloc.errors import UsageError

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, handle_errors
+from geoloc.cli._common import DB_HELP, handle_errors, ray_config
 
 
 _HELP = (
@@ -54,6 +54,18 @@ def index(
         300, "--vocabulary-photos", metavar="N", min=1,
         help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
         "on the first run."),
+    engine: str = typer.Option(
+        "local", "--engine", metavar="local|ray",
+        help="Where descriptors are computed: this process, or an actor pool on a Ray cluster (one "
+        "model per actor; needs the extra geoloc[ray]). The database is the same either way."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", metavar="ADDR",
+        help="With --engine ray: the cluster's head, HOST:PORT (`ray start --head`), ray://HOST:PORT "
+        "or auto. Default: a local Ray on this machine's cores.", show_default=False),
+    ray_workers: Optional[int] = typer.Option(
+        None, "--ray-workers", metavar="N", min=1,
+        help="With --engine ray: actors, each holding one model. Default: one per GPU of the cluster, "
+        "else one per CPU.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress bar and no summary; warnings still show."),
 ) -> None:
@@ -68,7 +80,8 @@ def index(
         raise UsageError("give at least one PATH (a photo or a folder) to index")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
                          device=device, prune=prune, repair=repair, maps=not no_maps,
-                         vocabulary_photos=vocabulary_photos)
+                         vocabulary_photos=vocabulary_photos, engine=engine,
+                         ray=ray_config(engine, ray_address, ray_workers))
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
         report = index_photos(paths or [], resolve_db(db), config, progress)

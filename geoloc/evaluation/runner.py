@@ -58,6 +58,9 @@ class EvalConfig:
     vocabulary_photos: int = 300
     rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
     rerank_top: int = 20
+    #: Where the database side's descriptors are computed: "local" or "ray" (``geoloc index --engine``).
+    engine: str = "local"
+    ray: object = None  # geoloc.cluster.RayConfig for engine "ray"; None: a local Ray
 
     def check(self) -> None:
         require_at_least("--top-k", self.top_k, 1)
@@ -214,7 +217,7 @@ def _build_database(split: Split, db_dir: Path, spec: str, config: EvalConfig, p
         db_dir,
         IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
                     workers=config.workers, device=config.device,
-                    vocabulary_photos=config.vocabulary_photos),
+                    vocabulary_photos=config.vocabulary_photos, engine=config.engine, ray=config.ray),
         progress=Prefixed(progress, "Database: "),
     )
 
