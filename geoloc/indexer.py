@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+import numpy as np
+
 from geoloc.database import Database, PhotoRecord
 from geoloc.database_model import (
     check_request,
@@ -31,6 +33,7 @@ from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
+from geoloc.search import SearchConfig
 from geoloc.verify import stored_map
 from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
 
@@ -65,6 +68,9 @@ class IndexConfig:
     engine: str = "local"
     #: The cluster for ``engine="ray"`` (address, actors); None: a local Ray on this machine.
     ray: Optional[RayConfig] = None
+    #: Search settings: past their compressed threshold, a run leaves the compressed index
+    #: current (``geoloc.compressed``), so that the next ``geoloc locate`` does not build it.
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def check(self) -> None:
         require(self.engine in ENGINES, f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -95,6 +101,9 @@ class IndexReport:
     elapsed_s: float = 0.0
     #: What ``--repair`` did (None without it).
     repair: Optional[RepairReport] = None
+    #: The compressed search index, past its threshold: "cached" (already current), "extended",
+    #: "built" or "retrained"; None below the threshold.
+    search_index: Optional[str] = None
 
     def add_error(self, path: Path, reason: str) -> None:
         self.errors += 1
@@ -115,6 +124,7 @@ class IndexReport:
             "error_files": [{"path": json_path(p), "reason": r} for p, r in self.error_files],
             "vocabulary": self.vocabulary,
             "repair": self.repair.to_json() if self.repair is not None else None,
+            "search_index": self.search_index,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -184,6 +194,8 @@ def index_photos(
         counts = database.counts()
         report.total, report.located, report.unlocated = (
             counts["total"], counts["located"], counts["unlocated"])
+        if config.search.use_compressed(report.located):
+            report.search_index = run.compressed_index(database, stack)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -272,6 +284,26 @@ class _Run:
             for items, descriptors in extractor.descriptors(rest, on_error=failed):
                 store(items, descriptors)
 
+
+    def compressed_index(self, database: Database, stack: contextlib.ExitStack) -> str:
+        """Bring the compressed index up to date with what this run stored (the photos added
+        are added to it; it is trained anew only when the data outgrew its sample). On Ray, its
+        shards are filled by the cluster's workers."""
+        from geoloc.compressed import ensure_index
+
+        self.progress.stage("Search index", None)
+        records, matrix = database.descriptor_file(located_only=True)
+        rows = np.fromiter((r.row for r in records), dtype=np.int64, count=len(records))
+        ray, shards = None, 0
+        if self.config.engine == "ray":
+            from geoloc.cluster import ray_session
+            from geoloc.ray_extract import pool_size
+
+            ray = stack.enter_context(ray_session(self.config.ray))
+            shards = pool_size(ray, self.config.ray or RayConfig(), "cpu")[0]
+        _, how = ensure_index(database, matrix, rows, self.config.search.compressed, ray=ray, shards=shards,
+                              status=self.progress.status)
+        return how
 
     def ray_batches(self, database: Database, model, paths: list[Path], stack: contextlib.ExitStack, failed):
         """The photos' descriptors (and stored maps) from an actor pool, block by block as the

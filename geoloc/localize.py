@@ -23,6 +23,7 @@ from geoloc.files import display_path, json_path
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
 from geoloc.rerank import RerankConfig, Reranker
+from geoloc.compressed import CompressedSearch
 from geoloc.search import SearchConfig, SearchIndex, index_cache
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +181,15 @@ class Locator:
         start = _now()
         self.database = Database.open(Path(db))
         try:
-            self.records, self._matrix = self.database.descriptor_matrix(located_only=True)
+            # A compressed search reads the store's rows where they are; the others search a
+            # matrix of the located rows (a view of the file when those are contiguous).
+            self.compressed = self.config.search.use_compressed(self.database.counts()["located"])
+            if self.compressed:
+                self.records, self._file = self.database.descriptor_file(located_only=True)
+                self._rows = np.fromiter((r.row for r in self.records), dtype=np.int64, count=len(self.records))
+                self._matrix = None
+            else:
+                self.records, self._matrix = self.database.descriptor_matrix(located_only=True)
             if not self.records:
                 raise self._nothing_located()
             # Every stored descriptor is checked against its checksum before it is trusted: all
@@ -192,7 +201,7 @@ class Locator:
         except BaseException:
             self.database.close()
             raise
-        self.index: SearchIndex | None = None  # built on the first search (its size known)
+        self.index: SearchIndex | CompressedSearch | None = None  # built on the first search (its size known)
         self._row_of_path = {os.fspath(r.path): i for i, r in enumerate(self.records)}
         self._lats = np.array([r.lat for r in self.records], dtype=np.float64)
         self._lons = np.array([r.lon for r in self.records], dtype=np.float64)
@@ -478,7 +487,8 @@ class Locator:
         sample = min(n, cfg.reference_sample, budget)
         rows = np.unique(np.linspace(0, n - 1, sample).round().astype(np.int64))
         index = self._index_for(len(rows))
-        queries = np.ascontiguousarray(self._matrix[rows], dtype=np.float32)
+        stored = self._file[self._rows[rows]] if self.compressed else self._matrix[rows]
+        queries = np.ascontiguousarray(stored, dtype=np.float32)
         scores, ids = index.search(queries, 2)
         best = [
             float(next((s for j, s in zip(ids[i], scores[i]) if j >= 0 and j != row), np.nan))
@@ -492,6 +502,13 @@ class Locator:
 
     def _index_for(self, n_queries: int) -> SearchIndex:
         """The search index, built on first use; an IVF index once the batches justify one."""
+        if self.index is None and self.compressed:
+            from geoloc.compressed import ensure_index
+
+            start = _now()
+            index, how = ensure_index(self.database, self._file, self._rows, self.config.search.compressed)
+            self.index = CompressedSearch(index, self._file, self._rows, self.config.search.compressed, how)
+            self.timings.index_s += _now() - start
         if self.index is None or self.index.ivf_deferred:
             start = _now()
             cache, key = index_cache(self.database, self.records, self.config.search)

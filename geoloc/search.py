@@ -2,7 +2,8 @@
 
 Descriptors are L2-normalised, so inner product is cosine similarity. Small databases are
 searched exactly, in place on the memory-mapped descriptor file; large ones through an IVF
-index that is built once and cached on disk while the database's descriptors stay the same.
+index that is built once and cached on disk while the database's descriptors stay the same;
+very large ones through the compressed index of :mod:`geoloc.compressed`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from geoloc.compressed import CompressedConfig
 
 
 @dataclass
@@ -29,6 +32,12 @@ class SearchConfig:
     train_per_cell: int = 64
     kmeans_iterations: int = 10
     seed: int = 1234
+    #: Past ``compressed.threshold`` located photos (and the IVF threshold), IVF-PQ codes in RAM
+    #: and exact re-scoring from the store (``geoloc.compressed``) instead of the descriptors in RAM.
+    compressed: CompressedConfig = field(default_factory=CompressedConfig)
+
+    def use_compressed(self, n: int) -> bool:
+        return n >= max(self.ivf_threshold, self.compressed.threshold)
 
 
 class SearchIndex:

@@ -195,3 +195,30 @@ def test_eval_builds_its_database_side_on_ray(ray_cluster, tiny_model, lund_dir,
         assert out["descriptors"]["database_computed"] == 15
         figures.append((out["queries"], out["recall"], out["median_error_m"]))
     assert figures[0] == figures[1]
+
+
+def test_compressed_index_shards_filled_on_ray_merge_into_the_same_index(ray_cluster, tmp_path):
+    """Each Ray task fills a copy of the trained index from the descriptor file; faiss's
+    merge_from joins them: the same answers as one index filled in this process."""
+    import faiss
+
+    import ray
+    from geoloc.compressed import CompressedConfig, CompressedSearch, add_rows, add_rows_on_ray, train
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    file = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.standard_normal((4000, 32)).astype(np.float32)
+    file /= np.linalg.norm(file, axis=1, keepdims=True)
+    path = tmp_path / "descriptors.f32"
+    file.tofile(path)
+    rows = np.arange(len(file))
+    config = CompressedConfig(threshold=0)
+    trained = train(file, rows, config)
+    local = faiss.clone_index(trained)
+    add_rows(local, file, 0, len(file))
+    add_rows_on_ray(ray, trained, path, 32, 0, len(file), shards=3)
+    assert trained.ntotal == len(file)
+    queries = file[::97] + 0.05
+    want = CompressedSearch(local, file, rows, config).search(queries, 5)
+    got = CompressedSearch(trained, file, rows, config).search(queries, 5)
+    np.testing.assert_array_equal(got[1], want[1])

@@ -437,6 +437,15 @@ class Database:
             return records, matrix[first:first + len(rows)]
         return records, np.ascontiguousarray(matrix[rows])
 
+    def descriptor_file(self, located_only: bool = True) -> tuple[list[PhotoRecord], np.ndarray]:
+        """Records and the whole descriptor file, memory-mapped read-only: record ``r``'s
+        descriptor is row ``r.row``. Nothing is copied whatever the rows are (the compressed
+        search re-scores its shortlist from it; a copy of a million rows would be 16 GB)."""
+        records, next_row, path = self._snapshot(lambda: self.photos(located_only=located_only))
+        if not next_row:
+            return records, np.zeros((0, self.dim), dtype=np.float32)
+        return records, np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
+
     def descriptors_for(self, records: list[PhotoRecord]) -> np.ndarray:
         """The stored descriptors of some records (e.g. to compare a query with them).
 
