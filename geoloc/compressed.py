@@ -31,9 +31,11 @@ import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from geoloc.search import CompressedConfig, query_matrix, query_threads
 
 #: The folder of the index inside a database, and the file that says which index is current.
 FOLDER = "search"
@@ -42,48 +44,6 @@ FORMAT = 1
 #: Rows added to (or read from the store into) an index per call: a memory-mapped file is never
 #: loaded whole.
 CHUNK = 32768
-
-
-@dataclass
-class CompressedConfig:
-    """IVF-PQ settings; the defaults are those measured in docs/scale.md (1e5 and 1e6 × 4096-D)."""
-
-    #: Located photos from which search is compressed (below: exact or IVF-Flat, in RAM).
-    threshold: int = 100_000
-    #: Bytes of PQ code per photo (sub-quantizers of 8 bits); None: dim / 16, e.g. 256 for 4096-D.
-    code_bytes: Optional[int] = None
-    #: Rotate descriptors with OPQ before PQ (better codes, much longer training at 4096-D).
-    opq: bool = False
-    #: IVF cells: about this many times √N.
-    cells_per_sqrt_n: float = 2.0
-    #: Cells visited per query.
-    nprobe: int = 32
-    #: Candidates the compressed index proposes, re-scored exactly; the answer's top-k come from them.
-    shortlist: int = 256
-    #: Training vectors per cell (and per PQ centroid, of which there are 256), at most.
-    train_per_cell: int = 40
-    kmeans_iterations: int = 10
-    #: Trained anew when the descriptor file holds this many times the rows it was trained on.
-    growth: float = 4.0
-    seed: int = 1234
-
-    def code_size(self, dim: int) -> int:
-        m = int(self.code_bytes or max(1, dim // 16))
-        while dim % m:  # PQ needs sub-vectors of equal length
-            m -= 1
-        return m
-
-    def cells(self, n: int) -> int:
-        return int(max(1, min(round(self.cells_per_sqrt_n * math.sqrt(max(n, 1))), n // self.train_per_cell or 1)))
-
-    def training_size(self, n: int) -> int:
-        return int(min(n, max(self.cells(n), 256) * self.train_per_cell))
-
-    def key(self, dim: int) -> dict:
-        """What the stored index depends on (besides the rows): another key means rebuild."""
-        return {"dim": dim, "code_bytes": self.code_size(dim), "opq": self.opq,
-                "cells_per_sqrt_n": self.cells_per_sqrt_n, "train_per_cell": self.train_per_cell,
-                "kmeans_iterations": self.kmeans_iterations, "seed": self.seed}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,27 +296,21 @@ class CompressedSearch:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query descriptors have {q.shape[1]} dimensions, index has {self.dim}")
+        q = query_matrix(queries, self.dim)
         k = max(1, min(int(k), self.size))
-        threads = faiss.omp_get_max_threads()
-        use = max(1, min(threads, len(q)))  # see SearchIndex.search: idle threads only spin
-        if use != threads:
-            faiss.omp_set_num_threads(use)
-        try:
+        with query_threads(len(q)):
             rows = self.shortlist(q, max(k, self.config.shortlist))
-        finally:
-            if use != threads:
-                faiss.omp_set_num_threads(threads)
-        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(q), k), -1, dtype=np.int64)
-        for i in range(len(q)):
-            found = np.sort(rows[i][rows[i] >= 0])  # in file order: the store reads forward
-            if not len(found):
-                continue
-            exact = np.asarray(self.matrix[found], dtype=np.float32) @ q[i]
-            best = np.argsort(-exact, kind="stable")[:k]
-            scores[i, :len(best)] = exact[best]
-            ids[i, :len(best)] = self._slot[found[best]]
+            scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+            ids = np.full((len(q), k), -1, dtype=np.int64)
+            for i in range(len(q)):
+                found = np.sort(rows[i][rows[i] >= 0])  # in file order: the store reads forward
+                if not len(found):
+                    continue
+                # faiss, not numpy: a BLAS product of this size wakes a second thread, and on
+                # busy cores waiting for it cost 12 ms a query (measured), 10× the product.
+                exact = np.ascontiguousarray(self.matrix[found], dtype=np.float32)
+                best_scores, best = faiss.knn(q[i:i + 1], exact, min(k, len(found)), metric=faiss.METRIC_INNER_PRODUCT)
+                n = len(best[0])
+                scores[i, :n] = best_scores[0]
+                ids[i, :n] = self._slot[found[best[0]]]
         return scores, ids

@@ -8,15 +8,60 @@ very large ones through the compressed index of :mod:`geoloc.compressed`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Optional
 
 import numpy as np
 
-from geoloc.compressed import CompressedConfig
+
+
+@dataclass
+class CompressedConfig:
+    """IVF-PQ settings; the defaults are those measured in docs/scale.md (1e5 and 1e6 × 4096-D)."""
+
+    #: Located photos from which search is compressed (below: exact or IVF-Flat, in RAM).
+    threshold: int = 100_000
+    #: Bytes of PQ code per photo (sub-quantizers of 8 bits); None: dim / 8, e.g. 512 for 4096-D
+    #: (1/32 of the raw descriptor). Sub-vectors of 8 values, not 16: faiss encodes those 6×
+    #: faster here (4,000 × 4096-D in 0.42 s against 2.7 s), and encoding is most of a build.
+    code_bytes: Optional[int] = None
+    #: Rotate descriptors with OPQ before PQ (better codes, much longer training at 4096-D).
+    opq: bool = False
+    #: IVF cells: about this many times √N (1,000 for a million photos).
+    cells_per_sqrt_n: float = 1.0
+    #: Cells visited per query.
+    nprobe: int = 16
+    #: Candidates the compressed index proposes, re-scored exactly; the answer's top-k come from them.
+    shortlist: int = 256
+    #: Training vectors per cell (and per PQ centroid, of which there are 256), at most.
+    train_per_cell: int = 40
+    kmeans_iterations: int = 10
+    #: Trained anew when the descriptor file holds this many times the rows it was trained on.
+    growth: float = 4.0
+    seed: int = 1234
+
+    def code_size(self, dim: int) -> int:
+        m = int(self.code_bytes or max(1, dim // 8))
+        while dim % m:  # PQ needs sub-vectors of equal length
+            m -= 1
+        return m
+
+    def cells(self, n: int) -> int:
+        return int(max(1, min(round(self.cells_per_sqrt_n * math.sqrt(max(n, 1))), n // self.train_per_cell or 1)))
+
+    def training_size(self, n: int) -> int:
+        return int(min(n, max(self.cells(n), 256) * self.train_per_cell))
+
+    def key(self, dim: int) -> dict:
+        """What the stored index depends on (besides the rows): another key means rebuild."""
+        return {"dim": dim, "code_bytes": self.code_size(dim), "opq": self.opq,
+                "cells_per_sqrt_n": self.cells_per_sqrt_n, "train_per_cell": self.train_per_cell,
+                "kmeans_iterations": self.kmeans_iterations, "seed": self.seed}
 
 
 @dataclass
@@ -124,23 +169,38 @@ class SearchIndex:
         """Scores (descending) and row ids, both Q×k; ids are -1 where fewer than k exist."""
         import faiss
 
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query descriptors have {q.shape[1]} dimensions, index has {self.dim}")
+        q = query_matrix(queries, self.dim)
         k = max(1, min(int(k), self.size))
-        # faiss spreads a search over queries: with fewer queries than threads the idle threads
-        # only spin, and a single query on 2 busy cores took 16 ms instead of 0.2 ms.
-        threads = faiss.omp_get_max_threads()
-        use = max(1, min(threads, len(q)))
-        if use != threads:
-            faiss.omp_set_num_threads(use)
-        try:
+        with query_threads(len(q)):
             if self._index is not None:
                 return self._index.search(q, k)
             return faiss.knn(q, self._matrix, k, metric=faiss.METRIC_INNER_PRODUCT)
-        finally:
-            if use != threads:
-                faiss.omp_set_num_threads(threads)
+
+
+def query_matrix(queries: np.ndarray, dim: int) -> np.ndarray:
+    """Queries as faiss takes them (Q×D float32, contiguous), refused if of another dimension."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if q.shape[1] != dim:
+        raise ValueError(f"query descriptors have {q.shape[1]} dimensions, index has {dim}")
+    return q
+
+
+@contextlib.contextmanager
+def query_threads(n_queries: int) -> Iterator[None]:
+    """faiss threads for a search of ``n_queries``: faiss spreads a search over queries, and with
+    fewer queries than threads the idle ones only spin (a single query on 2 busy cores took
+    16 ms instead of 0.2 ms)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    use = max(1, min(threads, n_queries))
+    if use != threads:
+        faiss.omp_set_num_threads(use)
+    try:
+        yield
+    finally:
+        if use != threads:
+            faiss.omp_set_num_threads(threads)
 
 
 def _read_cached_index(path: Path, key: str):

@@ -171,3 +171,10 @@ def test_indexing_keeps_the_compressed_index_current(tiny_model, lund_dir, tmp_p
     assert index_photos(sorted(lund_dir.glob("*.jpg")), db, config).search_index == "extended"
     below = IndexConfig(model=tiny_model, device="cpu")
     assert index_photos(odd, db, below).search_index is None
+
+    from typer.testing import CliRunner
+
+    from geoloc.cli import app
+
+    result = CliRunner().invoke(app, ["check", "--db", str(db)])  # the cache is no damage
+    assert result.exit_code == 0, result.output
