@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 LUND = ROOT.parent / "shared" / "data" / "lund" / "images"
 
-from geoloc.progress import Progress  # noqa: E402
+from geoloc.progress import Progress
 
 
 class Clock(Progress):

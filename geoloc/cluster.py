@@ -43,7 +43,7 @@ def import_ray():
     """The ``ray`` module with Ray Data, or a one-line error saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra is ray[data]: pyarrow and pandas too)
+        import ray.data  # the extra is ray[data]: pyarrow and pandas too
     except ImportError as exc:
         raise GeolocError(f"--engine ray needs Ray, which is not installed ({exc}); {INSTALL_HINT}") from None
     return ray
@@ -53,7 +53,7 @@ def check_reachable(address: str) -> None:
     """Fail in seconds, not minutes, when nothing answers at ``address`` (one line)."""
     if address == "auto":
         return
-    target = address[len("ray://"):] if address.startswith("ray://") else address
+    target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep:
         host, port = target, str(CLIENT_PORT if address.startswith("ray://") else GCS_PORT)

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from geoloc.compressed import CompressedSearch
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
 from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, assess_confidence, estimate_position
@@ -23,7 +24,6 @@ from geoloc.files import display_path, json_path
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
 from geoloc.rerank import RerankConfig, Reranker
-from geoloc.compressed import CompressedSearch
 from geoloc.search import SearchConfig, SearchIndex, index_cache
 
 # --------------------------------------------------------------------------------------------

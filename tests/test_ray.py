@@ -34,7 +34,7 @@ def ray_cluster():
     """A local Ray for the module; its workers import this checkout's geoloc."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         pytest.skip('the extra geoloc[ray] is not installed (python -m pip install -e ".[test,ray]")')
     previous = os.environ.get("PYTHONPATH")
@@ -201,8 +201,8 @@ def test_compressed_index_shards_filled_on_ray_merge_into_the_same_index(ray_clu
     """Each Ray task fills a copy of the trained index from the descriptor file; faiss's
     merge_from joins them: the same answers as one index filled in this process."""
     import faiss
-
     import ray
+
     from geoloc.compressed import CompressedConfig, CompressedSearch, add_rows, add_rows_on_ray, train
 
     rng = np.random.default_rng(0)

@@ -60,7 +60,7 @@ def index(
         "model per actor; needs the extra geoloc[ray]). The database is the same either way."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", metavar="ADDR",
-        help="With --engine ray: the cluster's head, HOST:PORT (`ray start --head`), ray://HOST:PORT "
+        help="With --engine ray: the cluster's head, HOST:PORT (as ray start --head prints it), ray://HOST:PORT "
         "or auto. Default: a local Ray on this machine's cores.", show_default=False),
     ray_workers: Optional[int] = typer.Option(
         None, "--ray-workers", metavar="N", min=1,
