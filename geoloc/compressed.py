@@ -250,6 +250,24 @@ def ensure_index(database, matrix: np.ndarray, located_rows: np.ndarray, config:
 # Searching
 
 
+class LocatedRows:
+    """The located photos' descriptors as a matrix (``len``, ``shape``, ``rows[i]``) without
+    the copy: row ``i`` is record ``i``'s row of the memory-mapped store, read when asked for
+    (the located photos of a million-photo database would be a 16 GB copy)."""
+
+    def __init__(self, matrix: np.ndarray, record_rows: np.ndarray):
+        self.matrix = matrix
+        self.record_rows = record_rows
+        self.shape = (len(record_rows), int(matrix.shape[1]))
+        self.dtype = matrix.dtype
+
+    def __len__(self) -> int:
+        return len(self.record_rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.matrix[self.record_rows[index]])
+
+
 class CompressedSearch:
     """``search(queries, k)`` over the located photos, as :class:`geoloc.search.SearchIndex`
     answers it (exact cosines, descending; ids are positions in ``records``, -1 past the end)."""
