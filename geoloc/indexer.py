@@ -32,6 +32,9 @@ from geoloc.cluster import RayConfig
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
 from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
+from geoloc.refit import RefitReport
+from geoloc import refit
+from geoloc.database import swap
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
 from geoloc.search import SearchConfig
 from geoloc.verify import stored_map
@@ -62,6 +65,11 @@ class IndexConfig:
     #: Vocabulary fitting (models whose NetVLAD centroids come from the user's photos).
     vocabulary_photos: int = 300
     vocabulary_features: int = 50_000
+    #: A vocabulary fitted on fewer photos is provisional: fitted again, with every photo indexed
+    #: again, once the database holds ``refit.REFIT_GROWTH`` times as many (geoloc.refit).
+    provisional_vocabulary: int = 50
+    #: Fit the vocabulary again now, on a sample of every photo (``--refit``).
+    refit: bool = False
     seed: int = 0
     #: "local": this process extracts; "ray": an actor pool on a Ray cluster does (the vocabulary
     #: sample, when one is fitted, still goes through this process: it is a few hundred photos).
@@ -96,7 +104,8 @@ class IndexReport:
     #: pixels did not, so they are among ``unchanged`` and went through no network.
     positions_updated: int = 0
     error_files: list[tuple[Path, str]] = field(default_factory=list)
-    #: "fitted" on the run that fitted the vocabulary, "stored" when it was reused, else None.
+    #: "fitted" on the run that fitted the vocabulary, "refitted" when it was fitted again on more
+    #: photos (see ``refit``), "stored" when it was reused, else None.
     vocabulary: Optional[str] = None
     elapsed_s: float = 0.0
     #: What ``--repair`` did (None without it).
@@ -104,6 +113,10 @@ class IndexReport:
     #: The compressed search index, past its threshold: "cached" (already current), "extended",
     #: "built" or "retrained"; None below the threshold.
     search_index: Optional[str] = None
+    #: Photos the database's vocabulary is fitted on (None: its model has none to fit).
+    vocabulary_photos: Optional[int] = None
+    #: The vocabulary refit this run made (None without one).
+    refit: Optional[RefitReport] = None
 
     def add_error(self, path: Path, reason: str) -> None:
         self.errors += 1
@@ -125,6 +138,8 @@ class IndexReport:
             "vocabulary": self.vocabulary,
             "repair": self.repair.to_json() if self.repair is not None else None,
             "search_index": self.search_index,
+            "vocabulary_photos": self.vocabulary_photos,
+            "refit": self.refit.to_json() if self.refit is not None else None,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -161,6 +176,7 @@ def index_photos(
     run = _Run(config, report, progress or Progress())
     found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
     found = _at_least_one(found, paths, report.db, config)
+    _finish_pending_swap(report.db)
     database, model = _open_database(report.db, config)
     with contextlib.ExitStack() as stack:
         stack.callback(database.close)
@@ -174,6 +190,12 @@ def index_photos(
             report.unchanged += claimed
             if report.repair is not None:
                 report.repair.claimed = claimed
+            if model is None and not config.repair:
+                due = refit.plan(database, to_index, config, run.progress.message,
+                                 pruned=_pruned_by(paths, seen) if config.prune else lambda path: False)
+                if due is not None and _refit(database, due, to_index, run):
+                    report.elapsed_s = time.perf_counter() - started
+                    return report
             if model is None and to_index:
                 # Loaded only now: a re-run over an unchanged archive needs no network at all, so
                 # it neither imports torch nor reads the weights (seconds saved on every re-run).
@@ -196,8 +218,72 @@ def index_photos(
             counts["total"], counts["located"], counts["unlocated"])
         if config.search.use_compressed(report.located):
             report.search_index = run.compressed_index(database, stack)
+        report.vocabulary_photos = refit.fitted_on(database)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _finish_pending_swap(db: Path) -> None:
+    """A refit cut after its new database was complete: that one takes the place now, before
+    this run reads the old one (under the old one's lock; a writer holding it finishes it)."""
+    from geoloc.database.lock import WriteLock
+
+    if not (swap.retired(db).is_dir() or swap.is_complete(swap.building(db))) or not Database.exists(db):
+        return
+    lock = WriteLock(db)
+    lock.acquire()
+    try:
+        swap.finish_pending(db)
+    finally:
+        lock.release()
+
+
+def _pruned_by(roots: Sequence[Path | str], seen: set[str]):
+    """What ``--prune`` drops: a stored photo under ``roots`` that this run did not find."""
+    resolved = [os.path.realpath(Path(r).expanduser()) for r in roots]
+    return lambda path: os.fspath(path) not in seen and any(_is_under(os.fspath(path), r) for r in resolved)
+
+
+def _refit(database: Database, due: refit.RefitPlan, to_index: list[Path], run: "_Run") -> bool:
+    """Fit the vocabulary again and index every photo into a new database that then replaces
+    this one; False (this run goes on with the old vocabulary) while a stored photo cannot be
+    read again: nothing stored is given up for a better vocabulary."""
+    report = run.report
+    try:
+        new, lost = refit.build(database, due, run.config, run.progress, index_photos)
+    except RunInterrupted:
+        raise RunInterrupted(
+            f"interrupted while fitting the vocabulary again: {display_path(database.path)} is unchanged, "
+            "and what the refit computed is kept; run the same command again to continue") from None
+    for path, reason in new.error_files:  # already shown (the refit's progress is this run's)
+        if path not in run.failed:
+            run.failed.add(path)
+            report.add_error(path, reason)
+    if lost:
+        run.progress.message(
+            f"the vocabulary was not fitted again: {len(lost)} stored photo{'s' if len(lost) != 1 else ''} "
+            f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
+            "its vocabulary and every photo; the next run tries again")
+        return False
+    swap.mark_complete(swap.building(database.path))
+    lock = database.close_keeping_lock()
+    try:
+        swap.swap(database.path)
+    finally:
+        if lock is not None:
+            lock.release()
+    fresh = set(to_index) - {p for p, _ in new.error_files}
+    report.indexed = len(fresh)
+    report.unchanged = new.total - len(fresh)
+    report.removed = due.dropped
+    report.total, report.located, report.unlocated = new.total, new.located, new.unlocated
+    report.positions_updated = 0
+    report.vocabulary = "refitted"
+    with Database.open(database.path) as rebuilt:
+        report.vocabulary_photos = refit.fitted_on(rebuilt)
+    report.refit = refit.RefitReport(before=due.before, after=report.vocabulary_photos or due.after,
+                                     reason=due.reason, reextracted=new.indexed)
+    return True
 
 
 class _Run:
@@ -478,6 +564,8 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
     store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
                                        "vocabulary_features": int(features.shape[0])})
     cache.clear()
+    if refit.is_provisional(len(sampler), config):
+        run.progress.message(refit.provisional_note(len(sampler), config))
     return "fitted", kept
 
 

@@ -66,6 +66,10 @@ def index(
         None, "--ray-workers", metavar="N", min=1,
         help="With --engine ray: actors, each holding one model. Default: one per GPU of the cluster, "
         "else one per CPU.", show_default=False),
+    refit: bool = typer.Option(
+        False, "--refit",
+        help="Fit the vocabulary again now, on a sample of every photo, and index every photo "
+        "again (geoloc does it by itself when one fitted on few photos is outgrown)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress bar and no summary; warnings still show."),
 ) -> None:
@@ -78,9 +82,11 @@ def index(
 
     if not paths and not repair:
         raise UsageError("give at least one PATH (a photo or a folder) to index")
+    if refit and repair:
+        raise UsageError("--refit and --repair do not go together: repair the database first, then refit")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
                          device=device, prune=prune, repair=repair, maps=not no_maps,
-                         vocabulary_photos=vocabulary_photos, engine=engine,
+                         vocabulary_photos=vocabulary_photos, refit=refit, engine=engine,
                          ray=ray_config(engine, ray_address, ray_workers))
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
@@ -114,8 +120,13 @@ def _print_summary(report) -> None:
         table.add_row(Text(label), Text(value), Text(note))
 
     row("in the database", str(report.total), f"{report.located} located, {report.unlocated} unlocated")
-    rate = report.indexed / report.elapsed_s if report.elapsed_s > 0 else 0.0
-    row("indexed", str(report.indexed), f"new or changed, {rate:.1f} photos/s" if report.indexed else "new or changed")
+    computed = report.refit.reextracted if report.refit is not None else report.indexed
+    rate = computed / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    speed = f", {rate:.1f} photos/s" if computed and report.refit is None else ""
+    row("indexed", str(report.indexed), f"new or changed{speed}")
+    if report.refit is not None:
+        row("refitted", str(report.refit.reextracted),
+            f"all photos computed again with the new vocabulary, {rate:.1f} photos/s")
     row("unchanged", str(report.unchanged), "already current")
     if report.positions_updated:
         row("new positions", str(report.positions_updated), "from sidecars that appeared, changed or went")
@@ -125,7 +136,15 @@ def _print_summary(report) -> None:
     if report.repair is not None:
         row("repair", "", describe(report.repair))
     row("model", display_path(report.model),
-        {"fitted": "vocabulary fitted on these photos",
-         "stored": "vocabulary from the database"}.get(report.vocabulary or "", ""))
+        _vocabulary_note(report))
     row("time", f"{report.elapsed_s:.1f} s")
     err.print(table)
+
+
+def _vocabulary_note(report) -> str:
+    n = report.vocabulary_photos
+    on = f" ({n} photos)" if n else ""
+    if report.vocabulary == "refitted" and report.refit is not None:
+        return f"vocabulary fitted again on {report.refit.after} photos (was {report.refit.before})"
+    return {"fitted": f"vocabulary fitted on these photos{on}",
+            "stored": f"vocabulary from the database{on}"}.get(report.vocabulary or "", "")

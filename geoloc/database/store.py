@@ -46,6 +46,7 @@ from geoloc.database.layout import (
 from geoloc.database import integrity
 from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock, lock_holder
+from geoloc.database.swap import settle
 from geoloc.database.manifest import load_manifest, write_manifest
 from geoloc.database.maps import MapSpec
 from geoloc.database.records import ALL_COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
@@ -99,6 +100,7 @@ class Database:
         """A folder is a database once its manifest or its photos.sqlite exists; a lost manifest
         makes a damaged database, never a folder to create a new one in."""
         path = Path(path)
+        settle(path)  # a vocabulary refit cut between its two renames
         return (path / MANIFEST).is_file() or (path / SQLITE).is_file()
 
     @classmethod
@@ -329,6 +331,15 @@ class Database:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def close_keeping_lock(self) -> Optional[WriteLock]:
+        """Close everything but the write lock, and hand the lock to the caller: the folder can
+        then be renamed away (:mod:`geoloc.database.swap`) without SQLite deleting files by
+        their old path in the folder that takes its place, and with no other writer starting on
+        it meanwhile."""
+        lock, self._lock = self._lock, None
+        self.close()
+        return lock
 
     def __enter__(self) -> "Database":
         return self

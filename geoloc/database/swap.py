@@ -1,0 +1,102 @@
+"""Replacing a whole database folder by a rebuilt one, so that a crash never leaves neither.
+
+A vocabulary refit (:mod:`geoloc.refit`) computes every descriptor again: the new database is
+built beside the old one (``.NAME.refit``, hidden, so indexing a folder that holds the database
+does not read it as photos), and only a complete one takes the old one's place. The old one
+stays usable, and untouched, until then. The steps and what a crash after each leaves:
+
+1. ``.NAME.refit/REFIT_DONE`` written and fsynced: the rebuilt folder is complete. A crash
+   here leaves both; the next writer of NAME finishes the swap (:func:`finish_pending`).
+2. ``NAME`` renamed to ``.NAME.old``. A crash here leaves no ``NAME``: whoever opens it next
+   (reader or writer) moves the complete rebuilt folder into place (:func:`settle`).
+3. ``.NAME.refit`` renamed to ``NAME``.
+4. ``.NAME.old`` removed (a crash before: the next writer removes it).
+
+Renaming a folder keeps the files held open in it, so a reader that opened the old database
+keeps reading it, whole, until it closes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from geoloc.files import fsync_dir
+
+DONE = "REFIT_DONE"
+
+
+def building(db: Path) -> Path:
+    """Where the rebuilt database is made."""
+    return db.parent / f".{db.name}.refit"
+
+
+def retired(db: Path) -> Path:
+    """Where the old database waits between the two renames."""
+    return db.parent / f".{db.name}.old"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / DONE).is_file()
+
+
+def mark_complete(folder: Path) -> None:
+    """Step 1: say, durably, that ``folder`` is a whole database ready to take the place."""
+    fd = os.open(folder / DONE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(folder)
+
+
+def swap(db: Path) -> None:
+    """Steps 2–4, by the writer that holds ``db``'s lock (the lock's file moves with the folder,
+    so no other writer can start on the old one meanwhile)."""
+    new, old = building(db), retired(db)
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(db, old)
+    os.rename(new, db)
+    _forget_marker(db)
+    fsync_dir(db.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def settle(db: Path) -> None:
+    """A crash between steps 2 and 3 left no ``db``: put the complete rebuilt folder there.
+    Safe for any process (a reader on a read-only disk just leaves it as it is)."""
+    if db.exists():
+        return
+    new = building(db)
+    try:
+        if is_complete(new):
+            os.rename(new, db)
+            _forget_marker(db)
+        elif retired(db).is_dir():  # not reached by the steps above, but never lose the old one
+            os.rename(retired(db), db)
+        else:
+            return
+        fsync_dir(db.parent)
+    except OSError:
+        pass
+
+
+def finish_pending(db: Path) -> bool:
+    """For the writer of ``db``, holding its lock, before it changes anything: a complete rebuilt
+    folder left by a crash takes the place (step 1 done, step 2 not), and a retired one left
+    after step 3 is removed. True when a swap was finished."""
+    if retired(db).is_dir():
+        shutil.rmtree(retired(db), ignore_errors=True)
+    if is_complete(building(db)):
+        swap(db)
+        return True
+    return False
+
+
+def _forget_marker(db: Path) -> None:
+    try:
+        os.unlink(db / DONE)
+    except OSError:
+        pass

@@ -1,0 +1,157 @@
+"""Fitting a database's vocabulary again once the database has outgrown the photos it was fitted on.
+
+A model such as ``lite0-vlad`` learns its NetVLAD vocabulary (the visual words every descriptor
+is pooled around) from the first photos it indexes. Fitted on a handful, the words describe those
+few scenes and little else: every later photo is pooled around them, and retrieval is worse for
+good. So a vocabulary fitted on fewer than ``IndexConfig.provisional_vocabulary`` photos is
+*provisional*: the run that fits it says so, and a later run refits it once the database holds
+``REFIT_GROWTH`` times as many photos (or at once with ``--refit``). Each refit at least
+quadruples the sample and the last comes before ``4 × provisional_vocabulary`` photos, so the
+extra work is bounded for good: about 4/3 of that, some 270 photos at the defaults.
+
+Every descriptor depends on the vocabulary, so a refit indexes every photo again, into a new
+database built beside the old one (:mod:`geoloc.database.swap`), which takes the old one's place
+only when complete. Until then the old database is untouched and answers queries; a refit cut
+short resumes where it stopped (the new database is indexed incrementally like any other).
+Nothing stored is dropped: a refit waits while a stored photo's file is missing or unreadable,
+and says which.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from geoloc.database import Database
+from geoloc.database import swap
+from geoloc.database_model import max_side_of
+from geoloc.errors import GeolocError
+from geoloc.files import display_path
+
+#: A provisional vocabulary is refitted once the database holds this many times its photos.
+REFIT_GROWTH = 4
+
+
+@dataclass
+class RefitPlan:
+    #: Every photo the refitted database must hold: the stored ones and this run's new ones.
+    photos: list[Path]
+    #: Photos the old vocabulary was fitted on, and the sample the refit will use.
+    before: int
+    after: int
+    #: Why: "requested" (``--refit``) or "grown".
+    reason: str
+    #: The photos already stored (all must be in the new database before it may replace the old).
+    stored: set[Path]
+    #: Stored photos ``--prune`` drops in this run.
+    dropped: int = 0
+
+
+@dataclass
+class RefitReport:
+    before: int
+    after: int
+    reason: str
+    #: Photos whose descriptors were computed with the new vocabulary (all of them).
+    reextracted: int = 0
+
+    def to_json(self) -> dict:
+        return {"vocabulary_photos_before": self.before, "vocabulary_photos": self.after,
+                "reason": self.reason, "reextracted": self.reextracted}
+
+
+def fitted_on(database: Database) -> Optional[int]:
+    """How many photos the database's vocabulary was fitted on (None: it has none to refit)."""
+    if not database.manifest.get("needs_vocabulary") or not database.has_vocabulary():
+        return None
+    value = database.manifest.get("vocabulary_photos")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def is_provisional(photos: Optional[int], config) -> bool:
+    """Fitted on fewer photos than a vocabulary needs, and fewer than a refit would sample (a
+    ``--vocabulary-photos`` below the bar is the user's choice, not a reason to refit forever)."""
+    return photos is not None and photos < min(config.provisional_vocabulary, config.vocabulary_photos)
+
+
+def provisional_note(photos: int, config) -> str:
+    """The line the run that fitted a provisional vocabulary prints."""
+    return (f"the vocabulary was fitted on only {photos} photo{'s' if photos != 1 else ''} "
+            f"(a good one takes {min(config.provisional_vocabulary, config.vocabulary_photos)} or "
+            f"more): geoloc fits it again, and indexes every photo again, once the database holds "
+            f"{REFIT_GROWTH * photos}; `geoloc index --refit` does it now")
+
+
+def plan(database: Database, to_index: Sequence[Path], config, message,
+         pruned: Callable[[Path], bool] = lambda path: False) -> Optional[RefitPlan]:
+    """A refit to do in this run, or None. ``message`` hears why a due refit has to wait;
+    ``pruned`` tells the stored photos that ``--prune`` drops in this run (the refitted
+    database leaves them out, as the pruned one would).
+
+    Raises :class:`GeolocError` when ``config.refit`` asks for one that cannot be done.
+    """
+    where = display_path(database.path)
+    before = fitted_on(database)
+    if before is None:
+        if config.refit:
+            why = ("its model learnt its vocabulary in training" if not database.manifest.get("needs_vocabulary")
+                   else "it has no vocabulary yet (the first run fits one)")
+            raise GeolocError(f"--refit: database {where} has no vocabulary to fit again: {why}")
+        return None
+    stored = [r.path for r in database.iter_photos()]
+    dropped = {p for p in stored if not os.path.isfile(p) and pruned(p)}
+    stored = [p for p in stored if p not in dropped]
+    photos = sorted(set(stored) | set(to_index))
+    after = min(len(photos), config.vocabulary_photos)
+    if config.refit:
+        reason = "requested"
+    elif is_provisional(before, config) and len(photos) >= REFIT_GROWTH * before and after > before:
+        reason = "grown"
+    else:
+        return None
+    missing = [p for p in stored if not os.path.isfile(p)]
+    if missing:
+        text = (f"{len(missing)} stored photo{'s are' if len(missing) != 1 else ' is'} no longer on disk "
+                f"(e.g. {display_path(missing[0])}), and every descriptor must be computed again; "
+                "put them back, or drop them with `geoloc index PATH --prune`")
+        if config.refit:
+            raise GeolocError(f"--refit: cannot fit the vocabulary of {where} again: {text}")
+        message(f"the vocabulary of {where} is due to be fitted again on more photos, but {text}")
+        return None
+    return RefitPlan(photos=photos, before=before, after=after, reason=reason, stored=set(stored),
+                     dropped=len(dropped))
+
+
+def build(database: Database, refit: RefitPlan, config, progress, index_photos):
+    """Index every photo into the new database beside ``database``: its report, and the stored
+    photos it could not read again (``(path, reason)``; only without any may it take the old
+    one's place)."""
+    from geoloc.progress import Prefixed
+
+    target = swap.building(database.path)
+    if target.exists() and not _resumable(target, database, refit):
+        shutil.rmtree(target)
+    sub = replace(config, model=database.manifest["model"], max_side=max_side_of(database), refit=False,
+                  prune=False, repair=False, maps=bool(database.manifest.get("maps")))
+    report = index_photos(refit.photos, target, sub, Prefixed(progress, "Vocabulary refit: "))
+    lost = [(p, reason) for p, reason in report.error_files if p in refit.stored]
+    return report, lost
+
+
+def _resumable(target: Path, database: Database, refit: RefitPlan) -> bool:
+    """A rebuilt database left by a run cut short goes on, unless it was made for other settings,
+    its vocabulary is fitted on fewer photos than this refit would sample (photos came since),
+    or it holds photos the old database no longer has (they would come back)."""
+    try:
+        with Database.open(target) as other:
+            same = (other.manifest.get("model") == database.manifest.get("model")
+                    and other.manifest.get("preprocess") == database.manifest.get("preprocess"))
+            fitted = fitted_on(other)
+            wanted = set(refit.photos)
+            return (same and (fitted is None or fitted >= refit.after)
+                    and all(r.path in wanted for r in other.iter_photos()))
+    except Exception:  # anything that is not a whole database of ours is rebuilt from nothing
+        return False

@@ -1,0 +1,176 @@
+"""A vocabulary fitted on a few photos is fitted again once the database outgrows it.
+
+The tiny test model learns its NetVLAD vocabulary from the photos as lite0-vlad does, in
+milliseconds, so the whole cycle runs on the real Lund photos: a first run on 2 photos warns,
+a run that brings the database to 4× that refits and indexes every photo again, and the result
+equals a database indexed from scratch on the same photos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+from geoloc.database import Database
+from geoloc.database import swap
+
+runner = CliRunner()
+
+
+def _index(*args: str) -> tuple[int, dict | None, str]:
+    result = runner.invoke(app, ["index", *args, "--json"])
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        data = None
+    return result.exit_code, data, result.stderr
+
+
+@pytest.fixture
+def photos(tmp_path, lund_dir) -> Path:
+    """Twelve Lund frames in a folder of their own (a test may remove one)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(1, 13):
+        shutil.copy2(lund_dir / f"{i:02d}.jpg", folder / f"{i:02d}.jpg")
+    return folder
+
+
+def _descriptors(db: Path) -> dict[str, np.ndarray]:
+    with Database.open(db) as database:
+        records, matrix = database.descriptor_matrix(located_only=False)
+        return {r.path.name: matrix[i] for i, r in enumerate(records)}
+
+
+def test_few_photos_warn_then_the_grown_database_is_refitted_as_if_indexed_at_once(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    code, first, err = _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)
+    assert code == 0, err
+    assert first["vocabulary"] == "fitted" and first["vocabulary_photos"] == 2 and first["refit"] is None
+    assert "fitted on only 2 photos" in err and "once the database holds 8" in err and "--refit" in err
+
+    code, grown, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert grown["vocabulary"] == "refitted"
+    assert grown["refit"] == {"vocabulary_photos_before": 2, "vocabulary_photos": 12, "reason": "grown",
+                              "reextracted": 12}
+    assert (grown["total"], grown["indexed"], grown["unchanged"], grown["errors"]) == (12, 10, 2, 0)
+    assert not swap.building(db).exists() and not swap.retired(db).exists()
+
+    scratch = tmp_path / "scratch"
+    code, fresh, err = _index(str(photos), "--db", str(scratch), "--model", tiny_model)
+    assert code == 0, err
+    with Database.open(db) as a, Database.open(scratch) as b:
+        assert a.manifest["vocabulary_sha256"] == b.manifest["vocabulary_sha256"]
+    mine, theirs = _descriptors(db), _descriptors(scratch)
+    assert sorted(mine) == sorted(theirs)
+    for name in mine:
+        np.testing.assert_allclose(mine[name], theirs[name], atol=1e-5)
+    assert runner.invoke(app, ["check", "--db", str(db)]).exit_code == 0
+
+    code, again, _ = _index(str(photos), "--db", str(db))  # 12 < 4 × 12: no refit, nothing to do
+    assert (again["vocabulary"], again["refit"], again["indexed"]) == ("stored", None, 0)
+
+
+def test_refit_on_request_and_not_while_a_stored_photo_is_gone(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos), "--db", str(db), "--model", tiny_model, "--vocabulary-photos", "5")[0] == 0
+    before = _descriptors(db)
+
+    (photos / "07.jpg").unlink()
+    code, _, err = _index(str(photos), "--db", str(db), "--refit", "--vocabulary-photos", "11")
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "no longer on disk" in lines[0] and "07.jpg" in lines[0] and "--prune" in lines[0]
+    assert "Traceback" not in err
+    assert _descriptors(db).keys() == before.keys()  # nothing dropped, nothing changed
+
+    code, data, err = _index(str(photos), "--db", str(db), "--refit", "--prune", "--vocabulary-photos", "11")
+    assert code == 0, err
+    assert data["refit"]["reason"] == "requested" and data["refit"]["vocabulary_photos"] == 11
+    assert (data["total"], data["removed"]) == (11, 1)
+    assert "07.jpg" not in _descriptors(db)
+
+
+def test_a_refit_waits_while_a_stored_photo_is_unreadable_and_keeps_what_it_did(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    before = _descriptors(db)
+    (photos / "02.jpg").write_bytes(b"not a jpeg any more")  # stored, and now unreadable
+    os.utime(photos / "02.jpg", (1, 1))
+    code, data, err = _index(*[str(photos / f"{i:02d}.jpg") for i in (1, 3, 4, 5, 6, 7, 8, 9)], "--db", str(db))
+    assert code == 0, err
+    assert "was not fitted again" in err and "02.jpg" in err
+    assert data["vocabulary"] == "stored" and data["refit"] is None
+    assert data["indexed"] == 7 and data["total"] == 9  # the new photos, with the old vocabulary
+    now = _descriptors(db)
+    np.testing.assert_array_equal(now["02.jpg"], before["02.jpg"])
+    assert swap.building(db).is_dir() and not swap.is_complete(swap.building(db))
+
+
+def test_a_refit_cut_between_its_renames_is_finished_by_whoever_comes_next(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    # What a refit leaves when killed after its new database was complete: built, marked, and
+    # (second case) the old one already renamed away.
+    from geoloc.indexer import IndexConfig, index_photos
+
+    index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
+    swap.mark_complete(swap.building(db))
+    os.rename(db, swap.retired(db))
+
+    listed = runner.invoke(app, ["photos", "--db", str(db), "--json"])  # a reader settles it
+    assert listed.exit_code == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 12
+    assert not swap.building(db).exists() and not (db / swap.DONE).exists()
+    code, data, err = _index(str(photos), "--db", str(db))  # the writer removes the old folder
+    assert code == 0, err
+    assert (data["total"], data["indexed"], data["vocabulary_photos"]) == (12, 0, 12)
+    assert not swap.retired(db).exists()
+
+
+def test_a_complete_refit_left_beside_the_database_replaces_it_on_the_next_index(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    from geoloc.indexer import IndexConfig, index_photos
+
+    index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
+    swap.mark_complete(swap.building(db))
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert (data["total"], data["vocabulary_photos"]) == (12, 12)
+    assert not swap.building(db).exists() and not swap.retired(db).exists()
+
+
+def test_a_refit_cut_short_resumes_where_it_stopped(tmp_path, photos, tiny_model, monkeypatch):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    before = _descriptors(db)
+    real_add = Database.add_batch
+    calls = []
+
+    def add_then_ctrl_c(self, *args, **kwargs):  # Ctrl-C after the refit's third batch
+        real_add(self, *args, **kwargs)
+        if self.path == swap.building(db).absolute():
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Database, "add_batch", add_then_ctrl_c)
+    code, _, err = _index(str(photos), "--db", str(db), "--batch-size", "2")
+    assert code == 130
+    assert "interrupted while fitting the vocabulary again" in err and "unchanged" in err
+    assert _descriptors(db).keys() == before.keys()  # the old database still answers, as it was
+    monkeypatch.setattr(Database, "add_batch", real_add)
+
+    code, data, err = _index(str(photos), "--db", str(db), "--batch-size", "2")
+    assert code == 0, err
+    assert data["vocabulary"] == "refitted" and data["total"] == 12 and data["vocabulary_photos"] == 12
+    assert data["refit"]["reextracted"] == 6  # the 6 stored before Ctrl-C were kept
