@@ -34,7 +34,6 @@ from geoloc.files import display_path, json_path, sha256_file
 from geoloc.progress import Progress
 from geoloc.refit import RefitReport
 from geoloc import refit
-from geoloc.database import swap
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
 from geoloc.search import SearchConfig
 from geoloc.verify import stored_map
@@ -176,7 +175,7 @@ def index_photos(
     run = _Run(config, report, progress or Progress())
     found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
     found = _at_least_one(found, paths, report.db, config)
-    _finish_pending_swap(report.db)
+    refit.finish_pending_swap(report.db)
     database, model = _open_database(report.db, config)
     with contextlib.ExitStack() as stack:
         stack.callback(database.close)
@@ -193,7 +192,7 @@ def index_photos(
             if model is None and not config.repair:
                 due = refit.plan(database, to_index, config, run.progress.message,
                                  pruned=_pruned_by(paths, seen) if config.prune else lambda path: False)
-                if due is not None and _refit(database, due, to_index, run):
+                if due is not None and refit.refit_and_swap(database, due, to_index, run, index_photos):
                     report.elapsed_s = time.perf_counter() - started
                     return report
             if model is None and to_index:
@@ -221,69 +220,6 @@ def index_photos(
         report.vocabulary_photos = refit.fitted_on(database)
     report.elapsed_s = time.perf_counter() - started
     return report
-
-
-def _finish_pending_swap(db: Path) -> None:
-    """A refit cut after its new database was complete: that one takes the place now, before
-    this run reads the old one (under the old one's lock; a writer holding it finishes it)."""
-    from geoloc.database.lock import WriteLock
-
-    if not (swap.retired(db).is_dir() or swap.is_complete(swap.building(db))) or not Database.exists(db):
-        return
-    lock = WriteLock(db)
-    lock.acquire()
-    try:
-        swap.finish_pending(db)
-    finally:
-        lock.release()
-
-
-def _pruned_by(roots: Sequence[Path | str], seen: set[str]):
-    """What ``--prune`` drops: a stored photo under ``roots`` that this run did not find."""
-    resolved = [os.path.realpath(Path(r).expanduser()) for r in roots]
-    return lambda path: os.fspath(path) not in seen and any(_is_under(os.fspath(path), r) for r in resolved)
-
-
-def _refit(database: Database, due: refit.RefitPlan, to_index: list[Path], run: "_Run") -> bool:
-    """Fit the vocabulary again and index every photo into a new database that then replaces
-    this one; False (this run goes on with the old vocabulary) while a stored photo cannot be
-    read again: nothing stored is given up for a better vocabulary."""
-    report = run.report
-    try:
-        new, lost = refit.build(database, due, run.config, run.progress, index_photos)
-    except RunInterrupted:
-        raise RunInterrupted(
-            f"interrupted while fitting the vocabulary again: {display_path(database.path)} is unchanged, "
-            "and what the refit computed is kept; run the same command again to continue") from None
-    for path, reason in new.error_files:  # already shown (the refit's progress is this run's)
-        if path not in run.failed:
-            run.failed.add(path)
-            report.add_error(path, reason)
-    if lost:
-        run.progress.message(
-            f"the vocabulary was not fitted again: {len(lost)} stored photo{'s' if len(lost) != 1 else ''} "
-            f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
-            "its vocabulary and every photo; the next run tries again")
-        return False
-    swap.mark_complete(swap.building(database.path))
-    lock = database.close_keeping_lock()
-    try:
-        swap.swap(database.path)
-    finally:
-        if lock is not None:
-            lock.release()
-    fresh = set(to_index) - {p for p, _ in new.error_files}
-    report.indexed = len(fresh)
-    report.unchanged = new.total - len(fresh)
-    report.removed = due.dropped
-    report.total, report.located, report.unlocated = new.total, new.located, new.unlocated
-    report.positions_updated = 0
-    report.vocabulary = "refitted"
-    with Database.open(database.path) as rebuilt:
-        report.vocabulary_photos = refit.fitted_on(rebuilt)
-    report.refit = refit.RefitReport(before=due.before, after=report.vocabulary_photos or due.after,
-                                     reason=due.reason, reextracted=new.indexed)
-    return True
 
 
 class _Run:
@@ -696,6 +632,12 @@ def _prune(database: Database, roots: Sequence[Path | str], seen: set[str],
         except OSError:
             pass
     return database.remove(gone) if gone else 0
+
+
+def _pruned_by(roots: Sequence[Path | str], seen: set[str]):
+    """What ``--prune`` drops: a stored photo under ``roots`` that this run did not find."""
+    resolved = [os.path.realpath(Path(r).expanduser()) for r in roots]
+    return lambda path: os.fspath(path) not in seen and any(_is_under(os.fspath(path), r) for r in resolved)
 
 
 def _is_under(path: str, root: str) -> bool:

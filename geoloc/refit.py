@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence
 from geoloc.database import Database
 from geoloc.database import swap
 from geoloc.database_model import max_side_of
-from geoloc.errors import GeolocError
+from geoloc.errors import GeolocError, RunInterrupted
 from geoloc.files import display_path
 
 #: A provisional vocabulary is refitted once the database holds this many times its photos.
@@ -155,3 +155,61 @@ def _resumable(target: Path, database: Database, refit: RefitPlan) -> bool:
                     and all(r.path in wanted for r in other.iter_photos()))
     except Exception:  # anything that is not a whole database of ours is rebuilt from nothing
         return False
+
+
+def finish_pending_swap(db: Path) -> None:
+    """A refit cut after its new database was complete: that one takes the place now, before
+    this run reads the old one (under the old one's lock; a writer holding it finishes it)."""
+    from geoloc.database.lock import WriteLock
+
+    if not (swap.retired(db).is_dir() or swap.is_complete(swap.building(db))) or not Database.exists(db):
+        return
+    lock = WriteLock(db)
+    lock.acquire()
+    try:
+        swap.finish_pending(db)
+    finally:
+        lock.release()
+
+
+def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run, index_photos) -> bool:
+    """Fit the vocabulary again and index every photo into a new database that then replaces
+    this one; False (this run goes on with the old vocabulary) while a stored photo cannot be
+    read again: nothing stored is given up for a better vocabulary. ``run`` is the indexing
+    run (its report, progress and failed photos), ``index_photos`` the indexer itself."""
+    report = run.report
+    try:
+        new, lost = build(database, due, run.config, run.progress, index_photos)
+    except RunInterrupted:
+        raise RunInterrupted(
+            f"interrupted while fitting the vocabulary again: {display_path(database.path)} is unchanged, "
+            "and what the refit computed is kept; run the same command again to continue") from None
+    for path, reason in new.error_files:  # already shown (the refit's progress is this run's)
+        if path not in run.failed:
+            run.failed.add(path)
+            report.add_error(path, reason)
+    if lost:
+        run.progress.message(
+            f"the vocabulary was not fitted again: {len(lost)} stored photo{'s' if len(lost) != 1 else ''} "
+            f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
+            "its vocabulary and every photo; the next run tries again")
+        return False
+    swap.mark_complete(swap.building(database.path))
+    lock = database.close_keeping_lock()
+    try:
+        swap.swap(database.path)
+    finally:
+        if lock is not None:
+            lock.release()
+    fresh = set(to_index) - {p for p, _ in new.error_files}
+    report.indexed = len(fresh)
+    report.unchanged = new.total - len(fresh)
+    report.removed = due.dropped
+    report.total, report.located, report.unlocated = new.total, new.located, new.unlocated
+    report.positions_updated = 0
+    report.vocabulary = "refitted"
+    with Database.open(database.path) as rebuilt:
+        report.vocabulary_photos = fitted_on(rebuilt)
+    report.refit = RefitReport(before=due.before, after=report.vocabulary_photos or due.after,
+                               reason=due.reason, reextracted=new.indexed)
+    return True
