@@ -112,6 +112,13 @@ def plan(database: Database, to_index: Sequence[Path], config, message,
         reason = "grown"
     else:
         return None
+    failed = swap.failed_swap(swap.building(database.path))
+    if failed is not None:
+        if not config.refit:
+            message(f"a database refitted on more photos waits in {display_path(swap.building(database.path))}: "
+                    f"it could not take the place of {where} ({failed}); `geoloc index --refit` tries again")
+            return None
+        swap.clear_failure(swap.building(database.path))
     missing = [p for p in stored if not os.path.isfile(p)]
     if missing:
         text = (f"{len(missing)} stored photo{'s are' if len(missing) != 1 else ' is'} no longer on disk "
@@ -168,6 +175,10 @@ def finish_pending_swap(db: Path) -> None:
     lock.acquire()
     try:
         swap.finish_pending(db)
+    except OSError as exc:
+        swap.unmark(swap.building(db), exc.strerror or str(exc))
+        raise GeolocError(f"a finished vocabulary refit could not take the place of {display_path(db)} "
+                          f"({exc.strerror or exc}); {display_path(db)} is unchanged") from None
     finally:
         lock.release()
 
@@ -178,12 +189,18 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
     read again: nothing stored is given up for a better vocabulary. ``run`` is the indexing
     run (its report, progress and failed photos), ``index_photos`` the indexer itself."""
     report = run.report
+    where = display_path(database.path)
     try:
         new, lost = build(database, due, run.config, run.progress, index_photos)
     except RunInterrupted:
         raise RunInterrupted(
-            f"interrupted while fitting the vocabulary again: {display_path(database.path)} is unchanged, "
+            f"interrupted while fitting the vocabulary again: {where} is unchanged, "
             "and what the refit computed is kept; run the same command again to continue") from None
+    except (GeolocError, OSError) as exc:  # a full disk (a refit needs room for a second copy), …
+        reason = getattr(exc, "strerror", None) or str(exc)
+        run.progress.message(f"the vocabulary of {where} was not fitted again: {reason}; this run "
+                             "goes on with the vocabulary it has, and the next run tries again")
+        return False
     for path, reason in new.error_files:  # already shown (the refit's progress is this run's)
         if path not in run.failed:
             run.failed.add(path)
@@ -198,6 +215,13 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
     lock = database.close_keeping_lock()
     try:
         swap.swap(database.path)
+    except OSError as exc:
+        swap.unmark(swap.building(database.path), exc.strerror or str(exc))
+        raise GeolocError(
+            f"the database refitted on more photos could not take the place of {where} "
+            f"({exc.strerror or exc}: is it a mount point?); {where} is unchanged, the new one is kept in "
+            f"{display_path(swap.building(database.path))}; move it into place yourself, or index "
+            "into a --db inside a folder") from None
     finally:
         if lock is not None:
             lock.release()

@@ -44,6 +44,8 @@ class Entry:
     backend: str
     estimate: dict = field(default_factory=dict)
     restored: str | None = None  # sha256 after an undo replaced it, when one did
+    #: The GPS put back is an estimate of an earlier geoloc run (this run rewrote it).
+    before_by_geoloc: bool = False
 
 
 @dataclass
@@ -75,9 +77,11 @@ class Journal:
         folder = undo_dir()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            now = datetime.now(timezone.utc)
+            stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond:06d}Z"  # sorts by time
             path = folder / f"exif-{stamp}-{os.getpid()}{SUFFIX}"
             fh = open(path, "x", encoding="utf-8")
+            _lock(fh)
         except OSError as exc:
             raise GeolocError(f"cannot write the undo journal in {display_path(folder)}: "
                               f"{exc.strerror or exc}; no photo was changed") from None
@@ -90,7 +94,16 @@ class Journal:
     @classmethod
     def reopen(cls, path: Path) -> "Journal":
         try:
-            return cls(path, open(path, "a", encoding="utf-8"))
+            fh = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise GeolocError(f"cannot append to the undo journal {display_path(path)}: "
+                              f"{exc.strerror or exc}; no photo was changed") from None
+        if not _lock(fh):
+            fh.close()
+            raise GeolocError(f"{display_path(path)} is in use by another geoloc process (writing or "
+                              "undoing); run again when it has finished")
+        try:
+            return cls(path, fh)
         except OSError as exc:
             raise GeolocError(f"cannot append to the undo journal {display_path(path)}: "
                               f"{exc.strerror or exc}; no photo was changed") from None
@@ -136,13 +149,22 @@ def read_journal(path: Path) -> JournalInfo:
         if record.get("journal") == KIND:
             header = record
         elif op == "temp":
+            if not isinstance(record.get("temp"), str):
+                damaged += 1
+                continue
             temps.append(Path(record["temp"]))
         elif op == "write":
-            key = record["photo"]
+            key = record.get("photo")
+            if not all(isinstance(record.get(k), str) for k in ("photo", "before", "after")):
+                damaged += 1  # a line edited by hand, or from another tool: never acted on
+                continue
             if key not in entries:
                 order.append(key)
             entries[key] = Entry(Path(key), record["before"], record["after"], dict(record.get("gps_before") or {}),
-                                 record.get("backend", ""), dict(record.get("estimate") or {}))
+                                 record.get("backend", ""), dict(record.get("estimate") or {}),
+                                 before_by_geoloc=bool(record.get("before_by_geoloc")))
+        elif op == "after" and record.get("photo") in entries and isinstance(record.get("after"), str):
+            entries[record["photo"]].after = record["after"]  # a later run's undo handed it back
         elif op == "undo" and record.get("photo") in entries:
             entries[record["photo"]].restored = record.get("restored")
         elif op == "undone":
@@ -171,6 +193,8 @@ def remove_stale_temps() -> list[Path]:
 
     removed = []
     for path in journals():
+        if _in_use(path):  # a run writing or undoing right now: its temporary file is live
+            continue
         try:
             info = read_journal(path)
         except GeolocError:
@@ -187,3 +211,34 @@ def remove_stale_temps() -> list[Path]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _lock(fh) -> bool:
+    """Mark a journal as in use by this run (an advisory lock, dropped when the file is closed
+    or the process dies): another run then neither appends to it nor takes its temporary files
+    for a killed run's leftovers. True where locking is unavailable (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _in_use(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            import fcntl
+
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+    except (OSError, ImportError):
+        return False

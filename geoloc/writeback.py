@@ -20,6 +20,7 @@ from geoloc.errors import GeolocError
 from geoloc.estimate import meets
 from geoloc.files import display_path, fsync_dir, sha256_file
 from geoloc.photos.gpswrite import Backend, GpsFix, WriteError, find_backend, temp_path, unwritable_reason, write_to_temp
+from geoloc.photos.meta import read_gps_block, written_by_geoloc
 from geoloc.undo_journal import Journal, JournalInfo, journals, read_journal, remove_stale_temps
 
 
@@ -97,6 +98,8 @@ def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple
     reason = unwritable_reason(photo, backend)
     if reason is not None:
         return "format", reason
+    if not os.access(photo, os.W_OK):  # the rename would replace it all the same: respect the mode
+        return "error", "the photo is read-only; make it writable to let geoloc write its GPS"
     if opts.overwrite:
         return None
     if result.query_gps is not None:
@@ -115,6 +118,7 @@ def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:
     fix = GpsFix(float(e.lat), float(e.lon), float(e.radius_m))
     before = sha256_file(photo)
     gps_before = backend.gps_tags(photo)
+    by_geoloc = _holds_estimate(photo)  # an earlier run's estimate, rewritten by this one
     temp = temp_path(photo)
     journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
     try:
@@ -123,7 +127,7 @@ def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:
             raise WriteError("the photo changed while geoloc was writing; it is left as it is now")
         journal.append({
             "op": "write", "photo": os.fspath(photo), "before": before, "after": sha256_file(temp),
-            "gps_before": gps_before, "backend": backend.name,
+            "gps_before": gps_before, "before_by_geoloc": by_geoloc, "backend": backend.name,
             "estimate": {"lat": round(fix.lat, 7), "lon": round(fix.lon, 7), "radius_m": round(fix.radius_m, 1),
                          "confidence": e.confidence},
         })
@@ -237,9 +241,42 @@ def _restore_one(photo: Path, entry, backend: Backend, journal: Journal) -> None
     temp = temp_path(photo)
     journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
     try:
-        write_to_temp(photo, temp, backend, None, restore=entry.gps_before)
-        journal.append({"op": "undo", "photo": os.fspath(photo), "restored": sha256_file(temp)})
+        write_to_temp(photo, temp, backend, None, restore=entry.gps_before,
+                      restores_estimate=entry.before_by_geoloc)
+        restored = sha256_file(temp)
+        journal.append({"op": "undo", "photo": os.fspath(photo), "restored": restored})
         os.replace(temp, photo)
     finally:
         temp.unlink(missing_ok=True)
     fsync_dir(photo.parent)
+    if entry.before_by_geoloc:
+        _hand_back(photo, entry.before, restored, journal.path)
+
+
+def _holds_estimate(photo: Path) -> bool:
+    try:
+        return written_by_geoloc(read_gps_block(photo))
+    except Exception:  # unreadable GPS is no estimate of ours; the write itself will say more
+        return False
+
+
+def _hand_back(photo: Path, before: str, now: str, undone: Path) -> None:
+    """The undo put back an earlier run's estimate, in a file whose bytes are not that run's
+    own: tell that run's journal the photo is again as it left it, so that undoing it in turn
+    puts back the GPS from before either run (rather than calling the photo edited since)."""
+    for path in reversed(journals()):
+        if path == undone:
+            continue
+        try:
+            info = read_journal(path)
+        except GeolocError:
+            continue
+        mine = next((e for e in info.entries if e.photo == photo and e.after == before), None)
+        if mine is None:
+            continue
+        try:
+            with Journal.reopen(path) as earlier:
+                earlier.append({"op": "after", "photo": os.fspath(photo), "after": now})
+        except GeolocError:
+            pass  # that run's undo will then report the photo as changed, and leave it
+        return

@@ -174,3 +174,36 @@ def test_a_refit_cut_short_resumes_where_it_stopped(tmp_path, photos, tiny_model
     assert code == 0, err
     assert data["vocabulary"] == "refitted" and data["total"] == 12 and data["vocabulary_photos"] == 12
     assert data["refit"]["reextracted"] == 6  # the 6 stored before Ctrl-C were kept
+
+
+def test_a_database_behind_a_symbolic_link_is_refitted_where_it_lives(tmp_path, photos, tiny_model):
+    real = tmp_path / "disk" / "db"
+    real.parent.mkdir()
+    link = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(real), "--model", tiny_model)[0] == 0
+    link.symlink_to(real)
+    for _ in range(2):  # twice: the second swap must find nothing of the first in its way
+        code, data, err = _index(str(photos), "--db", str(link), "--refit")
+        assert code == 0, err
+        assert data["vocabulary"] == "refitted"
+    assert link.is_symlink() and real.is_dir() and not real.is_symlink()
+    assert sorted(p.name for p in real.parent.iterdir()) == ["db"]
+    assert runner.invoke(app, ["check", "--db", str(link)]).exit_code == 0
+
+
+def test_a_refit_that_cannot_be_built_lets_the_run_go_on(tmp_path, photos, tiny_model, monkeypatch):
+    """A full disk (a refit needs room for a second copy) must not stop the photos coming in."""
+    from geoloc import refit
+    from geoloc.errors import DatabaseError
+
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+
+    def full_disk(*args, **kwargs):
+        raise DatabaseError("cannot write database .db.refit: No space left on device")
+
+    monkeypatch.setattr(refit, "build", full_disk)
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert "was not fitted again" in err and "No space left on device" in err
+    assert (data["vocabulary"], data["total"], data["indexed"]) == ("stored", 12, 10)

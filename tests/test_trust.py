@@ -449,3 +449,59 @@ def test_undo_journal_survives_a_line_cut_short(tmp_path):
     info = read_journal(path)
     assert [e.photo.name for e in info.entries] == ["a.jpg"] and info.damaged_lines == 1
     assert np.array_equal(sorted(t.name for t in info.temps), [".a.geoloc-tmp-1.jpg"])
+
+
+@needs_exiftool
+def test_a_photo_written_by_two_runs_is_undone_run_by_run(library):
+    """The second run rewrites the first's estimate (allowed without --overwrite: it is
+    geoloc's own); undoing it gives the first estimate back, undoing the first gives no GPS."""
+    db, lib = library
+    photo = lib / "02.jpg"
+    assert locate(photo, "--db", db, "--write-exif").exit_code == 0
+    first = exif_gps(photo)
+    assert first["GPSProcessingMethod"].startswith("geoloc")
+    second_run = locate(photo, "--db", db, "--write-exif", "--top-k", "3")
+    assert second_run.exit_code == 0, second_run.output
+    assert "EXIF GPS written into 1 photo" in second_run.stderr
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert exif_gps(photo)["lat"] == pytest.approx(first["lat"], abs=1e-7)  # the first run's estimate
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(photo)
+    assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 1  # nothing left to undo
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else False, reason="root writes anywhere")
+def test_write_exif_leaves_a_read_only_photo_alone(library):
+    db, lib = library
+    photo = lib / "02.jpg"
+    before = sha(photo)
+    photo.chmod(0o444)
+    result = locate(photo, "--db", db, "--write-exif")
+    assert "read-only" in result.stderr and sha(photo) == before
+
+
+def test_a_journal_line_missing_its_fields_is_damage_not_a_crash(tmp_path):
+    from geoloc.undo_journal import Journal, read_journal
+
+    with Journal.create("exiftool", "12.57") as journal:
+        journal.append({"op": "write", "photo": "/p/a.jpg", "after": "a" * 64})  # no "before"
+        journal.append({"op": "temp", "photo": "/p/a.jpg"})  # no "temp"
+        path = journal.path
+    info = read_journal(path)
+    assert info.entries == [] and info.damaged_lines == 2
+    listed = CliRunner().invoke(app, ["undo-exif", "--list"])
+    assert "internal error" not in listed.stderr and "Traceback" not in listed.output
+
+
+def test_a_run_in_progress_keeps_its_temporary_file(tmp_path):
+    """Another run's clean-up of killed runs' leftovers skips a journal whose run is live."""
+    from geoloc.undo_journal import Journal, remove_stale_temps
+
+    temp = tmp_path / ".a.geoloc-tmp-1.jpg"
+    temp.write_bytes(b"half written")
+    with Journal.create("exiftool", "12.57") as journal:
+        journal.append({"op": "temp", "photo": os.fspath(tmp_path / "a.jpg"), "temp": os.fspath(temp)})
+        assert remove_stale_temps() == [] and temp.exists()  # live: left alone
+    assert remove_stale_temps() == [temp] and not temp.exists()  # its run is over: a leftover

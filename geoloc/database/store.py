@@ -85,6 +85,9 @@ class Database:
         #: The columns of ``photos`` read into records: a database written by an older geoloc
         #: may lack the added ones until its next writer adds them.
         self.columns: tuple[str, ...] = ALL_COLUMNS
+        #: The folder this object opened: a vocabulary refit may put another in its place while a
+        #: reader holds it, and the files read by name must then not be mixed with this one's rows.
+        self._folder = _identity(path)
 
     @property
     def where(self) -> str:
@@ -415,6 +418,11 @@ class Database:
         """Descriptor rows no photo references (replaced or removed photos, interrupted batches)."""
         return self.next_row - len(self)
 
+    def _still_same_folder(self) -> None:
+        if self._folder is not None and _identity(self.path) != self._folder:
+            raise DatabaseError(f"{self.where} was replaced while this command was reading it (a "
+                                "vocabulary refit by `geoloc index` finished); run the command again")
+
     def _snapshot(self, read):
         """``read()`` run on one consistent view of the database, with the descriptor file's row
         count and path as of that view, retried if a compaction renumbered rows meanwhile.
@@ -429,6 +437,7 @@ class Database:
                 next_row = self.next_row
                 path = self.descriptor_path()
             if self.meta("generation", 0) == generation:
+                self._still_same_folder()
                 return value, next_row, path
         raise DatabaseError(f"{self.where} keeps changing; try again")  # pragma: no cover
 
@@ -617,6 +626,7 @@ class Database:
         spec = self.maps
         out = []
         with open(self.maps_path(), "rb") as fh:
+            self._still_same_folder()  # after the open: the file is this folder's, or we stop
             for row in rows:
                 fh.seek(int(row) * spec.slot_bytes)
                 out.append(spec.decode(fh.read(spec.slot_bytes)))
@@ -721,3 +731,11 @@ def _geoloc_version() -> str:
 
 
 __all__ = ["Database"]
+
+
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -25,15 +25,24 @@ from pathlib import Path
 from geoloc.files import fsync_dir
 
 DONE = "REFIT_DONE"
+FAILED = "SWAP_FAILED"
+
+
+def real(db: Path) -> Path:
+    """The folder itself: a database reached through a symbolic link is swapped where it
+    lives, and the link keeps pointing at it."""
+    return Path(os.path.realpath(db))
 
 
 def building(db: Path) -> Path:
     """Where the rebuilt database is made."""
+    db = real(db)
     return db.parent / f".{db.name}.refit"
 
 
 def retired(db: Path) -> Path:
     """Where the old database waits between the two renames."""
+    db = real(db)
     return db.parent / f".{db.name}.old"
 
 
@@ -54,11 +63,17 @@ def mark_complete(folder: Path) -> None:
 def swap(db: Path) -> None:
     """Steps 2–4, by the writer that holds ``db``'s lock (the lock's file moves with the folder,
     so no other writer can start on the old one meanwhile)."""
+    db = real(db)
     new, old = building(db), retired(db)
     if old.exists():
         shutil.rmtree(old)
-    os.rename(db, old)
-    os.rename(new, db)
+    os.rename(db, old)  # OSError (a mount point, say): nothing moved yet
+    try:
+        os.rename(new, db)
+    except FileNotFoundError:
+        if not db.is_dir():  # not a reader's settle() that moved it in first
+            os.rename(old, db)
+            raise
     _forget_marker(db)
     fsync_dir(db.parent)
     shutil.rmtree(old, ignore_errors=True)
@@ -67,6 +82,9 @@ def swap(db: Path) -> None:
 def settle(db: Path) -> None:
     """A crash between steps 2 and 3 left no ``db``: put the complete rebuilt folder there.
     Safe for any process (a reader on a read-only disk just leaves it as it is)."""
+    if os.path.lexists(db) and os.path.exists(db):
+        return
+    db = real(db)
     if db.exists():
         return
     new = building(db)
@@ -89,10 +107,36 @@ def finish_pending(db: Path) -> bool:
     after step 3 is removed. True when a swap was finished."""
     if retired(db).is_dir():
         shutil.rmtree(retired(db), ignore_errors=True)
+    db = real(db)
     if is_complete(building(db)):
         swap(db)
         return True
     return False
+
+
+def unmark(folder: Path, reason: str) -> None:
+    """A rebuilt folder that could not be swapped in stops being "ready", and says why: later
+    runs go on with the old database instead of failing the same way each time."""
+    _forget_marker(folder)
+    try:
+        (folder / FAILED).write_text(reason + "\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def failed_swap(folder: Path) -> str | None:
+    """Why an earlier swap of this rebuilt folder failed, or None."""
+    try:
+        return (folder / FAILED).read_text(encoding="utf-8").strip() or "unknown reason"
+    except OSError:
+        return None
+
+
+def clear_failure(folder: Path) -> None:
+    try:
+        os.unlink(folder / FAILED)
+    except OSError:
+        pass
 
 
 def _forget_marker(db: Path) -> None:

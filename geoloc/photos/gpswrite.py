@@ -339,11 +339,12 @@ def is_temp_name(path: Path) -> bool:
 
 
 def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
-                  restore: dict[str, str] | None = None) -> None:
+                  restore: dict[str, str] | None = None, restores_estimate: bool = False) -> None:
     """Write ``temp`` as ``photo`` with new GPS, and prove it: GPS read back, pixels equal.
 
-    ``fix`` None with ``restore``: the GPS tags are put back as they were (undo). Raises
-    :class:`WriteError` (and removes ``temp``) when anything is off.
+    ``fix`` None with ``restore``: the GPS tags are put back as they were (undo);
+    ``restores_estimate``: what was there was itself an earlier geoloc run's estimate, so the
+    signature may stay. Raises :class:`WriteError` (and removes ``temp``) when anything is off.
     """
     if fix is not None:
         fix.check()
@@ -351,7 +352,7 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
         backend.write(photo, temp, fix, restore)
         if not temp.is_file() or temp.stat().st_size == 0:
             raise WriteError(f"{backend.name} wrote no file")
-        _check_gps(temp, fix)
+        _check_gps(temp, fix, restores_estimate)
         if not same_pixels(photo, temp):
             raise WriteError(f"{backend.name} changed the image data; the photo is left as it was")
         shutil.copymode(photo, temp)
@@ -365,14 +366,14 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
         raise
 
 
-def _check_gps(temp: Path, fix: GpsFix | None) -> None:
+def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) -> None:
     """geoloc's own reader must see exactly what was meant: the estimate, signed as geoloc's;
     after an undo, no estimate of geoloc's."""
     from geoloc.photos.meta import gps_position, read_gps_block, written_by_geoloc
 
     gps = read_gps_block(temp)
     if fix is None:
-        if written_by_geoloc(gps):
+        if written_by_geoloc(gps) and not restores_estimate:
             raise WriteError("geoloc's estimate is still in the file after the undo")
         return
     if not written_by_geoloc(gps):
