@@ -20,6 +20,11 @@ library's own (``geoloc.evaluation.runner``), so the figures compare like with l
   database already stores for verification, instead of lite0's stride-32 last stage;
   ``s16+s32``: both descriptors concatenated (multi-scale pooling).
 
+``--model lite0-vlad-s16`` (registered here, for this script only): lite0-vlad with the stride of
+its last stride-2 stage removed, so NetVLAD pools a stride-16 map of the same 320 channels
+(40×30 cells at 640 px instead of 20×15); its vocabulary is fitted on each dev database as
+``geoloc index`` fits lite0-vlad's. Run it with ``--tricks baseline``.
+
 Usage::
 
     GEOLOC_HOME=... python benchmarks/bench_descriptors.py [--max-side 640] [--model lite0-vlad]
@@ -46,6 +51,30 @@ from bench_accuracy import SETS, derive, split_for  # noqa: E402
 TRICKS = ("baseline", "qe1", "qe3", "dba", "dba+qe1", "ms-q", "ms-both", "pcaw", "pcaw-half", "s16", "s16+s32")
 ALPHA = 3.0
 SCALES = (480, 800)  # besides the database's own size
+
+
+S16_MODEL = "lite0-vlad-s16"
+#: Lite0's block 11 opens the stride-2 stage 112 → 192 channels (blocks 11–14), the last one.
+_LAST_STRIDE_BLOCK = 11
+
+
+def register_stride16() -> None:
+    """lite0-vlad without its last stride, as a registered model (name ``S16_MODEL``)."""
+    import dataclasses
+    import hashlib
+
+    from geoloc.models.registry import _lite0_model, get_entry, register_model
+
+    def factory(entry):
+        model = _lite0_model(entry)
+        conv = model.backbone.net._blocks[_LAST_STRIDE_BLOCK]._depthwise_conv
+        conv.stride = (1, 1)
+        model.weights_hash = hashlib.sha256(f"{model.weights_hash}:stride16".encode()).hexdigest()
+        return model
+
+    base = get_entry("lite0-vlad")
+    register_model(dataclasses.replace(base, name=S16_MODEL, description="lite0-vlad, last stage at stride 16",
+                                       default=False, factory=factory))
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -176,6 +205,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("GEOLOC_HOME", tempfile.mkdtemp(prefix="geoloc-bench-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.model == S16_MODEL:
+        register_stride16()
     from geoloc.evaluation import EvalConfig, evaluate_split
     from geoloc.evaluation import runner
     from geoloc.paths import cache_dir
