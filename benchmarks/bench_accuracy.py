@@ -19,6 +19,11 @@ built from the photos in ../shared/data, deterministically:
 Usage::
 
     python benchmarks/bench_accuracy.py [--max-side 640] [--model lite0-vlad] [--sets lund,dark]
+        [--verifier dense|sift] [--data DIR]
+
+``--verifier sift``: re-rank with OpenCV SIFT instead of the dense deep features (the
+comparison of docs/benchmarks.md). ``--data DIR``: keep the derived photos there and reuse them
+(with a fixed ``GEOLOC_HOME``, later runs then reuse every cached descriptor).
 
 Prints one table: R@1/R@5 at 25 m and at 10 m and the median error of the estimate, without
 and with re-ranking, per set; then the calibration of the confidence levels (per level, the
@@ -142,7 +147,7 @@ def calibration_cell(outcomes) -> str:
     return ", ".join(parts)
 
 
-def out_of_coverage(max_side: int, model: str) -> list[str]:
+def out_of_coverage(max_side: int, model: str, verifier: str = "dense") -> list[str]:
     from geoloc.indexer import IndexConfig, index_photos
     from geoloc.localize import LocateConfig, Locator
 
@@ -153,6 +158,7 @@ def out_of_coverage(max_side: int, model: str) -> list[str]:
     for rerank in (False, True):
         cfg = LocateConfig(device="cpu")
         cfg.rerank.enabled = rerank
+        cfg.rerank.verifier = verifier
         with Locator(db, cfg) as locator:
             results = locator.locate(AREZZO + [CAT])
         conf = [r.estimate.confidence for r in results]
@@ -171,14 +177,19 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=640)
     ap.add_argument("--model", default="lite0-vlad")
     ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--verifier", default="dense", choices=("dense", "sift"))
+    ap.add_argument("--data", type=Path, default=None, help="derived photos kept (and reused) here")
+    ap.add_argument("--no-ooc", action="store_true", help="skip the out-of-coverage queries")
     args = ap.parse_args()
     os.environ.setdefault("GEOLOC_HOME", tempfile.mkdtemp(prefix="geoloc-bench-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from geoloc.evaluation import EvalConfig, evaluate_split
 
-    root = Path(tempfile.mkdtemp(prefix="geoloc-dev-"))
-    derive(root)
-    print(f"model {args.model}, max side {args.max_side}; R@1/R@5 at 25 m, at 10 m, median error (m)")
+    root = args.data or Path(tempfile.mkdtemp(prefix="geoloc-dev-"))
+    if not (root / "zoom").is_dir():
+        derive(root)
+    print(f"model {args.model}, max side {args.max_side}, verifier {args.verifier}; "
+          "R@1/R@5 at 25 m, at 10 m, median error (m)")
     print(f"{'set':10} {'queries':>7}  {'without re-ranking':>32}  {'with re-ranking':>32}  {'s/query':>7}")
     pooled = {False: [], True: []}
     calibrated = []
@@ -187,7 +198,8 @@ def main() -> None:
         row = []
         cal = []
         for rerank in (False, True):
-            config = EvalConfig(model=args.model, max_side=args.max_side, device="cpu", rerank=rerank)
+            config = EvalConfig(model=args.model, max_side=args.max_side, device="cpu", rerank=rerank,
+                                rerank_verifier=args.verifier)
             start = time.perf_counter()
             result = evaluate_split(split, config)
             seconds = time.perf_counter() - start
@@ -204,9 +216,10 @@ def main() -> None:
     for name, cal in calibrated:
         print(f"{name:10} {cal[0]:>36}  {cal[1]:>36}")
     print(f"{'all':10} {calibration_cell(pooled[False]):>36}  {calibration_cell(pooled[True]):>36}")
-    for line in out_of_coverage(args.max_side, args.model):
+    for line in [] if args.no_ooc else out_of_coverage(args.max_side, args.model, args.verifier):
         print("out of coverage (9 Arezzo photos + the cat vs lund):", line)
-    shutil.rmtree(root, ignore_errors=True)
+    if args.data is None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

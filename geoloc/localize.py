@@ -132,6 +132,7 @@ class LocateConfig:
         require_at_least("--rerank-top", self.rerank.top, 1)
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
+        self.rerank.check()
 
 
 @dataclass
@@ -324,6 +325,11 @@ class Locator:
         for a database that stores none)."""
         from geoloc import verify
 
+        if self.config.rerank.verifier == "sift":
+            paths = [Path(rec.path) for _, rec in stored]
+            for (i, _), cells in zip(stored, self.reranker.sift_cells(paths)):
+                batch.cells[i] = cells
+            return
         if self.database.maps is not None:
             slots = self.database.map_slots([rec.row for _, rec in stored])
             stride = float(self.database.maps.stride)
@@ -369,6 +375,10 @@ class Locator:
             return
         from geoloc import verify
 
+        if self.config.rerank.verifier == "sift":
+            for items, out in extractor.descriptors(paths, on_error=on_error):
+                yield items, out, self.reranker.sift_cells([item.path for item in items])
+            return
         stride = float(self.model.map_geometry()[0])
         for items, out, maps in extractor.descriptors_and_maps(paths, on_error=on_error):
             yield items, out, [verify.query_cells(m.numpy(), stride) for m in maps]

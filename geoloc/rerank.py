@@ -29,7 +29,26 @@ class RerankConfig:
     #: Candidates verified per query (``--rerank-top``): 20 measured as enough on the dev sets
     #: (the right place is almost always among them) at about 0.25 s a query on 2 cores.
     top: int = 20
-    weight: float = verify.WEIGHT
+    #: None: the verifier's own (``verify.WEIGHT`` dense, ``verify.SIFT_WEIGHT`` SIFT).
+    weight: float | None = None
+    #: "dense": the network's stride-16 cells, stored with the database (the default, measured
+    #: better); "sift": OpenCV SIFT keypoints from the photo files, cached per Reranker.
+    verifier: str = "dense"
+
+    def check(self) -> None:
+        from geoloc.errors import UsageError
+
+        if self.verifier not in VERIFIERS:
+            raise UsageError(f"unknown verifier {self.verifier!r}; choose one of {', '.join(VERIFIERS)}")
+
+    @property
+    def fusion_weight(self) -> float:
+        if self.weight is not None:
+            return float(self.weight)
+        return verify.SIFT_WEIGHT if self.verifier == "sift" else verify.WEIGHT
+
+
+VERIFIERS = ("dense", "sift")
 
 
 @dataclass
@@ -51,14 +70,23 @@ class Reranker:
                  compute_maps: Callable[[list[Path]], list[verify.Cells | None]] | None = None):
         """``records``: the searchable photos, by search row. ``compute_maps(paths)``: their
         cells from the photo files, for a database that stores no maps (None: no fallback)."""
+        config.check()
         self.database = database
         self.records = records
         self.config = config
         self.compute_maps = compute_maps
         self.stored = database.maps is not None
+        if config.verifier == "sift":  # keypoints come from the files, never from stored maps
+            self.stored = False
+            self.compute_maps = self.sift_cells
         self.stride = float(database.maps.stride) if self.stored else 0.0
         self._cache: dict[int, verify.Cells | None] = {}
         self._why: dict[int, str] = {}
+
+    def sift_cells(self, paths: Sequence[Path]) -> list[verify.Cells | None]:
+        """SIFT keypoints of photo files at the database's image size."""
+        side = int(self.database.manifest["preprocess"]["max_side"])
+        return [verify.sift_cells(p, side) for p in paths]
 
     def cells(self, rows: Sequence[int]) -> list[verify.Cells | None]:
         """The candidates' cells, by search row; None where there is nothing to verify with."""
@@ -103,7 +131,8 @@ class Reranker:
         n = min(len(rows), self.config.top)
         rows, cosines = list(rows[:n]), np.asarray(cosines[:n], dtype=np.float64)
         cells = self.cells(rows)
-        verdict = verify.verify(query, cells, cosines, self.config.weight)
+        verdict = verify.verify(query, cells, cosines, self.config.fusion_weight,
+                                ratio=verify.SIFT_RATIO if self.config.verifier == "sift" else None)
         notes = [f"candidate {display_path(self.records[r].path)}: {self._why[r]}; ranked by its global score alone"
                  for r, c in zip(rows, cells) if c is None and r in self._why]
         return Reranked(

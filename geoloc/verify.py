@@ -20,6 +20,12 @@ The count is used twice (figures and their commands: docs/benchmarks.md, re-rank
 Maps are stored with each descriptor at index time, quantised to int8 with one float16 scale
 per cell (measured no loss against float16); maps of more than 128 channels are first projected
 to 128 by a fixed random rotation, so that a VGG-16 database stays near 200 KiB a photo.
+
+A classical alternative, ``RerankConfig.verifier = "sift"`` (:func:`sift_cells`), verifies with
+OpenCV SIFT keypoints taken from the photo files instead. Measured on the same dev sets
+(docs/benchmarks.md, "the verifiers"), it is better on a viewpoint shift and on blur but finds no
+consistent keypoints at night, is slower (keypoints from the files) and lower over all sets, so
+the dense verifier stays the default.
 """
 
 from __future__ import annotations
@@ -39,6 +45,14 @@ NO_MATCH_MAX = 15
 #: Channels a stored map keeps at most (a fixed random rotation reduces wider ones).
 MAX_CHANNELS = 128
 _PROJECTION_SEED = 20161  # fixed forever: stored maps of a database depend on it
+#: The SIFT verifier: keypoints per image, Lowe's ratio, and the fusion weight per inlier share
+#: (64: the weight the re-ranking experiments chose for SIFT at 640 px).
+SIFT_FEATURES = 2000
+SIFT_RATIO = 0.8
+SIFT_WEIGHT = 64.0
+#: SIFT keypoints are located to about a pixel, not to a 16-px cell: the geometric thresholds
+#: (half a "stride" for the fundamental matrix, one for the homography) become 2 and 4 px.
+SIFT_STRIDE = 4.0
 
 
 @dataclass
@@ -158,6 +172,49 @@ def mutual_nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ia, forward[ia]
 
 
+def ratio_nearest(a: np.ndarray, b: np.ndarray, ratio: float = SIFT_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours that also pass Lowe's ratio test (nearest distance below
+    ``ratio`` × the second nearest): keypoint descriptors are distinctive enough for the test
+    to remove ambiguous matches, which dense cells are not."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ia, ib = mutual_nearest(a, b)
+    if not len(ia):
+        return ia, ib
+    sim = a[ia] @ b.T
+    top2 = -np.partition(-sim, 1, axis=1)[:, :2]
+    d2 = np.clip(2.0 - 2.0 * top2, 0.0, None)  # unit vectors: squared distances
+    keep = d2[:, 0] < ratio * ratio * d2[:, 1]
+    return ia[keep], ib[keep]
+
+
+def sift_cells(path, max_side: int) -> Cells | None:
+    """A photo's SIFT keypoints as Cells (RootSIFT descriptors, pixel positions), at the
+    database's image size; None when the file cannot be decoded.
+
+    RootSIFT (L1-normalise, square root) makes the dot product a Hellinger kernel, the usual
+    free gain over raw SIFT for matching.
+    """
+    import cv2
+
+    from geoloc.errors import PhotoError
+    from geoloc.photos import load_image
+
+    try:
+        image = load_image(path, max_side)
+    except PhotoError:
+        return None
+    grey = np.asarray(image.convert("L"))
+    keypoints, desc = cv2.SIFT_create(nfeatures=SIFT_FEATURES).detectAndCompute(grey, None)
+    if desc is None or not keypoints:
+        return Cells(np.zeros((0, 128), np.float32), np.zeros((0, 2), np.float32), SIFT_STRIDE)
+    desc = desc.astype(np.float32)
+    desc = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))
+    desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+    xy = np.array([k.pt for k in keypoints], dtype=np.float32)
+    return Cells(np.ascontiguousarray(desc), xy, SIFT_STRIDE)
+
+
 def inliers(pa: np.ndarray, pb: np.ndarray, model: str, threshold: float) -> np.ndarray:
     """Boolean inlier mask of MAGSAC++ fitting ``model`` ("fundamental" or "homography")."""
     import cv2
@@ -179,12 +236,14 @@ def inliers(pa: np.ndarray, pb: np.ndarray, model: str, threshold: float) -> np.
     return mask.ravel().astype(bool)
 
 
-def verify(query: Cells, candidates: list[Cells | None], cosines: np.ndarray, weight: float = WEIGHT) -> Verdict:
+def verify(query: Cells, candidates: list[Cells | None], cosines: np.ndarray, weight: float = WEIGHT,
+           ratio: float | None = None) -> Verdict:
     """Re-rank ``candidates`` (None: nothing to verify with; it keeps its cosine alone).
 
     Each candidate: mutual nearest cells, MAGSAC++ fundamental matrix at half a cell. Then
     ``fused = cosine + weight · inliers / query cells``, and one homography at one cell on the
-    new top-1's matches for the flag.
+    new top-1's matches for the flag. ``ratio``: keep only matches that pass Lowe's ratio
+    test too (SIFT keypoints).
     """
     n = len(candidates)
     counts = np.full(n, -1, dtype=np.int64)
@@ -192,7 +251,7 @@ def verify(query: Cells, candidates: list[Cells | None], cosines: np.ndarray, we
     for i, cand in enumerate(candidates):
         if cand is None:
             continue
-        ia, ib = mutual_nearest(query.desc, cand.desc)
+        ia, ib = mutual_nearest(query.desc, cand.desc) if ratio is None else ratio_nearest(query.desc, cand.desc, ratio)
         matches[i] = (ia, ib)
         counts[i] = int(inliers(query.xy[ia], cand.xy[ib], "fundamental", query.stride / 2).sum())
     fused = np.asarray(cosines, dtype=np.float64) + weight * np.maximum(counts, 0) / max(len(query), 1)

@@ -58,6 +58,7 @@ class EvalConfig:
     vocabulary_photos: int = 300
     rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
     rerank_top: int = 20
+    rerank_verifier: str = "dense"  # geoloc.rerank.RerankConfig.verifier
     #: Where the database side's descriptors are computed: "local" or "ray" (``geoloc index --engine``).
     engine: str = "local"
     ray: object = None  # geoloc.cluster.RayConfig for engine "ray"; None: a local Ray
@@ -252,12 +253,13 @@ def _reranker(database, records, q_slots, config: EvalConfig, progress: Progress
     """The split's re-ranker, when asked for and possible (maps stored with the database)."""
     if not config.rerank:
         return None
-    if database.maps is None or q_slots is None:
+    if config.rerank_verifier == "dense" and (database.maps is None or q_slots is None):
         progress.message(f"{database.where} stores no verification maps: evaluated without re-ranking")
         return None
     from geoloc.rerank import RerankConfig, Reranker
 
-    return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top))
+    return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top,
+                                                    verifier=config.rerank_verifier))
 
 
 def _file_key(spec: str) -> list | None:
@@ -359,7 +361,7 @@ def _search_and_score(
     db_lat, db_lon, real = _estimator_positions(split.db, ref)
     q_lat, q_lon, _ = _estimator_positions(split.queries, ref)
     row_of = {q: r for r, q in enumerate(ok)}
-    ranked = _ranked(ok, row_of, ids, scores, reranker, q_slots)
+    ranked = _ranked(ok, row_of, ids, scores, reranker, q_slots, split.query_paths)
     # The weak-match bar of queries judged without verification, as `geoloc locate` sets it.
     reference = None
     if ok and any(ranked[qi][3] is None for qi in ok):
@@ -397,7 +399,7 @@ def _search_and_score(
     return outcomes
 
 
-def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple]:
+def _ranked(ok, row_of, ids, scores, reranker, q_slots, query_paths=None) -> dict[int, tuple]:
     """Per query: search rows and cosines in final order, the estimate's anchor, and the
     verification (a ``Reranked``, None when the query was not verified).
 
@@ -413,7 +415,10 @@ def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple]:
         sims = scores[r][valid].astype(np.float64)
         anchor = verdict = None
         slot = q_slots[qi] if q_slots is not None else None
-        cells = _slot_cells(reranker, slot) if reranker is not None else None
+        if reranker is not None and reranker.config.verifier == "sift":
+            cells = reranker.sift_cells([Path(query_paths[qi])])[0]
+        else:
+            cells = _slot_cells(reranker, slot) if reranker is not None else None
         if cells is not None and len(rows):
             verdict = reranker.rerank(cells, rows.tolist(), sims)
             n = len(verdict.order)
@@ -468,7 +473,7 @@ def evaluate_database(
         workers=config.workers,
         device=config.device,
         search=SearchConfig(ivf_threshold=EXACT_SEARCH),  # exact, as published figures are
-        rerank=RerankConfig(enabled=config.rerank, top=config.rerank_top),
+        rerank=RerankConfig(enabled=config.rerank, top=config.rerank_top, verifier=config.rerank_verifier),
     )
     with Locator(Path(db), cfg) as locator:
         manifest = locator.database.manifest
