@@ -21,7 +21,9 @@ Usage::
     python benchmarks/bench_accuracy.py [--max-side 640] [--model lite0-vlad] [--sets lund,dark]
 
 Prints one table: R@1/R@5 at 25 m and at 10 m and the median error of the estimate, without
-and with re-ranking, per set; then the flags of the out-of-coverage queries.
+and with re-ranking, per set; then the calibration of the confidence levels (per level, the
+share of queries whose truth lies inside the radius; docs/estimate.md), per set and over all
+sets; then the flags and radii of the out-of-coverage queries.
 """
 
 from __future__ import annotations
@@ -129,6 +131,17 @@ def figures(result) -> dict:
     return {"r1": s.recall[1], "r5": s.recall[5], "r1_10": s10[1], "r5_10": s10[5], "median": s.median_error_m}
 
 
+def calibration_cell(outcomes) -> str:
+    """``high 12/13 in radius, medium 1/1, low 0/0`` for one set's outcomes."""
+    from geoloc.evaluation.metrics import calibration
+
+    parts = []
+    for level, c in calibration(outcomes).items():
+        inside = round((c["within_radius"] or 0) * c["queries"])
+        parts.append(f"{level} {inside}/{c['queries']}")
+    return ", ".join(parts)
+
+
 def out_of_coverage(max_side: int, model: str) -> list[str]:
     from geoloc.indexer import IndexConfig, index_photos
     from geoloc.localize import LocateConfig, Locator
@@ -144,9 +157,11 @@ def out_of_coverage(max_side: int, model: str) -> list[str]:
             results = locator.locate(AREZZO + [CAT])
         conf = [r.estimate.confidence for r in results]
         flags = [r.estimate.verification for r in results]
+        radii = sorted(r.estimate.radius_m for r in results)
         lines.append(f"{'with' if rerank else 'without'} re-ranking: confidence low {conf.count('low')}/"
-                     f"{len(conf)}, high {conf.count('high')}" + (f"; no match {flags.count('no match')}/{len(flags)}"
-                                                                     if rerank else ""))
+                     f"{len(conf)}, medium {conf.count('medium')}, high {conf.count('high')}"
+                     + (f"; no match {flags.count('no match')}/{len(flags)}" if rerank else "")
+                     + f"; radius {radii[0]:,.0f}–{radii[-1]:,.0f} m")
     shutil.rmtree(db.parent, ignore_errors=True)
     return lines
 
@@ -165,19 +180,30 @@ def main() -> None:
     derive(root)
     print(f"model {args.model}, max side {args.max_side}; R@1/R@5 at 25 m, at 10 m, median error (m)")
     print(f"{'set':10} {'queries':>7}  {'without re-ranking':>32}  {'with re-ranking':>32}  {'s/query':>7}")
+    pooled = {False: [], True: []}
+    calibrated = []
     for name in args.sets.split(","):
         split = split_for(name, root)
         row = []
+        cal = []
         for rerank in (False, True):
             config = EvalConfig(model=args.model, max_side=args.max_side, device="cpu", rerank=rerank)
             start = time.perf_counter()
             result = evaluate_split(split, config)
             seconds = time.perf_counter() - start
             f = figures(result)
+            pooled[rerank] += result.outcomes
+            cal.append(calibration_cell(result.outcomes))
             row.append(f"{100*f['r1']:5.1f}/{100*f['r5']:5.1f} {100*f['r1_10']:5.1f}/{100*f['r5_10']:5.1f} "
                        f"{f['median'] or float('nan'):6.1f}")
         print(f"{name:10} {result.summary.queries:7d}  {row[0]:>32}  {row[1]:>32}  "
               f"{seconds / max(result.summary.queries, 1):7.2f}", flush=True)
+        calibrated.append((name, cal))
+    print("\nconfidence calibration: queries inside the radius / queries at that level")
+    print(f"{'set':10} {'without re-ranking':>36}  {'with re-ranking':>36}")
+    for name, cal in calibrated:
+        print(f"{name:10} {cal[0]:>36}  {cal[1]:>36}")
+    print(f"{'all':10} {calibration_cell(pooled[False]):>36}  {calibration_cell(pooled[True]):>36}")
     for line in out_of_coverage(args.max_side, args.model):
         print("out of coverage (9 Arezzo photos + the cat vs lund):", line)
     shutil.rmtree(root, ignore_errors=True)

@@ -20,6 +20,17 @@ from geoloc.formatting import json_number
 from geoloc.geo import from_local_m, to_local_m
 
 
+#: Confidence levels, weakest first: ``--min-confidence X`` keeps X and those after it.
+CONFIDENCE_LEVELS = ("low", "medium", "high")
+
+
+def meets(confidence: str | None, minimum: str) -> bool:
+    """Whether an estimate of ``confidence`` passes ``--min-confidence minimum``."""
+    if minimum not in CONFIDENCE_LEVELS:
+        raise ValueError(f"unknown confidence level {minimum!r}; choose one of {', '.join(CONFIDENCE_LEVELS)}")
+    return confidence in CONFIDENCE_LEVELS and CONFIDENCE_LEVELS.index(confidence) >= CONFIDENCE_LEVELS.index(minimum)
+
+
 @dataclass
 class EstimateConfig:
     """How candidates are grouped and weighted; defaults measured on ``shared/data/lund``."""
@@ -42,24 +53,34 @@ class EstimateConfig:
 
 @dataclass
 class ConfidenceConfig:
-    """When an estimate is flagged: a weak best match, or candidates that disagree.
+    """When an estimate is flagged, and how wide its radius is then (docs/estimate.md).
 
-    Raw cosine scores mean nothing on their own: their scale depends on the model and, for
-    ``lite0-vlad``, on the vocabulary fitted to each database (unrelated photos score 0.2 against
-    one Lund database and 0.45 against another). So the bar is taken from the database itself:
-    how similar its located photos are to their nearest neighbour. A query whose best match is
-    weaker than ``reference_quantile`` of those is probably from a place the database does not
-    cover. On ``shared/data/lund`` (odd frames indexed) this flags all 9 Arezzo photos and none
-    of the 14 even Lund frames (docs/estimate.md).
+    With geometric verification (the default) the re-ranked first candidate's verdict decides.
+    Without it (``--no-rerank``) only cosine scores are left, and the bar they must clear comes
+    from the database itself (:mod:`geoloc.coverage`): between what its photos score against
+    another viewpoint of their own place and against other places. It is not taken from a
+    photo's nearest neighbour: in a densely sampled walk those are near duplicates, and every
+    genuine query fell below. Without verification and without a bar, an estimate is at most
+    ``medium``: nothing then tells a look-alike from the place.
     """
 
-    reference_quantile: float = 0.10
-    # Fewer located photos than this give no meaningful reference: no weak-match check.
+    #: The bar: this quantile of the database photos' best same-place scores.
+    reference_quantile: float = 0.5
+    #: A best match this far from a photo is the same place seen from elsewhere (metres).
+    same_place_m: tuple[float, float] = (10.0, 25.0)
+    #: Farther than this from a photo is another place (twice the estimate's grouping radius).
+    far_m: float = 50.0
+    #: Neighbours searched per sampled photo for both levels.
+    reference_depth: int = 256
+    #: Fewer sampled photos with another place in reach: no meaningful bar, no weak-match check.
     min_reference_photos: int = 5
-    # Database photos searched to measure the reference (evenly spread over the rows).
+    #: Database photos searched to measure the bar (evenly spread over the rows).
     reference_sample: int = 200
-    # Below this share of the candidates' weight, the winning group is contested.
+    #: Below this share of the candidates' weight, the winning group is contested.
     min_agreement: float = 0.5
+    #: A query that matches nothing gets a radius of at least this, and at least the distance
+    #: to its farthest candidate: the photo may be anywhere, and the radius must not say 25 m.
+    no_match_radius_m: float = 1000.0
 
 
 @dataclass
@@ -72,12 +93,14 @@ class Estimate:
     support: int = 1
     agreement: float = 1.0
     considered: int = 1  # candidates the estimate looked at (not in the JSON)
-    # "high", "medium" (the candidates disagree) or "low" (even the best match is weaker than
-    # this database's photos are to their own neighbours): see ``assess_confidence``.
+    # "high", "medium" (partly verified, or the candidates disagree) or "low" (nothing in the
+    # database matches): see ``assess_confidence``.
     confidence: str = "high"
     warnings: list[str] = field(default_factory=list)  # the reasons, in words (not in "estimate")
     #: The re-ranked top-1's verification ("verified", "unverified", "no match"), None without.
     verification: str | None = None
+    #: The farthest considered candidate's distance from the estimate (not in the JSON).
+    extent_m: float = 0.0
 
     def to_json(self) -> dict:
         return {
@@ -163,6 +186,7 @@ def estimate_position(
         support=support,
         agreement=float(member_w.sum() / total) if total > 0 else 1.0,
         considered=int(lats.size),
+        extent_m=float(np.linalg.norm(xy - centre, axis=1).max()),
     )
 
 
@@ -180,16 +204,22 @@ def assess_confidence(
     :mod:`geoloc.verify`): ``low`` when no candidate shares the query's layout ("no match"),
     at most ``medium`` when the best one only partly does. Verification is the stronger
     evidence, so a verified match is not second-guessed by raw scores. Without it: ``low`` when
-    the best score is below ``reference`` (the database's typical nearest-neighbour score).
-    Either way, ``medium`` when the winning group holds less than ``min_agreement`` of the
-    candidates' weight, i.e. the top candidates point to different places.
+    the best score is below ``reference`` (:mod:`geoloc.coverage`), at most ``medium`` when
+    there is no reference. Either way, ``medium`` when the winning group holds less than
+    ``min_agreement`` of the candidates' weight, i.e. the top candidates point to different
+    places.
+
+    A query that matched nothing (no match, weak match) keeps its estimate, so that the JSON
+    stays one object per query, but its radius grows to ``no_match_radius_m`` or the farthest
+    candidate: the candidates' agreement means nothing when none of them is the place.
     """
     cfg = config or ConfidenceConfig()
     warnings: list[str] = []
     level = "high"
+    unmatched = False
     estimate.verification = verification
     if verification == "no match":
-        level = "low"
+        level, unmatched = "low", True
         warnings.append(
             f"no match: even the best candidate shares only {top_inliers} geometrically consistent "
             "features with the photo; it is probably from a place the database does not cover"
@@ -200,12 +230,19 @@ def assess_confidence(
             f"unverified: the best candidate shares only {top_inliers} geometrically consistent "
             "features with the photo"
         )
-    elif verification is None and reference is not None and best_score < reference:
-        level = "low"
+    elif verification is None and reference is None:
+        level = "medium"
         warnings.append(
-            f"weak match: best score {best_score:.3f} is below {reference:.3f}, what this "
-            "database's own photos typically score against their nearest neighbour; the photo "
-            "may be from a place the database does not cover"
+            "unverified: without re-ranking, nothing tells the place from a look-alike in this "
+            "database (it has too few photos of one place seen from 10–25 m apart to set a bar)"
+        )
+    elif verification is None and best_score < reference:
+        level, unmatched = "low", True
+        best, bar = _distinct(best_score, reference)
+        warnings.append(
+            f"weak match: best score {best} is below {bar}, the bar between what this database's "
+            "photos score against their own place and against other places; the photo may be "
+            "from a place the database does not cover"
         )
     if estimate.agreement < cfg.min_agreement and estimate.considered > 1:
         level = "low" if level == "low" else "medium"
@@ -213,9 +250,41 @@ def assess_confidence(
             f"candidates disagree: the estimate's group of {estimate.support} holds "
             f"{estimate.agreement:.0%} of the candidates' weight; the others point elsewhere"
         )
+    if unmatched:
+        estimate.radius_m = max(estimate.radius_m, estimate.extent_m, cfg.no_match_radius_m)
     estimate.confidence = level
     estimate.warnings = warnings
     return estimate
+
+
+def judge(
+    lats: Sequence[float],
+    lons: Sequence[float],
+    scores: Sequence[float],
+    *,
+    anchor: int | None = None,
+    reference: float | None = None,
+    verification: str | None = None,
+    top_inliers: int | None = None,
+    estimate_config: EstimateConfig | None = None,
+    confidence_config: ConfidenceConfig | None = None,
+) -> Estimate | None:
+    """The estimate and its confidence from ranked candidates (best first): what ``locate``
+    answers and ``eval`` scores, computed by one function so that they cannot drift apart."""
+    estimate = estimate_position(lats, lons, scores, estimate_config, anchor=anchor)
+    if estimate is None:
+        return None
+    return assess_confidence(estimate, float(np.asarray(scores)[0]), reference, confidence_config,
+                             verification=verification, top_inliers=top_inliers)
+
+
+def _distinct(value: float, bar: float) -> tuple[str, str]:
+    """Two scores printed with enough digits to differ ("0.425 is below 0.425" said nothing)."""
+    for digits in (3, 4, 5, 6):
+        a, b = f"{value:.{digits}f}", f"{bar:.{digits}f}"
+        if a != b:
+            return a, b
+    return a, b
 
 
 def _weighted_mean(xy: np.ndarray, weights: np.ndarray, members: np.ndarray) -> np.ndarray:

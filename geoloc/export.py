@@ -1,8 +1,8 @@
-"""Estimates in the formats other tools read: exiftool CSV, GeoJSON, XMP sidecars.
+"""Estimates in the formats other tools read: exiftool CSV, GeoJSON, GPX, XMP sidecars.
 
-The photos themselves are never written to. Users who want the position inside the file apply
-the CSV with exiftool (``exiftool -csv=estimates.csv FILES``), or let a photo manager pick up
-the XMP sidecars, so that every change to an original stays their decision.
+Nothing here writes into a photo (that is :mod:`geoloc.writeback`, ``--write-exif``): these
+files go beside the photos or to stdout, for exiftool, photo managers and GIS tools to apply
+or show (the recipes are in docs/commands/locate.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
-from geoloc.files import atomic_write, json_path
+from geoloc.files import atomic_write, display_path, json_path
 from geoloc.localize import LocateResult
+from geoloc.photos.meta import PROCESSING_METHOD  # geoloc's signature, read back by `index`
 from geoloc.photos.xmp import GEOLOC_NS, written_by_geoloc
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes
@@ -32,6 +33,7 @@ CSV_COLUMNS = (
     "GPSLatitudeRef",
     "GPSLongitudeRef",
     "GPSHPositioningError",
+    "GPSProcessingMethod",
     "Score",
     "Confidence",
 )
@@ -59,6 +61,7 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
                 "N" if e.lat >= 0 else "S",
                 "E" if e.lon >= 0 else "W",
                 f"{e.radius_m:.1f}",
+                PROCESSING_METHOD,
                 "" if score is None else f"{score:.6f}",
                 e.confidence,
             ]
@@ -100,6 +103,86 @@ def to_geojson(results: Iterable[LocateResult]) -> dict:
 def write_geojson(results: Iterable[LocateResult], out: TextIO) -> None:
     json.dump(to_geojson(results), out, indent=2, ensure_ascii=False, allow_nan=False)
     out.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# GPX 1.1
+# --------------------------------------------------------------------------------------------
+
+GPX_NS = "http://www.topografix.com/GPX/1/1"
+
+
+def to_gpx(results: Iterable[LocateResult]) -> str:
+    """GPX 1.1 (topografix.com/GPX/1/1): one waypoint per estimate, in the schema's element order.
+
+    GPX has no uncertainty element, so the radius is in the comment and description, and in
+    geoloc's own extension elements for programs. ``<time>`` must be UTC: it is written only
+    when the photo's EXIF gave its UTC offset; a local time without one goes in the description.
+    """
+    import xml.etree.ElementTree as ET
+
+    ET.register_namespace("", GPX_NS)
+    ET.register_namespace("geoloc", GEOLOC_NS)
+    q = lambda tag: f"{{{GPX_NS}}}{tag}"  # noqa: E731
+    root = ET.Element(q("gpx"), {"version": "1.1", "creator": f"geoloc {__version__}"})
+    meta = ET.SubElement(root, q("metadata"))
+    ET.SubElement(meta, q("name")).text = "geoloc estimates"
+    ET.SubElement(meta, q("time")).text = _utc_now()
+    for r in results:
+        e = r.estimate
+        if e is None:
+            continue
+        wpt = ET.SubElement(root, q("wpt"), {"lat": f"{e.lat:.7f}", "lon": f"{e.lon:.7f}"})
+        utc, local = _gpx_time(r.taken_at)
+        if utc:
+            ET.SubElement(wpt, q("time")).text = utc
+        ET.SubElement(wpt, q("name")).text = _xml_text(Path(r.query).name)
+        summary = f"radius {e.radius_m:.0f} m, confidence {e.confidence}"
+        ET.SubElement(wpt, q("cmt")).text = summary
+        taken = f"; taken {local} (local time)" if local else ""
+        ET.SubElement(wpt, q("desc")).text = _xml_text(f"geoloc estimate for {display_path(r.query)}: {summary}{taken}")
+        ET.SubElement(wpt, q("src")).text = f"geoloc {__version__}"
+        link = ET.SubElement(wpt, q("link"), {"href": _xml_text(Path(os.path.abspath(r.query)).as_uri())})
+        ET.SubElement(link, q("text")).text = _xml_text(Path(r.query).name)
+        ET.SubElement(wpt, q("type")).text = "geoloc estimate"
+        ext = ET.SubElement(wpt, q("extensions"))
+        for tag, value in (("radius_m", f"{e.radius_m:.1f}"), ("confidence", e.confidence),
+                           ("verification", e.verification or ""), ("support", str(e.support))):
+            ET.SubElement(ext, f"{{{GEOLOC_NS}}}{tag}").text = value
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_gpx(results: Iterable[LocateResult], out: TextIO) -> None:
+    out.write(to_gpx(results))
+
+
+def _gpx_time(taken_at: str | None) -> tuple[str | None, str | None]:
+    """(UTC xsd:dateTime, None) when the capture time has an offset, else (None, local time)."""
+    from datetime import datetime, timezone
+
+    if not taken_at:
+        return None, None
+    try:
+        when = datetime.fromisoformat(taken_at)
+    except ValueError:
+        return None, None
+    if when.tzinfo is None:
+        return None, when.isoformat(sep=" ")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), None
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _xml_text(text: str) -> str:
+    """XML 1.0 cannot hold most control characters (a file name may): escaped as geoloc prints them."""
+    from geoloc.files import printable
+
+    return printable(text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +240,7 @@ def xmp_sidecar(result: LocateResult) -> str:
         "exif:GPSLongitude": xmp_coordinate(e.lon, "E", "W"),
         "exif:GPSMapDatum": "WGS-84",
         "exif:GPSHPositioningError": f"{e.radius_m:.1f}",
+        "exif:GPSProcessingMethod": PROCESSING_METHOD,
         "geoloc:Version": __version__,
         "geoloc:RadiusM": f"{e.radius_m:.1f}",
         "geoloc:Support": str(e.support),

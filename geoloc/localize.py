@@ -8,7 +8,6 @@ lives here is the order of the steps for a batch of queries, and the results the
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
-from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, assess_confidence, estimate_position
+from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
 from geoloc.files import display_path, json_path
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
@@ -68,6 +67,8 @@ class LocateResult:
     error: str | None = None
     #: What re-ranking could not do (a candidate whose file is gone, in an older database).
     notes: list[str] = field(default_factory=list)
+    #: When the query photo was taken (its EXIF, ISO 8601, with the UTC offset when known).
+    taken_at: str | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -102,6 +103,7 @@ class LocateResult:
             "error_m": json_number(self.error_m, 2),
             "error": self.error,
             "warnings": self.warnings,
+            "taken_at": self.taken_at,
         }
 
 
@@ -300,6 +302,7 @@ class Locator:
             record = self.database.get(Path(key))
             if record is not None and _unchanged(record):
                 stored.append((i, record))
+                batch.results[i].taken_at = record.taken_at
                 if record.located:
                     batch.results[i].query_gps = (float(record.lat), float(record.lon))
             else:
@@ -349,6 +352,7 @@ class Locator:
                     batch.descriptors[i] = row
                     batch.cells[i] = one
                     meta = item.meta
+                    batch.results[i].taken_at = getattr(meta, "taken_at", None)
                     if meta is not None and getattr(meta, "located", False):
                         batch.results[i].query_gps = (float(meta.lat), float(meta.lon))
                 advance(len(slots))
@@ -411,7 +415,6 @@ class Locator:
         scores, ids = index.search(descriptors, want + 1)
         self.timings.search_s += _now() - start
 
-        reference = self.score_reference()
         start = _now()
         answers = []
         for q in range(len(descriptors)):
@@ -424,11 +427,11 @@ class Locator:
                 answers.append((None, []))
                 continue
             note = notes[q] if notes is not None else []
-            answers.append(self._answer(keep, reference, cells[q], note))
+            answers.append(self._answer(keep, cells[q], note))
         self.timings.estimate_s += _now() - start
         return answers
 
-    def _answer(self, keep: list[tuple[int, float]], reference: float | None, cells, notes: list[str]
+    def _answer(self, keep: list[tuple[int, float]], cells, notes: list[str]
                 ) -> tuple[Estimate, list[Candidate]]:
         """Re-rank the best candidates (with ``cells``), then the estimate from the best
         ``estimate_k`` and the top-k candidates."""
@@ -453,11 +456,11 @@ class Locator:
         ranked = np.array(rows)
         n_est = min(cfg.estimate_k, len(keep)) if cfg.estimate_k > 0 else 1
         # Re-ranked: the group must hold the verified first candidate; cosines weigh the rest.
-        estimate = estimate_position(self._lats[ranked[:n_est]], self._lons[ranked[:n_est]],
-                                     np.array(sims[:n_est]), cfg.estimate, anchor=0 if verdict else None)
-        assess_confidence(estimate, float(sims[0]), reference, cfg.confidence,
-                          verification=verdict.flag if verdict else None,
-                          top_inliers=verdict.top_inliers if verdict else None)
+        estimate = judge(self._lats[ranked[:n_est]], self._lons[ranked[:n_est]], np.array(sims[:n_est]),
+                         anchor=0 if verdict else None, reference=None if verdict else self.score_reference(),
+                         verification=verdict.flag if verdict else None,
+                         top_inliers=verdict.top_inliers if verdict else None,
+                         estimate_config=cfg.estimate, confidence_config=cfg.confidence)
         candidates = []
         for rank, (j, s) in enumerate(zip(rows[: cfg.top_k], sims), start=1):
             lat, lon = float(self._lats[j]), float(self._lons[j])
@@ -467,33 +470,20 @@ class Locator:
         return estimate, candidates
 
     def score_reference(self) -> float | None:
-        """The database's typical nearest-neighbour score (see ``ConfidenceConfig``), or None.
+        """The weak-match bar of queries judged without verification (:mod:`geoloc.coverage`),
+        or None when this database offers none.
 
-        Measured once per Locator on an even sample of the located photos, each searched
-        against all the others with the same index as the queries. The sample shrinks for
-        very large exact databases so that this costs about as much as a few queries.
+        Measured once per Locator, and only when a query is judged without verification.
         """
         if self._reference_done:
             return self._reference
         self._reference_done = True
-        cfg = self.config.confidence
-        n = len(self.records)
-        if n < max(2, cfg.min_reference_photos):
-            return None
+        from geoloc.coverage import score_reference
+
         start = _now()
-        budget = max(20, int(4e9 // max(1, n * self.database.dim)))
-        sample = min(n, cfg.reference_sample, budget)
-        rows = np.unique(np.linspace(0, n - 1, sample).round().astype(np.int64))
-        index = self._index_for(len(rows))
-        queries = np.ascontiguousarray(self._matrix[rows], dtype=np.float32)
-        scores, ids = index.search(queries, 2)
-        best = [
-            float(next((s for j, s in zip(ids[i], scores[i]) if j >= 0 and j != row), np.nan))
-            for i, row in enumerate(rows)
-        ]
-        best = np.array([b for b in best if math.isfinite(b)])
-        if best.size >= cfg.min_reference_photos:
-            self._reference = float(np.quantile(best, cfg.reference_quantile))
+        sample = min(len(self.records), self.config.confidence.reference_sample)
+        self._reference = score_reference(self._index_for(sample), self._matrix, self._lats, self._lons,
+                                          self.config.confidence)
         self.timings.search_s += _now() - start
         return self._reference
 

@@ -102,7 +102,7 @@ def test_result_json_has_exactly_the_spec_fields():
     r = LocateResult(Path("q.jpg"), Estimate(LAT0, LON0, 12.34, 2, 0.9), [c], (LAT0 + 1e-4, LON0))
     body = r.to_json()
     # The SPEC's fields, plus the confidence extension (``warnings``; ``estimate.confidence``).
-    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings"}
+    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at"}
     assert {"lat", "lon", "radius_m"} <= set(body["estimate"])
     assert body["estimate"]["confidence"] == "high" and body["warnings"] == []
     assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m", "verified"}
@@ -210,11 +210,18 @@ def test_confidence_levels_follow_the_reference_and_the_agreement():
     """Why: a query from a place the database does not cover still gets an estimate; the user
     must be told that it rests on nothing (weak best match) or on a split vote."""
     assert assess_confidence(_est(0.9), 0.50, 0.31).confidence == "high"
-    assert assess_confidence(_est(0.9), 0.50, None).confidence == "high"  # no reference: no check
+    # No verification and no bar: nothing tells the place from a look-alike, so never high.
+    blind = assess_confidence(_est(0.9), 0.50, None)
+    assert blind.confidence == "medium" and "unverified" in blind.warnings[0]
 
     weak = assess_confidence(_est(0.9), 0.26, 0.31)
     assert weak.confidence == "low"
     assert len(weak.warnings) == 1 and "weak match" in weak.warnings[0] and "0.260" in weak.warnings[0]
+    # A query that matched nothing: the radius says so (kilometres, not the group's 20 m).
+    assert weak.radius_m >= 1000.0
+    # Scores that round alike are printed with the digits that tell them apart.
+    close = assess_confidence(_est(0.9), 0.42468, 0.42512)
+    assert "0.4247 is below 0.4251" in close.warnings[0]
 
     split = assess_confidence(_est(0.4), 0.50, 0.31)
     assert split.confidence == "medium" and "disagree" in split.warnings[0]

@@ -23,7 +23,7 @@ from geoloc.cli import app
 from geoloc.geo import haversine_m
 
 # The SPEC's keys plus geoloc's extension: "warnings" (why an estimate is doubtful).
-SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings"}
+SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at"}
 CANDIDATE_KEYS = {"rank", "path", "lat", "lon", "score", "distance_m", "verified"}
 MAX_SIDE = 224
 
@@ -128,8 +128,15 @@ def test_a_photo_from_another_city_is_flagged_low_confidence(lund, exif_dir):
         assert o["error_m"] > 1_000_000  # it really is wrong …
         assert o["estimate"]["confidence"] == "low"  # … and says so
         assert any("no match" in w for w in o["warnings"])  # verification found nothing in common
-        assert f"{name}: no match" in result.stderr
+        assert o["estimate"]["radius_m"] >= 1000  # and its radius says it could be anywhere
+    # Several queries: one line counts the flags, instead of a line per warning.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["warning: 2 of 4 estimates are flagged (no match: 2, candidates disagree: 2); "
+                     "--verbose lists them, --json gives each its warnings"], lines
     assert "weak match" not in result.stdout.replace('"weak match', "")  # only inside the JSON
+    verbose = CliRunner().invoke(app, ["locate", str(arezzo / "DSCN0010.jpg"), str(queries / "06.jpg"),
+                                       "--db", str(db), "--json", "--verbose"])
+    assert "DSCN0010.jpg: no match" in verbose.stderr
 
 
 def test_a_database_photo_is_never_its_own_candidate(lund):

@@ -221,6 +221,11 @@ def _print_summary(result, to_stderr: bool = False) -> None:
     _row(t, "recall@1/5/10/20", " / ".join(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)) + " %")
     _row(t, "median error", format_distance(s.median_error_m))
     _row(t, "mean error", format_distance(s.mean_error_m))
+    calibrated = [(level, c) for level, c in s.calibration.items() if c["queries"]]
+    if calibrated:
+        # What each confidence level is worth here: the truth inside the radius how often.
+        _row(t, "confidence", "; ".join(f"{level} {c['queries']}, {_pct(c['within_radius'])} % within radius"
+                                        for level, c in calibrated))
     if s.queries_without_positive:
         _row(t, "no positive", f"{s.queries_without_positive} queries have no database image within the threshold")
     d = result.descriptors

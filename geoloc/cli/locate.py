@@ -45,8 +45,23 @@ def locate_command(
         False, "--csv", help="Print CSV for exiftool: SourceFile, signed GPSLatitude/GPSLongitude, radius, score."
     ),
     as_geojson: bool = typer.Option(False, "--geojson", help="Print an RFC 7946 GeoJSON FeatureCollection."),
+    as_gpx: bool = typer.Option(False, "--gpx", help="Print GPX 1.1: one waypoint per estimate."),
     xmp: bool = typer.Option(
         False, "--xmp", help="Write an XMP sidecar (photo.xmp) next to each located photo without GPS."
+    ),
+    write_exif: bool = typer.Option(
+        False, "--write-exif",
+        help="Write the estimate into each photo's own EXIF GPS, where it has none: pixels untouched, "
+        "atomic, with an undo record (geoloc undo-exif). Needs exiftool or pyexiv2."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="With --write-exif: replace GPS the photo already has (kept in the undo record)."
+    ),
+    min_confidence: Optional[str] = typer.Option(
+        None, "--min-confidence", metavar="low|medium|high",
+        help="Write only estimates at least this sure: default high for --xmp, --write-exif and --csv "
+        "(exiftool's import), low (all) for --geojson and --gpx (maps)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="List every flagged estimate and every photo left out, one line each."
     ),
     xmp_name: str = typer.Option(
         "stem",
@@ -72,11 +87,23 @@ def locate_command(
     from geoloc import console
     from geoloc.errors import GeolocError, UsageError
 
-    fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson)
+    fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson, gpx=as_gpx)
+    from geoloc.estimate import CONFIDENCE_LEVELS
     from geoloc.export import SIDECAR_NAMINGS
 
     if xmp_name not in SIDECAR_NAMINGS:
         raise UsageError(f"--xmp-name {xmp_name}: choose one of {', '.join(SIDECAR_NAMINGS)}")
+    if min_confidence is not None and min_confidence not in CONFIDENCE_LEVELS:
+        raise UsageError(f"--min-confidence {min_confidence}: choose one of {', '.join(CONFIDENCE_LEVELS)}")
+    if min_confidence is not None and not (xmp or write_exif or fmt in _GATED_FORMATS):
+        raise UsageError("--min-confidence applies to what is written: add --xmp, --write-exif, --csv, "
+                         "--geojson or --gpx")
+    if overwrite and not write_exif:
+        raise UsageError("--overwrite only applies to --write-exif")
+    if write_exif:
+        from geoloc.photos.gpswrite import find_backend
+
+        find_backend()  # no writer installed: say so now, before minutes of locating
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
     db_path = resolve_db(db)
@@ -96,15 +123,13 @@ def locate_command(
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
-    for r in results:
-        if r.error:
-            console.warn(r.error)
-        for note in r.warnings:
-            console.warn(f"{r.query}: {note}")
-    _print_results(results, fmt)
+    _report_warnings(results, verbose)
+    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose)
 
     if xmp:
-        _write_sidecars(results, xmp_name)
+        _write_sidecars(results, xmp_name, min_confidence or "high", verbose)
+    if write_exif:
+        _write_exif(results, min_confidence or "high", overwrite, verbose)
     if map_file is not None and any(r.estimate for r in results):
         from geoloc.mapview import MapConfig, save_map
 
@@ -150,12 +175,86 @@ def _locate_all(db_path: Path, slots: list, unlocated: bool, config) -> list:
     return [next(located) if kind == "path" else LocateResult(Path(p.path), error=str(p)) for kind, p in slots]
 
 
-def _print_results(results: list, fmt: str | None) -> None:
+#: The stdout formats that carry positions to other tools, and so honour --min-confidence.
+_GATED_FORMATS = ("csv", "geojson", "gpx")
+
+
+def _report_warnings(results: list, verbose: bool) -> None:
+    """Unreadable files one line each; the flags of the estimates one line each for a single
+    query (or with ``--verbose``), else one line that counts them by kind."""
+    from collections import Counter
+
+    from geoloc import console
+
+    kinds: Counter[str] = Counter()
+    flagged = 0
+    for r in results:
+        if r.error:
+            console.warn(r.error)
+        if r.warnings:
+            flagged += 1
+        for note in r.warnings:
+            if verbose or len(results) == 1:
+                console.warn(f"{display_path(r.query)}: {note}")
+            kinds[_warning_kind(note, r)] += 1
+    if flagged and not verbose and len(results) > 1:
+        located = sum(1 for r in results if r.estimate is not None)
+        parts = ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common())
+        console.warn(f"{flagged} of {located} estimates are flagged ({parts}); "
+                     "--verbose lists them, --json gives each its warnings")
+
+
+def _warning_kind(note: str, result) -> str:
+    """A flag's kind, the words before its colon ("no match", "candidates disagree"); what
+    re-ranking could not do (a candidate's file gone) counts as one kind."""
+    if result.estimate is not None and note in result.estimate.warnings:
+        head = note.split(":", 1)[0]
+        if len(head) <= 24:
+            return head
+    return "re-ranking notes"
+
+
+def _gate(results: list, minimum: str) -> tuple[list, list]:
+    """(results to write, located results below ``minimum``)."""
+    from geoloc.estimate import meets
+
+    kept, below = [], []
+    for r in results:
+        if r.estimate is not None and not meets(r.estimate.confidence, minimum):
+            below.append(r)
+        else:
+            kept.append(r)
+    return kept, below
+
+
+def _say_below(below: list, minimum: str, where: str, verbose: bool) -> None:
+    """One line: how many estimates were not written for their confidence, by level."""
+    from collections import Counter
+
+    from geoloc import console
+
+    if not below:
+        return
+    if verbose:
+        for r in below:
+            console.info(f"{display_path(r.query)}: confidence {r.estimate.confidence}, below "
+                         f"{minimum}: not written to {where}")
+    levels = Counter(r.estimate.confidence for r in below)
+    by_level = ", ".join(f"{levels[lv]} {lv}" for lv in ("medium", "low") if levels[lv])
+    n = len(below)
+    console.info(f"{n} estimate{'' if n == 1 else 's'} below confidence {minimum} left out of {where} "
+                 f"({by_level}; --min-confidence sets the bar)")
+
+
+def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False) -> None:
     """The data format asked for on stdout, or the tables for people."""
     import sys
 
     from geoloc import console
 
+    if fmt in _GATED_FORMATS:
+        results, below = _gate(results, minimum)
+        _say_below(below, minimum, f"the {fmt.upper() if fmt != 'geojson' else 'GeoJSON'}", verbose)
     if fmt == "json":
         console.print_json([r.to_json() for r in results])
     elif fmt == "csv":
@@ -166,6 +265,10 @@ def _print_results(results: list, fmt: str | None) -> None:
         from geoloc.export import write_geojson
 
         write_geojson(results, sys.stdout)
+    elif fmt == "gpx":
+        from geoloc.export import write_gpx
+
+        write_gpx(results, console.data_out())
     else:
         _print_tables(results)
 
@@ -270,17 +373,54 @@ def _print_tables(results) -> None:
         out.print(cands)
 
 
-def _write_sidecars(results, naming: str) -> None:
+def _write_sidecars(results, naming: str, minimum: str, verbose: bool) -> None:
     from geoloc import console
     from geoloc.export import OWN_GPS, write_sidecars
 
+    results, below = _gate(results, minimum)
     report = write_sidecars(results, naming)
     own_gps = 0
     for photo, reason in report.skipped:
         if reason == OWN_GPS:
             own_gps += 1
+            if verbose:
+                console.info(f"{display_path(photo)}: {reason}; no sidecar written")
         else:
-            console.warn(f"{photo}: no sidecar written: {reason}")
+            console.warn(f"{display_path(photo)}: no sidecar written: {reason}")
     n = len(report.written)
     note = f" ({own_gps} with GPS of their own left alone)" if own_gps else ""
     console.info(f"{n} XMP sidecar{'' if n == 1 else 's'} written{note}")
+    _say_below(below, minimum, "the sidecars", verbose)
+
+
+def _write_exif(results, minimum: str, overwrite: bool, verbose: bool) -> None:
+    from geoloc import console
+    from geoloc.console import RichProgress
+    from geoloc.writeback import WriteOptions, write_estimates
+
+    located, below = _gate([r for r in results if r.estimate is not None], minimum)
+    progress = RichProgress(transient=True, bars=len(located) > 1)
+    progress.stage("Writing EXIF", len(located))
+    try:
+        report = write_estimates(located, WriteOptions(min_confidence=minimum, overwrite=overwrite),
+                                 on_progress=progress.advance)
+    finally:
+        progress.close()
+    for photo, reason in report.failed:
+        console.warn(f"{display_path(photo)}: EXIF not written: {reason}")
+    for photo, reason in report.unwritable[: None if verbose else 3]:
+        console.warn(f"{display_path(photo)}: EXIF not written: {reason}")
+    if len(report.unwritable) > 3 and not verbose:
+        console.warn(f"… and {len(report.unwritable) - 3} more photos in formats that are not written to "
+                     "(--verbose lists them)")
+    if verbose:
+        for photo in report.own_position:
+            console.info(f"{display_path(photo)}: has a position of its own; EXIF not written (--overwrite replaces it)")
+    n = len(report.written)
+    parts = [f"EXIF GPS written into {n} photo{'' if n == 1 else 's'} with {report.backend}"]
+    if report.own_position:
+        parts.append(f"{len(report.own_position)} with a position of their own left alone")
+    if report.journal is not None:
+        parts.append(f"undo with `geoloc undo-exif` (record: {display_path(report.journal)})")
+    console.info("; ".join(parts))
+    _say_below(below, minimum, "the photos", verbose)

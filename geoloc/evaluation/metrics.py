@@ -44,6 +44,8 @@ class QueryOutcome:
     error_m: float | None = None
     has_positive: bool | None = None  # a database image lies within the threshold
     error: str | None = None  # the query could not be used (unreadable photo)
+    confidence: str | None = None  # as ``geoloc locate`` would say it ("high", "medium", "low")
+    verification: str | None = None  # the re-ranked top-1's verdict, None without re-ranking
 
     @property
     def scored(self) -> bool:
@@ -109,6 +111,25 @@ def within_fraction(errors_m: Iterable[float | None], radius_m: float) -> float 
     return sum(1 for x in e if x is not None and math.isfinite(x) and x <= radius_m) / len(e)
 
 
+CONFIDENCE_LEVELS = ("high", "medium", "low")
+
+
+def calibration(outcomes: Iterable[QueryOutcome]) -> dict[str, dict]:
+    """Per confidence level: how many queries got it, and the share whose truth lies inside the
+    estimate's radius (the promise of ``high``: at least 90 %, docs/estimate.md)."""
+    table = {}
+    for level in CONFIDENCE_LEVELS:
+        mine = [o for o in outcomes if o.scored and o.confidence == level and o.error_m is not None]
+        inside = sum(1 for o in mine if o.radius_m is not None and o.error_m <= o.radius_m)
+        radii = [o.radius_m for o in mine if o.radius_m is not None]
+        table[level] = {
+            "queries": len(mine),
+            "within_radius": inside / len(mine) if mine else None,
+            "median_radius_m": float(np.median(radii)) if radii else None,
+        }
+    return table
+
+
 @dataclass
 class Summary:
     """The figures of one evaluation run."""
@@ -122,6 +143,7 @@ class Summary:
     queries_without_positive: int | None
     failed: int  # queries that could not be read
     curve: np.ndarray  # recall@1..max_n
+    calibration: dict[str, dict] = field(default_factory=dict)  # see ``calibration``
 
 
 def summarize(outcomes: Sequence[QueryOutcome], threshold_m: float, ns: Sequence[int] = RECALL_NS, max_n: int | None = None) -> Summary:
@@ -140,4 +162,5 @@ def summarize(outcomes: Sequence[QueryOutcome], threshold_m: float, ns: Sequence
         queries_without_positive=(sum(1 for k in known if not k) if len(known) == len(scored) else None),
         failed=len(outcomes) - len(scored),
         curve=recall_curve(dists, threshold_m, max_n),
+        calibration=calibration(scored),
     )

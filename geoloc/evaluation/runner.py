@@ -2,7 +2,7 @@
 
 Nothing here extracts, searches or estimates on its own: the database side is built by
 ``geoloc.indexer.index_photos``, query descriptors come from ``geoloc.extract.Extractor``, the
-search is ``geoloc.search.SearchIndex`` and the estimate ``geoloc.estimate.estimate_position``,
+search is ``geoloc.search.SearchIndex`` and the estimate ``geoloc.estimate.judge``,
 so the figures measure exactly what ``geoloc index`` and ``geoloc locate`` do. What is specific
 to evaluation is that the truth comes from the benchmark (not from EXIF), and that everything
 expensive is cached.
@@ -110,6 +110,9 @@ class EvalResult:
             "queries_failed": s.failed,
             "queries_without_gps": self.skipped_queries,
             "rerank": self.reranked,
+            "calibration": {level: {"queries": c["queries"], "within_radius": _r(c["within_radius"], 4),
+                                    "median_radius_m": _r(c["median_radius_m"], 1)}
+                            for level, c in s.calibration.items()},
             "descriptors": dict(self.descriptors),
             "cache": str(self.cache) if self.cache else None,
             "errors": [{"path": str(p.path), "reason": p.reason} for p in self.problems],
@@ -125,6 +128,8 @@ def _outcome_json(o: QueryOutcome, top_k: int) -> dict:
         "truth": None if o.true_lat is None else {"lat": _r(o.true_lat, 7), "lon": _r(o.true_lon, 7)},
         "estimate": None if o.estimate_lat is None else {"lat": _r(o.estimate_lat, 7), "lon": _r(o.estimate_lon, 7), "radius_m": _r(o.radius_m, 1)},
         "error_m": _r(o.error_m, 2),
+        "confidence": o.confidence,
+        "verification": o.verification,
         "candidates": [
             {"rank": c.rank, "path": c.path, "score": _r(c.score, 6), "truth_distance_m": _r(c.truth_distance_m, 2)}
             for c in o.candidates[:top_k]
@@ -347,7 +352,8 @@ def _search_and_score(
     reranker=None,
     q_slots: np.ndarray | None = None,
 ) -> list[QueryOutcome]:
-    from geoloc.estimate import EstimateConfig, estimate_position
+    from geoloc.coverage import score_reference
+    from geoloc.estimate import judge
     from geoloc.search import SearchConfig, SearchIndex
 
     # Exact search always: published recall figures are exhaustive nearest neighbours.
@@ -365,9 +371,12 @@ def _search_and_score(
         ref = np.median(np.concatenate([split.db.utm, split.queries.utm]), axis=0)
     db_lat, db_lon, real = _estimator_positions(split.db, ref)
     q_lat, q_lon, _ = _estimator_positions(split.queries, ref)
-    est_cfg = EstimateConfig()
     row_of = {q: r for r, q in enumerate(ok)}
     ranked = _ranked(ok, row_of, ids, scores, reranker, q_slots)
+    # The weak-match bar of queries judged without verification, as `geoloc locate` sets it.
+    reference = None
+    if ok and any(ranked[qi][3] is None for qi in ok):
+        reference = score_reference(index, db_matrix, db_lat[split_rows], db_lon[split_rows])
 
     outcomes: list[QueryOutcome] = []
     for qi, path in enumerate(split.query_paths):
@@ -377,7 +386,7 @@ def _search_and_score(
             o.error = q_errors[qi]
             outcomes.append(o)
             continue
-        search_rows, sims, anchor = ranked[qi]
+        search_rows, sims, anchor, verdict = ranked[qi]
         rows = split_rows[search_rows]
         dists = split.distances_m(qi, rows)
         o.candidates = [
@@ -387,8 +396,12 @@ def _search_and_score(
         o.has_positive = bool(available[positives[qi]].any())
         n_est = max(1, min(config.estimate_k, len(rows)))
         if len(rows):
-            est = estimate_position(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], est_cfg, anchor=anchor)
+            est = judge(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], anchor=anchor,
+                        reference=None if verdict else reference,
+                        verification=verdict.flag if verdict else None,
+                        top_inliers=verdict.top_inliers if verdict else None)
             if est is not None:
+                o.confidence, o.verification = est.confidence, est.verification
                 o.radius_m = float(est.radius_m)
                 o.error_m = float(haversine_m(est.lat, est.lon, q_lat[qi], q_lon[qi]))
                 if real:
@@ -397,8 +410,9 @@ def _search_and_score(
     return outcomes
 
 
-def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per query: search rows, cosines and the estimate's weights, in final order.
+def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple]:
+    """Per query: search rows and cosines in final order, the estimate's anchor, and the
+    verification (a ``Reranked``, None when the query was not verified).
 
     With a re-ranker, each query's top candidates are verified; queries go through two threads
     (OpenCV's MAGSAC and numpy's matrix products release the GIL).
@@ -410,7 +424,7 @@ def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple[np.nd
         valid = ids[r] >= 0
         rows = ids[r][valid].astype(np.int64)
         sims = scores[r][valid].astype(np.float64)
-        anchor = None
+        anchor = verdict = None
         slot = q_slots[qi] if q_slots is not None else None
         cells = _slot_cells(reranker, slot) if reranker is not None else None
         if cells is not None and len(rows):
@@ -418,7 +432,7 @@ def _ranked(ok, row_of, ids, scores, reranker, q_slots) -> dict[int, tuple[np.nd
             n = len(verdict.order)
             order = np.array(verdict.order + list(range(n, len(rows))), dtype=np.int64)
             rows, sims, anchor = rows[order], sims[order], 0
-        return qi, (rows, sims, anchor)
+        return qi, (rows, sims, anchor, verdict)
 
     with ThreadPoolExecutor(max_workers=2 if reranker is not None else 1) as pool:
         return dict(pool.map(one, ok))

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from geoloc import __version__
 from geoloc.errors import PhotoError
 from geoloc.geo import is_valid_position
 from geoloc.photos.decode import exif_of, open_error_reason, open_image, orientation_of
@@ -32,6 +33,7 @@ from geoloc.photos.xmp import read_xmp
 # only as "Tag 0x001F".
 GPS_LATITUDE_REF, GPS_LATITUDE, GPS_LONGITUDE_REF, GPS_LONGITUDE = 1, 2, 3, 4
 GPS_ALTITUDE_REF, GPS_ALTITUDE, GPS_DOP, GPS_H_POSITIONING_ERROR = 5, 6, 11, 31
+GPS_PROCESSING_METHOD = 27
 ORIENTATION, DATETIME, GPS_IFD_POINTER = 0x0112, 0x0132, 0x8825
 # (date-time, its time-zone offset, its sub-seconds), best first.
 TIME_TAGS = ((0x9003, 0x9011, 0x9291), (0x9004, 0x9012, 0x9292), (0x0132, 0x9010, 0x9290))
@@ -48,6 +50,12 @@ GPS_TAG_NUMBERS = {"GPSLatitudeRef": GPS_LATITUDE_REF, "GPSLatitude": GPS_LATITU
                    "GPSHPositioningError": GPS_H_POSITIONING_ERROR}
 
 Tags = dict[int, Any]
+
+#: How ``geoloc locate --write-exif`` signs the GPS it writes (EXIF GPSProcessingMethod): such
+#: a position is an estimate, and is never read back as the photo's own.
+GEOLOC_METHOD_PREFIX = "geoloc"
+#: The whole note, as ``--write-exif`` writes it and the CSV and sidecars carry it for exiftool.
+PROCESSING_METHOD = f"{GEOLOC_METHOD_PREFIX} {__version__} estimate (visual place recognition)"
 
 
 @dataclass
@@ -77,6 +85,10 @@ class PhotoMeta:
     no_position_reason: str | None = None
     gps_source: str | None = None
     sidecars: list[Sidecar] = field(default_factory=list)
+    #: Whether the file's own EXIF holds GPS coordinates, usable or not: None, "geoloc" (an
+    #: estimate ``--write-exif`` wrote) or "other" (a camera's, a photo manager's). What
+    #: ``--write-exif`` may replace without ``--overwrite`` depends on it.
+    exif_gps: str | None = None
 
     @property
     def located(self) -> bool:
@@ -127,6 +139,10 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
             meta.orientation = _orientation_value(ifd0.get(ORIENTATION))
         meta.taken_at = capture_time(ifd0, exif)
         lat, lon, reason = gps_position(gps)
+        if gps and not (_is_empty(gps.get(GPS_LATITUDE)) and _is_empty(gps.get(GPS_LONGITUDE))):
+            meta.exif_gps = "geoloc" if written_by_geoloc(gps) else "other"
+            if meta.exif_gps == "geoloc":
+                reason = "its EXIF GPS was written by geoloc (an estimate, never read back as a position)"
         if not gps:
             if GPS_IFD_POINTER in ifd0:
                 reason = "empty GPS block"
@@ -239,6 +255,19 @@ def _header(fh: BinaryIO, path: Path):
         return None
 
 
+def read_gps_block(path: str | os.PathLike) -> Tags:
+    """A (non-RAW) file's EXIF GPS tags by number, read as :func:`read_meta` reads them
+    (ExifRead, else Pillow): what ``--write-exif`` checks its own writes with."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        ifd0, exif, gps = _exifread_tags(fh)
+        if not (ifd0 or exif or gps):
+            image = _header(fh, path)
+            if image is not None:
+                _, _, gps = _pillow_tags(image)
+    return gps
+
+
 def _pillow_tags(image) -> tuple[Tags, Tags, Tags]:
     try:
         exif = exif_of(image)
@@ -253,6 +282,17 @@ def _orientation_value(values: Any) -> int:
 
 
 # --- GPS --------------------------------------------------------------------------------------
+
+
+def written_by_geoloc(gps: Tags) -> bool:
+    """The GPS block carries geoloc's processing-method note (``geoloc locate --write-exif``).
+
+    EXIF's GPSProcessingMethod starts with an 8-byte character-code header ("ASCII\\0\\0\\0").
+    """
+    text = _text(gps.get(GPS_PROCESSING_METHOD)) or ""
+    for header in ("ASCII\x00\x00\x00", "UNICODE\x00", "charset=Ascii "):
+        text = text.removeprefix(header)
+    return text.lstrip("\x00 ").lower().startswith(GEOLOC_METHOD_PREFIX)
 
 
 def gps_position(gps: Tags) -> tuple[float | None, float | None, str | None]:

@@ -1,0 +1,101 @@
+"""`geoloc undo-exif`: put back the GPS of the photos a `locate --write-exif` run wrote into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from geoloc.cli import app
+from geoloc.cli._common import handle_errors
+
+_HELP = (
+    "Put back the GPS tags of the photos `geoloc locate --write-exif` wrote into.\n\n"
+    "Each photo gets its GPS tags back as they were (pixels untouched, atomically); a photo "
+    "edited since is left alone and named."
+    "\n\nWithout JOURNAL: the latest run not yet undone. Journals are in $GEOLOC_HOME/undo."
+)
+
+
+@app.command("undo-exif", help=_HELP, epilog="Examples:\ngeoloc undo-exif\ngeoloc undo-exif --list")
+@handle_errors
+def undo_exif(
+    journal: Optional[Path] = typer.Argument(
+        None, metavar="[JOURNAL]", help="An undo journal (a file, or its name as --list shows it).",
+        show_default=False),
+    list_runs: bool = typer.Option(False, "--list", help="List the runs that wrote into photos, newest last."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON on stdout."),
+) -> None:
+    """Thin: journal → writeback.undo_run → one summary line (help text in _HELP)."""
+    from geoloc import console
+    from geoloc.files import display_path, json_path
+
+    if list_runs:
+        _list(as_json)
+        return
+    from geoloc.console import RichProgress
+    from geoloc.undo_journal import read_journal
+    from geoloc.writeback import latest_journal, undo_run
+
+    path = _resolve(journal) if journal is not None else latest_journal()
+    entries = len(read_journal(path).entries)
+    progress = RichProgress(transient=True, bars=entries > 1)
+    progress.stage("Undoing", entries)
+    try:
+        report = undo_run(path, on_progress=progress.advance)
+    finally:
+        progress.close()
+    for photo in report.changed:
+        console.warn(f"{display_path(photo)}: changed since geoloc wrote its GPS; left as it is")
+    for photo in report.missing:
+        console.warn(f"{display_path(photo)}: no longer exists; nothing to undo")
+    for photo, reason in report.failed:
+        console.warn(f"{display_path(photo)}: not undone: {reason}")
+    if as_json:
+        console.print_json({
+            "journal": json_path(path), "complete": report.complete,
+            "restored": [json_path(p) for p in report.restored], "already": [json_path(p) for p in report.already],
+            "changed": [json_path(p) for p in report.changed], "missing": [json_path(p) for p in report.missing],
+            "failed": [{"path": json_path(p), "reason": r} for p, r in report.failed],
+        })
+    n = len(report.restored)
+    extra = f", {len(report.already)} already as they were" if report.already else ""
+    console.info(f"GPS put back in {n} photo{'' if n == 1 else 's'}{extra} (journal {display_path(path)})")
+    if not report.complete:
+        raise typer.Exit(1)
+
+
+def _resolve(journal: Path) -> Path:
+    from geoloc.errors import UsageError
+    from geoloc.files import display_path
+    from geoloc.undo_journal import SUFFIX, undo_dir
+
+    for candidate in (journal, undo_dir() / journal, undo_dir() / f"{journal}{SUFFIX}"):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"{display_path(journal)}: no such undo journal (`geoloc undo-exif --list` lists them)")
+
+
+def _list(as_json: bool) -> None:
+    from geoloc import console
+    from geoloc.errors import GeolocError
+    from geoloc.files import display_path, json_path
+    from geoloc.undo_journal import journals, read_journal
+
+    runs = []
+    for path in journals():
+        try:
+            runs.append(read_journal(path))
+        except GeolocError as exc:
+            console.warn(str(exc))
+    if as_json:
+        console.print_json([{"journal": json_path(i.path), "name": i.name, "created": i.created,
+                             "backend": i.backend, "photos": len(i.entries), "undone": i.undone} for i in runs])
+        return
+    if not runs:
+        console.info("no `geoloc locate --write-exif` run has written into a photo")
+        return
+    for i in runs:
+        state = "undone" if i.undone else "can be undone"
+        console.info(f"{i.name}  {i.created}  {len(i.entries)} photos  {i.backend}  {state}  ({display_path(i.path)})")

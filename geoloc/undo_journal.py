@@ -1,0 +1,189 @@
+"""The undo record of ``--write-exif``: one JSON-lines journal per run, written ahead.
+
+Each photo's line is on disk (fsynced) *before* the rename that changes the photo, with the
+photo's content hash before and after and the GPS tags it had. So after a crash, even a
+``kill -9``, the journal says everything that may have happened: a photo whose hash is the
+"after" one was changed, one whose hash is still the "before" one was not, and the temporary
+file of the photo in flight is named (in a ``temp`` line written before the file is made) so
+that the next run removes it. ``geoloc undo-exif`` reads the same lines to put photos back.
+
+Journals live in ``$GEOLOC_HOME/undo/``; they are small (a few hundred bytes a photo) and are
+kept until the user deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from geoloc import __version__
+from geoloc.errors import GeolocError
+from geoloc.files import display_path, fsync_dir
+from geoloc.paths import geoloc_home
+
+KIND = "geoloc-exif-journal"
+VERSION = 1
+SUFFIX = ".jsonl"
+
+
+def undo_dir() -> Path:
+    return geoloc_home() / "undo"
+
+
+@dataclass
+class Entry:
+    """One photo written by a run, as its journal line says."""
+
+    photo: Path
+    before: str  # sha256 of the photo before the write
+    after: str  # sha256 of the file that replaced it
+    gps_before: dict[str, str]
+    backend: str
+    estimate: dict = field(default_factory=dict)
+    restored: str | None = None  # sha256 after an undo replaced it, when one did
+
+
+@dataclass
+class JournalInfo:
+    """What a journal holds, for ``undo-exif --list`` and for choosing the run to undo."""
+
+    path: Path
+    created: str
+    backend: str
+    entries: list[Entry]
+    temps: list[Path]
+    undone: bool
+    damaged_lines: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+class Journal:
+    """An open journal of one ``--write-exif`` run (or of an undo, appended to the run's own)."""
+
+    def __init__(self, path: Path, fh):
+        self.path = path
+        self._fh = fh
+
+    @classmethod
+    def create(cls, backend: str, backend_version: str) -> "Journal":
+        folder = undo_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            path = folder / f"exif-{stamp}-{os.getpid()}{SUFFIX}"
+            fh = open(path, "x", encoding="utf-8")
+        except OSError as exc:
+            raise GeolocError(f"cannot write the undo journal in {display_path(folder)}: "
+                              f"{exc.strerror or exc}; no photo was changed") from None
+        journal = cls(path, fh)
+        journal.append({"journal": KIND, "version": VERSION, "created": _now(), "geoloc": __version__,
+                        "backend": backend, "backend_version": backend_version})
+        fsync_dir(folder)
+        return journal
+
+    @classmethod
+    def reopen(cls, path: Path) -> "Journal":
+        try:
+            return cls(path, open(path, "a", encoding="utf-8"))
+        except OSError as exc:
+            raise GeolocError(f"cannot append to the undo journal {display_path(path)}: "
+                              f"{exc.strerror or exc}; no photo was changed") from None
+
+    def append(self, record: dict) -> None:
+        """One line, on disk before this returns: the photo is changed only after."""
+        self._fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_journal(path: Path) -> JournalInfo:
+    """A journal's entries; a line cut short by a crash (the last one) is counted, not fatal."""
+    header: dict = {}
+    entries: dict[str, Entry] = {}
+    order: list[str] = []
+    temps: list[Path] = []
+    undone = False
+    damaged = 0
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise GeolocError(f"cannot read the undo journal {display_path(path)}: {exc.strerror or exc}") from None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            damaged += 1
+            continue
+        if not isinstance(record, dict):
+            damaged += 1
+            continue
+        op = record.get("op")
+        if record.get("journal") == KIND:
+            header = record
+        elif op == "temp":
+            temps.append(Path(record["temp"]))
+        elif op == "write":
+            key = record["photo"]
+            if key not in entries:
+                order.append(key)
+            entries[key] = Entry(Path(key), record["before"], record["after"], dict(record.get("gps_before") or {}),
+                                 record.get("backend", ""), dict(record.get("estimate") or {}))
+        elif op == "undo" and record.get("photo") in entries:
+            entries[record["photo"]].restored = record.get("restored")
+        elif op == "undone":
+            undone = True
+    if not header:
+        raise GeolocError(f"{display_path(path)} is not a geoloc undo journal")
+    return JournalInfo(path, header.get("created", ""), header.get("backend", ""),
+                       [entries[k] for k in order], temps, undone, damaged)
+
+
+def journals() -> list[Path]:
+    """Every journal, oldest first (their names sort by time)."""
+    folder = undo_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"exif-*{SUFFIX}") if p.is_file())
+
+
+def remove_stale_temps() -> list[Path]:
+    """Temporary files a killed run left beside photos, named by the journals: removed.
+
+    Only files with geoloc's temporary-name mark are touched; a temp that already became the
+    photo (renamed) no longer exists under its temporary name.
+    """
+    from geoloc.photos.gpswrite import is_temp_name
+
+    removed = []
+    for path in journals():
+        try:
+            info = read_journal(path)
+        except GeolocError:
+            continue
+        for temp in info.temps:
+            if is_temp_name(temp) and temp.is_file():
+                try:
+                    temp.unlink()
+                    removed.append(temp)
+                except OSError:
+                    pass
+    return removed
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,245 @@
+"""Estimates written into the photos themselves (``locate --write-exif``), and taken out again.
+
+The rules a photographer can rely on: only estimates of at least ``min_confidence`` (high by
+default) are written; only into photos without a position of their own (``overwrite`` to
+replace one), or whose GPS geoloc itself wrote before; never into RAW files; each photo
+through :func:`geoloc.photos.gpswrite.write_to_temp` (read back, pixels compared) and one
+rename; every change in the run's undo journal (:mod:`geoloc.undo_journal`) before it happens,
+so :func:`undo_run` can put the GPS tags back as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from geoloc.errors import GeolocError
+from geoloc.estimate import meets
+from geoloc.files import display_path, fsync_dir, sha256_file
+from geoloc.photos.gpswrite import Backend, GpsFix, WriteError, find_backend, temp_path, unwritable_reason, write_to_temp
+from geoloc.undo_journal import Journal, JournalInfo, journals, read_journal, remove_stale_temps
+
+
+@dataclass
+class WriteOptions:
+    min_confidence: str = "high"
+    #: Replace GPS the photo already has (its camera's, a sidecar's), with an undo record.
+    overwrite: bool = False
+    #: "exiftool" or "pyexiv2"; None: exiftool when installed, else pyexiv2.
+    backend: str | None = None
+
+
+@dataclass
+class WriteReport:
+    written: list[Path] = field(default_factory=list)
+    below: list[Path] = field(default_factory=list)  # estimates under min_confidence
+    own_position: list[Path] = field(default_factory=list)  # photos with a position of their own
+    unwritable: list[tuple[Path, str]] = field(default_factory=list)  # format: use a sidecar
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # left unchanged, and why
+    journal: Path | None = None
+    backend: str = ""
+
+
+def write_estimates(results: Iterable, options: WriteOptions | None = None,
+                    on_progress: Callable[[int], None] | None = None) -> WriteReport:
+    """Write each located result's estimate into its photo, by the rules above."""
+    opts = options or WriteOptions()
+    advance = on_progress or (lambda n: None)
+    backend = find_backend(opts.backend)
+    report = WriteReport(backend=f"{backend.name} {backend.version}")
+    remove_stale_temps()
+    journal: Journal | None = None
+    done: set[str] = set()
+    try:
+        for r in results:
+            if r.estimate is None:
+                continue
+            photo = Path(os.path.realpath(r.query))
+            if os.fspath(photo) in done:  # the same photo named twice
+                advance(1)
+                continue
+            done.add(os.fspath(photo))
+            if not meets(r.estimate.confidence, opts.min_confidence):
+                report.below.append(Path(r.query))
+            elif (why := _refusal(photo, r, backend, opts)) is not None:
+                kind, reason = why
+                if kind == "own":
+                    report.own_position.append(Path(r.query))
+                elif kind == "format":
+                    report.unwritable.append((Path(r.query), reason))
+                else:
+                    report.failed.append((Path(r.query), reason))
+            else:
+                if journal is None:
+                    journal = Journal.create(backend.name, backend.version)
+                    report.journal = journal.path
+                try:
+                    _write_one(photo, r, backend, journal)
+                    report.written.append(Path(r.query))
+                except (WriteError, OSError) as exc:
+                    report.failed.append((Path(r.query), _reason(exc)))
+            advance(1)
+    finally:
+        if journal is not None:
+            journal.close()
+        backend.close()
+    return report
+
+
+def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple[str, str] | None:
+    """Why this photo is not written: ("own" | "format" | "error", reason), or None to write."""
+    from geoloc.photos import read_meta
+    from geoloc.errors import PhotoError
+
+    reason = unwritable_reason(photo, backend)
+    if reason is not None:
+        return "format", reason
+    if opts.overwrite:
+        return None
+    if result.query_gps is not None:
+        return "own", "it has a position of its own"
+    try:
+        meta = read_meta(photo, sidecars=False)
+    except PhotoError as exc:
+        return "error", exc.reason
+    if meta.exif_gps == "other":
+        return "own", f"its EXIF holds GPS coordinates geoloc did not write ({meta.no_position_reason})"
+    return None
+
+
+def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:
+    e = result.estimate
+    fix = GpsFix(float(e.lat), float(e.lon), float(e.radius_m))
+    before = sha256_file(photo)
+    gps_before = backend.gps_tags(photo)
+    temp = temp_path(photo)
+    journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
+    try:
+        write_to_temp(photo, temp, backend, fix)
+        if sha256_file(photo) != before:
+            raise WriteError("the photo changed while geoloc was writing; it is left as it is now")
+        journal.append({
+            "op": "write", "photo": os.fspath(photo), "before": before, "after": sha256_file(temp),
+            "gps_before": gps_before, "backend": backend.name,
+            "estimate": {"lat": round(fix.lat, 7), "lon": round(fix.lon, 7), "radius_m": round(fix.radius_m, 1),
+                         "confidence": e.confidence},
+        })
+        os.replace(temp, photo)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_dir(photo.parent)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" {display_path(exc.filename)}" if getattr(exc, "filename", None) else ""
+        return f"cannot write{where}: {exc.strerror or exc}; left unchanged"
+    return str(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Undo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UndoReport:
+    journal: Path
+    restored: list[Path] = field(default_factory=list)
+    already: list[Path] = field(default_factory=list)  # undone before, or never changed
+    changed: list[Path] = field(default_factory=list)  # edited since geoloc wrote it: left alone
+    missing: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.changed or self.missing or self.failed)
+
+
+def latest_journal() -> Path:
+    """The newest journal not yet undone in full (what ``geoloc undo-exif`` undoes by default)."""
+    for path in reversed(journals()):
+        try:
+            info = read_journal(path)
+        except GeolocError:
+            continue
+        if not info.undone and info.entries:
+            return path
+    raise GeolocError("nothing to undo: no `geoloc locate --write-exif` run wrote into a photo "
+                      "(or every run is undone already)")
+
+
+def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None = None) -> UndoReport:
+    """Put the GPS tags of every photo a run wrote back as they were, newest write first.
+
+    A photo is touched only while its content is exactly what geoloc wrote: one edited since
+    (by a photo manager, say) is left alone and reported. Safe to run again after a crash.
+    """
+    advance = on_progress or (lambda n: None)
+    path = path or latest_journal()
+    info = read_journal(path)
+    report = UndoReport(path)
+    remove_stale_temps()
+    backend = _undo_backend(info)
+    with Journal.reopen(path) as journal, _closing(backend):
+        for entry in reversed(info.entries):
+            photo = entry.photo
+            try:
+                current = sha256_file(photo)
+            except FileNotFoundError:
+                report.missing.append(photo)
+                advance(1)
+                continue
+            except OSError as exc:
+                report.failed.append((photo, _reason(exc)))
+                advance(1)
+                continue
+            if current in (entry.restored, entry.before):
+                report.already.append(photo)
+            elif current != entry.after:
+                report.changed.append(photo)
+            else:
+                try:
+                    _restore_one(photo, entry, backend, journal)
+                    report.restored.append(photo)
+                except (WriteError, OSError) as exc:
+                    report.failed.append((photo, _reason(exc)))
+            advance(1)
+        if report.complete:
+            journal.append({"op": "undone"})
+    return report
+
+
+@contextlib.contextmanager
+def _closing(backend: Backend):
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _undo_backend(info: JournalInfo) -> Backend:
+    """The backend that read the old tags must write them back (the tag names are its own);
+    photos that had no GPS can be cleared by either."""
+    if any(e.gps_before for e in info.entries):
+        try:
+            return find_backend(info.backend)
+        except GeolocError as exc:
+            raise GeolocError(f"{display_path(info.path)} was written with {info.backend}, which is needed "
+                              f"to put back the photos' earlier GPS: {exc}") from None
+    return find_backend()
+
+
+def _restore_one(photo: Path, entry, backend: Backend, journal: Journal) -> None:
+    temp = temp_path(photo)
+    journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
+    try:
+        write_to_temp(photo, temp, backend, None, restore=entry.gps_before)
+        journal.append({"op": "undo", "photo": os.fspath(photo), "restored": sha256_file(temp)})
+        os.replace(temp, photo)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_dir(photo.parent)

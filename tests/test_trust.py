@@ -1,0 +1,451 @@
+"""Positions written into photographers' tools: only confident ones, safely, undoably.
+
+The world of these tests: the odd Lund frames indexed with the offline model at 640 px, and a
+small "library" of photos without GPS, as a photographer's unlocated photos are: even Lund
+frames (the database covers them: their estimates are `high`), two photos of another town (the
+Arezzo walk) and the ImageNet cat (the database covers neither: never `high`), plus one photo
+with a GPS position of its own. Every write is checked with exiftool, an independent reader,
+and the pixels by decoding both files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+
+pytestmark = pytest.mark.slow
+
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
+try:
+    import pyexiv2  # noqa: F401
+
+    HAVE_PYEXIV2 = True
+except ImportError:
+    HAVE_PYEXIV2 = False
+BACKENDS = [
+    pytest.param("exiftool", marks=needs_exiftool),
+    pytest.param("pyexiv2", marks=pytest.mark.skipif(not HAVE_PYEXIV2, reason="pyexiv2 not installed")),
+]
+
+LUND_QUERIES = ("02", "08", "12", "16", "20", "26")
+ELSEWHERE = ("DSCN0010.jpg", "DSCN0021.jpg", "cat.jpg")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "commands" / "locate.md"
+
+
+def without_gps(src: Path, dest: Path, taken: tuple[str, str | None] | None = None) -> Path:
+    """A copy of a photo with no GPS, as an unlocated photo is (re-encoded: a test input)."""
+    image = Image.open(src)
+    exif = image.getexif()
+    exif.pop(0x8825, None)
+    if taken:
+        sub = exif.get_ifd(0x8769)
+        sub[0x9003] = taken[0]
+        if taken[1]:
+            sub[0x9011] = taken[1]
+    image.convert("RGB").save(dest, quality=95, exif=exif.tobytes())
+    return dest
+
+
+def exiftool_servers() -> set[int]:
+    """The exiftool -stay_open processes running now (Linux /proc; empty elsewhere)."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-stay_open" in argv and any(b"exiftool" in a for a in argv):
+            found.add(int(entry.name))
+    return found
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.tobytes()
+
+
+def exif_gps(path: Path) -> dict:
+    """What exiftool reads from the photo's own EXIF GPS block (signed degrees)."""
+    out = subprocess.run([EXIFTOOL, "-j", "-n", "-EXIF:GPS:all", str(path)], capture_output=True, text=True, check=True)
+    tags = json.loads(out.stdout)[0]
+    if "GPSLatitude" in tags:
+        tags["lat"] = tags["GPSLatitude"] * (-1 if tags.get("GPSLatitudeRef") == "S" else 1)
+        tags["lon"] = tags["GPSLongitude"] * (-1 if tags.get("GPSLongitudeRef") == "W" else 1)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, lund_dir, exif_dir, data_dir):
+    """The database, and the library's pristine copy. The library is indexed too (its photos
+    without GPS stored unlocated, as `geoloc index ~/Pictures` stores them), so that locating
+    it reuses stored descriptors, as `--unlocated` does: the tests pay for no network."""
+    from geoloc.indexer import IndexConfig, index_photos
+
+    root = tmp_path_factory.mktemp("trust")
+    pristine = root / "pristine"
+    lib = pristine / "library"
+    lib.mkdir(parents=True)
+    for n in LUND_QUERIES:
+        # One with a UTC offset (GPX can carry its time), one with a local time only.
+        taken = {"02": ("2019:05:03 14:22:01", "+02:00"), "08": ("2019:05:03 14:25:00", None)}.get(n)
+        without_gps(lund_dir / f"{n}.jpg", lib / f"{n}.jpg", taken)
+    for name in ELSEWHERE[:2]:
+        without_gps(exif_dir / "jpg" / "gps" / name, lib / name)
+    without_gps(data_dir / "imagenet" / "cat.bmp", lib / "cat.jpg")
+    shutil.copy2(lund_dir / "06.jpg", lib / "own.jpg")  # GPS of its own
+    work = root / "work"
+    shutil.copytree(pristine, work, copy_function=shutil.copy2)
+    db = root / "db"
+    report = index_photos([*(lund_dir / f"{i:02d}.jpg" for i in range(1, 30, 2)), work / "library"],
+                          db, IndexConfig(model="lite0-vlad", max_side=640, device="cpu"))
+    assert report.located == 16 and report.errors == 0
+    result = CliRunner().invoke(app, ["locate", str(work / "library"), "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    return db, pristine, work, by_name(result.stdout)
+
+
+@pytest.fixture
+def library(world):
+    """The library as indexed, restored before each test that writes into it (same bytes and
+    modification times: the database still knows every photo)."""
+    db, pristine, work, estimates = world
+    shutil.rmtree(work)
+    shutil.copytree(pristine, work, copy_function=shutil.copy2)
+    return db, work / "library"
+
+
+def locate(*args):
+    return CliRunner().invoke(app, ["locate", *map(str, args)])
+
+
+def by_name(stdout: str) -> dict[str, dict]:
+    return {Path(o["query"]).name: o for o in json.loads(stdout)}
+
+
+# --------------------------------------------------------------------------------------------
+# --write-exif and undo-exif
+# --------------------------------------------------------------------------------------------
+
+
+@needs_exiftool
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_write_exif_writes_confident_estimates_exactly_and_undo_takes_them_out(library, backend, monkeypatch):
+    db, lib = library
+    monkeypatch.setenv("GEOLOC_EXIF_WRITER", backend)
+    before = {p.name: (sha(p), pixels(p)) for p in lib.iterdir()}
+    result = locate(lib, "--db", db, "--json", "--write-exif")
+    assert result.exit_code == 0, result.output
+    out = by_name(result.stdout)
+
+    written = [f"{n}.jpg" for n in LUND_QUERIES]
+    for name in written:
+        e = out[name]["estimate"]
+        assert e["confidence"] == "high", out[name]
+        tags = exif_gps(lib / name)
+        # exiftool reads back the JSON estimate, with its hemisphere and radius, signed as geoloc's.
+        assert tags["lat"] == pytest.approx(e["lat"], abs=1e-6) and tags["lon"] == pytest.approx(e["lon"], abs=1e-6)
+        assert tags["GPSLatitudeRef"] == "N" and tags["GPSLongitudeRef"] == "E"
+        assert tags["GPSHPositioningError"] == pytest.approx(e["radius_m"], abs=0.05)
+        assert tags["GPSProcessingMethod"].startswith("geoloc ")
+        assert pixels(lib / name) == before[name][1]  # not re-encoded
+        assert sha(lib / name) != before[name][0]
+    for name in (*ELSEWHERE, "own.jpg"):
+        assert sha(lib / name) == before[name][0], f"{name} was written to"
+    for name in ELSEWHERE:
+        assert out[name]["estimate"]["confidence"] != "high"
+    assert re.search(rf"EXIF GPS written into {len(written)} photos with {backend}", result.stderr), result.stderr
+    assert "1 with a position of their own left alone" in result.stderr
+    assert re.search(r"3 estimates below confidence high left out of the photos", result.stderr), result.stderr
+    assert "undo with `geoloc undo-exif`" in result.stderr
+
+    # geoloc never takes its own estimate for a position when it indexes or locates again.
+    from geoloc.photos import read_meta
+
+    meta = read_meta(lib / written[0])
+    assert not meta.located and meta.exif_gps == "geoloc" and "written by geoloc" in meta.no_position_reason
+
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert f"GPS put back in {len(written)} photos" in undo.stderr
+    for name in written:
+        assert "GPSLatitude" not in exif_gps(lib / name)
+        assert pixels(lib / name) == before[name][1]
+    again = CliRunner().invoke(app, ["undo-exif"])
+    assert again.exit_code == 1 and "nothing to undo" in again.stderr
+
+
+@needs_exiftool
+def test_overwrite_replaces_a_cameras_gps_and_undo_puts_it_back(library):
+    db, lib = library
+    own = lib / "own.jpg"
+    camera, before = exif_gps(own), sha(own)
+    result = locate(own, lib / "02.jpg", "--db", db, "--write-exif")
+    assert result.exit_code == 0 and sha(own) == before
+    assert exif_gps(own)["lat"] == camera["lat"]  # untouched without --overwrite
+    result = locate(own, "--db", db, "--write-exif", "--overwrite", "--json")
+    assert result.exit_code == 0, result.output
+    assert exif_gps(own)["GPSProcessingMethod"].startswith("geoloc")
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    back = exif_gps(own)
+    for tag in ("lat", "lon", "GPSAltitude", "GPSLatitudeRef"):
+        assert back[tag] == pytest.approx(camera[tag]) if isinstance(camera[tag], float) else back[tag] == camera[tag]
+    assert "GPSProcessingMethod" not in back
+
+
+@needs_exiftool
+def test_undo_leaves_a_photo_edited_since_alone_and_says_so(library):
+    db, lib = library
+    result = locate(lib / "02.jpg", lib / "12.jpg", "--db", db, "--write-exif")
+    assert result.exit_code == 0, result.output
+    edited = lib / "12.jpg"
+    subprocess.run([EXIFTOOL, "-q", "-overwrite_original", "-Artist=Someone", str(edited)], check=True)
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 1
+    assert "12.jpg: changed since geoloc wrote its GPS; left as it is" in undo.stderr
+    assert "GPSLatitude" not in exif_gps(lib / "02.jpg")  # the other one is undone
+    assert exif_gps(edited)["GPSProcessingMethod"].startswith("geoloc")  # the edited one is not
+
+
+@needs_exiftool
+def test_kill_9_during_write_exif_leaves_every_photo_whole_and_the_journal_true(world, library):
+    """A run killed mid-write: each photo is its original or the finished new file, the
+    journal says which, the next run cleans up, and undo-exif puts everything back."""
+    db, photos = library
+    originals = {p.name: (sha(p), pixels(p)) for p in photos.iterdir()}
+    undo_dir = Path(os.environ["GEOLOC_HOME"]) / "undo"
+    env = dict(os.environ, GEOLOC_EXIF_WRITER="exiftool")
+    servers = exiftool_servers()
+    proc = subprocess.Popen([sys.executable, "-m", "geoloc", "locate", str(photos), "--db", str(db), "--write-exif"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        journal = next(iter(undo_dir.glob("*.jsonl")), None) if undo_dir.is_dir() else None
+        if journal and journal.read_text().count('"op": "write"') >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # geoloc's exiftool outlives it by the command in flight (it stops at the end of its input):
+    # that command may still finish a temporary file, which the next run must then clean up.
+    deadline = time.monotonic() + 30
+    while exiftool_servers() - servers and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    from geoloc.undo_journal import journals, read_journal
+
+    (path,) = journals()
+    info = read_journal(path)
+    entries = {e.photo.name: e for e in info.entries}
+    assert 3 <= len(entries) < len(LUND_QUERIES)  # killed mid-run
+    for p in photos.iterdir():
+        if p.name not in originals:
+            assert p.name.startswith(".") and ".geoloc-tmp-" in p.name  # the photo in flight's temp
+            continue
+        now = sha(p)
+        assert pixels(p) == originals[p.name][1]  # every photo decodes, to its own pixels
+        if p.name in entries:
+            assert now in (entries[p.name].before, entries[p.name].after)
+            assert entries[p.name].before == originals[p.name][0]
+        else:
+            assert now == originals[p.name][0]
+
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert sorted(p.name for p in photos.iterdir()) == sorted(originals)  # no temporary file left
+    for p in photos.iterdir():
+        assert pixels(p) == originals[p.name][1]
+        if p.name != "own.jpg":
+            assert "GPSLatitude" not in exif_gps(p)
+
+
+def test_write_exif_refuses_raw_files_and_heic_without_a_writer_for_it(tmp_path, exif_dir, monkeypatch):
+    from geoloc.photos.gpswrite import Pyexiv2, unwritable_reason
+
+    class Fake:
+        name, suffixes = "pyexiv2", Pyexiv2.suffixes
+
+    assert "XMP sidecar (--xmp)" in unwritable_reason(Path("a.heic"), Fake())
+    assert "RAW file is never written" in unwritable_reason(Path("a.CR2"), Fake())
+    assert unwritable_reason(Path("a.JPG"), Fake()) is None
+
+
+@needs_exiftool
+def test_exiftool_writes_heic_with_the_pixels_unchanged(tmp_path, exif_dir):
+    from geoloc.photos.gpswrite import Exiftool, GpsFix, temp_path, write_to_temp
+    from geoloc.photos import read_meta
+
+    photo = tmp_path / "sample.heif"
+    shutil.copy(exif_dir / "heic" / "samplefilehub.heif", photo)
+    temp = temp_path(photo)
+    with Exiftool(EXIFTOOL) as backend:
+        write_to_temp(photo, temp, backend, GpsFix(-33.4489, -70.6693, 42.0))
+    assert exif_gps(temp)["lat"] == pytest.approx(-33.4489, abs=1e-6)
+    assert read_meta(temp, sidecars=False).exif_gps == "geoloc"
+
+
+def test_a_missing_writer_is_one_line_before_any_work(tmp_path, monkeypatch, world):
+    db, _, work, _ = world
+    lib = work / "library"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no exiftool
+    monkeypatch.setitem(sys.modules, "pyexiv2", None)  # and no pyexiv2
+    result = locate(lib / "02.jpg", "--db", db, "--write-exif")
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("error: --write-exif needs a metadata writer: install exiftool")
+    assert "--xmp" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Gating: --min-confidence
+# --------------------------------------------------------------------------------------------
+
+
+def test_min_confidence_gates_sidecars_and_the_csv(library):
+    db, lib = library
+    result = locate(lib, "--db", db, "--xmp", "--csv")
+    assert result.exit_code == 0, result.output
+    sidecars = sorted(p.name for p in lib.glob("*.xmp"))
+    assert sidecars == sorted(f"{n}.xmp" for n in LUND_QUERIES)  # none for the other town, the cat
+    rows = result.stdout.strip().splitlines()[1:]
+    assert sorted(Path(r.split(",")[0]).name for r in rows) == sorted([f"{n}.jpg" for n in LUND_QUERIES] + ["own.jpg"])
+    assert "3 estimates below confidence high left out of the sidecars" in result.stderr
+    assert "3 estimates below confidence high left out of the CSV" in result.stderr
+
+    lower = locate(lib, "--db", db, "--xmp", "--min-confidence", "low")
+    assert lower.exit_code == 0
+    assert {"DSCN0010.xmp", "DSCN0021.xmp", "cat.xmp"} <= {p.name for p in lib.glob("*.xmp")}
+    # Maps show everything unless asked: GeoJSON and GPX default to low.
+    geo = json.loads(locate(lib, "--db", db, "--geojson").stdout)
+    assert len(geo["features"]) == 10
+
+
+def test_min_confidence_needs_a_writer_and_a_known_level(world):
+    db, _, work, _ = world
+    lib = work / "library"
+    for args, words in ((["--min-confidence", "high"], "applies to what is written"),
+                        (["--xmp", "--min-confidence", "sure"], "choose one of low, medium, high"),
+                        (["--overwrite"], "only applies to --write-exif")):
+        result = locate(lib / "02.jpg", "--db", db, *args)
+        assert result.exit_code == 2 and words in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# GPX
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpx_is_gpx_1_1_with_names_times_and_radii(world):
+    gpxpy = pytest.importorskip("gpxpy")
+    import xml.etree.ElementTree as ET
+
+    db, _, work, as_json = world
+    result = locate(work / "library", "--db", db, "--gpx")
+    assert result.exit_code == 0, result.output
+    root = ET.fromstring(result.stdout)
+    assert root.tag == "{http://www.topografix.com/GPX/1/1}gpx" and root.get("version") == "1.1"
+    gpx = gpxpy.parse(result.stdout)
+    assert gpx.version == "1.1"
+    assert len(gpx.waypoints) == len(as_json)
+    ns = {"g": "http://www.topografix.com/GPX/1/1"}
+    radius = {w.find("g:name", ns).text: float(next(x for x in w.find("g:extensions", ns) if x.tag.endswith("radius_m")).text)
+              for w in root.findall("g:wpt", ns)}
+    for w in gpx.waypoints:
+        e = as_json[w.name]["estimate"]
+        assert (w.latitude, w.longitude) == (pytest.approx(e["lat"], abs=1e-7), pytest.approx(e["lon"], abs=1e-7))
+        assert radius[w.name] == pytest.approx(e["radius_m"], abs=0.05)
+        assert w.comment.startswith("radius ") and w.comment.endswith(f"confidence {e['confidence']}")
+    times = {w.name: w.time for w in gpx.waypoints}
+    # GPX time is UTC: written when the photo's EXIF gave its offset, else only as local time.
+    assert times["02.jpg"].strftime("%Y-%m-%dT%H:%M:%S") == "2019-05-03T12:22:01" and times["02.jpg"].utcoffset().total_seconds() == 0
+    assert times["08.jpg"] is None
+    assert "2019-05-03 14:25:00 (local time)" in next(w.description for w in gpx.waypoints if w.name == "08.jpg")
+
+
+# --------------------------------------------------------------------------------------------
+# The recipes of docs/commands/locate.md, run as written
+# --------------------------------------------------------------------------------------------
+
+
+def recipe(name: str) -> str:
+    """The shell command under ``<!-- recipe: NAME -->`` in the locate docs."""
+    text = DOCS.read_text()
+    match = re.search(rf"<!-- recipe: {name} -->\s*```(?:sh|bash|console)?\n(.*?)```", text, re.S)
+    assert match, f"docs/commands/locate.md has no {name} recipe"
+    return match.group(1).strip()
+
+
+def run_recipe(name: str, cwd: Path) -> None:
+    done = subprocess.run(["bash", "-c", recipe(name)], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_exiftool
+@pytest.mark.parametrize("name", ["csv", "xmp", "xmp-full", "gpx"])
+def test_each_documented_exiftool_recipe_copies_the_estimate_into_the_photos(world, library, name):
+    db, lib = library
+    estimates = world[3]
+    default = Path(os.environ["GEOLOC_HOME"]) / "databases" / "default"
+    default.parent.mkdir(parents=True)
+    default.symlink_to(db)  # the recipes use the default database
+    own_before = exif_gps(lib / "own.jpg")
+    pixels_before = {n: pixels(lib / f"{n}.jpg") for n in LUND_QUERIES}
+    run_recipe(name, lib)
+    checked = LUND_QUERIES if name != "gpx" else ("02",)  # GPX: only a photo with a UTC time
+    for n in checked:
+        e = estimates[f"{n}.jpg"]["estimate"]
+        tags = exif_gps(lib / f"{n}.jpg")
+        assert tags["lat"] == pytest.approx(e["lat"], abs=1e-6) and tags["lon"] == pytest.approx(e["lon"], abs=1e-6), name
+        assert pixels(lib / f"{n}.jpg") == pixels_before[n]
+        if name != "gpx":
+            assert tags["GPSHPositioningError"] == pytest.approx(e["radius_m"], abs=0.05)
+            assert tags["GPSProcessingMethod"].startswith("geoloc ")
+    if name == "gpx":
+        assert "GPSLatitude" not in exif_gps(lib / "08.jpg")  # no UTC time: not guessed by time
+    for other in ELSEWHERE:
+        assert "GPSLatitude" not in exif_gps(lib / other)  # not confident: not in the files
+    assert exif_gps(lib / "own.jpg")["lat"] == own_before["lat"]  # a camera's position stays
+
+
+def test_recipes_name_the_ref_tags():
+    """exiftool writes only the magnitude of a signed latitude: without the Ref tags, a photo
+    south of the equator or west of Greenwich lands in the wrong hemisphere."""
+    for name in ("xmp", "xmp-full"):
+        text = recipe(name)
+        assert "GPSLatitudeRef" in text and "GPSLongitudeRef" in text
+
+
+def test_undo_journal_survives_a_line_cut_short(tmp_path):
+    from geoloc.undo_journal import Journal, read_journal
+
+    with Journal.create("exiftool", "12.57") as journal:
+        journal.append({"op": "temp", "photo": "/p/a.jpg", "temp": "/p/.a.geoloc-tmp-1.jpg"})
+        journal.append({"op": "write", "photo": "/p/a.jpg", "before": "b" * 64, "after": "a" * 64,
+                        "gps_before": {}, "backend": "exiftool"})
+        path = journal.path
+    with open(path, "a") as fh:
+        fh.write('{"op": "temp", "photo": "/p/b.j')  # killed mid-line
+    info = read_journal(path)
+    assert [e.photo.name for e in info.entries] == ["a.jpg"] and info.damaged_lines == 1
+    assert np.array_equal(sorted(t.name for t in info.temps), [".a.geoloc-tmp-1.jpg"])
