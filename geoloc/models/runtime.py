@@ -6,7 +6,7 @@ memory; every choice here was measured (``benchmarks/bench_runtime.py`` and
 
 * layout: on the CPU, convolutions run faster on channels-last (NHWC) tensors, the layout
   oneDNN's kernels work in (NCHW tensors are reordered at every layer): VGG-16 at 640×480
-  1.28 → 1.03 s a photo on 2 cores, EfficientNet-Lite0 at 320 px 22 % less time;
+  1.28 → 1.03 s a photo on 2 cores, EfficientNet-Lite0 at 320 px 13–22 % less time;
 * precision: fp32 by default on the CPU (exactly the published network); bf16 runs the network
   1.9–2.3× faster on CPUs with bfloat16 instructions (AVX512-BF16, AMX), at a cost measured on
   lite0-vlad of about 1e-2 in cosine (scores within 9e-3, recall unchanged), not measured on the
@@ -71,7 +71,8 @@ def resolve_precision(choice: str | None, device: torch.device | str) -> str:
     ``auto`` (or None): fp32 on the CPU and MPS; on CUDA bf16 where the GPU has it, else fp16,
     as autocast (the weights stay fp32, matrix products and convolutions run reduced, the
     pooling and whitening run fp32). fp16 on the CPU is refused: CPUs without float16
-    arithmetic emulate it, several times slower than fp32.
+    arithmetic emulate it (Lite0 at 320 px: 0.42 s a photo against 0.025 s in fp32, measured
+    by ``benchmarks/bench_runtime.py``).
     """
     import torch
 
@@ -200,7 +201,7 @@ class CoreShare:
     What that costs depends on the network: beside a thread decoding without pause on 2 cores,
     VGG-16 (13 large layers) ran 1.82 s a photo with 2 threads and 1.95 s with 1;
     EfficientNet-Lite0 at 320 px (about a hundred small layers) 0.063 s with 2 and 0.038 s with
-    1 (``benchmarks/bench_runtime.py``). So:
+    1 (another run: 0.171 and 0.049 s; ``benchmarks/bench_runtime.py``). So:
 
     * while decoding keeps less than :data:`CHEAP_DECODE` of the network's time busy, the
       network gets every core (there is nothing to give back);
