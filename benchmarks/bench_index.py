@@ -52,8 +52,9 @@ def build(name: str, device: str, vocab_photos: list[Path], max_side: int):
     (its vocabulary fitted the same way, so NetVLAD does the work it does for real)."""
     import torch
 
-    from geoloc.extract import ExtractConfig, Extractor, FeatureSampler
+    from geoloc.extract import ExtractConfig, Extractor
     from geoloc.models.registry import load_model
+    from geoloc.vocabulary import FeatureSampler
 
     if name == "vgg16-random":
         from geoloc.models.model import build_model
@@ -65,9 +66,12 @@ def build(name: str, device: str, vocab_photos: list[Path], max_side: int):
         model = load_model(name, device=device)
     if getattr(model, "needs_vocabulary", False) and not getattr(model, "has_vocabulary", True):
         ex = Extractor(model, ExtractConfig(max_side=max_side, workers=2, hash_files=False), device)
-        sampler = FeatureSampler(vocab_photos, max_features=20_000)
+        sampler = FeatureSampler(len(vocab_photos), max_features=20_000)
+        key = 0
         for items, feats in ex.batches(vocab_photos, model.local_features):
-            sampler.add(items, feats)
+            for one in feats:
+                sampler.add(key, one)
+                key += 1
         model.fit_vocabulary(sampler.sample())
     return model
 
@@ -88,10 +92,11 @@ def bench_network(paths, model, max_side, batch_size, workers, device) -> float:
     from geoloc.extract import ExtractConfig, Extractor, iter_batches, iter_decoded
 
     pre = model.preprocess.replace(max_side=max_side)
+    # The extractor sets the model up (layout, precision) and plans the batch and the threads.
+    ex = Extractor(model, ExtractConfig(max_side=max_side, batch_size=batch_size, workers=workers), device)
     batches = [torch.stack([i.tensor for i in b])
-               for b in iter_batches(iter_decoded(paths, pre, max_side, 2, hash_files=False), batch_size)]
-    threads = Extractor(model, ExtractConfig(max_side=max_side, workers=workers), device).cpu_threads()
-    with threads, torch.inference_mode():
+               for b in iter_batches(iter_decoded(paths, pre, max_side, 2, hash_files=False), ex.batch_size)]
+    with ex.cpu_threads(), torch.inference_mode():
         model(batches[0][:1].to(device))  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -129,8 +134,10 @@ def bench_pipeline(paths, model, max_side, batch_size, workers, device, db_path:
 def child_peak_rss(args, model_name: str, n: int, folder: Path) -> dict:
     """Index ``n`` photos in a fresh process; its peak RSS in MiB."""
     cmd = [sys.executable, __file__, "--child", model_name, "--photos", str(n),
-           "--max-side", str(args.max_side), "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--device", args.device, "--tmp", str(folder)]
+           "--max-side", str(args.max_side), "--workers", str(args.workers), "--device", args.device,
+           "--tmp", str(folder)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -182,7 +189,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=100)
     parser.add_argument("--max-side", type=int, default=320)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: planned (as geoloc index)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -195,7 +202,7 @@ def main() -> None:
 
     import torch
 
-    from geoloc.extract import default_workers
+    from geoloc.extract import ExtractConfig, Extractor, default_workers
     from geoloc.models.registry import pick_device
 
     if args.threads:
@@ -208,9 +215,9 @@ def main() -> None:
         return
 
     print(f"# geoloc index benchmark: {args.photos} photos (lund 1024×768 JPEGs, copied), "
-          f"max_side {args.max_side}, batch {args.batch_size}, {args.workers} decode threads, "
+          f"max_side {args.max_side}, batch {args.batch_size or 'planned'}, {args.workers} decode threads, "
           f"device {device}, torch threads {torch.get_num_threads()} "
-          f"(on the CPU the network gets at most cores − decode threads), {os.cpu_count()} CPUs")
+          f"(on the CPU shared with decoding as geoloc.models.runtime.CoreShare says), {os.cpu_count()} CPUs")
     sizes = [int(s) for s in args.rss_sizes.split(",") if s] or [max(29, args.photos // 2), args.photos * 2]
     with tempfile.TemporaryDirectory(prefix="geoloc-bench-") as tmp:
         tmp = Path(tmp)
@@ -224,8 +231,9 @@ def main() -> None:
             pipe = max((bench_pipeline(paths, model, args.max_side, args.batch_size, args.workers,
                                        device, tmp / "db") for _ in range(2)),
                        key=lambda r: r["photos_per_s"])
+            planned = args.batch_size or Extractor(model, ExtractConfig(max_side=args.max_side), device).batch_size
             del model
-            print(f"\n## {name}")
+            print(f"\n## {name} (batch {planned})")
             print(f"decode only    {decode:8.1f} photos/s ({args.workers} threads)")
             print(f"network only   {network:8.1f} photos/s")
             print(f"pipeline       {pipe['photos_per_s']:8.1f} photos/s  "

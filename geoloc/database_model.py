@@ -127,12 +127,31 @@ def vocabulary_manifest(database: Database, model: GeolocModel, extra: dict[str,
     return {"vocabulary_sha256": vocab_hash, "weights_hash": combined, **extra}
 
 
-def query_extractor(model: GeolocModel, database: Database, *, batch_size: int = 8,
-                    workers: int | None = None) -> Extractor:
+def record_precision(database: Database, precision: str) -> None:
+    """Record in the manifest the precision descriptors are being computed at.
+
+    Provenance, not identity: descriptors of one network at fp32 and at bf16 differ by about
+    1e-2 in cosine (lite0-vlad on the lund walk: scores within 9e-3, recall unchanged;
+    docs/database.md, "Precision"), less than what separates places, so a
+    database takes queries at any precision, and a run at another precision than the one that
+    built it may add to it; the manifest then says ``"mixed"``. A database made before
+    precisions were recorded was computed in fp32.
+    """
+    stored = database.manifest.get("precision")
+    if stored is None:
+        stored = "fp32" if len(database) else precision
+    value = stored if stored == precision else "mixed"
+    if database.manifest.get("precision") != value:
+        database.update_manifest({"precision": value})
+
+
+def query_extractor(model: GeolocModel, database: Database, *, batch_size: int | None = None,
+                    workers: int | None = None, precision: str = "auto") -> Extractor:
     """The extractor for photos compared with ``database``: its image size, no file hashing
-    (a query is not stored), decoding threads for the device the model is on."""
+    (a query is not stored), decoding threads for the device the model is on. Queries need
+    not use the database's precision (see :func:`record_precision`)."""
     from geoloc.extract import Extractor
 
     return Extractor.create(model, max_side=max_side_of(database), batch_size=batch_size,
-                            workers=workers, hash_files=False)
+                            workers=workers, hash_files=False, precision=precision)
 

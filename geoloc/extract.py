@@ -55,12 +55,17 @@ def model_device(model) -> str:
 class ExtractConfig:
     #: Longest side photos are resized to; None means the model's ``Preprocess.max_side``.
     max_side: Optional[int] = None
-    batch_size: int = 16
+    #: Photos per network batch; None: what the memory budget holds for the image size and the
+    #: model on the device (:func:`geoloc.models.runtime.plan_batch`; 1 for VGG-16 at 640 px on
+    #: the CPU, where a larger batch is only bigger, not faster).
+    batch_size: int | None = None
     workers: int = field(default_factory=default_workers)
     #: Photos decoded but waiting for a batch of their shape, at most (memory bound).
     max_pending: Optional[int] = None
     #: Hash every file's content (the database uses it to tell touched from changed files).
     hash_files: bool = True
+    #: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`geoloc.models.runtime.resolve_precision`).
+    precision: str = "auto"
 
 
 @dataclass
@@ -197,30 +202,46 @@ def iter_batches(items: Iterable[Decoded], batch_size: int, max_pending: Optiona
 
 
 class Extractor:
-    """Runs photos through a model: decode in threads, batch by shape, network in this thread."""
+    """Runs photos through a model: decode in threads, batch by shape, network in this thread.
+
+    The extractor sets the model up for its device (:func:`geoloc.models.runtime.prepare`:
+    memory layout, precision) and plans the batch and the threads together: the batch from the
+    memory the widest layer needs at this image size, torch's threads from what decoding costs
+    beside the network (:class:`geoloc.models.runtime.CoreShare`).
+    """
 
     def __init__(self, model, config: ExtractConfig, device: torch.device | str = "cpu"):
+        from geoloc.models import runtime
+
         self.model = model
         self.config = config
         self.device = torch.device(device)
         self.max_side = int(config.max_side or model.preprocess.max_side)
         # Preprocess.to_tensor resizes to its own max_side: make it ours.
         self.preprocess = model.preprocess.replace(max_side=self.max_side)
+        self.precision = runtime.resolve_precision(config.precision, self.device)
+        runtime.prepare(model, self.device, self.precision)
+        self.batch_size = int(config.batch_size or runtime.plan_batch(
+            model, self.max_side, self.device, self.precision))
+        self.share = runtime.CoreShare(config.workers)
+        self._threads_depth = 0
         self.stats = ExtractStats()
 
     @classmethod
-    def create(cls, model, *, max_side: Optional[int] = None, batch_size: int = 16,
-               workers: Optional[int] = None, hash_files: bool = True) -> "Extractor":
+    def create(cls, model, *, max_side: Optional[int] = None, batch_size: int | None = None,
+               workers: Optional[int] = None, hash_files: bool = True,
+               precision: str = "auto") -> "Extractor":
         """An extractor on the device the model is on, with that device's decoding threads
         unless ``workers`` says otherwise (a GPU wants many more than the CPU can spare)."""
         device = model_device(model)
         config = ExtractConfig(max_side=max_side, batch_size=batch_size,
-                               workers=workers or default_workers(device), hash_files=hash_files)
+                               workers=workers or default_workers(device), hash_files=hash_files,
+                               precision=precision)
         return cls(model, config, device=device)
 
     def _decoded(self, paths: Iterable[Path], hash_files: bool) -> Iterator[Decoded]:
         # Read-ahead: the next batch is decoded while the network runs this one.
-        window = max(4 * self.config.workers, 2 * self.config.batch_size)
+        window = max(4 * self.config.workers, 2 * self.batch_size)
         stream = iter_decoded(paths, self.preprocess, self.max_side, self.config.workers,
                               hash_files=hash_files, window=window)
         while True:
@@ -237,6 +258,7 @@ class Extractor:
     def _run(self, fn, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         if self.device.type == "cuda":
+            # Pinned pages copy asynchronously: the copy overlaps with the work queued before it.
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
@@ -297,33 +319,43 @@ class Extractor:
     def _batches(self, paths, fn, errors, hash_files):
         cfg = self.config
         with self.cpu_threads():
-            for items in iter_batches(self._decoded(paths, hash_files), cfg.batch_size,
+            for items in iter_batches(self._decoded(paths, hash_files), self.batch_size,
                                       cfg.max_pending, on_error=errors):
+                before = self.stats.network_s
                 items, out = self._run_checked(fn, items, errors)
                 for item in items:
                     item.tensor = None  # free the pixels before the caller stores the batch
+                self._share_cores(len(items), self.stats.network_s - before)
                 if items:
                     yield items, out
 
+    def _share_cores(self, photos: int, seconds: float) -> None:
+        """Re-divide the cores between torch and decoding from what was measured so far."""
+        if self.device.type != "cpu" or not self._threads_depth or not photos:
+            return
+        threads = self.share.record(photos, seconds, self.stats.decode_s, self.stats.network_s)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
     @contextlib.contextmanager
     def cpu_threads(self):
-        """On the CPU, leave the decoding threads their cores while the network runs (nests).
-
-        torch's OpenMP threads wait for each other at every layer; when decoding threads (or
-        other programs) take their cores, a layer stalls until the last one is scheduled
-        again. Measured on 2 cores with 2 torch threads and 1 decoding thread: 3× slower than 1
-        torch thread. The setting is process-wide, so it is restored afterwards.
-        """
+        """On the CPU, torch's threads as :class:`~geoloc.models.runtime.CoreShare` divides
+        the cores with the decoding threads, while the network runs (nests; the outermost
+        restores the process-wide setting it found)."""
         if self.device.type != "cpu":
             yield
             return
+        outermost = self._threads_depth == 0
         before = torch.get_num_threads()
-        wanted = min(before, max(1, (os.cpu_count() or 1) - int(self.config.workers)))
-        torch.set_num_threads(wanted)
+        if outermost:
+            torch.set_num_threads(self.share.set_limit(before))
+        self._threads_depth += 1
         try:
             yield
         finally:
-            torch.set_num_threads(before)
+            self._threads_depth -= 1
+            if outermost:
+                torch.set_num_threads(before)
 
     def descriptors(
         self,

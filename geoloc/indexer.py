@@ -24,6 +24,7 @@ from geoloc.database_model import (
     load_database_model,
     max_side_of,
     new_manifest,
+    record_precision,
     store_vocabulary,
     vocabulary_manifest,
 )
@@ -31,6 +32,7 @@ from geoloc.database.layout import FIT_CACHE
 from geoloc.cluster import RayConfig
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
 from geoloc.files import display_path, json_path, sha256_file
+from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Progress
 from geoloc.refit import RefitReport
 from geoloc import refit
@@ -50,10 +52,14 @@ class IndexConfig:
     model: Optional[str] = None
     #: Longest side photos are resized to; None: the database's, else the model's default.
     max_side: Optional[int] = None
-    batch_size: int = 16
+    #: Photos per network batch; None: planned from the image size, the model and the memory
+    #: (:func:`geoloc.models.runtime.plan_batch`).
+    batch_size: int | None = None
     #: Decoding threads; None: ``extract.default_workers`` for the device.
     workers: Optional[int] = None
     device: str = "auto"
+    #: ``auto`` (fp32 on the CPU, autocast on CUDA), ``fp32``, ``bf16`` or ``fp16``.
+    precision: str = "auto"
     #: Drop photos under the given PATHs whose files no longer exist.
     prune: bool = False
     #: Rebuild what damage left rebuildable instead of refusing a damaged database.
@@ -86,6 +92,7 @@ class IndexConfig:
         require_at_least("--workers", self.workers, 1)
         require_at_least("--max-side", self.max_side, 32, " pixels")
         require_at_least("--vocabulary-photos", self.vocabulary_photos, 1)
+        check_precision_name(self.precision)
 
 
 @dataclass
@@ -231,6 +238,7 @@ class _Run:
         self.progress = progress
         self.stage = "indexing"
         self.failed: set[Path] = set()  # unusable photos, reported once
+        self.batch_size = config.batch_size or 1  # the extractor's, once it is planned
 
     def on_error(self, exc: PhotoError) -> None:
         if exc.path in self.failed:
@@ -265,8 +273,11 @@ class _Run:
         from geoloc.extract import Extractor
 
         extractor = Extractor.create(model, max_side=max_side_of(database),
-                                     batch_size=self.config.batch_size, workers=self.config.workers)
+                                     batch_size=self.config.batch_size, workers=self.config.workers,
+                                     precision=self.config.precision)
         stack.enter_context(extractor.cpu_threads())
+        record_precision(database, extractor.precision)
+        self.batch_size = extractor.batch_size
         self.report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index, self)
         self.stage = "indexing"
         self.progress.stage("Indexing", len(to_index))
@@ -295,7 +306,7 @@ class _Run:
 
         rest = [p for p in to_index if p not in done] if done else to_index
         if rest:
-            self.progress.status(_first_batch(rest, self.config.batch_size, again=bool(done)))
+            self.progress.status(_first_batch(rest, self.batch_size, again=bool(done)))
         if self.config.engine == "ray" and rest:
             for items, descriptors, stored in self.ray_batches(database, model, rest, stack, failed):
                 commit(items, descriptors, stored)
@@ -335,10 +346,10 @@ class _Run:
 
         ray = stack.enter_context(ray_session(self.config.ray))
         self.progress.status(f"starting {len(paths)} photos on Ray")
-        return ray_batches(ray, model, paths, max_side=max_side_of(database), batch_size=self.config.batch_size,
+        return ray_batches(ray, model, paths, max_side=max_side_of(database), batch_size=self.batch_size,
                            stride=float(database.maps.stride) if database.maps else 0.0,
                            device=self.config.device, workers=self.config.workers, config=self.config.ray,
-                           on_error=failed)
+                           on_error=failed, precision=self.config.precision)
 
 
 def _at_least_one(found: Iterator[Path], paths: Sequence[Path | str], db: Path,
@@ -384,8 +395,12 @@ def _open_database(db_path: Path, config: IndexConfig):
             database.close()
             raise
     _check_writable(db_path)
+    from geoloc.models.runtime import resolve_precision
+
     key = model_key(config.model or default_model_name())
-    model = load_model(key, device=pick_device(config.device))
+    device = pick_device(config.device)
+    resolve_precision(config.precision, device)  # fp16 on the CPU: refused before a folder exists
+    model = load_model(key, device=device)
     if config.max_side is not None:
         model.preprocess = model.preprocess.replace(max_side=int(config.max_side))
     return Database.create(db_path, new_manifest(model, key, maps=config.maps)), model
@@ -467,7 +482,7 @@ def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path
         run.on_error(item.error)
 
     if len(sampler) < target:
-        run.progress.status(_first_batch(candidates, config.batch_size, again=False))
+        run.progress.status(_first_batch(candidates, run.batch_size, again=False))
     while len(sampler) < target and tried < len(candidates):
         wanted = target - len(sampler)
         todo = []

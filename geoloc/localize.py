@@ -22,6 +22,7 @@ from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
 from geoloc.files import display_path, json_path
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
+from geoloc.models.runtime import check_precision_name
 from geoloc.rerank import RerankConfig, Reranker
 from geoloc.search import SearchConfig, SearchIndex, index_cache
 
@@ -118,10 +119,15 @@ class LocateConfig:
     # The estimate looks at this many candidates whatever ``top_k`` shows, so that asking for
     # fewer candidates on screen does not make the estimate worse.
     estimate_k: int = 10
-    batch_size: int = 8
+    #: Query photos per network batch; None: planned from the image size, the model and the
+    #: memory (:func:`geoloc.models.runtime.plan_batch`).
+    batch_size: int | None = None
     #: Decoding threads for query photos; None: ``extract.default_workers`` for the device.
     workers: int | None = None
     device: str = "auto"
+    #: ``auto`` (fp32 on the CPU, autocast on CUDA), ``fp32``, ``bf16`` or ``fp16``; need not
+    #: be the database's (:func:`geoloc.database_model.record_precision`).
+    precision: str = "auto"
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
@@ -133,6 +139,7 @@ class LocateConfig:
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
         self.rerank.check()
+        check_precision_name(self.precision)
 
 
 @dataclass
@@ -259,7 +266,7 @@ class Locator:
             from geoloc.database_model import query_extractor
 
             self._extractor = query_extractor(self.model, self.database, batch_size=self.config.batch_size,
-                                              workers=self.config.workers)
+                                              workers=self.config.workers, precision=self.config.precision)
         return self._extractor
 
     # -- queries ----------------------------------------------------------------------------

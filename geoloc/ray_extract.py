@@ -32,7 +32,7 @@ class Describer:
     """
 
     def __init__(self, model, max_side: int, batch_size: int, workers: Optional[int], stride: float,
-                 device: str, threads: int):
+                 device: str, threads: int, precision: str = "auto"):
         import torch
 
         from geoloc.extract import Extractor, default_workers, model_device
@@ -43,7 +43,7 @@ class Describer:
         if workers is None:  # a GPU actor wants its decoding threads; a CPU actor has its share
             workers = default_workers(model_device(self.model)) if model_device(self.model) != "cpu" else 1
         self.extractor = Extractor.create(self.model, max_side=max_side, batch_size=batch_size,
-                                          workers=workers)
+                                          workers=workers, precision=precision)
         self.stride = stride
 
     def __call__(self, batch: dict) -> dict:
@@ -95,6 +95,7 @@ def ray_batches(
     workers: Optional[int] = None,
     config: Optional[RayConfig] = None,
     on_error: Callable[[object], None] = lambda item: None,
+    precision: str = "auto",
 ) -> Iterator[tuple[list, np.ndarray, Optional[list]]]:
     """Yield ``(photos, descriptors, stored maps or None)`` per block, as the cluster finishes
     them; unusable photos go to ``on_error``. ``stride``: the database's map stride (0: no maps);
@@ -118,7 +119,7 @@ def ray_batches(
         Describer,
         fn_constructor_kwargs={"model": model.cpu(), "max_side": max_side, "batch_size": batch_size,
                                "workers": workers, "stride": stride, "device": device,
-                               "threads": max(1, int(config.cpus_per_worker))},
+                               "threads": max(1, int(config.cpus_per_worker)), "precision": precision},
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), **resources,
     )

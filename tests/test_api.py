@@ -131,6 +131,11 @@ def test_query_decoding_threads_follow_the_device_the_model_is_on(tiny_model, ti
         model = load_database_model(database, "cpu")
         assert query_extractor(model, database).config.workers == extract.default_workers("cpu")
         monkeypatch.setattr(extract, "model_device", lambda m: "cuda:0")
+        # No GPU here: what the extractor asks a GPU (bfloat16 support, free memory) is stubbed.
+        from geoloc.models import runtime
+
+        monkeypatch.setattr(runtime, "resolve_precision", lambda choice, device: "fp32")
+        monkeypatch.setattr(runtime, "plan_batch", lambda *args, **kwargs: 8)
         assert query_extractor(model, database).config.workers == extract.default_workers("cuda")
         assert query_extractor(model, database, workers=3).config.workers == 3
 

@@ -9,7 +9,15 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, cell, handle_errors, ray_config, resolve_db
+from geoloc.cli._common import (
+    BATCH_HELP,
+    DB_HELP,
+    PRECISION_HELP,
+    cell,
+    handle_errors,
+    ray_config,
+    resolve_db,
+)
 from geoloc.files import display_path
 from geoloc.formatting import format_distance
 
@@ -73,7 +81,9 @@ def eval_command(
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write the recall@N curve as a PNG to FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", min=1, help="Images per network batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
+                                             show_default=False),
+    precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", metavar="N", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
     no_rerank: bool = typer.Option(
         False, "--no-rerank",
@@ -102,7 +112,7 @@ def eval_command(
         images_root=images_root, queries_root=queries_root, split=split_name, utm_zone=utm_zone,
         compare=compare, csv=csv_file, plot=plot, as_json=as_json,
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
-                          batch_size=batch_size, workers=workers, device=device,
+                          batch_size=batch_size, workers=workers, device=device, precision=precision,
                           rerank=not no_rerank, rerank_top=rerank_top, engine=engine,
                           ray=ray_config(engine, ray_address, ray_workers)),
     )

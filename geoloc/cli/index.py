@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, handle_errors, ray_config
+from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, ray_config
 
 
 _HELP = (
@@ -44,12 +44,14 @@ def index(
         None, "--max-side", min=32, metavar="PIXELS",
         help="Longest side photos are resized to. Default: the model's (640 for the registry "
         "models); fixed when the database is created.", show_default=False),
-    batch_size: int = typer.Option(16, "--batch-size", metavar="N", min=1, help="Photos per network batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
+                                             show_default=False),
     workers: Optional[int] = typer.Option(
         None, "--workers", metavar="N", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
         "cores (1–4) on the CPU, where the network needs them.",
         show_default=False),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
+    precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     vocabulary_photos: int = typer.Option(
         300, "--vocabulary-photos", metavar="N", min=1,
         help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
@@ -85,7 +87,7 @@ def index(
     if refit and repair:
         raise UsageError("--refit and --repair do not go together: repair the database first, then refit")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,
-                         device=device, prune=prune, repair=repair, maps=not no_maps,
+                         device=device, precision=precision, prune=prune, repair=repair, maps=not no_maps,
                          vocabulary_photos=vocabulary_photos, refit=refit, engine=engine,
                          ray=ray_config(engine, ray_address, ray_workers))
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import DB_HELP, handle_errors, one_format, resolve_db, warn_mirror_damage
+from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
+                                warn_mirror_damage)
 from geoloc.files import check_writable, display_path, printable
 from geoloc.formatting import format_distance
 
@@ -72,7 +73,9 @@ def locate_command(
         False, "--unlocated", help="Also locate every photo of the database that has no GPS of its own."
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Query photos per network batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, metavar="N", help=BATCH_HELP,
+                                             show_default=False),
+    precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     no_rerank: bool = typer.Option(
         False, "--no-rerank",
         help="Keep the global search's order: no re-ranking of the top candidates by geometric "
@@ -117,7 +120,7 @@ def locate_command(
 
     if rerank and no_rerank:
         raise UsageError("choose --rerank or --no-rerank, not both")
-    config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size,
+    config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     _report_warnings(results, verbose)

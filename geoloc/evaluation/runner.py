@@ -34,6 +34,7 @@ from geoloc.evaluation.metrics import (
     summarize,
 )
 from geoloc.geo import haversine_m, utm_to_latlon
+from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Prefixed, Progress
 from geoloc.formatting import json_number as _r
 
@@ -50,9 +51,10 @@ class EvalConfig:
     threshold_m: float | None = None  # None: the dataset's own (posDistThr), else 25 m
     top_k: int = 10  # candidates per query kept in the per-query CSV/JSON
     max_side: int | None = None  # None: the model's default
-    batch_size: int = 16
+    batch_size: int | None = None  # None: planned from the image size, the model and the memory
     workers: int | None = None
     device: str = "auto"
+    precision: str = "auto"  # as geoloc index / locate: fp32 on the CPU, autocast on CUDA
     estimate_k: int = 10  # candidates the position estimate looks at (as in geoloc locate)
     recall_ns: tuple[int, ...] = RECALL_NS
     vocabulary_photos: int = 300
@@ -71,6 +73,7 @@ class EvalConfig:
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--workers", self.workers, 1)
         require_at_least("--rerank-top", self.rerank_top, 1)
+        check_precision_name(self.precision)
 
     @property
     def search_depth(self) -> int:
@@ -147,6 +150,15 @@ def resolve_threshold(config: EvalConfig, split: Split | None = None) -> float:
     return DEFAULT_THRESHOLD_M
 
 
+def resolved_precision(config: EvalConfig) -> str:
+    """The precision this run's descriptors are computed at: part of the eval cache's key, as
+    bf16 descriptors differ (slightly) from fp32 ones."""
+    from geoloc.models.registry import pick_device
+    from geoloc.models.runtime import resolve_precision
+
+    return resolve_precision(config.precision, pick_device(config.device))
+
+
 def model_spec(config: EvalConfig) -> str:
     from geoloc.database_model import default_model_name
     from geoloc.models.registry import model_key
@@ -167,6 +179,9 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
     threshold = resolve_threshold(config, split)
     spec = model_spec(config)
     settings = {"max_side": config.max_side, "model_file": _file_key(spec)}
+    precision = resolved_precision(config)
+    if precision != "fp32":  # fp32 caches keep the key they had before precisions existed
+        settings["precision"] = precision
     folder = eval_cache_dir(split.name, split.fingerprint(), settings_key(spec, None, settings))
     report = _build_database(split, folder / "database", spec, config, progress)
     problems = list(split.problems) + [PhotoError(p, r) for p, r in report.error_files]
@@ -222,7 +237,7 @@ def _build_database(split: Split, db_dir: Path, spec: str, config: EvalConfig, p
         split.db_paths,
         db_dir,
         IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
-                    workers=config.workers, device=config.device,
+                    workers=config.workers, device=config.device, precision=config.precision,
                     vocabulary_photos=config.vocabulary_photos, engine=config.engine, ray=config.ray),
         progress=Prefixed(progress, "Database: "),
     )
@@ -277,7 +292,8 @@ def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: di
 
     if "extractor" not in holder:
         holder["extractor"] = query_extractor(load_database_model(database, config.device), database,
-                                              batch_size=config.batch_size, workers=config.workers)
+                                              batch_size=config.batch_size, workers=config.workers,
+                                              precision=config.precision)
     extractor = holder["extractor"]
     position = {os.fspath(p): i for i, p in enumerate(paths)}
     out = np.full((len(paths), database.dim), np.nan, dtype=np.float32)
@@ -472,6 +488,7 @@ def evaluate_database(
         batch_size=config.batch_size,
         workers=config.workers,
         device=config.device,
+        precision=config.precision,
         search=SearchConfig(ivf_threshold=EXACT_SEARCH),  # exact, as published figures are
         rerank=RerankConfig(enabled=config.rerank, top=config.rerank_top, verifier=config.rerank_verifier),
     )

@@ -53,6 +53,10 @@ class GeolocModel(nn.Module):
         self.weights_hash = weights_hash
         self.train_layers = train_layers
         self.base = base
+        #: How the trunk runs (set by :func:`geoloc.models.runtime.prepare` for a device):
+        #: channels-last inputs, and the autocast precision ("fp32": none).
+        self.channels_last = False
+        self.precision = "fp32"
         self.eval()
 
     # -- shape ---------------------------------------------------------------------------------
@@ -76,7 +80,20 @@ class GeolocModel(nn.Module):
     # -- inference -----------------------------------------------------------------------------
     def local_features(self, images: torch.Tensor) -> torch.Tensor:
         """B×C×h×w: what the pooling layer sees (k-means for the vocabulary samples these)."""
-        return self.backbone(images)
+        return self._trunk(self.backbone, images)
+
+    def _trunk(self, fn, images: torch.Tensor):
+        """Run (part of) the backbone in the layout and precision set for this device; float32,
+        contiguous results whatever ran inside (the pooling and the maps are computed in fp32)."""
+        from geoloc.models.runtime import autocast
+
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(images.device.type, self.precision):
+            out = fn(images)
+        if isinstance(out, tuple):
+            return tuple(t.float().contiguous() for t in out)
+        return out.float().contiguous()
 
     def pool_features(self, features: torch.Tensor) -> torch.Tensor:
         """Local features → final descriptors (pooling, whitening, L2), for cached features."""
@@ -85,7 +102,7 @@ class GeolocModel(nn.Module):
                 f"model {self.name or self.arch}: its NetVLAD vocabulary is not fitted yet "
                 "(fit_vocabulary on the database photos, or load_vocabulary from the database)"
             )
-        v = self.pool(features)
+        v = self.pool(features.float())
         if self.whiten is not None:
             v = self.whiten(v)
         return F.normalize(v.float(), p=2, dim=1)
@@ -98,7 +115,7 @@ class GeolocModel(nn.Module):
         geometric verification matches (about stride 16: VGG-16's conv5_3, Lite0's block 10)."""
         tapped = getattr(self.backbone, "features_and_tap", None)
         if tapped is not None:
-            return tapped(images)
+            return self._trunk(tapped, images)
         features = self.local_features(images)
         return features, features
 

@@ -171,7 +171,11 @@ class Whitening(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x[:, :, None, None]).flatten(1)
+        # The weight is stored as a 1×1 convolution (the published checkpoints' layout) but
+        # applied as the matrix product it is: the convolution kernels on a 1×1 input took 0.35 s
+        # a photo on 2 CPU threads for the 4096×32768 layer, the product 0.03 s (the weight's
+        # read from memory).
+        y = F.linear(x, self.conv.weight.flatten(1), self.conv.bias)
         return F.normalize(y, p=2, dim=1)
 
     @torch.no_grad()

@@ -58,7 +58,9 @@ class FinetuneConfig:
     threshold_m: float = 25.0
     seed: int = 0
     max_side: Optional[int] = None
-    eval_batch_size: int = 16
+    #: Photos per forward pass when computing descriptors (cache refreshes, validation, PCA);
+    #: None: planned as ``geoloc index`` plans its batch (:func:`geoloc.models.runtime.plan_batch`).
+    eval_batch_size: int | None = None
     workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 2)))
     num_clusters: int = 64
     vocabulary_photos: int = 300
@@ -95,7 +97,7 @@ class FinetuneConfig:
         need(self.max_side is None or self.max_side >= 32, f"--max-side must be at least 32, not {self.max_side}")
         need(self.pca is None or self.pca >= 1, f"--pca must be at least 1, not {self.pca}")
         need(self.lr_step >= 1, f"--lr-step must be at least 1, not {self.lr_step}")
-        need(self.eval_batch_size >= 1, f"the descriptor batch size must be at least 1, not {self.eval_batch_size}")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1, f"the descriptor batch size must be at least 1, not {self.eval_batch_size}")
 
     def train_settings(self):
         from geoloc.training.loop import TrainSettings
@@ -320,6 +322,7 @@ def finetune(
     ckpt_dir = prepare_checkpoint_dir(out, resume, restart)
 
     model = build_base(config)
+    config = _run_as_the_extractor_does(model, config, device)
     preprocess = model.preprocess
     images = None
     try:
@@ -354,6 +357,23 @@ def finetune(
         history=[h.to_json() for h in result.history], dim=int(model.dim),
         pca=pca_info, checkpoint=None, skipped=skipped, resumed=resume,
     )
+
+
+def _run_as_the_extractor_does(model, config: FinetuneConfig, device) -> FinetuneConfig:
+    """Set the model up as :class:`geoloc.extract.Extractor` sets it up for ``geoloc index``
+    (:func:`geoloc.models.runtime.prepare`: channels-last on the CPU, which speeds the backward
+    pass as much as the forward), and plan the descriptor batch the same way, so that training
+    and the descriptors it computes get the same gain. Mixed precision on CUDA stays
+    ``--amp``'s: the trunk itself runs fp32 inside it."""
+    from dataclasses import replace
+
+    from geoloc.models import runtime
+
+    runtime.prepare(model, device, "fp32")
+    if config.eval_batch_size is None:
+        max_side = int(config.max_side or model.preprocess.max_side)
+        config = replace(config, eval_batch_size=runtime.plan_batch(model, max_side, device))
+    return config
 
 
 def check_out(out: Path) -> Path:
