@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.database import Database
+from dbprobe import committed
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +31,6 @@ def _copy(lund_dir: Path, dest: Path) -> Path:
     for src in sorted(lund_dir.glob("*.jpg")):
         shutil.copy2(src, dest / src.name)
     return dest
-
-
-def _committed(db: Path) -> int:
-    """Photos committed so far, read the way a second program would: read-only SQLite."""
-    try:
-        uri = f"file:{db / 'photos.sqlite'}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
 
 
 def _index_cli(photos: Path, db: Path):
@@ -114,7 +101,7 @@ def test_kill_while_fitting_the_vocabulary(lund_dir, tmp_path, clean):
     db = tmp_path / "db"
     proc = _start(photos, db)
     _kill_when(proc, lambda: (db / "manifest.json").exists())
-    assert not (db / "vocabulary.safetensors").exists() and _committed(db) <= 0
+    assert not (db / "vocabulary.safetensors").exists() and committed(db) <= 0
     _check_recovered(photos, db, clean)
 
 
@@ -124,11 +111,11 @@ def test_killed_twice_then_finished(lund_dir, tmp_path, clean):
     db = tmp_path / "db"
     proc = _start(photos, db)
     _kill_when(proc, lambda: (db / "vocabulary.safetensors").exists())
-    first = max(_committed(db), 0)
+    first = max(committed(db), 0)
     proc = _start(photos, db)  # the re-run reuses the stored vocabulary
     # At least one batch of the main pass committed (past the 6-photo sample), not all.
-    _kill_when(proc, lambda: max(first, 6) + 2 <= _committed(db) < 27)
-    assert 0 < _committed(db) < 29
+    _kill_when(proc, lambda: max(first, 6) + 2 <= committed(db) < 27)
+    assert 0 < committed(db) < 29
     _check_recovered(photos, db, clean)
 
 
@@ -138,8 +125,8 @@ def test_a_first_run_killed_after_its_first_commits_keeps_them(lund_dir, tmp_pat
     photos = _copy(lund_dir, tmp_path / "photos")
     db = tmp_path / "db"
     proc = _start(photos, db)
-    _kill_when(proc, lambda: 4 <= _committed(db) < 27)
-    kept = _committed(db)
+    _kill_when(proc, lambda: 4 <= committed(db) < 27)
+    kept = committed(db)
     assert kept >= 4
     report = json.loads(_index_cli(photos, db).stdout)
     assert report["indexed"] + report["unchanged"] == 29 and report["indexed"] <= 29 - kept
@@ -165,7 +152,7 @@ def test_ctrl_c_says_how_many_photos_were_saved(lund_dir, tmp_path):
     db = tmp_path / "db"
     proc = _start(photos, db)
     deadline = time.monotonic() + 120
-    while _committed(db) < 8 and time.monotonic() < deadline and proc.poll() is None:
+    while committed(db) < 8 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -182,7 +169,7 @@ def test_killed_then_its_wal_lost_loses_no_descriptor(lund_dir, tmp_path, clean)
     photos = _copy(lund_dir, tmp_path / "photos")
     db = tmp_path / "db"
     proc = _start(photos, db)
-    _kill_when(proc, lambda: 10 <= _committed(db) < 25)
+    _kill_when(proc, lambda: 10 <= committed(db) < 25)
     for suffix in ("-wal", "-shm"):
         Path(f"{db / 'photos.sqlite'}{suffix}").unlink(missing_ok=True)
     _check_recovered(photos, db, clean)

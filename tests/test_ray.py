@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typer.testing import CliRunner
 
 from geoloc.cli import app
 from geoloc.database import Database
+from dbprobe import committed
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE = ["--model", "lite0-vlad", "--max-side", "224", "--batch-size", "2", "--workers", "1",
@@ -102,17 +102,6 @@ def test_ray_gives_the_database_a_local_run_gives(ray_cluster, tiny_model, lund_
     assert (again["indexed"], again["unchanged"]) == (0, 15)
 
 
-def _committed(db: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db / 'photos.sqlite'}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return -1
-
-
 @pytest.mark.slow
 def test_a_killed_ray_driver_resumes_where_it_stopped(ray_cluster, lund_dir, tmp_path):
     """kill -9 the driver once batches from the cluster are committed; the re-run keeps them,
@@ -130,7 +119,7 @@ def test_a_killed_ray_driver_resumes_where_it_stopped(ray_cluster, lund_dir, tmp
          "--engine", "ray", "--ray-address", ray_cluster],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     deadline = time.monotonic() + 180
-    while _committed(db) < 10:  # the 6 of the vocabulary sample, then batches from the actors
+    while committed(db) < 10:  # the 6 of the vocabulary sample, then batches from the actors
         if proc.poll() is not None:
             pytest.fail(f"indexing ended (rc {proc.returncode}) before the moment to kill it: "
                         f"{proc.stderr.read().decode(errors='replace')[-800:]}")
@@ -140,7 +129,7 @@ def test_a_killed_ray_driver_resumes_where_it_stopped(ray_cluster, lund_dir, tmp
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    kept = _committed(db)
+    kept = committed(db)
     assert 10 <= kept < 29
 
     resumed = _index([str(photos), "--db", str(db), *LITE, "--engine", "ray"])
