@@ -138,3 +138,17 @@ def test_preprocess_resizes_the_longest_side_and_normalises():
         matlab.to_tensor(image.convert("L").convert("RGB"))[:, 0, 0], torch.tensor([135.0, 145.0, 155.0])
     )
     assert Preprocess.from_json(LITE.to_json()) == LITE
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "alexnet", "lite0"])
+def test_every_backbone_gives_re_ranking_its_dense_map(arch):
+    """Re-ranking verifies with the network's own map, so every architecture of the registry
+    must give one that lines up with the input (random weights: geometry, not accuracy)."""
+    model = build_model(arch, "netvlad", num_clusters=4, pretrained_backbone=False).eval()
+    stride, channels = model.map_geometry()
+    with torch.no_grad():
+        _, tap = model.features_with_map(torch.zeros(1, 3, 256, 192))
+    assert tap.shape[1] == channels and channels > 0
+    for got, side in zip(tap.shape[-2:], (256, 192)):  # AlexNet's padding adds a cell
+        assert abs(got - side / stride) <= 1
+    assert stride == {"vgg16": 16, "lite0": 16}.get(arch, stride)

@@ -78,6 +78,9 @@ def test_the_model_indexes_and_locates(trained, lund_dir, tmp_path):
     for item in located:
         assert item["error"] is None and item["estimate"] is not None
         assert item["error_m"] is not None and item["error_m"] < 100
+        # re-ranking (the default) runs on a fine-tuned model file's own maps too
+        assert all(c["verified"] is not None for c in item["candidates"])
+        assert item["estimate"]["verification"] in ("verified", "unverified", "no match")
 
 
 @pytest.mark.slow
