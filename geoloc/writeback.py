@@ -119,22 +119,36 @@ def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:
     before = sha256_file(photo)
     gps_before = backend.gps_tags(photo)
     by_geoloc = _holds_estimate(photo)  # an earlier run's estimate, rewritten by this one
-    temp = temp_path(photo)
-    journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
-    try:
+
+    def write(temp: Path) -> dict:
         write_to_temp(photo, temp, backend, fix)
         if sha256_file(photo) != before:
             raise WriteError("the photo changed while geoloc was writing; it is left as it is now")
-        journal.append({
+        return {
             "op": "write", "photo": os.fspath(photo), "before": before, "after": sha256_file(temp),
             "gps_before": gps_before, "before_by_geoloc": by_geoloc, "backend": backend.name,
             "estimate": {"lat": round(fix.lat, 7), "lon": round(fix.lon, 7), "radius_m": round(fix.radius_m, 1),
                          "confidence": e.confidence},
-        })
+        }
+
+    _replace(photo, journal, write)
+
+
+def _replace(photo: Path, journal: Journal, write: Callable[[Path], dict]) -> dict:
+    """The one way a photo is changed, by a write or an undo: the temporary file's name in the
+    journal first (a killed run's leftover is then found), ``write(temp)`` fills and proves it
+    and returns the journal line that says what it is, that line goes to disk, then one rename.
+    Returns that line."""
+    temp = temp_path(photo)
+    journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
+    try:
+        record = write(temp)
+        journal.append(record)
         os.replace(temp, photo)
     finally:
         temp.unlink(missing_ok=True)
     fsync_dir(photo.parent)
+    return record
 
 
 def _reason(exc: BaseException) -> str:
@@ -188,7 +202,7 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
     report = UndoReport(path)
     remove_stale_temps()
     backend = _undo_backend(info)
-    with Journal.reopen(path) as journal, _closing(backend):
+    with Journal.reopen(path) as journal, contextlib.closing(backend):
         for entry in reversed(info.entries):
             photo = entry.photo
             try:
@@ -217,14 +231,6 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
     return report
 
 
-@contextlib.contextmanager
-def _closing(backend: Backend):
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
 def _undo_backend(info: JournalInfo) -> Backend:
     """The backend that read the old tags must write them back (the tag names are its own);
     photos that had no GPS can be cleared by either."""
@@ -238,19 +244,14 @@ def _undo_backend(info: JournalInfo) -> Backend:
 
 
 def _restore_one(photo: Path, entry, backend: Backend, journal: Journal) -> None:
-    temp = temp_path(photo)
-    journal.append({"op": "temp", "photo": os.fspath(photo), "temp": os.fspath(temp)})
-    try:
+    def restore(temp: Path) -> dict:
         write_to_temp(photo, temp, backend, None, restore=entry.gps_before,
                       restores_estimate=entry.before_by_geoloc)
-        restored = sha256_file(temp)
-        journal.append({"op": "undo", "photo": os.fspath(photo), "restored": restored})
-        os.replace(temp, photo)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_dir(photo.parent)
+        return {"op": "undo", "photo": os.fspath(photo), "restored": sha256_file(temp)}
+
+    record = _replace(photo, journal, restore)
     if entry.before_by_geoloc:
-        _hand_back(photo, entry.before, restored, journal.path)
+        _hand_back(photo, entry.before, record["restored"], journal.path)
 
 
 def _holds_estimate(photo: Path) -> bool:

@@ -398,7 +398,7 @@ def _write_exif(results, minimum: str, overwrite: bool, verbose: bool) -> None:
     from geoloc.console import RichProgress
     from geoloc.writeback import WriteOptions, write_estimates
 
-    located, below = _gate([r for r in results if r.estimate is not None], minimum)
+    located = [r for r in results if r.estimate is not None]  # write_estimates applies the bar
     progress = RichProgress(transient=True, bars=len(located) > 1)
     progress.stage("Writing EXIF", len(located))
     try:
@@ -423,4 +423,5 @@ def _write_exif(results, minimum: str, overwrite: bool, verbose: bool) -> None:
     if report.journal is not None:
         parts.append(f"undo with `geoloc undo-exif` (record: {display_path(report.journal)})")
     console.info("; ".join(parts))
-    _say_below(below, minimum, "the photos", verbose)
+    below = set(report.below)
+    _say_below([r for r in located if Path(r.query) in below], minimum, "the photos", verbose)
