@@ -634,25 +634,29 @@ def _prune(database: Database, roots: Sequence[Path | str], seen: set[str],
     Only a definite "no such file" counts: a photo on an unmounted drive or in a folder that is
     unreadable right now is kept, so nothing is dropped by accident.
     """
-    resolved_roots = [os.path.realpath(Path(r).expanduser()) for r in roots]
-    gone: list[Path] = []
-    for record in database.iter_photos():
-        key = os.fspath(record.path)
-        if key in seen or not any(_is_under(key, root) for root in resolved_roots):
-            continue
-        try:
-            os.stat(record.path)
-        except (FileNotFoundError, NotADirectoryError):
-            gone.append(record.path)
-        except OSError:
-            pass
+    drops = _pruned_by(roots, seen)
+    gone = [record.path for record in database.iter_photos() if drops(record.path)]
     return database.remove(gone) if gone else 0
 
 
 def _pruned_by(roots: Sequence[Path | str], seen: set[str]):
-    """What ``--prune`` drops: a stored photo under ``roots`` that this run did not find."""
+    """What ``--prune`` drops (for :func:`_prune` and a refit alike): a stored photo under
+    ``roots`` that this run did not find and whose file is definitely gone."""
     resolved = [os.path.realpath(Path(r).expanduser()) for r in roots]
-    return lambda path: os.fspath(path) not in seen and any(_is_under(os.fspath(path), r) for r in resolved)
+
+    def drops(path: Path) -> bool:
+        key = os.fspath(path)
+        if key in seen or not any(_is_under(key, root) for root in resolved):
+            return False
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            pass
+        return False
+
+    return drops
 
 
 def _is_under(path: str, root: str) -> bool:

@@ -102,7 +102,7 @@ def plan(database: Database, to_index: Sequence[Path], config, message,
             raise GeolocError(f"--refit: database {where} has no vocabulary to fit again: {why}")
         return None
     stored = [r.path for r in database.iter_photos()]
-    dropped = {p for p in stored if not os.path.isfile(p) and pruned(p)}
+    dropped = {p for p in stored if pruned(p)}
     stored = [p for p in stored if p not in dropped]
     photos = sorted(set(stored) | set(to_index))
     after = min(len(photos), config.vocabulary_photos)
