@@ -133,7 +133,10 @@ def test_a_killed_ray_driver_resumes_where_it_stopped(ray_cluster, lund_dir, tmp
     assert 10 <= kept < 29
 
     resumed = _index([str(photos), "--db", str(db), *LITE, "--engine", "ray"])
-    assert (resumed["total"], resumed["indexed"], resumed["unchanged"], resumed["errors"]) == (29, 29 - kept, kept, 0)
+    # A batch whose descriptors were appended but whose records were not yet committed when the
+    # driver died is claimed back by content: "unchanged" may exceed what the probe counted.
+    assert (resumed["total"], resumed["errors"]) == (29, 0)
+    assert resumed["indexed"] + resumed["unchanged"] == 29 and resumed["unchanged"] >= kept
     with Database.open(db) as database:
         records = database.photos()
         assert len({r.path for r in records}) == 29 and len({r.row for r in records}) == 29
