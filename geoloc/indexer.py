@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -25,21 +25,18 @@ from geoloc.database_model import (
     max_side_of,
     new_manifest,
     record_precision,
-    store_vocabulary,
-    vocabulary_manifest,
 )
-from geoloc.database.layout import FIT_CACHE
 from geoloc.cluster import RayConfig
+from geoloc.database_vocabulary import ensure_vocabulary
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
-from geoloc.files import display_path, json_path, sha256_file
+from geoloc.files import display_path, json_path
 from geoloc.models.runtime import check_precision_name
-from geoloc.progress import Progress
+from geoloc.progress import Progress, first_batch_status
 from geoloc.refit import RefitReport
-from geoloc import refit
+from geoloc import changes, refit
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
 from geoloc.search import SearchConfig
 from geoloc.verify import stored_map
-from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
 
 
 #: Where descriptors are computed (``--engine``).
@@ -190,15 +187,18 @@ def index_photos(
         try:
             again = run.check_damage(database)
             run.progress.stage("Scanning", None)
-            to_index, seen = _diff(found, database, report, run.on_error, run.progress)
-            to_index = sorted(set(to_index) | set(again))
+            found_now = changes.scan(found, database, run.on_error, run.progress)
+            report.unchanged += found_now.unchanged
+            report.positions_updated += found_now.positions_updated
+            seen = found_now.seen
+            to_index = sorted(set(found_now.to_index) | set(again))
             to_index, claimed = claim_stored_rows(database, to_index, run.on_error)
             report.unchanged += claimed
             if report.repair is not None:
                 report.repair.claimed = claimed
             if model is None and not config.repair:
                 due = refit.plan(database, to_index, config, run.progress.message,
-                                 pruned=_pruned_by(paths, seen) if config.prune else lambda path: False)
+                                 pruned=changes.pruned_by(paths, seen) if config.prune else lambda path: False)
                 if due is not None and refit.refit_and_swap(database, due, to_index, run, index_photos):
                     report.elapsed_s = time.perf_counter() - started
                     return report
@@ -213,7 +213,7 @@ def index_photos(
         except KeyboardInterrupt:
             raise run.interrupted(database) from None
         if config.prune:
-            report.removed = _prune(database, paths, seen, run.progress)
+            report.removed = changes.prune(database, paths, seen)
         if (config.prune and database.dead_rows) or (database.needs_compaction() and not database.rebuilt):
             run.progress.stage("Compacting", None)
             database.compact()
@@ -278,7 +278,7 @@ class _Run:
         stack.enter_context(extractor.cpu_threads())
         record_precision(database, extractor.precision)
         self.batch_size = extractor.batch_size
-        self.report.vocabulary, kept = _ensure_vocabulary(database, model, extractor, to_index, self)
+        self.report.vocabulary, kept = ensure_vocabulary(database, model, extractor, to_index, self)
         self.stage = "indexing"
         self.progress.stage("Indexing", len(to_index))
 
@@ -306,7 +306,7 @@ class _Run:
 
         rest = [p for p in to_index if p not in done] if done else to_index
         if rest:
-            self.progress.status(_first_batch(rest, self.batch_size, again=bool(done)))
+            self.progress.status(first_batch_status(rest, self.batch_size, again=bool(done)))
         if self.config.engine == "ray" and rest:
             for items, descriptors, stored in self.ray_batches(database, model, rest, stack, failed):
                 commit(items, descriptors, stored)
@@ -421,197 +421,6 @@ def _check_writable(db_path: Path) -> None:
                             f"{display_path(probe)} is not writable")
 
 
-def _first_batch(paths: Sequence[Path], batch_size: int, again: bool) -> str:
-    """What a phase does before its count first moves: a whole batch is decoded and goes
-    through the network before any photo of it is done (the first one also warms it up)."""
-    n = min(len(paths), batch_size)
-    if again:
-        return f"reading the next {n} photos"
-    return f"reading the first {n} photo{'s' if n != 1 else ''} and starting the network"
-
-
-#: Local features of the vocabulary sample kept in memory, to pool them after fitting instead of
-#: decoding those photos again (beyond this, the rest are simply decoded twice).
-KEEP_FEATURES_BYTES = 256 * 2**20
-
-
-def _ensure_vocabulary(database: Database, model, extractor, to_index: list[Path], run: _Run):
-    """The database's vocabulary, or a new one fitted on a sample and stored before the first
-    descriptor. Only the sample goes through the network here, and each photo's share of
-    features is cached as it comes, so an interrupted fit resumes where it stopped.
-
-    Returns ``(state, kept)``: state is "stored", "fitted" or None; kept holds batches of
-    ``(photos, local features)`` of the sample, ready to be pooled and stored.
-    """
-    config = run.config
-    if database.has_vocabulary():  # loaded with the model, and checked against the manifest
-        if not database.manifest.get("vocabulary_sha256"):  # a 0.1.0 database killed between two writes
-            database.update_manifest(vocabulary_manifest(database, model, {}))
-        return "stored", []
-    if not model.needs_vocabulary:
-        return None, []
-    if len(database):
-        raise DatabaseError(
-            f"database {display_path(database.path)} is damaged: it holds descriptors but "
-            "not the vocabulary they were computed with; index into a new --db"
-        )
-    if not to_index:
-        return None, []
-    # The sample, then the other photos in the same spread order: one that cannot be read is
-    # replaced by the next, so junk among the photos does not starve the fit.
-    target = min(len(to_index), config.vocabulary_photos)
-    sample = spread(to_index, target)
-    chosen = set(sample)
-    candidates = sample + [p for p in spread(to_index, len(to_index)) if p not in chosen]
-    position = {path: i for i, path in enumerate(candidates)}
-    sampler = FeatureSampler(target, max_features=config.vocabulary_features, seed=config.seed)
-    cache = FitCache(database.path / FIT_CACHE, sample, {
-        "seed": config.seed, "max_features": config.vocabulary_features, "max_side": max_side_of(database),
-        "weights": database.manifest.get("model_weights_hash")})
-    for i in cache.done():
-        picked = cache.get(i)
-        if picked is not None and i < len(candidates):
-            sampler.put(i, picked)
-    run.stage, run.sample, run.fitted = "fitting", target, len(sampler)
-    run.progress.stage("Fitting vocabulary", target)
-    run.progress.advance(len(sampler))
-    kept, kept_bytes = [], 0
-    tried = 0
-
-    def failed(item) -> None:  # reported now, and not decoded again by the indexing pass
-        run.on_error(item.error)
-
-    if len(sampler) < target:
-        run.progress.status(_first_batch(candidates, run.batch_size, again=False))
-    while len(sampler) < target and tried < len(candidates):
-        wanted = target - len(sampler)
-        todo = []
-        while len(todo) < wanted and tried < len(candidates):
-            i = tried
-            tried += 1
-            if i not in sampler and candidates[i] not in run.failed:
-                todo.append(candidates[i])
-        fn = model.features_with_map if database.maps else model.local_features
-        for items, out in extractor.batches(todo, fn, on_error=failed):
-            feats, maps = out if database.maps else (out, None)
-            for item, one in zip(items, feats):
-                i = position[item.path]
-                cache.put(i, sampler.add(i, one))
-            run.fitted = len(sampler)
-            size = feats.nbytes + (maps.nbytes if maps is not None else 0)
-            if kept_bytes + size <= KEEP_FEATURES_BYTES:
-                kept.append((items, feats, maps))
-                kept_bytes += size
-            run.progress.advance(len(items))
-    features = sampler.sample()
-    unreadable = len([p for p in candidates[:tried] if p in run.failed])
-    hint = "index more photos at once, or use a larger --max-side"
-    if unreadable:
-        hint = (f"{unreadable} of the {tried} photos tried could not be read (see the warnings above); "
-                f"{hint}")
-    run.progress.status(f"clustering {features.shape[0]:,} local features into "
-                        f"{model.num_clusters} visual words (k-means)")
-    fit_vocabulary(model, features, len(sampler), seed=config.seed, hint=hint)
-    store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
-                                       "vocabulary_features": int(features.shape[0])})
-    cache.clear()
-    if refit.is_provisional(len(sampler), config):
-        run.progress.message(refit.provisional_note(len(sampler), config))
-    return "fitted", kept
-
-
-# ------------------------------------------------------------------------------------------------
-# What to do with each photo
-
-
-def _diff(found: Iterable[Path], database: Database, report: IndexReport, on_error,
-          progress: Progress) -> tuple[list[Path], set[str]]:
-    """Split the photos found into those to index and those already current.
-
-    A photo whose size and mtime match the database is current. When they differ, the content
-    hash decides: same content (a copy, a ``touch``) only refreshes the stored size and mtime.
-    A current photo without an EXIF position whose sidecars are not those stored (one
-    appeared, changed or went) has its position read again and stored, without the network.
-    """
-    known = {path: (size, mtime_ns, sha256)
-             for path, size, mtime_ns, sha256 in database.file_stats()}
-    sidecar_keys = dict(database.sidecar_keys())
-    to_index: list[Path] = []
-    touched: list[tuple[Path, int, int]] = []
-    relocate: list[tuple[Path, os.stat_result]] = []
-    seen: set[str] = set()
-    for path in found:
-        progress.advance(1)
-        try:
-            resolved = Path(os.path.realpath(path))
-            st = os.stat(resolved)
-        except OSError as exc:
-            on_error(PhotoError(path, f"cannot read: {exc.strerror or exc}"))
-            continue
-        key = os.fspath(resolved)
-        if key in seen:
-            continue
-        seen.add(key)
-        stored = known.get(key)
-        if stored is None:
-            to_index.append(resolved)
-            continue
-        if not (stored[0] == st.st_size and stored[1] == st.st_mtime_ns):
-            try:
-                same = stored[2] is not None and sha256_file(resolved) == stored[2]
-            except OSError as exc:
-                on_error(PhotoError(path, f"cannot read: {exc.strerror or exc}"))
-                continue
-            if not same:
-                to_index.append(resolved)
-                continue
-            touched.append((resolved, st.st_size, st.st_mtime_ns))
-        report.unchanged += 1
-        if key in sidecar_keys and _sidecars_now(resolved) != sidecar_keys[key]:
-            relocate.append((resolved, st))
-    if touched:
-        database.update_file_stats(touched)
-    if relocate:
-        report.positions_updated += _update_positions(database, relocate, on_error)
-    to_index.sort()
-    return to_index, seen
-
-
-def _sidecars_now(path: Path) -> Optional[str]:
-    from geoloc.photos.sidecars import find_sidecars, sidecar_key
-
-    return sidecar_key(find_sidecars(path))
-
-
-def _update_positions(database: Database, photos: list[tuple[Path, os.stat_result]], on_error) -> int:
-    """Read the positions of photos whose sidecars changed and store those that differ."""
-    from geoloc.photos import read_meta
-
-    updates: list[PhotoRecord] = []
-    changed = 0
-    for path, st in photos:
-        try:
-            meta = read_meta(path)
-        except PhotoError as exc:
-            on_error(exc)
-            continue
-        stored = database.get(path)
-        if stored is None:
-            continue
-        record = PhotoRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=stored.sha256)
-        record.take_position(meta)
-        updates.append(record)
-        changed += _position_of(stored) != _position_of(record)
-    database.update_positions(updates)  # the new sidecar fingerprints too, changed or not
-    return changed
-
-
-def _position_of(record: PhotoRecord) -> tuple:
-    if not record.located:
-        return (None,)
-    return record.lat, record.lon, record.alt, record.gps_accuracy_m, record.gps_source
-
-
 def record_of(item) -> PhotoRecord:
     """The record of a decoded photo: its file, its position (EXIF, else a sidecar) and size."""
     record = PhotoRecord(
@@ -625,39 +434,3 @@ def record_of(item) -> PhotoRecord:
     )
     record.take_position(item.meta)
     return record
-
-
-def _prune(database: Database, roots: Sequence[Path | str], seen: set[str],
-           progress: Progress) -> int:
-    """Remove photos under ``roots`` whose files are gone.
-
-    Only a definite "no such file" counts: a photo on an unmounted drive or in a folder that is
-    unreadable right now is kept, so nothing is dropped by accident.
-    """
-    drops = _pruned_by(roots, seen)
-    gone = [record.path for record in database.iter_photos() if drops(record.path)]
-    return database.remove(gone) if gone else 0
-
-
-def _pruned_by(roots: Sequence[Path | str], seen: set[str]):
-    """What ``--prune`` drops (for :func:`_prune` and a refit alike): a stored photo under
-    ``roots`` that this run did not find and whose file is definitely gone."""
-    resolved = [os.path.realpath(Path(r).expanduser()) for r in roots]
-
-    def drops(path: Path) -> bool:
-        key = os.fspath(path)
-        if key in seen or not any(_is_under(key, root) for root in resolved):
-            return False
-        try:
-            os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return True
-        except OSError:
-            pass
-        return False
-
-    return drops
-
-
-def _is_under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

@@ -9,7 +9,7 @@ progress bar, in a script that wants silence, or inside another run's progress.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 class Progress:
@@ -65,3 +65,12 @@ class Prefixed(Progress):
 
     def message(self, text: str) -> None:
         self.inner.message(text)
+
+
+def first_batch_status(paths: Sequence, batch_size: int, again: bool) -> str:
+    """What a phase does before its count first moves: a whole batch is decoded and goes
+    through the network before any photo of it is done (the first one also warms it up)."""
+    n = min(len(paths), batch_size)
+    if again:
+        return f"reading the next {n} photos"
+    return f"reading the first {n} photo{'s' if n != 1 else ''} and starting the network"

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geoloc.database.maps import MAX_CHANNELS
+
 #: Fusion weight: ``cosine + W · inliers / query cells`` (+0.01 per inlier at 1200 cells, 640 px).
 #: Chosen on the dev sets at 640 px and again, identically, at 480 px; 12–1000 rank alike there,
 #: and the smallest keeps the cosine deciding between candidates that verify alike.
@@ -43,8 +45,6 @@ WEIGHT = 12.0
 VERIFIED_MIN = 40
 #: ...fewer than this → "no match" (out-of-coverage queries reached at most 12 on the dev sets).
 NO_MATCH_MAX = 15
-#: Channels a stored map keeps at most (a fixed random rotation reduces wider ones).
-MAX_CHANNELS = 128
 _PROJECTION_SEED = 20161  # fixed forever: stored maps of a database depend on it
 #: The SIFT verifier: keypoints per image, Lowe's ratio, and the fusion weight per inlier share
 #: (64: the weight the re-ranking experiments chose for SIFT at 640 px).
@@ -111,10 +111,6 @@ def projection(channels: int) -> np.ndarray | None:
     q = q.astype(np.float32)
     q.setflags(write=False)
     return q
-
-
-def stored_channels(channels: int) -> int:
-    return min(channels, MAX_CHANNELS)
 
 
 def cells_of(fmap: np.ndarray, stride: float, proj: np.ndarray | None = None) -> Cells:

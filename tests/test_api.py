@@ -92,6 +92,45 @@ def test_imports_form_no_loop():
     assert loops == []
 
 
+def _layers() -> list[set[str]]:
+    """docs/design.md's layer diagram, top first: each line's names (``database/`` is the package)."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "design.md").read_text(encoding="utf-8")
+    block = text.split("## Layers", 1)[1].split("```", 2)[1]
+    layers = []
+    for line in block.strip().splitlines():
+        names = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        layers.append({n.strip().rstrip("/") for n in names.split(",")})
+    return layers
+
+
+def _unit(module: str) -> str:
+    """The diagram's name for a module: its top-level module or package under geoloc."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_module_imports_only_its_layer_and_those_below():
+    """The diagram in docs/design.md is the rule: a module placed nowhere, or an import that
+    reaches up, fails here (the package root's ``__version__`` and ``__main__`` aside)."""
+    layers = _layers()
+    level = {name: i for i, names in enumerate(layers) for name in names}
+    modules = _modules()
+    units = {_unit(name) for name in modules} - {"geoloc", "__main__"}
+    assert units - set(level) == set(), "modules missing from the diagram in docs/design.md"
+    upward = []
+    for name, tree in modules.items():
+        here = _unit(name)
+        if here not in level:
+            continue
+        for module, _ in _imports(tree):
+            there = _unit(module)
+            if there in level and level[there] < level[here]:
+                upward.append(f"{name} imports {module}")
+    assert upward == []
+
+
 def test_locating_does_not_reach_into_indexing():
     """How a database's model is loaded has one answer (geoloc.database_model), not the
     indexer's: locating a photo needs neither the indexer nor the training code."""

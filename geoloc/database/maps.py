@@ -17,6 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 _HEAD = struct.Struct("<HH")
+#: Channels a stored map keeps at most (a fixed random rotation, :func:`geoloc.verify.projection`,
+#: reduces wider ones).
+MAX_CHANNELS = 128
+
+
+def stored_channels(channels: int) -> int:
+    return min(channels, MAX_CHANNELS)
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,6 @@ class MapSpec:
 
     @classmethod
     def for_model(cls, stride: int, source_channels: int, max_side: int) -> "MapSpec":
-        from geoloc.verify import stored_channels
-
         side = math.ceil(max_side / stride)
         return cls(int(stride), stored_channels(source_channels), int(source_channels), side * side)
 

@@ -19,8 +19,6 @@ file and the repair.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,7 +30,6 @@ from geoloc.database import rows as rowidx
 from geoloc.database.layout import (
     COMPACTING,
     DESCRIPTORS,
-    FORMAT_VERSION,
     MANIFEST,
     MAPS,
     MAPS_COMPACTING,
@@ -40,20 +37,18 @@ from geoloc.database.layout import (
     ROWS_COMPACTING,
     SQLITE,
     VERIFY_ALL_BYTES,
-    VOCABULARY,
     repair_hint,
 )
-from geoloc.database import integrity
+from geoloc.database import integrity, opening, vocabulary
 from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.swap import settle
-from geoloc.database.manifest import load_manifest, write_manifest
+from geoloc.database.manifest import write_manifest
 from geoloc.database.maps import MapSpec
 from geoloc.database.records import ALL_COLUMNS, PhotoRecord, path_from_key, path_key, record_from_row
-from geoloc.database.recovery import connect_or_rebuild, recover, refuse_non_empty
-from geoloc.database.sqlite import Connection, connect, photo_columns
+from geoloc.database.sqlite import Connection, photo_columns
 from geoloc.errors import DatabaseDamagedError, DatabaseError
-from geoloc.files import atomic_write, display_path
+from geoloc.files import display_path
 
 
 class Database:
@@ -116,47 +111,7 @@ class Database:
         row counter from the files. ``allow_damage`` (``geoloc check``) opens whatever can be
         opened and leaves the verdict to :func:`geoloc.database.integrity.check`.
         """
-        path = Path(path).expanduser().absolute()
-        if not cls.exists(path):
-            writer = lock_holder(path)
-            if writer:
-                raise DatabaseError(
-                    f"database {display_path(path)} is being created by another geoloc process ({writer}); "
-                    "run again when it has finished")
-            raise DatabaseError(f"no geoloc database at {display_path(path)} (run `geoloc index` first)")
-        lock = None
-        if write:
-            lock = WriteLock(path)
-            lock.acquire()
-        try:
-            if repair and write:
-                conn = connect_or_rebuild(path)
-            else:
-                conn = connect(path, write=write)
-            db = cls(path, conn, write, lock)
-            try:
-                load_manifest(db, repair=repair and write)
-                if write:
-                    recover(db, repair=repair)
-                db.read_columns()
-                problems = db.structural_problems()
-                if problems and not (allow_damage or repair):  # a repair re-extracts what is missing
-                    raise db.damage(problems)
-                db.notes = db.mirror_problems()
-                if write and db.notes and not repair:
-                    raise db.damage(db.notes)
-                db.rebuilt = bool(db.meta("rebuilt", 0))
-                if db.rebuilt:
-                    db.repaired.insert(0, f"{SQLITE} (from {MANIFEST} and {ROWS})")
-            except BaseException:
-                db.close_files()
-                conn.close()
-                raise
-            return db
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
+        return opening.open_database(cls, path, write=write, repair=repair, allow_damage=allow_damage)
 
     @classmethod
     def create(cls, path: Path, manifest: dict) -> "Database":
@@ -166,41 +121,7 @@ class Database:
         before it was done (empty files): a folder with data in it is a damaged database, to
         repair, never to overwrite.
         """
-        path = Path(path).expanduser().absolute()
-        for key in ("model", "dim"):
-            if key not in manifest:
-                raise ValueError(f"manifest needs {key!r}")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(f"cannot create database {display_path(path)}: {exc.strerror or exc}") from None
-        lock = WriteLock(path)
-        lock.acquire()
-        try:
-            if cls.exists(path):
-                lock.release()
-                raise DatabaseError(f"a database already exists at {display_path(path)}")
-            refuse_non_empty(path, lock)
-            full = {"format": FORMAT_VERSION, "dtype": "float32", "geoloc_version": _geoloc_version(),
-                    "created": _now(), "revision": 1, **manifest}
-            full["dim"] = int(full["dim"])
-            conn = connect(path, write=True, create=True)
-            db = cls(path, conn, True, lock)
-            db.set_manifest(full)
-            with db.transaction():
-                for key, value in (("next_row", 0), ("generation", 0)):
-                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(full, sort_keys=True),))
-            for name in (DESCRIPTORS, ROWS) + ((MAPS,) if db.maps else ()):
-                open(path / name, "ab").close()
-            write_manifest(path, full)
-            return db
-        except OSError as exc:
-            lock.release()
-            raise DatabaseError(f"cannot create database {display_path(path)}: {exc.strerror or exc}") from None
-        except BaseException:
-            lock.release()
-            raise
+        return opening.create_database(cls, path, manifest)
 
     def read_columns(self) -> None:
         """Read records with the columns this file has: a database an older geoloc made lacks
@@ -227,15 +148,7 @@ class Database:
     def mirror_problems(self) -> list[str]:
         """Damage to the readable mirrors (manifest.json, vocabulary.safetensors) whose copies in
         photos.sqlite are intact: nothing an answer depends on, but nothing to write over."""
-        problems = [self._manifest_problem] if self._manifest_problem else []
-        blob = self.meta("vocabulary")
-        if blob is not None:
-            data = self.vocabulary_file_bytes()
-            if data is None:
-                problems.append(f"{VOCABULARY} is missing ({SQLITE} holds a copy)")
-            elif data != bytes(blob):
-                problems.append(f"{VOCABULARY} does not match {SQLITE}'s copy of it")
-        return problems
+        return [p for p in (self._manifest_problem, vocabulary.mirror_problem(self)) if p]
 
     def update_manifest(self, changes: dict) -> None:
         """Change manifest fields: the SQLite copy first (one transaction), then the file."""
@@ -491,58 +404,22 @@ class Database:
         matrix = np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
         return np.ascontiguousarray(matrix[current])
 
-    # ------------------------------------------------------------------ vocabulary
+    # ------------------------------------------------------------------ vocabulary (see .vocabulary)
 
     def has_vocabulary(self) -> bool:
-        return self.meta("vocabulary") is not None or (self.path / VOCABULARY).is_file()
+        return vocabulary.has_vocabulary(self)
 
     def load_vocabulary(self) -> Optional[dict]:
-        """The fitted vocabulary, from its copy in photos.sqlite (the file is its mirror)."""
-        from safetensors.torch import load
-
-        blob = self.meta("vocabulary")
-        if blob is None:
-            blob = self.vocabulary_file_bytes()
-        if blob is None:
-            return None
-        try:
-            return load(bytes(blob))
-        except Exception as exc:
-            raise self.damage([f"the vocabulary cannot be read ({exc})"]) from None
+        return vocabulary.load_vocabulary(self)
 
     def save_vocabulary(self, state: dict, manifest_changes: Optional[dict] = None) -> None:
-        """Store a fitted vocabulary and the manifest's record of it in one SQLite transaction,
-        then the two mirror files (a writer finishes them if a crash comes in between)."""
-        self.require_write()
-        from safetensors.torch import save
-
-        data = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
-        manifest = {**self.manifest, **(manifest_changes or {}),
-                    "vocabulary_file_sha256": hashlib.sha256(data).hexdigest(),
-                    "revision": int(self.manifest.get("revision", 0)) + 1}
-        with self.transaction():
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('vocabulary', ?)", (data,))
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)",
-                               (json.dumps(manifest, sort_keys=True),))
-        atomic_write(self.path / VOCABULARY, data)
-        write_manifest(self.path, manifest)
-        self.manifest = manifest
+        vocabulary.save_vocabulary(self, state, manifest_changes)
 
     def vocabulary_file_bytes(self) -> Optional[bytes]:
-        try:
-            return (self.path / VOCABULARY).read_bytes()
-        except OSError:
-            return None
+        return vocabulary.file_bytes(self)
 
     def vocabulary_from_file(self) -> Optional[bytes]:
-        """The mirror file's bytes when they match what the manifest recorded of them."""
-        data = self.vocabulary_file_bytes()
-        if data is None:
-            return None
-        recorded = self.manifest.get("vocabulary_file_sha256")
-        if recorded and hashlib.sha256(data).hexdigest() != recorded:
-            return None
-        return data
+        return vocabulary.from_file(self)
 
     # ------------------------------------------------------------------ writing
 
@@ -640,7 +517,7 @@ class Database:
             self._insert(records, [path_key(r.path) for r in records], next_row=None)
 
     def _insert(self, records: list[PhotoRecord], keys: list, next_row: Optional[int]) -> None:
-        now = _now()
+        now = opening.utc_now()
         rows = [(key, r.size, r.mtime_ns, r.sha256, r.lat, r.lon, r.alt, r.taken_at, r.gps_accuracy_m,
                  r.width, r.height, r.row, now, _source(r), r.sidecar_key)
                 for r, key in zip(records, keys)]
@@ -718,16 +595,6 @@ def _source(record: PhotoRecord) -> Optional[str]:
     if not record.located:
         return None
     return record.gps_source or "exif"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _geoloc_version() -> str:
-    from geoloc import __version__
-
-    return __version__
 
 
 __all__ = ["Database"]
