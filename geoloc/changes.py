@@ -29,7 +29,6 @@ class Scan:
     positions_updated: int = 0  # current photos whose sidecar position changed and was stored
 
 
-
 def scan(found: Iterable[Path], database: Database, on_error: Callable[[PhotoError], None],
          progress: Progress) -> Scan:
     """Split the photos found into those to index and those already current.

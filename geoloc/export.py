@@ -19,8 +19,8 @@ from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
 from geoloc.files import atomic_write, display_path, json_path
-from geoloc.localize import LocateResult
-from geoloc.photos.meta import PROCESSING_METHOD  # geoloc's signature, read back by `index`
+from geoloc.results import LocateResult
+from geoloc.photos.tags import PROCESSING_METHOD  # geoloc's signature, read back by `index`
 from geoloc.photos.xmp import GEOLOC_NS, written_by_geoloc
 
 # exiftool's tag names. The Ref columns carry the hemisphere because exiftool (12.x) writes

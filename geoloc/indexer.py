@@ -317,7 +317,6 @@ class _Run:
             for items, descriptors in extractor.descriptors(rest, on_error=failed):
                 store(items, descriptors)
 
-
     def compressed_index(self, database: Database, stack: contextlib.ExitStack) -> str:
         """Bring the compressed index up to date with what this run stored (the photos added
         are added to it; it is trained anew only when the data outgrew its sample). On Ray, its

@@ -3,7 +3,8 @@
 Each step has a module of its own: :mod:`geoloc.search` finds the nearest database photos,
 :mod:`geoloc.estimate` turns the candidates into a position, a radius and a confidence, and
 :mod:`geoloc.database_model` supplies the network that made the database's descriptors. What
-lives here is the order of the steps for a batch of queries, and the results they produce.
+lives here is the order of the steps for a batch of queries; the results they produce are
+:mod:`geoloc.results`' (``Candidate`` and ``LocateResult`` are importable from here too).
 """
 
 from __future__ import annotations
@@ -19,94 +20,12 @@ from geoloc.compressed import CompressedSearch, LocatedRows
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
 from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
-from geoloc.files import display_path, json_path
-from geoloc.formatting import json_number
+from geoloc.files import display_path
 from geoloc.geo import haversine_m
 from geoloc.models.runtime import check_precision_name
 from geoloc.rerank import RerankConfig, Reranker
+from geoloc.results import Candidate, LocateResult
 from geoloc.search import SearchConfig, SearchIndex, index_cache
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Candidate:
-    """A database photo proposed for a query, in rank order; ``distance_m`` from the estimate."""
-
-    rank: int
-    path: Path
-    lat: float
-    lon: float
-    score: float  # the cosine similarity of the global descriptors, whatever the rank
-    distance_m: float | None = None
-    #: Geometric verification: consistent matches, and the re-ranking score they gave (None:
-    #: not verified — beyond ``--rerank-top``, no map, or ``--no-rerank``).
-    inliers: int | None = None
-    fused: float | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "rank": self.rank,
-            "path": json_path(self.path),
-            "lat": json_number(self.lat, 7),
-            "lon": json_number(self.lon, 7),
-            "score": json_number(self.score, 6),
-            "distance_m": json_number(self.distance_m, 2),
-            "verified": None if self.inliers is None else {"inliers": self.inliers,
-                                                            "score": json_number(self.fused, 6)},
-        }
-
-
-@dataclass
-class LocateResult:
-    query: Path
-    estimate: Estimate | None = None
-    candidates: list[Candidate] = field(default_factory=list)
-    query_gps: tuple[float, float] | None = None
-    error: str | None = None
-    #: What re-ranking could not do (a candidate whose file is gone, in an older database).
-    notes: list[str] = field(default_factory=list)
-    #: When the query photo was taken (its EXIF, ISO 8601, with the UTC offset when known).
-    taken_at: str | None = None
-
-    @property
-    def warnings(self) -> list[str]:
-        """Why the estimate should not be trusted as it stands, and what re-ranking could not do."""
-        return (list(self.estimate.warnings) if self.estimate is not None else []) + list(self.notes)
-
-    @property
-    def error_m(self) -> float | None:
-        """The estimate's distance from the query's own GPS, when both exist."""
-        if self.estimate is None or self.query_gps is None:
-            return None
-        return float(haversine_m(self.estimate.lat, self.estimate.lon, *self.query_gps))
-
-    @property
-    def top1_error_m(self) -> float | None:
-        if not self.candidates or self.query_gps is None:
-            return None
-        c = self.candidates[0]
-        return float(haversine_m(c.lat, c.lon, *self.query_gps))
-
-    def to_json(self) -> dict:
-        """The SPEC's object; ``estimate`` carries extra fields (support, agreement, confidence)."""
-        return {
-            "query": json_path(self.query),
-            "estimate": self.estimate.to_json() if self.estimate else None,
-            "candidates": [c.to_json() for c in self.candidates],
-            "query_gps": (
-                {"lat": json_number(self.query_gps[0], 7), "lon": json_number(self.query_gps[1], 7)}
-                if self.query_gps
-                else None
-            ),
-            "error_m": json_number(self.error_m, 2),
-            "error": self.error,
-            "warnings": self.warnings,
-            "taken_at": self.taken_at,
-        }
-
 
 # --------------------------------------------------------------------------------------------
 # Locating photos against a database

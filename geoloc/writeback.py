@@ -20,7 +20,8 @@ from geoloc.errors import GeolocError
 from geoloc.estimate import meets
 from geoloc.files import display_path, fsync_dir, sha256_file
 from geoloc.photos.gpswrite import Backend, GpsFix, WriteError, find_backend, temp_path, unwritable_reason, write_to_temp
-from geoloc.photos.meta import read_gps_block, written_by_geoloc
+from geoloc.photos.meta import read_gps_block
+from geoloc.photos.tags import written_by_geoloc
 from geoloc.undo_journal import Journal, JournalInfo, journals, read_journal, remove_stale_temps
 
 

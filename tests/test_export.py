@@ -24,7 +24,7 @@ from geoloc.export import (
     xmp_sidecar,
 )
 from geoloc.estimate import Estimate
-from geoloc.localize import Candidate, LocateResult
+from geoloc.results import Candidate, LocateResult
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")

@@ -10,7 +10,7 @@ import pytest
 
 from geoloc.geo import from_local_m, haversine_m
 from geoloc.estimate import Estimate, EstimateConfig, assess_confidence, estimate_position
-from geoloc.localize import Candidate, LocateResult
+from geoloc.results import Candidate, LocateResult
 from geoloc.search import SearchConfig, SearchIndex
 
 LAT0, LON0 = 55.7048, 13.1930  # Lund

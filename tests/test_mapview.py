@@ -12,8 +12,9 @@ import pytest
 
 from geoloc.errors import GeolocError
 from geoloc.estimate import Estimate, estimate_position
-from geoloc.localize import Candidate, LocateResult
-from geoloc.mapview import LEAFLET_VERSION, MapConfig, build_map, esc, leaflet_assets, save_map
+from geoloc.results import Candidate, LocateResult
+from geoloc.mappage import LEAFLET_VERSION, esc, leaflet_assets
+from geoloc.mapview import MapConfig, build_map, save_map
 
 XSS_DIR = '"><script>alert(1)<'  # with the file name below: "><script>alert(1)</script>.jpg
 XSS_FILE = "script>.jpg"

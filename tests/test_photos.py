@@ -18,7 +18,7 @@ from geoloc.errors import GeolocError, PhotoError
 from geoloc.photos import SUFFIXES, PhotoMeta, discover, load_image, read_meta
 from geoloc.photos import decode as decode_module
 from geoloc.photos import discovery as discovery_module
-from geoloc.photos.meta import capture_time, gps_position
+from geoloc.photos.tags import capture_time, gps_position
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

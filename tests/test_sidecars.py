@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from geoloc.cli import app
 from geoloc.estimate import Estimate
 from geoloc.export import write_sidecars, xmp_sidecar
-from geoloc.localize import LocateResult
+from geoloc.results import LocateResult
 from geoloc.photos import read_meta
 from geoloc.photos.sidecars import find_sidecars, sidecar_names
 from geoloc.photos.takeout import takeout_names

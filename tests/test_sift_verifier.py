@@ -89,7 +89,7 @@ def test_an_unknown_verifier_is_a_usage_error(sift_db):
 
 def test_eval_with_the_sift_verifier(sift_db, lund_dir):
     from geoloc.evaluation import EvalConfig
-    from geoloc.evaluation.runner import evaluate_database
+    from geoloc.evaluation.existing import evaluate_database
 
     db, _ = sift_db
     result = evaluate_database(db, [lund_dir / f"{i:02d}.jpg" for i in (6, 14, 22)],

@@ -81,7 +81,8 @@ def finetune(
     from geoloc import console
     from geoloc.errors import PhotoError, UsageError
     from geoloc.training.data import photos_from_database, photos_from_paths
-    from geoloc.training.finetune import FinetuneConfig, check_run, finetune as run_finetune
+    from geoloc.training.checkpoint import check_run
+    from geoloc.training.finetune import FinetuneConfig, finetune as run_finetune
 
     if out is None:
         raise UsageError("--out FILE is required: the model file to write (.safetensors)")

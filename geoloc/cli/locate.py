@@ -153,7 +153,8 @@ def _locate_all(db_path: Path, slots: list, unlocated: bool, config) -> list:
     """One result per slot, in order: located photos, and the files that could not be read."""
     from geoloc import console
     from geoloc.console import RichProgress
-    from geoloc.localize import LocateResult, Locator
+    from geoloc.localize import Locator
+    from geoloc.results import LocateResult
 
     with Locator(db_path, config) as locator:
         warn_mirror_damage(locator.database)

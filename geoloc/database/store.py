@@ -39,7 +39,7 @@ from geoloc.database.layout import (
     VERIFY_ALL_BYTES,
     repair_hint,
 )
-from geoloc.database import integrity, opening, vocabulary
+from geoloc.database import integrity, opening, vocabulary, writing
 from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.swap import settle
@@ -159,7 +159,6 @@ class Database:
                                (json.dumps(manifest, sort_keys=True),))
         write_manifest(self.path, manifest)
         self.manifest = manifest
-
 
     # ------------------------------------------------------------------ what every open checks
 
@@ -443,33 +442,6 @@ class Database:
         with contextlib.suppress(DatabaseError):
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _append(self, descriptors: np.ndarray, sha256s: list[Optional[str]], slots: Optional[bytes]) -> int:
-        """Write rows, their map slots and their index entries at the end, durably; the first
-        new row. All three are fsynced before the transaction that refers to them commits."""
-        start = self.next_row
-        data = memoryview(np.ascontiguousarray(descriptors, dtype=np.float32)).cast("B")
-        slot_bytes = self.maps.slot_bytes if self.maps else 0
-        if self.maps and slots is None:
-            slots = bytes(slot_bytes * len(sha256s))  # empty slots: no map to verify with
-        entries = rowidx.entries(sha256s, data, self.row_bytes, slots or b"", slot_bytes)
-        writes = [(self.descriptor_fd(), data, start * self.row_bytes, DESCRIPTORS)]
-        if self.maps:
-            writes.append((self.maps_fd(), memoryview(slots), start * slot_bytes, MAPS))
-        writes.append((self.index_fd(), entries, start * rowidx.ENTRY, ROWS))
-        for fd, payload, offset, name in writes:
-            try:
-                os.ftruncate(fd, offset)  # a torn row of a failed earlier attempt, never a stored one
-                written = 0
-                while written < len(payload):
-                    written += os.pwrite(fd, payload[written:], offset + written)
-                os.fsync(fd)
-            except OSError as exc:
-                raise DatabaseError(
-                    f"cannot write {self.where}: {name}: {exc.strerror or exc}; free some space and run "
-                    "again (what is stored is kept)"
-                ) from None
-        return start
-
     def add_batch(self, records: list[PhotoRecord], descriptors: np.ndarray,
                   maps: Optional[list] = None) -> None:
         """Store photos and their descriptors in one transaction (all or nothing).
@@ -478,22 +450,7 @@ class Database:
         ``(int8 N×C, float16 scales, h, w)``, or None; for a database that stores maps.
         A photo already in the database is replaced; its old descriptor row becomes dead.
         """
-        self.require_write()
-        if not records:
-            return
-        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-        if descriptors.shape != (len(records), self.dim):
-            raise ValueError(f"descriptors have shape {descriptors.shape}, expected ({len(records)}, {self.dim})")
-        keys = [path_key(r.path) for r in records]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a batch lists the same photo twice")
-        slots = None
-        if self.maps and maps is not None:
-            slots = b"".join(self.maps.encode(*(m if m is not None else (None, None, 0, 0))) for m in maps)
-        start = self._append(descriptors, [r.sha256 for r in records], slots)
-        for i, record in enumerate(records):
-            record.row = start + i
-        self._insert(records, keys, next_row=start + len(records))
+        writing.add_batch(self, records, descriptors, maps)
 
     def map_slots(self, rows: Iterable[int]) -> list:
         """The stored verification maps of some rows, each ``(int8 N×C, scales, h, w)`` or None."""
@@ -512,63 +469,19 @@ class Database:
     def adopt(self, records: list[PhotoRecord]) -> None:
         """Store photos whose descriptors are already in the file: each record's ``row`` is a
         dead row holding its content's descriptor (see :meth:`adoptable_rows`)."""
-        self.require_write()
-        if records:
-            self._insert(records, [path_key(r.path) for r in records], next_row=None)
-
-    def _insert(self, records: list[PhotoRecord], keys: list, next_row: Optional[int]) -> None:
-        now = opening.utc_now()
-        rows = [(key, r.size, r.mtime_ns, r.sha256, r.lat, r.lon, r.alt, r.taken_at, r.gps_accuracy_m,
-                 r.width, r.height, r.row, now, _source(r), r.sidecar_key)
-                for r, key in zip(records, keys)]
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO photos (path, size, mtime_ns, sha256, lat, lon, alt, taken_at, "
-                "gps_accuracy_m, width, height, row, indexed_at, gps_source, sidecar_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
-                "sha256=excluded.sha256, lat=excluded.lat, lon=excluded.lon, alt=excluded.alt, "
-                "taken_at=excluded.taken_at, gps_accuracy_m=excluded.gps_accuracy_m, "
-                "width=excluded.width, height=excluded.height, row=excluded.row, "
-                "indexed_at=excluded.indexed_at, gps_source=excluded.gps_source, "
-                "sidecar_key=excluded.sidecar_key",
-                rows,
-            )
-            if next_row is not None:
-                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'next_row'", (next_row,))
-        self.checkpoint()
+        writing.adopt(self, records)
 
     def update_file_stats(self, changes: Iterable[tuple[Path, int, int]]) -> int:
         """Record a new size/mtime for photos whose content hash proved them unchanged."""
-        self.require_write()
-        with self.transaction():
-            cur = self.conn.executemany(
-                "UPDATE photos SET size = ?, mtime_ns = ? WHERE path = ?",
-                [(size, mtime_ns, path_key(p)) for p, size, mtime_ns in changes],
-            )
-        return cur.rowcount
+        return writing.update_file_stats(self, changes)
 
     def update_positions(self, records: Iterable[PhotoRecord]) -> int:
         """Store new positions (and their source and sidecar fingerprint) of photos whose pixels
-        did not change: a sidecar appeared, changed or went. Nothing else of a photo is touched,
-        its descriptor least of all."""
-        self.require_write()
-        rows = [(r.lat, r.lon, r.alt, r.gps_accuracy_m, _source(r), r.sidecar_key, r.size, r.mtime_ns,
-                 path_key(r.path)) for r in records]
-        if not rows:
-            return 0
-        with self.transaction():
-            cur = self.conn.executemany(
-                "UPDATE photos SET lat = ?, lon = ?, alt = ?, gps_accuracy_m = ?, gps_source = ?, "
-                "sidecar_key = ?, size = ?, mtime_ns = ? WHERE path = ?", rows)
-        self.checkpoint()
-        return cur.rowcount
+        did not change; nothing else of a photo is touched, its descriptor least of all."""
+        return writing.update_positions(self, records)
 
     def remove(self, paths: Iterable[Path]) -> int:
-        self.require_write()
-        with self.transaction():
-            cur = self.conn.executemany("DELETE FROM photos WHERE path = ?", [(path_key(p),) for p in paths])
-        return max(cur.rowcount, 0)
+        return writing.remove(self, paths)
 
     def needs_compaction(self) -> bool:
         return needs_compaction(self)
@@ -587,14 +500,6 @@ class Database:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _source(record: PhotoRecord) -> Optional[str]:
-    """What is stored as a record's ``gps_source``: none without a position, EXIF when a
-    caller gave a position without saying where from."""
-    if not record.located:
-        return None
-    return record.gps_source or "exif"
 
 
 __all__ = ["Database"]

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from geoloc.evaluation.compare import STUDY_MODELS, CompareRow, compare_models, parse_model_list
 from geoloc.evaluation.datasets import (
-    Positions,
-    Split,
     load_dataset,
     parse_utm_name,
     read_csv_split,
-    read_dbstruct,
     read_exif_split,
     read_location_csv,
     read_utm_folder,
 )
+from geoloc.evaluation.dbstruct import read_dbstruct
 from geoloc.evaluation.metrics import (
     RECALL_NS,
     QueryOutcome,
@@ -35,7 +33,9 @@ from geoloc.evaluation.metrics import (
 )
 from geoloc.evaluation.report import plot_recall_curves, save_query_csv, write_query_csv
 from geoloc.evaluation.request import EvalRequest, EvalRun, run_eval
-from geoloc.evaluation.runner import EvalConfig, EvalResult, evaluate_database, evaluate_split
+from geoloc.evaluation.existing import evaluate_database
+from geoloc.evaluation.runner import EvalConfig, EvalResult, evaluate_split
+from geoloc.evaluation.split import Positions, Split
 
 __all__ = [
     "RECALL_NS",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoloc.errors import ModelError, UsageError, WeightsUnavailableError
-from geoloc.evaluation.datasets import Split
+from geoloc.evaluation.split import Split
 from geoloc.progress import Progress
 from geoloc.evaluation.runner import (
     EvalConfig,

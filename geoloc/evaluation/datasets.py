@@ -2,130 +2,29 @@
 
 Place-recognition benchmarks ship their ground truth in three ways — UTM coordinates packed into
 file names, MATLAB ``dbStruct`` files, or plain tables — and users' own photos carry it in EXIF.
-Every reader here turns its format into one :class:`Split`, so the metrics never care where the
-truth came from. Benchmarks score positives by planar UTM distance (that is how the published
+Every reader here (and :mod:`geoloc.evaluation.dbstruct` for the ``.mat`` files) turns its format
+into one :class:`~geoloc.evaluation.split.Split`, so the metrics never care where the truth came
+from. Benchmarks score positives by planar UTM distance (that is how the published
 figures were computed), so UTM is kept when a dataset has it; otherwise distances are great-circle.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, UsageError
-from geoloc.geo import EARTH_RADIUS_M, haversine_m, is_valid_position, utm_to_latlon
+from geoloc.geo import is_valid_position, utm_to_latlon
+from geoloc.evaluation.dbstruct import read_dbstruct
+from geoloc.evaluation.split import Positions, Split
 from geoloc.photos.discovery import SUFFIXES
 
 IMAGE_SUFFIXES = SUFFIXES
-
-# Street-level benchmarks whose .mat files carry UTM without a zone: the zone of their city.
-KNOWN_UTM_ZONES = {"pitts": (17, True), "tokyo": (54, True)}
-
-
-@dataclass
-class Positions:
-    """Ground-truth positions of a list of images.
-
-    ``lat``/``lon`` are NaN where unknown; ``utm`` is an (N, 2) east/north array in metres when
-    every image has UTM coordinates in one zone, else None.
-    """
-
-    lat: np.ndarray
-    lon: np.ndarray
-    utm: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.lat)
-
-    @property
-    def has_latlon(self) -> bool:
-        return bool(len(self.lat)) and bool(np.all(np.isfinite(self.lat)) and np.all(np.isfinite(self.lon)))
-
-
-@dataclass
-class Split:
-    """One evaluation split: database images and query images with their true positions."""
-
-    name: str
-    kind: str  # "exif", "utm-names", "dbstruct", "csv"
-    source: str  # what identifies the dataset on disk (for cache keys and reports)
-    db_paths: list[Path]
-    db: Positions
-    query_paths: list[Path]
-    queries: Positions
-    threshold_m: float | None = None  # the dataset's own positive radius (posDistThr), if any
-    problems: list[PhotoError] = field(default_factory=list)
-    queries_without_gps: int = 0  # query photos left out for want of a position (EXIF form)
-
-    @property
-    def metric(self) -> str:
-        """``utm`` when both sides share planar UTM coordinates, else ``geo`` (great circle)."""
-        if self.db.utm is not None and self.queries.utm is not None:
-            return "utm"
-        return "geo"
-
-    def fingerprint(self) -> str:
-        """Identifies the split's content: same images and same truth give the same key."""
-        h = hashlib.sha256()
-        h.update(f"{self.kind}\n".encode())
-        for paths, pos in ((self.db_paths, self.db), (self.query_paths, self.queries)):
-            h.update(b"--\n")
-            for i, p in enumerate(paths):
-                h.update(f"{p}\t{_fmt(pos.lat[i])}\t{_fmt(pos.lon[i])}".encode())
-                if pos.utm is not None:
-                    h.update(f"\t{pos.utm[i, 0]:.3f}\t{pos.utm[i, 1]:.3f}".encode())
-                h.update(b"\n")
-        return h.hexdigest()
-
-    def distances_m(self, query: int, db_index: Sequence[int]) -> np.ndarray:
-        """Distances in metres from query ``query`` to the database images ``db_index``."""
-        db_index = np.asarray(db_index, dtype=np.int64)
-        if self.metric == "utm":
-            diff = self.db.utm[db_index] - self.queries.utm[query]
-            return np.hypot(diff[:, 0], diff[:, 1])
-        return np.atleast_1d(
-            haversine_m(self.queries.lat[query], self.queries.lon[query], self.db.lat[db_index], self.db.lon[db_index])
-        ).astype(np.float64)
-
-    def positives(self, threshold_m: float) -> list[np.ndarray]:
-        """For each query, the database images within ``threshold_m`` (sorted by distance)."""
-        from scipy.spatial import cKDTree
-
-        if self.metric == "utm":
-            db_xyz, q_xyz, radius = self.db.utm, self.queries.utm, threshold_m
-        else:
-            db_xyz, q_xyz = _ecef(self.db.lat, self.db.lon), _ecef(self.queries.lat, self.queries.lon)
-            # a chord is shorter than its arc: the arc's chord as the search radius, exactly
-            radius = 2 * EARTH_RADIUS_M * math.sin(min(threshold_m / (2 * EARTH_RADIUS_M), math.pi / 2))
-        if len(db_xyz) == 0:
-            return [np.zeros(0, dtype=np.int64) for _ in range(len(q_xyz))]
-        tree = cKDTree(db_xyz)
-        out = []
-        for i, hits in enumerate(tree.query_ball_point(q_xyz, r=radius * (1 + 1e-12))):
-            hits = np.asarray(sorted(hits), dtype=np.int64)
-            if len(hits):
-                d = self.distances_m(i, hits)
-                keep = d <= threshold_m
-                hits, d = hits[keep], d[keep]
-                hits = hits[np.argsort(d, kind="stable")]
-            out.append(hits)
-        return out
-
-
-def _fmt(v: float) -> str:
-    return "nan" if not math.isfinite(v) else f"{v:.7f}"
-
-
-def _ecef(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    return EARTH_RADIUS_M * np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,162 +148,6 @@ def read_utm_folder(root: Path, split: str = "test") -> Split:
     name = root.resolve().name if root.resolve().name not in ("images", split) else root.resolve().parent.name
     out = Split(name, "utm-names", str(root.resolve()), db_paths, db, q_paths, q, None, problems)
     return _unify(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pittsburgh / Tokyo 24/7 dbStruct .mat files
-
-
-def _mat_field(struct, name: str):
-    value = getattr(struct, name, None)
-    if value is None and hasattr(struct, "_fieldnames"):
-        for f in struct._fieldnames:
-            if f.lower() == name.lower():
-                return getattr(struct, f)
-    return value
-
-
-def _as_names(value) -> list[str]:
-    arr = np.atleast_1d(np.asarray(value, dtype=object)).ravel()
-    out = []
-    for v in arr:
-        while isinstance(v, np.ndarray):
-            v = v.ravel()[0] if v.size else ""
-        out.append(str(v).strip())
-    return out
-
-
-def _as_utm(value, n: int, what: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim == 1 and arr.size == 2 and n == 1:
-        arr = arr.reshape(2, 1)
-    if arr.ndim == 2 and arr.shape == (2, n):
-        return arr.T.copy()
-    if arr.ndim == 2 and arr.shape == (n, 2):
-        return arr.copy()
-    raise ValueError(f"{what} has shape {arr.shape}, expected 2×{n}")
-
-
-def parse_utm_zone(text: str) -> tuple[int, bool]:
-    """'17T' / '17' / '54S' / '33s' → (zone, northern); letters N–X are northern bands."""
-    t = text.strip().upper()
-    digits = "".join(c for c in t if c.isdigit())
-    letter = t[len(digits):] if t.startswith(digits) else ""
-    if not digits or not 1 <= int(digits) <= 60 or len(letter) > 1 or (letter and not letter.isalpha()):
-        raise UsageError(f"--utm-zone {text!r}: expected a zone number and band letter such as 17T")
-    return int(digits), (letter >= "N") if letter else True
-
-
-def read_dbstruct(
-    mat_path: Path,
-    images_root: Path | None = None,
-    queries_root: Path | None = None,
-    utm_zone: str | None = None,
-) -> Split:
-    """A Pittsburgh / Tokyo 24/7 ``dbStruct`` .mat file and the folder its images live in.
-
-    Image names are relative (``000/000000_pitch1_yaw1.jpg``); the database images are looked up
-    under ``images_root`` (default: the .mat file's folder) and the queries under ``queries_root``
-    (default: the first of ``queries_real``, ``query``, ``queries`` under the images root that
-    exists). Files that are missing are reported and skipped.
-    """
-    mat_path = Path(mat_path)
-    try:
-        from scipy.io import loadmat
-
-        mat = loadmat(str(mat_path), squeeze_me=True, struct_as_record=False)
-    except FileNotFoundError:
-        raise GeolocError(f"{mat_path}: no such file") from None
-    except NotImplementedError:
-        raise GeolocError(f"{mat_path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with -v7") from None
-    except Exception as exc:  # noqa: BLE001 - scipy raises many types for a damaged file
-        raise GeolocError(f"{mat_path}: not a readable MATLAB .mat file ({exc})") from None
-    struct = mat.get("dbStruct")
-    if struct is None:
-        raise GeolocError(f"{mat_path}: no 'dbStruct' variable (found: {', '.join(k for k in mat if not k.startswith('__')) or 'nothing'})")
-    if isinstance(struct, np.ndarray):
-        struct = struct.ravel()[0]
-    fields = {}
-    for name in ("dbImageFns", "utmDb", "qImageFns", "utmQ"):
-        value = _mat_field(struct, name)
-        if value is None:
-            raise GeolocError(f"{mat_path}: dbStruct has no field {name}")
-        fields[name] = value
-    try:
-        db_names = _as_names(fields["dbImageFns"])
-        q_names = _as_names(fields["qImageFns"])
-        db_utm = _as_utm(fields["utmDb"], len(db_names), "utmDb")
-        q_utm = _as_utm(fields["utmQ"], len(q_names), "utmQ")
-    except ValueError as exc:
-        raise GeolocError(f"{mat_path}: {exc}") from None
-    thr = _mat_field(struct, "posDistThr")
-    threshold = float(np.asarray(thr, dtype=np.float64).ravel()[0]) if thr is not None and np.size(thr) else None
-    label = " ".join(
-        str(_mat_field(struct, f)) for f in ("dataset", "whichSet") if isinstance(_mat_field(struct, f), str)
-    )
-
-    zone: tuple[int, bool] | None = parse_utm_zone(utm_zone) if utm_zone else None
-    if zone is None:
-        hint = f"{label} {mat_path.name}".lower()
-        zone = next((z for key, z in KNOWN_UTM_ZONES.items() if key in hint), None)
-
-    root = Path(images_root) if images_root is not None else mat_path.parent
-    if queries_root is None:
-        queries_root = next((root / d for d in ("queries_real", "query", "queries") if (root / d).is_dir()), root)
-    problems: list[PhotoError] = []
-
-    def side(names: list[str], utm: np.ndarray, base: Path, what: str) -> tuple[list[Path], Positions]:
-        keep, paths = [], []
-        for i, fn in enumerate(names):
-            found = _resolve_image(base, fn)
-            if found is None:
-                problems.append(PhotoError(base / fn, f"{what} image listed in {mat_path.name} not found"))
-                continue
-            keep.append(i)
-            paths.append(found)
-        utm_k = utm[np.asarray(keep, dtype=np.int64)] if keep else np.zeros((0, 2))
-        lat = np.full(len(keep), np.nan)
-        lon = np.full(len(keep), np.nan)
-        if zone is not None:
-            for j, (e, n) in enumerate(utm_k):
-                lat[j], lon[j] = utm_to_latlon(float(e), float(n), zone[0], zone[1])
-        return paths, Positions(lat, lon, utm_k)
-
-    db_paths, db = side(db_names, db_utm, root, "database")
-    q_paths, q = side(q_names, q_utm, Path(queries_root), "query")
-    if not db_paths:
-        raise GeolocError(
-            f"{mat_path}: none of its {len(db_names)} database images were found under {root} "
-            "(pass --images-root, the folder that holds them)"
-        )
-    if not q_paths:
-        raise GeolocError(
-            f"{mat_path}: none of its {len(q_names)} query images were found under {queries_root} "
-            "(pass --queries-root, the folder that holds them)"
-        )
-    same = {os.path.realpath(p) for p in db_paths} & {os.path.realpath(p) for p in q_paths}
-    if same:
-        raise GeolocError(
-            f"{mat_path}: {len(same)} query names resolve to database images (e.g. {min(same)}); "
-            "pass --queries-root, the folder that holds the query images"
-        )
-    name = mat_path.stem
-    return Split(name, "dbstruct", str(mat_path.resolve()), db_paths, db, q_paths, q, threshold, problems)
-
-
-def _resolve_image(base: Path, name: str) -> Path | None:
-    """The file a .mat entry names; Tokyo 24/7 lists .png names for images shipped as .jpg."""
-    rel = Path(name.replace("\\", "/"))
-    candidates = [base / rel, base / "images" / rel, base / "database" / rel, base / rel.name]
-    for c in candidates:
-        if c.is_file():
-            return c.absolute()
-    for c in candidates[:3]:
-        for suffix in (".jpg", ".png", ".jpeg"):
-            alt = c.with_suffix(suffix)
-            if alt != c and alt.is_file():
-                return alt.absolute()
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def run_eval(request: EvalRequest, default_db: Path, progress: Progress | None =
     request.check()
     models = request.models()
     if not request.benchmark:
-        from geoloc.evaluation.runner import evaluate_database
+        from geoloc.evaluation.existing import evaluate_database
 
         result = evaluate_database(request.db or default_db, request.queries, request.config, progress)
         return EvalRun([(result.model, result)], None)

@@ -1,8 +1,9 @@
 """Photos: finding them on disk, reading what their EXIF says, decoding their pixels.
 
-Three small modules, one job each: :mod:`geoloc.photos.discovery` walks folders,
-:mod:`geoloc.photos.meta` reads GPS, capture time and orientation, :mod:`geoloc.photos.decode`
-turns a file into an upright RGB image of the size the network wants. Everything a caller needs
+Small modules, one job each: :mod:`geoloc.photos.discovery` walks folders,
+:mod:`geoloc.photos.meta` reads a photo's metadata (its EXIF, else its sidecars), which
+:mod:`geoloc.photos.tags` interprets (GPS, capture time, orientation), and
+:mod:`geoloc.photos.decode` turns a file into an upright RGB image of the size the network wants. Everything a caller needs
 is re-exported here so that ``from geoloc.photos import discover, read_meta, load_image`` keeps
 working whatever the layout underneath.
 """

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from geoloc.errors import GeolocError
-from geoloc.photos.meta import PROCESSING_METHOD  # the signature photos.meta reads back
+from geoloc.photos.tags import PROCESSING_METHOD  # the signature photos.meta reads back
 #: Set to "exiftool" or "pyexiv2" to choose the backend (the tests run both).
 BACKEND_ENV = "GEOLOC_EXIF_WRITER"
 #: The temporary file's name: hidden, marked as geoloc's, same suffix as the photo.
@@ -369,7 +369,8 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
 def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) -> None:
     """geoloc's own reader must see exactly what was meant: the estimate, signed as geoloc's;
     after an undo, no estimate of geoloc's."""
-    from geoloc.photos.meta import gps_position, read_gps_block, written_by_geoloc
+    from geoloc.photos.meta import read_gps_block
+    from geoloc.photos.tags import gps_position, written_by_geoloc
 
     gps = read_gps_block(temp)
     if fix is None:

@@ -4,58 +4,42 @@ A wrong position is worse than none: it would put a photo in the database as gro
 place it never saw. So GPS values are parsed defensively (devices write every variant the EXIF
 standard allows and several it does not) and anything doubtful becomes "no position", with the
 reason kept for the user. Reading metadata never fails because of bad EXIF; only a file that
-cannot be opened at all raises.
+cannot be opened at all raises. Here the tags are read (ExifRead, else Pillow; a RAW's embedded
+JPEG; the sidecars); what their values mean is :mod:`geoloc.photos.tags`'.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from geoloc import __version__
 from geoloc.errors import PhotoError
 from geoloc.geo import is_valid_position
 from geoloc.photos.decode import exif_of, open_error_reason, open_image, orientation_of
 from geoloc.photos.raw import CR3, RAF, RawFile, inspect_raw, is_raw_name, preview_bytes
 from geoloc.photos.sidecars import XMP, Sidecar, find_sidecars, sidecar_key
+from geoloc.photos.tags import (
+    GPS_IFD_POINTER,
+    GPS_LATITUDE,
+    GPS_LONGITUDE,
+    GPS_TAG_NUMBERS,
+    ORIENTATION,
+    Tags,
+    capture_time,
+    gps_accuracy,
+    gps_altitude,
+    gps_position,
+    is_empty,
+    orientation_value,
+    written_by_geoloc,
+)
 from geoloc.photos.takeout import read_takeout
 from geoloc.photos.xmp import read_xmp
-
-# GPS IFD tag numbers (EXIF 2.32 / 3.0). Looked up by number because ExifRead names some of them
-# only as "Tag 0x001F".
-GPS_LATITUDE_REF, GPS_LATITUDE, GPS_LONGITUDE_REF, GPS_LONGITUDE = 1, 2, 3, 4
-GPS_ALTITUDE_REF, GPS_ALTITUDE, GPS_DOP, GPS_H_POSITIONING_ERROR = 5, 6, 11, 31
-GPS_PROCESSING_METHOD = 27
-ORIENTATION, DATETIME, GPS_IFD_POINTER = 0x0112, 0x0132, 0x8825
-# (date-time, its time-zone offset, its sub-seconds), best first.
-TIME_TAGS = ((0x9003, 0x9011, 0x9291), (0x9004, 0x9012, 0x9292), (0x0132, 0x9010, 0x9290))
-
-DOP_TO_METRES = 5.0
-"""Metres of horizontal error per unit of GPSDOP, a typical consumer receiver's range error."""
-
-ALTITUDE_RANGE_M = (-11_000.0, 100_000.0)  # Mariana Trench to the edge of space
-
-#: EXIF GPS tag numbers by name: sidecars give their values under these names.
-GPS_TAG_NUMBERS = {"GPSLatitudeRef": GPS_LATITUDE_REF, "GPSLatitude": GPS_LATITUDE,
-                   "GPSLongitudeRef": GPS_LONGITUDE_REF, "GPSLongitude": GPS_LONGITUDE,
-                   "GPSAltitudeRef": GPS_ALTITUDE_REF, "GPSAltitude": GPS_ALTITUDE, "GPSDOP": GPS_DOP,
-                   "GPSHPositioningError": GPS_H_POSITIONING_ERROR}
-
-Tags = dict[int, Any]
-
-#: How ``geoloc locate --write-exif`` signs the GPS it writes (EXIF GPSProcessingMethod): such
-#: a position is an estimate, and is never read back as the photo's own.
-GEOLOC_METHOD_PREFIX = "geoloc"
-#: The whole note, as ``--write-exif`` writes it and the CSV and sidecars carry it for exiftool.
-PROCESSING_METHOD = f"{GEOLOC_METHOD_PREFIX} {__version__} estimate (visual place recognition)"
 
 
 @dataclass
@@ -136,10 +120,10 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
             if not (ifd0 or exif or gps):
                 ifd0, exif, gps = _pillow_tags(image)
         elif ifd0:
-            meta.orientation = _orientation_value(ifd0.get(ORIENTATION))
+            meta.orientation = orientation_value(ifd0.get(ORIENTATION))
         meta.taken_at = capture_time(ifd0, exif)
         lat, lon, reason = gps_position(gps)
-        if gps and not (_is_empty(gps.get(GPS_LATITUDE)) and _is_empty(gps.get(GPS_LONGITUDE))):
+        if gps and not (is_empty(gps.get(GPS_LATITUDE)) and is_empty(gps.get(GPS_LONGITUDE))):
             meta.exif_gps = "geoloc" if written_by_geoloc(gps) else "other"
             if meta.exif_gps == "geoloc":
                 reason = "its EXIF GPS was written by geoloc (an estimate, never read back as a position)"
@@ -274,253 +258,3 @@ def _pillow_tags(image) -> tuple[Tags, Tags, Tags]:
         return dict(exif), dict(exif.get_ifd(0x8769)), dict(exif.get_ifd(0x8825))
     except Exception:
         return {}, {}, {}
-
-
-def _orientation_value(values: Any) -> int:
-    value = _integer(values)
-    return value if value is not None and 1 <= value <= 8 else 1
-
-
-# --- GPS --------------------------------------------------------------------------------------
-
-
-def written_by_geoloc(gps: Tags) -> bool:
-    """The GPS block carries geoloc's processing-method note (``geoloc locate --write-exif``).
-
-    EXIF's GPSProcessingMethod starts with an 8-byte character-code header ("ASCII\\0\\0\\0").
-    """
-    text = _text(gps.get(GPS_PROCESSING_METHOD)) or ""
-    for header in ("ASCII\x00\x00\x00", "UNICODE\x00", "charset=Ascii "):
-        text = text.removeprefix(header)
-    return text.lstrip("\x00 ").lower().startswith(GEOLOC_METHOD_PREFIX)
-
-
-def gps_position(gps: Tags) -> tuple[float | None, float | None, str | None]:
-    """``(lat, lon, None)`` for a usable position, else ``(None, None, reason)``.
-
-    ``gps`` maps GPS IFD tag numbers to values as ExifRead or Pillow give them.
-    """
-    if not gps:
-        return None, None, "no GPS data"
-    lat_values, lon_values = gps.get(GPS_LATITUDE), gps.get(GPS_LONGITUDE)
-    if _is_empty(lat_values) and _is_empty(lon_values):
-        return None, None, "GPS block without coordinates"
-    if _is_empty(lon_values):
-        return None, None, "GPS latitude without longitude"
-    if _is_empty(lat_values):
-        return None, None, "GPS longitude without latitude"
-    lat, reason = _coordinate(lat_values, gps.get(GPS_LATITUDE_REF), "latitude", 90.0, "N", "S")
-    if reason:
-        return None, None, reason
-    lon, reason = _coordinate(lon_values, gps.get(GPS_LONGITUDE_REF), "longitude", 180.0, "E", "W")
-    if reason:
-        return None, None, reason
-    if lat == 0.0 and lon == 0.0:
-        return None, None, "GPS position (0, 0), which devices write when they have no fix"
-    if not is_valid_position(lat, lon):
-        return None, None, f"GPS position out of range ({lat:g}, {lon:g})"
-    return lat, lon, None
-
-
-def _coordinate(
-    values: Any, ref: Any, name: str, limit: float, positive: str, negative: str
-) -> tuple[float | None, str | None]:
-    """Degrees from 1–3 values: decimal degrees, degrees + decimal minutes, or D/M/S.
-
-    A zero denominator is unreadable in the degrees; 0/0 in the minutes or seconds is read as
-    0 (devices that write decimal minutes fill the seconds with 0/0). The reference letter
-    gives the sign; without one, a negative degree value does, else the value is N/E.
-    """
-    parts = _elements(values)
-    if len(parts) > 3 and all(_number(p, 0.0) == 0.0 for p in parts[3:]):
-        parts = parts[:3]
-    if not 1 <= len(parts) <= 3:
-        return None, f"unreadable GPS {name} ({len(parts)} values)"
-    degrees = _number(parts[0])
-    rest = [_number(p, zero_over_zero=0.0) for p in parts[1:]]
-    if degrees is None or any(r is None for r in rest):
-        return None, f"unreadable GPS {name} (zero denominator or not a number)"
-    minutes, seconds = (rest + [0.0, 0.0])[:2]
-    if not (0.0 <= minutes <= 60.0 and 0.0 <= seconds <= 60.0):
-        return None, f"GPS {name} out of range (minutes {minutes:g}, seconds {seconds:g})"
-    magnitude = abs(degrees) + minutes / 60.0 + seconds / 3600.0
-    letter = _ref_letter(ref)
-    if letter is None:
-        sign = -1.0 if degrees < 0 else 1.0
-    elif letter == positive:
-        sign = 1.0
-    elif letter == negative:
-        sign = -1.0
-    else:
-        return None, f"unknown GPS {name} reference {_text(ref)!r}"
-    if magnitude > limit:
-        return None, f"GPS {name} out of range ({sign * magnitude:g})"
-    return sign * magnitude, None
-
-
-def gps_altitude(gps: Tags) -> float | None:
-    """Metres above sea level; ``GPSAltitudeRef`` 1 (or EXIF 3's 3) means below."""
-    parts = _elements(gps.get(GPS_ALTITUDE))
-    if not parts:
-        return None
-    altitude = _number(parts[0])
-    if altitude is None:
-        return None
-    ref = _integer(gps.get(GPS_ALTITUDE_REF))
-    if ref in (1, 3):
-        altitude = -abs(altitude)
-    low, high = ALTITUDE_RANGE_M
-    return altitude if low <= altitude <= high else None
-
-
-def gps_accuracy(gps: Tags) -> float | None:
-    """Horizontal error in metres: GPSHPositioningError, else GPSDOP × 5 m; None when unknown."""
-    error = _first_number(gps.get(GPS_H_POSITIONING_ERROR))
-    if error is not None and 0.0 < error < 1e6:
-        return error
-    dop = _first_number(gps.get(GPS_DOP))
-    if dop is not None and 0.0 < dop < 1e4:
-        return dop * DOP_TO_METRES
-    return None
-
-
-# --- capture time -----------------------------------------------------------------------------
-
-_DATETIME_RE = re.compile(
-    r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})[ T]+(\d{1,2}):(\d{1,2})(?::(\d{1,2}))?"
-    r"(?:[.,](\d+))?\s*(Z|[+-]\d{2}:?\d{2})?\s*$"
-)
-_OFFSET_RE = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
-
-
-def capture_time(ifd0: Tags, exif: Tags) -> str | None:
-    """ISO 8601 local time of capture, with sub-seconds and UTC offset when the camera wrote them.
-
-    DateTimeOriginal first, then DateTimeDigitized, then DateTime (which editors overwrite,
-    so it is the last resort); each with its own OffsetTime*/SubSecTime* companions.
-    """
-    for when, offset, subsec in TIME_TAGS:
-        tags = ifd0 if when == DATETIME else exif
-        iso = _iso_time(tags.get(when), exif.get(offset), exif.get(subsec))
-        if iso:
-            return iso
-    return None
-
-
-def _iso_time(value: Any, offset: Any, subsec: Any) -> str | None:
-    match = _DATETIME_RE.match(_text(value) or "")
-    if not match:
-        return None
-    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups()[:6])
-    try:
-        datetime(year, month, day, hour, minute, second)
-    except ValueError:  # "0000:00:00 00:00:00" and other placeholders
-        return None
-    iso = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-    fraction = match.group(7) or re.sub(r"\D", "", _text(subsec) or "")
-    if fraction:
-        iso += "." + fraction[:6]
-    zone = match.group(8) or (_text(offset) or "").strip()
-    if zone == "Z":
-        return iso + "+00:00"
-    zone_match = _OFFSET_RE.match(zone)
-    if zone_match and int(zone_match.group(2)) <= 14 and int(zone_match.group(3)) < 60:
-        iso += f"{zone_match.group(1)}{zone_match.group(2)}:{zone_match.group(3)}"
-    return iso
-
-
-# --- values as ExifRead and Pillow give them --------------------------------------------------
-
-
-def _elements(values: Any) -> list:
-    """The list of numbers in a tag value: a list, one number, or text such as ``"43 28 2.81"``."""
-    if values is None:
-        return []
-    if isinstance(values, (str, bytes)):
-        text = _text(values) or ""
-        return [float(t) for t in re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", text)]
-    if isinstance(values, (list, tuple)):
-        return list(values)
-    return [values]
-
-
-def _is_empty(values: Any) -> bool:
-    return not _elements(values)
-
-
-def _number(value: Any, zero_over_zero: float | None = None) -> float | None:
-    """A finite float from an int, float, ExifRead Ratio, Pillow IFDRational or (num, den) pair.
-
-    x/0 is never a number; 0/0 is ``zero_over_zero``.
-    """
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        result = float(value)
-        return result if math.isfinite(result) else None
-    if isinstance(value, (str, bytes)):
-        parts = _elements(value)
-        return _number(parts[0]) if len(parts) == 1 else None
-    if isinstance(value, tuple) and len(value) == 2:
-        numerator, denominator = value
-    else:
-        numerator = getattr(value, "numerator", None)
-        denominator = getattr(value, "denominator", None)
-        if numerator is None or denominator is None:
-            try:
-                result = float(value)
-            except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-                return None
-            return result if math.isfinite(result) else None
-    try:
-        numerator, denominator = float(numerator), float(denominator)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if denominator == 0.0:
-        return zero_over_zero if numerator == 0.0 else None
-    result = numerator / denominator
-    return result if math.isfinite(result) else None
-
-
-def _first_number(values: Any) -> float | None:
-    parts = _elements(values)
-    return _number(parts[0]) if parts else None
-
-
-def _integer(values: Any) -> int | None:
-    """A small integer tag (a BYTE or SHORT) however it is wrapped: [1], b"\\x01", "1", 1."""
-    if isinstance(values, bytes):
-        if not values:
-            return None
-        text = values.decode("latin-1").strip("\x00 ")
-        return int(text) if text.isdigit() else values[0]
-    if isinstance(values, str):
-        text = values.strip("\x00 ")
-        if text.isdigit():
-            return int(text)
-        return ord(text[0]) if len(text) == 1 and ord(text[0]) < 32 else None
-    if isinstance(values, (list, tuple)):
-        return _integer(values[0]) if values else None
-    number = _number(values)
-    return int(number) if number is not None and number.is_integer() else None
-
-
-def _text(value: Any) -> str | None:
-    """A tag value as text: ASCII tags are str from ExifRead, sometimes bytes or byte lists."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        text = value.decode("latin-1")
-    elif isinstance(value, (list, tuple)):
-        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in value):
-            text = bytes(value).decode("latin-1")
-        else:
-            text = " ".join(str(v) for v in value)
-    else:
-        text = str(value)
-    return text.strip("\x00 \t\r\n")
-
-
-def _ref_letter(ref: Any) -> str | None:
-    text = _text(ref)
-    return text[:1].upper() if text else None

@@ -13,7 +13,7 @@ keep that from ever becoming a wrong position:
 
 This module only reads and normalises the GPS properties of the EXIF schema into the forms
 EXIF tags take (lists of numbers, reference letters, rationals); whether they make a usable
-position is decided by the same rules as EXIF GPS (:func:`geoloc.photos.meta.gps_position`).
+position is decided by the same rules as EXIF GPS (:func:`geoloc.photos.tags.gps_position`).
 """
 
 from __future__ import annotations

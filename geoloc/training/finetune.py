@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from geoloc.errors import PhotoError, UsageError, require
+from geoloc.errors import PhotoError, require
 from geoloc.progress import Progress
-from geoloc.training.checkpoint import BEST, LAST, CheckpointError, checkpoint_dir_for
+from geoloc.training.checkpoint import check_run, prepare_checkpoint_dir, remove_checkpoint
 from geoloc.training.data import TrainingPhoto, unique
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -231,64 +230,6 @@ def fingerprint(photos: Sequence[TrainingPhoto], config: FinetuneConfig, base_ha
     return h.hexdigest()
 
 
-def check_run(out: Path, resume: bool = False, restart: bool = False) -> Path:
-    """The model file to write, and the checkpoint's state checked against ``--resume`` and
-    ``--restart``: everything that can refuse the run, before any photo is read. Changes nothing."""
-    out = check_out(out)
-    folder = checkpoint_dir_for(out)
-    last = folder / LAST
-    if resume and restart:
-        raise UsageError("--resume and --restart contradict each other; choose one")
-    if resume and not last.is_file():
-        raise CheckpointError(f"no checkpoint to resume at {folder}; run without --resume to start training")
-    if resume and finished_run(out):
-        raise CheckpointError(
-            f"the run at {folder} finished and wrote {out}: there is nothing to resume; run without "
-            f"--resume to train again, or pass --base {out} to train that model further")
-    if not resume and not restart and last.is_file() and not finished_run(out):
-        raise CheckpointError(
-            f"a checkpoint of an earlier run is at {folder}: pass --resume to continue it, "
-            "or --restart to discard it and start over"
-        )
-    return out
-
-
-def finished_run(out: Path) -> bool:
-    """Whether the checkpoint next to ``out`` is that of the run that wrote ``out``.
-
-    A run writes its model file after its last checkpoint, and a finished run removes its
-    checkpoint folder; one left behind (a crash between the two, or geoloc 0.1.0, which kept
-    it) is older than the model file. An interrupted run's checkpoint is newer than any model
-    file an earlier run wrote there.
-    """
-    last = checkpoint_dir_for(out) / LAST
-    try:
-        return out.stat().st_mtime_ns >= last.stat().st_mtime_ns
-    except OSError:
-        return False
-
-
-def prepare_checkpoint_dir(out: Path, resume: bool, restart: bool) -> Path:
-    """The run's checkpoint folder; refuse to silently discard an earlier run's progress, and
-    clear what a finished run (or ``--restart``) left."""
-    check_run(out, resume, restart)
-    folder = checkpoint_dir_for(out)
-    if not resume:
-        remove_checkpoint(folder)
-    return folder
-
-
-def remove_checkpoint(folder: Path) -> None:
-    """Remove what geoloc writes into a checkpoint folder, and the folder once it is empty."""
-    for name in (LAST, BEST):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / "pca", ignore_errors=True)
-    try:
-        folder.rmdir()
-    except OSError:  # missing, or holding something geoloc did not put there
-        pass
-
-
 def finetune(
     photos: Sequence[TrainingPhoto],
     out: Path,
@@ -374,20 +315,6 @@ def _run_as_the_extractor_does(model, config: FinetuneConfig, device) -> Finetun
         max_side = int(config.max_side or model.preprocess.max_side)
         config = replace(config, eval_batch_size=runtime.plan_batch(model, max_side, device))
     return config
-
-
-def check_out(out: Path) -> Path:
-    """The model file to write, refused before any photo is read when it cannot be one: a
-    folder, another suffix, a folder that does not exist or cannot be written."""
-    from geoloc.files import check_writable
-
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
-    if out.suffix.lower() != ".safetensors":
-        raise UsageError(f"--out {out}: model files are safetensors; give a name ending in .safetensors")
-    check_writable(out, "model")  # its checkpoint folder goes next to it
-    return out
 
 
 def _decode_once(photos: list[TrainingPhoto], preprocess, config: FinetuneConfig, reporter: Progress):
