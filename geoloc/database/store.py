@@ -39,7 +39,7 @@ from geoloc.database.layout import (
     VERIFY_ALL_BYTES,
     repair_hint,
 )
-from geoloc.database import integrity, opening, vocabulary, writing
+from geoloc.database import integrity, opening, snapshot, vocabulary, writing
 from geoloc.database.compaction import compact, needs_compaction
 from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.swap import settle
@@ -82,7 +82,7 @@ class Database:
         self.columns: tuple[str, ...] = ALL_COLUMNS
         #: The folder this object opened: a vocabulary refit may put another in its place while a
         #: reader holds it, and the files read by name must then not be mixed with this one's rows.
-        self._folder = _identity(path)
+        self.folder_identity = snapshot.identity(path)
 
     @property
     def where(self) -> str:
@@ -330,78 +330,19 @@ class Database:
         """Descriptor rows no photo references (replaced or removed photos, interrupted batches)."""
         return self.next_row - len(self)
 
-    def _still_same_folder(self) -> None:
-        if self._folder is not None and _identity(self.path) != self._folder:
-            raise DatabaseError(f"{self.where} was replaced while this command was reading it (a "
-                                "vocabulary refit by `geoloc index` finished); run the command again")
-
-    def _snapshot(self, read):
-        """``read()`` run on one consistent view of the database, with the descriptor file's row
-        count and path as of that view, retried if a compaction renumbered rows meanwhile.
-
-        A compaction commits new row numbers and then renames its file into place; records,
-        row count and file path read outside one snapshot could mix the old and the new.
-        """
-        for _ in range(5):
-            generation = self.meta("generation", 0)
-            with self.transaction("BEGIN"):
-                value = read()
-                next_row = self.next_row
-                path = self.descriptor_path()
-            if self.meta("generation", 0) == generation:
-                self._still_same_folder()
-                return value, next_row, path
-        raise DatabaseError(f"{self.where} keeps changing; try again")  # pragma: no cover
-
     def descriptor_matrix(self, located_only: bool = True) -> tuple[list[PhotoRecord], np.ndarray]:
-        """Records and their descriptors, row i of the matrix belonging to record i.
-
-        The matrix is a read-only memory-mapped view when the wanted rows are contiguous (the
-        usual case for a database without dead rows); otherwise only the wanted rows are copied.
-        """
-        records, next_row, path = self._snapshot(lambda: self.photos(located_only=located_only))
-        if not records:
-            return records, np.zeros((0, self.dim), dtype=np.float32)
-        matrix = np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
-        rows = np.fromiter((r.row for r in records), dtype=np.int64, count=len(records))
-        first = int(rows[0])
-        if int(rows[-1]) - first + 1 == len(rows):  # sorted and unique, so contiguous
-            return records, matrix[first:first + len(rows)]
-        return records, np.ascontiguousarray(matrix[rows])
+        """Records and their descriptors, row i of the matrix belonging to record i (a read-only
+        memory map when the rows are contiguous, else a copy of only those rows)."""
+        return snapshot.descriptor_matrix(self, located_only)
 
     def descriptor_file(self, located_only: bool = True) -> tuple[list[PhotoRecord], np.ndarray]:
         """Records and the whole descriptor file, memory-mapped read-only: record ``r``'s
-        descriptor is row ``r.row``. Nothing is copied whatever the rows are (the compressed
-        search re-scores its shortlist from it; a copy of a million rows would be 16 GB)."""
-        records, next_row, path = self._snapshot(lambda: self.photos(located_only=located_only))
-        if not next_row:
-            return records, np.zeros((0, self.dim), dtype=np.float32)
-        return records, np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
+        descriptor is row ``r.row``; nothing is copied."""
+        return snapshot.descriptor_file(self, located_only)
 
     def descriptors_for(self, records: list[PhotoRecord]) -> np.ndarray:
-        """The stored descriptors of some records (e.g. to compare a query with them).
-
-        Rows are looked up again in the same snapshot as the file is read: a record read before
-        a compaction may carry a row number that now belongs to another photo.
-        """
-        if not records:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        keys = [path_key(r.path) for r in records]
-
-        def rows() -> list[int | None]:
-            found = {}
-            for chunk in range(0, len(keys), 500):
-                part = keys[chunk:chunk + 500]
-                marks = ",".join("?" * len(part))
-                found.update(self.conn.fetch_all(f"SELECT path, row FROM photos WHERE path IN ({marks})", part))
-            return [found.get(k) for k in keys]
-
-        current, next_row, path = self._snapshot(rows)
-        missing = [r.path for r, row in zip(records, current) if row is None]
-        if missing:
-            raise DatabaseError(f"{self.where}: {display_path(missing[0])} was removed while it was being read; try again")
-        matrix = np.memmap(path, dtype=np.float32, mode="r", shape=(next_row, self.dim))
-        return np.ascontiguousarray(matrix[current])
+        """The stored descriptors of some records, their rows looked up again as of the read."""
+        return snapshot.descriptors_for(self, records)
 
     # ------------------------------------------------------------------ vocabulary (see .vocabulary)
 
@@ -454,17 +395,7 @@ class Database:
 
     def map_slots(self, rows: Iterable[int]) -> list:
         """The stored verification maps of some rows, each ``(int8 N×C, scales, h, w)`` or None."""
-        rows = list(rows)
-        if not self.maps:
-            return [None] * len(rows)
-        spec = self.maps
-        out = []
-        with open(self.maps_path(), "rb") as fh:
-            self._still_same_folder()  # after the open: the file is this folder's, or we stop
-            for row in rows:
-                fh.seek(int(row) * spec.slot_bytes)
-                out.append(spec.decode(fh.read(spec.slot_bytes)))
-        return out
+        return snapshot.map_slots(self, rows)
 
     def adopt(self, records: list[PhotoRecord]) -> None:
         """Store photos whose descriptors are already in the file: each record's ``row`` is a
@@ -503,11 +434,3 @@ class Database:
 
 
 __all__ = ["Database"]
-
-
-def _identity(path: Path) -> Optional[tuple[int, int]]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
