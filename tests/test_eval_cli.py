@@ -76,6 +76,11 @@ def test_eval_against_an_existing_database(tmp_path, lund, exif_dir):
     assert data["dataset"]["database_images"] == 8
     # along a 200 m street, the offline baseline finds the right stretch for most queries
     assert data["recall"]["5"] >= 0.5
+    # calibration counts each query at the confidence `geoloc locate` gives it, over the same database
+    res = run("locate", *[p for p, _, _ in q_photos], "--db", db, "--json")
+    said = [q["estimate"]["confidence"] for q in json.loads(res.stdout)]
+    got = {level: c["queries"] for level, c in data["calibration"].items()}
+    assert got == {level: said.count(level) for level in ("high", "medium", "low")} and sum(got.values()) == 7
 
     # the database keeps its model: another --model is a usage error, not a silent mix
     res = run("eval", q_photos[0][0], "--db", db, "--model", "lite0-max")

@@ -122,6 +122,7 @@ def _outcomes_of(split: Split, results, threshold: float, problems: list[PhotoEr
         if res.estimate is not None:
             o.estimate_lat, o.estimate_lon = float(res.estimate.lat), float(res.estimate.lon)
             o.radius_m = float(res.estimate.radius_m)
+            o.confidence, o.verification = res.estimate.confidence, res.estimate.verification
             o.error_m = float(haversine_m(o.estimate_lat, o.estimate_lon, tl, tn))
         outcomes.append(o)
     return outcomes
