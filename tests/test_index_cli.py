@@ -30,6 +30,19 @@ def run_index(*args: str, expect: int = 0) -> tuple[dict | None, str]:
     return data, result.stderr
 
 
+def test_a_broken_link_among_the_named_photos_is_one_error_and_the_rest_is_indexed(lund_dir, tmp_path):
+    """``geoloc index photos/*.jpg`` where one photo is a link whose target went: one warning
+    naming it, the others indexed (a missing PATH, a typo, still stops the run before any work)."""
+    photos = copy_lund(lund_dir, tmp_path / "photos", names={"01.jpg", "03.jpg"})
+    (photos / "02.jpg").symlink_to(tmp_path / "elsewhere" / "02.jpg")
+    data, stderr = run_index(*sorted(photos.iterdir()), "--db", tmp_path / "db", "--json", *FAST)
+    assert (data["indexed"], data["errors"]) == (2, 1)
+    assert data["error_files"][0]["reason"] == "broken symbolic link: the file it points to is gone"
+    assert "02.jpg" in stderr
+    _, stderr = run_index(photos / "01.jpg", tmp_path / "typo.jpg", "--db", tmp_path / "db", expect=1)
+    assert "typo.jpg: no such file or folder" in stderr
+
+
 def copy_lund(lund_dir: Path, dest: Path, names=None) -> Path:
     dest.mkdir(parents=True)
     for src in sorted(lund_dir.glob("*.jpg")):

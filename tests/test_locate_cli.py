@@ -276,6 +276,26 @@ def test_a_glob_a_folder_and_an_unreadable_photo_in_one_run(lund, tmp_path):
     assert "broken.jpg" in result.stderr
 
 
+def test_a_missing_query_a_broken_link_and_an_empty_glob_each_answered_the_others_run(lund, tmp_path):
+    """The SPEC: a query that cannot be read has its ``error`` and the others still run, a path
+    that is not there (a typo, a photo moved away) and a link whose photo went included."""
+    db, queries, _, _ = lund
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    missing, glob = tmp_path / "typo.jpg", str(tmp_path / "nothing-*.jpg")
+    result = run(queries / "12.jpg", missing, tmp_path / "gone.jpg", glob, queries / "16.jpg",
+                 "--db", db, "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [Path(o["query"]).name for o in out] == ["12.jpg", "typo.jpg", "gone.jpg", "nothing-*.jpg", "16.jpg"]
+    assert out[0]["estimate"] is not None and out[4]["estimate"] is not None
+    assert out[1]["error"].endswith("no such file or folder")
+    assert out[2]["error"].endswith("broken symbolic link: the file it points to is gone")
+    assert out[3]["error"].endswith("no file matches this pattern")
+    assert all(set(o) == SPEC_KEYS for o in out)
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert [w for w in warned if "typo.jpg" in w or "gone.jpg" in w or "nothing-" in w] and "Traceback" not in result.output
+
+
 def test_only_unreadable_queries_is_exit_1(lund, tmp_path):
     db, _, _, _ = lund
     bad = tmp_path / "broken.jpg"

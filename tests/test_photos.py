@@ -18,6 +18,7 @@ from geoloc.errors import GeolocError, PhotoError
 from geoloc.photos import SUFFIXES, PhotoMeta, discover, load_image, read_meta
 from geoloc.photos import decode as decode_module
 from geoloc.photos import discovery as discovery_module
+from geoloc.photos.discovery import BROKEN_LINK
 from geoloc.photos.tags import capture_time, gps_position
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -176,7 +177,21 @@ def test_discover_reports_broken_links_and_skips_fifos(tmp_path):
     touch(tmp_path / "ok.jpg")
     errors, on_error = collect()
     assert [p.name for p in discover([tmp_path], on_error)] == ["ok.jpg"]
-    assert [(e.path.name, e.reason) for e in errors] == [("gone.jpg", "broken symbolic link")]
+    assert [(e.path.name, e.reason) for e in errors] == [("gone.jpg", BROKEN_LINK)]
+
+
+def test_a_broken_link_named_explicitly_is_one_error_not_the_end_of_the_run(tmp_path):
+    """A shell expanding ``*.jpg`` names a link whose target went like any other file: it is a
+    problem with that file, not a typo in a PATH, so the others are still found."""
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    ok = touch(tmp_path / "ok.jpg")
+    errors, on_error = collect()
+    assert list(discover([tmp_path / "gone.jpg", ok], on_error)) == [ok]
+    assert [(e.path.name, e.reason) for e in errors] == [("gone.jpg", BROKEN_LINK)]
+    # locate's form: a missing query is answered for too, and the others still run
+    errors, on_error = collect()
+    assert list(discover([tmp_path / "nope.jpg", ok], on_error, missing_ok=True)) == [ok]
+    assert [(e.path.name, e.reason) for e in errors] == [("nope.jpg", "no such file or folder")]
 
 
 def test_discover_unreadable_folder_goes_on(tmp_path, monkeypatch):

@@ -142,7 +142,8 @@ def locate_command(
 
     if results and not any(r.estimate for r in results):
         raise GeolocError(
-            "no query could be located" if len(results) > 1 else f"{results[0].query} could not be located"
+            "no query could be located" if len(results) > 1
+            else results[0].error or f"{results[0].query} could not be located"
         )
 
 
@@ -190,7 +191,7 @@ def _report_warnings(results: list, verbose: bool) -> None:
     kinds: Counter[str] = Counter()
     flagged = 0
     for r in results:
-        if r.error:
+        if r.error and len(results) > 1:  # a single query's is the run's one error line
             console.warn(r.error)
         if r.warnings:
             flagged += 1
@@ -277,19 +278,27 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
 def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
     """Photos to locate, in argument order, as ("path", Path) or ("error", PhotoError) slots.
 
-    Quoted globs are expanded here (a shell leaves an unmatched glob as is); a glob matching
-    nothing is an error, as a missing path is. Problems with single files found along the way
-    become error entries of their own, so that every named file is answered for.
+    Quoted globs are expanded here (a shell leaves an unmatched glob as is). A missing path, a
+    glob matching nothing and every problem with a single file found along the way become error
+    entries of their own, so that every query named is answered for and the others still run.
     """
     from geoloc.errors import GeolocError
     from geoloc.photos import discover, expand_globs
 
     if not args:
         return []
-    roots = expand_globs(args)
     slots: list[tuple[str, object]] = []
-    for path in discover(roots, on_error=lambda exc: slots.append(("error", exc))):
-        slots.append(("path", path))
+    seen: set[str] = set()
+
+    def failed(exc) -> None:
+        slots.append(("error", exc))
+
+    for arg in args:  # one at a time: the answers come in the order the queries were named
+        for path in discover(expand_globs([arg], on_unmatched=failed), on_error=failed, missing_ok=True):
+            key = os.path.realpath(path)
+            if key not in seen:  # a photo named twice (or by two globs) is answered once
+                seen.add(key)
+                slots.append(("path", path))
     if not slots:
         raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
     return slots
@@ -317,7 +326,7 @@ def _print_tables(results) -> None:
     from geoloc.console import out_console
 
     out = out_console()
-    if not results:
+    if all(r.error for r in results):  # nothing but errors: stderr says each, a table adds nothing
         return
     with_truth = any(r.query_gps for r in results)
     # Long absolute paths would squeeze the numbers out of an 80-column terminal: name the

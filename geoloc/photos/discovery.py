@@ -21,18 +21,22 @@ SUFFIXES: frozenset[str] = frozenset(
 
 OnError = Callable[[PhotoError], None]
 
+#: What a symbolic link whose target went is, wherever it is met (named, or inside a folder).
+BROKEN_LINK = "broken symbolic link: the file it points to is gone"
+
 
 def is_photo_name(path: str | os.PathLike) -> bool:
     """Whether the name ends in a photo suffix, in any letter case (``.JPG``, ``.Heic``)."""
     return Path(path).suffix.lower() in SUFFIXES
 
 
-def expand_globs(args: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_globs(args: Iterable[str | os.PathLike], on_unmatched: OnError | None = None) -> list[Path]:
     """Arguments with their quoted globs expanded (``'trip/*.jpg'``, ``'**/*.heic'``), in order.
 
     A shell leaves an unmatched glob as it is, and Windows shells expand none, so geoloc expands
     them itself; a name that exists is taken literally even if it holds ``*`` or ``[``. A
-    pattern matching nothing is an error, as a missing path is in :func:`discover`.
+    pattern matching nothing is an error, as a missing path is in :func:`discover`, unless
+    ``on_unmatched`` takes it (``geoloc locate`` answers for it and goes on with the others).
     """
     import glob
 
@@ -42,28 +46,41 @@ def expand_globs(args: Iterable[str | os.PathLike]) -> list[Path]:
         if not os.path.lexists(text) and set("*?[") & set(text):
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
-                raise GeolocError(f"no file matches {text}")
+                if on_unmatched is None:
+                    raise GeolocError(f"no file matches {text}")
+                on_unmatched(PhotoError(Path(text), "no file matches this pattern"))
+                continue
             out.extend(Path(m) for m in matches)
         else:
             out.append(Path(text).expanduser())
     return out
 
 
-def discover(paths: Iterable[str | os.PathLike], on_error: OnError | None = None) -> Iterator[Path]:
+def discover(paths: Iterable[str | os.PathLike], on_error: OnError | None = None, *,
+             missing_ok: bool = False) -> Iterator[Path]:
     """The photos under ``paths``, each once, in a stable order.
 
     Every PATH is checked before anything is yielded (a typo in the last argument must not cost
-    a half-finished run), so this raises :class:`GeolocError` at call time. Problems with single
-    files or folders found along the way go to ``on_error`` and the walk goes on; without a
-    handler they are printed as warnings.
+    a half-finished run), so a PATH that does not exist raises :class:`GeolocError` at call
+    time, unless ``missing_ok`` (``geoloc locate``, which answers for each query it was given).
+    A broken symbolic link is not a typo but a file whose target went (a shell expanding
+    ``*.jpg`` names it like any other): it goes to ``on_error`` with the other problems with
+    single files or folders, and the walk goes on; without a handler they are printed as
+    warnings.
     """
     roots = [Path(p) for p in paths]
+    report = on_error or _warn
+    kept: list[Path] = []
     for root in roots:
-        if not root.exists():
-            if os.path.islink(root):
-                raise GeolocError(f"{root}: no such file or folder (broken symbolic link)")
+        if root.exists():
+            kept.append(root)
+        elif os.path.islink(root):
+            report(PhotoError(root, BROKEN_LINK))
+        elif missing_ok:
+            report(PhotoError(root, "no such file or folder"))
+        else:
             raise GeolocError(f"{root}: no such file or folder")
-    return _discover(roots, on_error or _warn)
+    return _discover(kept, report)
 
 
 def _warn(error: PhotoError) -> None:
@@ -132,7 +149,7 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]], on_error: OnError) -> Ite
         elif _entry_is_file(entry):
             yield path
         elif entry.is_symlink() and not path.exists():
-            on_error(PhotoError(path, "broken symbolic link"))
+            on_error(PhotoError(path, BROKEN_LINK))
         # FIFOs, sockets and devices named like photos are skipped: reading one could block.
 
 
