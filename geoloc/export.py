@@ -263,6 +263,10 @@ def xmp_sidecar(result: LocateResult) -> str:
     )
 
 
+#: Why nothing is written for a photo located from the database whose file is not there now.
+PHOTO_GONE = "the photo is no longer there (moved or deleted since it was indexed)"
+
+
 def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> SidecarReport:
     """Write an XMP sidecar next to every located query that has no GPS of its own.
 
@@ -279,6 +283,9 @@ def write_sidecars(results: Iterable[LocateResult], naming: str = "stem") -> Sid
         photo = Path(r.query)
         if r.query_gps is not None:
             report.skipped.append((photo, OWN_GPS))
+            continue
+        if not photo.exists():  # located from its stored descriptor (--unlocated), moved since
+            report.skipped.append((photo, PHOTO_GONE))
             continue
         target = sidecar_path(photo, naming)
         key = Path(os.path.abspath(target))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from geoloc.errors import GeolocError
 from geoloc.estimate import meets
+from geoloc.export import PHOTO_GONE
 from geoloc.files import display_path, fsync_dir, sha256_file
 from geoloc.photos.gpswrite import Backend, GpsFix, WriteError, find_backend, temp_path, unwritable_reason, write_to_temp
 from geoloc.photos.meta import read_gps_block
@@ -96,10 +98,19 @@ def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple
     from geoloc.photos import read_meta
     from geoloc.errors import PhotoError
 
+    try:
+        st = os.stat(photo)
+    except FileNotFoundError:  # located from its stored descriptor (--unlocated), moved since
+        return "error", PHOTO_GONE
+    except OSError as exc:
+        return "error", f"cannot read: {exc.strerror or exc}"
     reason = unwritable_reason(photo, backend)
     if reason is not None:
         return "format", reason
-    if not os.access(photo, os.W_OK):  # the rename would replace it all the same: respect the mode
+    # The rename would replace it all the same: respect the mode. Its owner's write bit counts
+    # too, so that root (a container's usual user, whom os.access lets write anything) does not
+    # overwrite a photo someone made read-only on purpose.
+    if not st.st_mode & stat.S_IWUSR or not os.access(photo, os.W_OK):
         return "error", "the photo is read-only; make it writable to let geoloc write its GPS"
     if opts.overwrite:
         return None

@@ -472,14 +472,27 @@ def test_a_photo_written_by_two_runs_is_undone_run_by_run(library):
     assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 1  # nothing left to undo
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else False, reason="root writes anywhere")
 def test_write_exif_leaves_a_read_only_photo_alone(library):
+    """Made read-only on purpose: left alone, root (a container's usual user) included."""
     db, lib = library
     photo = lib / "02.jpg"
     before = sha(photo)
     photo.chmod(0o444)
     result = locate(photo, "--db", db, "--write-exif")
     assert "read-only" in result.stderr and sha(photo) == before
+
+
+@needs_exiftool
+def test_a_photo_gone_since_it_was_indexed_gets_no_exif_and_no_orphan_sidecar(library, tmp_path):
+    """--unlocated answers from the stored descriptor; a photo moved away since then is named as
+    gone, not as read-only, and no sidecar is left next to nothing."""
+    db, lib = library
+    shutil.move(lib / "02.jpg", tmp_path / "02.jpg")
+    for flag in ("--write-exif", "--xmp"):
+        result = locate("--unlocated", "--db", db, flag, "--min-confidence", "low")
+        gone = [line for line in result.stderr.splitlines() if "02.jpg" in line]
+        assert gone and all("no longer there" in line for line in gone), result.stderr
+    assert not (lib / "02.xmp").exists() and (lib / "08.xmp").exists()
 
 
 def test_a_journal_line_missing_its_fields_is_damage_not_a_crash(tmp_path):
