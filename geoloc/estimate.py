@@ -78,6 +78,9 @@ class ConfidenceConfig:
     reference_sample: int = 200
     #: Below this share of the candidates' weight, the winning group is contested.
     min_agreement: float = 0.5
+    #: Without verification, a place fewer candidates than this point to is at most ``medium``:
+    #: one look-alike photo, however similar, is not two photos of one place agreeing.
+    min_support_unverified: int = 2
     #: A query that matches nothing gets a radius of at least this, and at least the distance
     #: to its farthest candidate: the photo may be anywhere, and the radius must not say 25 m.
     no_match_radius_m: float = 1000.0
@@ -205,7 +208,8 @@ def assess_confidence(
     at most ``medium`` when the best one only partly does. Verification is the stronger
     evidence, so a verified match is not second-guessed by raw scores. Without it: ``low`` when
     the best score is below ``reference`` (:mod:`geoloc.coverage`), at most ``medium`` when
-    there is no reference. Either way, ``medium`` when the winning group holds less than
+    there is no reference, and at most ``medium`` when a single candidate is all that points to
+    the place (``min_support_unverified``). Either way, ``medium`` when the winning group holds less than
     ``min_agreement`` of the candidates' weight, i.e. the top candidates point to different
     places.
 
@@ -243,6 +247,13 @@ def assess_confidence(
             f"weak match: best score {best} is below {bar}, the bar between what this database's "
             "photos score against their own place and against other places; the photo may be "
             "from a place the database does not cover"
+        )
+    if (verification is None and level == "high" and estimate.considered > 1
+            and estimate.support < cfg.min_support_unverified):
+        level = "medium"
+        warnings.append(
+            "unconfirmed: only the best candidate points to this place, and without re-ranking "
+            "nothing tells it from a look-alike"
         )
     if estimate.agreement < cfg.min_agreement and estimate.considered > 1:
         level = "low" if level == "low" else "medium"

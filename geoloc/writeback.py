@@ -107,21 +107,20 @@ def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple
     reason = unwritable_reason(photo, backend)
     if reason is not None:
         return "format", reason
+    if not opts.overwrite:
+        if result.query_gps is not None:
+            return "own", "it has a position of its own"
+        try:
+            meta = read_meta(photo, sidecars=False)
+        except PhotoError as exc:
+            return "error", exc.reason
+        if meta.exif_gps == "other":
+            return "own", f"its EXIF holds GPS coordinates geoloc did not write ({meta.no_position_reason})"
     # The rename would replace it all the same: respect the mode. Its owner's write bit counts
     # too, so that root (a container's usual user, whom os.access lets write anything) does not
     # overwrite a photo someone made read-only on purpose.
     if not st.st_mode & stat.S_IWUSR or not os.access(photo, os.W_OK):
         return "error", "the photo is read-only; make it writable to let geoloc write its GPS"
-    if opts.overwrite:
-        return None
-    if result.query_gps is not None:
-        return "own", "it has a position of its own"
-    try:
-        meta = read_meta(photo, sidecars=False)
-    except PhotoError as exc:
-        return "error", exc.reason
-    if meta.exif_gps == "other":
-        return "own", f"its EXIF holds GPS coordinates geoloc did not write ({meta.no_position_reason})"
     return None
 
 

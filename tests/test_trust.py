@@ -113,6 +113,7 @@ def world(tmp_path_factory, lund_dir, exif_dir, data_dir):
         without_gps(exif_dir / "jpg" / "gps" / name, lib / name)
     without_gps(data_dir / "imagenet" / "cat.bmp", lib / "cat.jpg")
     shutil.copy2(lund_dir / "06.jpg", lib / "own.jpg")  # GPS of its own
+    (lib / "own.jpg").chmod(0o644)  # a user's photo, not the shared data's read-only copy
     work = root / "work"
     shutil.copytree(pristine, work, copy_function=shutil.copy2)
     db = root / "db"
