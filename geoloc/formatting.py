@@ -17,6 +17,11 @@ def json_number(value: float | None, digits: int) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
+def count(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 photo``, ``2 photos``, ``0 photos``: a number with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def format_distance(metres: float | None, missing: str = "–") -> str:
     """A distance for people: ``4.7 m``, ``1,234 m``, ``12.3 km``, ``1,234 km``.
 

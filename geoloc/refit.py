@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from geoloc.formatting import count
 from geoloc.database import Database
 from geoloc.database import swap
 from geoloc.database_model import max_side_of
@@ -79,7 +80,7 @@ def is_provisional(photos: Optional[int], config) -> bool:
 
 def provisional_note(photos: int, config) -> str:
     """The line the run that fitted a provisional vocabulary prints."""
-    return (f"the vocabulary was fitted on only {photos} photo{'s' if photos != 1 else ''} "
+    return (f"the vocabulary was fitted on only {count(photos, 'photo')} "
             f"(a good one takes {min(config.provisional_vocabulary, config.vocabulary_photos)} or "
             f"more): geoloc fits it again, and indexes every photo again, once the database holds "
             f"{REFIT_GROWTH * photos}; `geoloc index --refit` does it now")
@@ -207,7 +208,7 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
             report.add_error(path, reason)
     if lost:
         run.progress.message(
-            f"the vocabulary was not fitted again: {len(lost)} stored photo{'s' if len(lost) != 1 else ''} "
+            f"the vocabulary was not fitted again: {count(len(lost), 'stored photo')} "
             f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
             "its vocabulary and every photo; the next run tries again")
         return False

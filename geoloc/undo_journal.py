@@ -59,6 +59,9 @@ class JournalInfo:
     temps: list[Path]
     undone: bool
     damaged_lines: int = 0
+    #: Photos the undo had to leave as they were (edited or gone since): the run is closed all the
+    #: same, so that the next ``undo-exif`` goes on with the run before it.
+    left_alone: int = 0
 
     @property
     def name(self) -> str:
@@ -131,6 +134,7 @@ def read_journal(path: Path) -> JournalInfo:
     order: list[str] = []
     temps: list[Path] = []
     undone = False
+    left_alone = 0
     damaged = 0
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -169,10 +173,11 @@ def read_journal(path: Path) -> JournalInfo:
             entries[record["photo"]].restored = record.get("restored")
         elif op == "undone":
             undone = True
+            left_alone = int(record.get("left_alone") or 0)
     if not header:
         raise GeolocError(f"{display_path(path)} is not a geoloc undo journal")
     return JournalInfo(path, header.get("created", ""), header.get("backend", ""),
-                       [entries[k] for k in order], temps, undone, damaged)
+                       [entries[k] for k in order], temps, undone, damaged, left_alone)
 
 
 def journals() -> list[Path]:

@@ -237,8 +237,11 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
                 except (WriteError, OSError) as exc:
                     report.failed.append((photo, _reason(exc)))
             advance(1)
-        if report.complete:
-            journal.append({"op": "undone"})
+        # Edited or gone photos will not come back as geoloc wrote them: once nothing else is
+        # left to retry, the run is closed and the next undo goes on with the run before it.
+        if not report.failed:
+            left = len(report.changed) + len(report.missing)
+            journal.append({"op": "undone", **({"left_alone": left} if left else {})})
     return report
 
 

@@ -93,3 +93,10 @@ def test_flags_show_no_value_and_options_name_theirs():
     assert re.match(r"│ --json\s+Print", row), row
     assert any(re.match(r"│ --batch-size\s+N ", line) for line in lines)
     assert any(re.match(r"│ --db\s+DB ", line) for line in lines)
+
+
+@pytest.mark.parametrize("argv", [["index"], ["eval"]])
+def test_the_ray_extra_is_named_whole(argv):
+    """``geoloc[ray]`` in a help text is Rich markup unless escaped: it showed as "geoloc"."""
+    text = " ".join(line.strip(" │") for line in render(argv))
+    assert "geoloc[ray]" in text

@@ -233,6 +233,17 @@ def test_confidence_levels_follow_the_reference_and_the_agreement():
     assert assess_confidence(_est(0.2, 1, 1), 0.5, 0.3).confidence == "high"
 
 
+def test_one_look_alike_alone_is_not_high_without_verification():
+    """A palm tree against a street database holding one flower photo: the flower scores far
+    above the rest (agreement 0.98) and above the bar, but it is one photo, not a place that
+    several agree on; only geometric verification could make it ``high``."""
+    lone = assess_confidence(_est(0.98, support=1), 0.50, 0.31)
+    assert lone.confidence == "medium" and "unconfirmed" in lone.warnings[0]
+    assert assess_confidence(_est(0.98, support=2), 0.50, 0.31).confidence == "high"
+    verified = assess_confidence(_est(0.98, support=1), 0.50, None, verification="verified", top_inliers=80)
+    assert verified.confidence == "high" and verified.warnings == []
+
+
 def test_result_warnings_come_from_the_estimate():
     r = LocateResult(Path("q.jpg"), assess_confidence(_est(0.3), 0.1, 0.3), [])
     body = r.to_json()

@@ -216,7 +216,10 @@ def test_overwrite_replaces_a_cameras_gps_and_undo_puts_it_back(library):
 
 @needs_exiftool
 def test_undo_leaves_a_photo_edited_since_alone_and_says_so(library):
+    """...and closes that run, so that the next undo goes on with the run before it instead of
+    stopping at the edited photo for ever."""
     db, lib = library
+    assert locate(lib / "08.jpg", "--db", db, "--write-exif").exit_code == 0  # an earlier run
     result = locate(lib / "02.jpg", lib / "12.jpg", "--db", db, "--write-exif")
     assert result.exit_code == 0, result.output
     edited = lib / "12.jpg"
@@ -224,8 +227,15 @@ def test_undo_leaves_a_photo_edited_since_alone_and_says_so(library):
     undo = CliRunner().invoke(app, ["undo-exif"])
     assert undo.exit_code == 1
     assert "12.jpg: changed since geoloc wrote its GPS; left as it is" in undo.stderr
+    assert "now goes on with the run before it" in undo.stderr
     assert "GPSLatitude" not in exif_gps(lib / "02.jpg")  # the other one is undone
     assert exif_gps(edited)["GPSProcessingMethod"].startswith("geoloc")  # the edited one is not
+    listed = CliRunner().invoke(app, ["undo-exif", "--list"])
+    assert "undone (1 photo left as they were)" in listed.stderr + listed.stdout
+    assert exif_gps(lib / "08.jpg")["GPSProcessingMethod"].startswith("geoloc")
+    undo = CliRunner().invoke(app, ["undo-exif"])  # the earlier run now
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(lib / "08.jpg")
 
 
 @needs_exiftool

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from geoloc.formatting import count
 from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, handle_errors
 
@@ -42,7 +43,7 @@ def check(
         if not as_json:
             verified = (f"{report.verified} descriptors verified" if report.checksums
                         else "no checksums to verify (made by geoloc 0.1.0; any `geoloc index` run adds them)")
-            extra = f"; {report.unreferenced} unreferenced rows" if report.unreferenced else ""
+            extra = f"; {count(report.unreferenced, 'unreferenced row')}" if report.unreferenced else ""
             console.info(f"{where} is sound: {report.photos} photos ({report.located} located), {verified}{extra}")
         return
     for problem in report.problems:

@@ -94,7 +94,7 @@ def eval_command(
     engine: str = typer.Option(
         "local", "--engine", metavar="local|ray",
         help="Where the database side of --db-images/--dataset is extracted: this process, or an actor "
-        "pool on a Ray cluster (needs geoloc[ray]; see geoloc index --engine)."),
+        "pool on a Ray cluster (needs geoloc\\[ray]; see geoloc index --engine)."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", metavar="ADDR", help="With --engine ray: the cluster's head (default: a local Ray).",
         show_default=False),

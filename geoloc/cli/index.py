@@ -59,7 +59,7 @@ def index(
     engine: str = typer.Option(
         "local", "--engine", metavar="local|ray",
         help="Where descriptors are computed: this process, or an actor pool on a Ray cluster (one "
-        "model per actor; needs the extra geoloc[ray]). The database is the same either way."),
+        "model per actor; needs the extra geoloc\\[ray]). The database is the same either way."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", metavar="ADDR",
         help="With --engine ray: the cluster's head, HOST:PORT (as ray start --head prints it), ray://HOST:PORT "

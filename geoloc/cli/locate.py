@@ -12,7 +12,7 @@ from geoloc.cli import app
 from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
                                 warn_mirror_damage)
 from geoloc.files import check_writable, display_path, printable
-from geoloc.formatting import format_distance
+from geoloc.formatting import count, format_distance
 
 
 
@@ -244,7 +244,7 @@ def _say_below(below: list, minimum: str, where: str, verbose: bool) -> None:
     levels = Counter(r.estimate.confidence for r in below)
     by_level = ", ".join(f"{levels[lv]} {lv}" for lv in ("medium", "low") if levels[lv])
     n = len(below)
-    console.info(f"{n} estimate{'' if n == 1 else 's'} below confidence {minimum} left out of {where} "
+    console.info(f"{count(n, 'estimate')} below confidence {minimum} left out of {where} "
                  f"({by_level}; --min-confidence sets the bar)")
 
 
@@ -399,7 +399,7 @@ def _write_sidecars(results, naming: str, minimum: str, verbose: bool) -> None:
             console.warn(f"{display_path(photo)}: no sidecar written: {reason}")
     n = len(report.written)
     note = f" ({own_gps} with GPS of their own left alone)" if own_gps else ""
-    console.info(f"{n} XMP sidecar{'' if n == 1 else 's'} written{note}")
+    console.info(f"{count(n, 'XMP sidecar')} written{note}")
     _say_below(below, minimum, "the sidecars", verbose)
 
 
@@ -427,7 +427,7 @@ def _write_exif(results, minimum: str, overwrite: bool, verbose: bool) -> None:
         for photo in report.own_position:
             console.info(f"{display_path(photo)}: has a position of its own; EXIF not written (--overwrite replaces it)")
     n = len(report.written)
-    parts = [f"EXIF GPS written into {n} photo{'' if n == 1 else 's'} with {report.backend}"]
+    parts = [f"EXIF GPS written into {count(n, 'photo')} with {report.backend}"]
     if report.own_position:
         parts.append(f"{len(report.own_position)} with a position of their own left alone")
     if report.journal is not None:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from geoloc.formatting import count
 from geoloc.cli import app
 from geoloc.cli._common import handle_errors
 
@@ -61,8 +62,12 @@ def undo_exif(
         })
     n = len(report.restored)
     extra = f", {len(report.already)} already as they were" if report.already else ""
-    console.info(f"GPS put back in {n} photo{'' if n == 1 else 's'}{extra} (journal {display_path(path)})")
+    console.info(f"GPS put back in {count(n, 'photo')}{extra} (journal {display_path(path)})")
     if not report.complete:
+        if not report.failed:
+            left = len(report.changed) + len(report.missing)
+            console.info(f"this run is closed with {count(left, 'photo')} left as they are; "
+                         "`geoloc undo-exif` now goes on with the run before it")
         raise typer.Exit(1)
 
 
@@ -97,5 +102,6 @@ def _list(as_json: bool) -> None:
         console.info("no `geoloc locate --write-exif` run has written into a photo")
         return
     for i in runs:
-        state = "undone" if i.undone else "can be undone"
-        console.info(f"{i.name}  {i.created}  {len(i.entries)} photos  {i.backend}  {state}  ({display_path(i.path)})")
+        state = ("undone" + (f" ({count(i.left_alone, 'photo')} left as they were)" if i.left_alone else "")
+                 if i.undone else "can be undone")
+        console.info(f"{i.name}  {i.created}  {count(len(i.entries), 'photo')}  {i.backend}  {state}  ({display_path(i.path)})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from geoloc.formatting import count
 from geoloc.database import rows as rowidx
 from geoloc.database.layout import (
     DESCRIPTORS,
@@ -72,8 +73,9 @@ def verify(db, records: list[PhotoRecord] | None = None, *, budget: int = VERIFY
         return []
     names = [display_path(r.path) for r in records if r.row in bad]
     first = ", ".join(names[:2]) + (" …" if len(names) > 2 else "")
-    return [f"{DESCRIPTORS}: {len(bad)} stored descriptor{'s' if len(bad) > 1 else ''} no longer match "
-            f"{'their' if len(bad) > 1 else 'its'} checksum ({first})"]
+    one = len(bad) == 1
+    return [f"{DESCRIPTORS}: {count(len(bad), 'stored descriptor')} no longer "
+            f"{'matches its' if one else 'match their'} checksum ({first})"]
 
 
 
