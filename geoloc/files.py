@@ -72,6 +72,15 @@ def check_writable(target: Path | str, what: str = "") -> None:
         raise GeolocError(f"cannot write {name}: folder {display_path(folder)} does not exist")
     if not os.access(folder, os.W_OK):
         raise GeolocError(f"cannot write {name}: folder {display_path(folder)} is not writable")
+    # os.access answers from the mode bits, and root passes those everywhere: a file actually
+    # made (and removed) there is the only proof (/proc, a read-only bind mount, a full quota).
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".geoloc-probe-", dir=folder)
+    except OSError as exc:
+        raise GeolocError(f"cannot write {name}: folder {display_path(folder)} is not writable "
+                          f"({exc.strerror or exc})") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def fsync_dir(path: Path | str) -> None:

@@ -164,7 +164,7 @@ def index_photos(
     stored paths of damaged photos are used). Ctrl-C raises :class:`RunInterrupted` saying what
     was saved.
     """
-    from geoloc.photos import discover
+    from geoloc.photos import discover, expand_globs
 
     config = config or IndexConfig()
     config.check()
@@ -177,7 +177,8 @@ def index_photos(
     started = time.perf_counter()
     report = IndexReport(db=Path(db).expanduser().absolute())
     run = _Run(config, report, progress or Progress())
-    found = discover([Path(p).expanduser() for p in paths], run.on_error)  # GeolocError: missing PATH
+    paths = expand_globs(paths)  # a quoted 'trip/*.jpg' as locate takes it; none matching: an error
+    found = discover(paths, run.on_error)  # GeolocError: missing PATH
     found = _at_least_one(found, paths, report.db, config)
     refit.finish_pending_swap(report.db)
     database, model = _open_database(report.db, config)
@@ -357,13 +358,16 @@ def _at_least_one(found: Iterator[Path], paths: Sequence[Path | str], db: Path,
 
     A folder without a single photo is nearly always the wrong folder, and indexing it would
     still create a database (and load a model) for nothing. Only ``--prune`` (a folder emptied
-    on purpose) and ``--repair`` (which may be given no PATH) go on without photos.
+    on purpose), ``--repair`` and ``--refit`` (which work on the stored photos, and may be given
+    no PATH) go on without photos, and only on a database that exists.
     """
     first = next(found, None)
     if first is not None:
         return itertools.chain([first], found)
-    if config.prune or config.repair:
+    if (config.prune or config.repair or config.refit) and Database.exists(db):
         return iter(())
+    if not paths:  # --repair or --refit of a database that is not there
+        raise GeolocError(f"no geoloc database at {display_path(db)} (run `geoloc index PATH` first)")
     from geoloc.photos import SUFFIXES
 
     where = ", ".join(display_path(p) for p in paths)

@@ -310,6 +310,8 @@ def test_only_unreadable_queries_is_exit_1(lund, tmp_path):
     [
         (["{q}", "--db", "{tmp}/nowhere"], 1, "no geoloc database"),
         (["{q}", "--db", "{db}", "--map", "{tmp}/missing/m.html"], 1, "does not exist"),
+        pytest.param(["{q}", "--db", "{db}", "--map", "/proc/m.html"], 1, "is not writable",
+                     marks=pytest.mark.skipif(not Path("/proc/self").exists(), reason="Linux /proc")),
         (["{tmp}/*.jpg", "--db", "{db}"], 1, "no file matches"),
         (["{tmp}/missing.jpg", "--db", "{db}"], 1, "no such file"),
         (["--db", "{db}"], 2, "QUERY"),

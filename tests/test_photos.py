@@ -689,3 +689,13 @@ def test_exifread_chatter_stays_off_stderr(tmp_path, capfd):
     read_meta(touch(tmp_path / "plain.txt", b"not an image at all"))
     read_meta(touch(tmp_path / "png.png", b""))
     assert capfd.readouterr().err == ""
+
+
+def test_a_bmp_is_a_photo_too(data_dir, tmp_path):
+    """The ImageNet photo of the shared data is a BMP, as old Windows archives hold them."""
+    cat = data_dir / "imagenet" / "cat.bmp"
+    assert list(discover([cat])) == [cat]
+    meta = read_meta(cat)
+    assert not meta.located and meta.width and meta.height
+    image = load_image(cat, 224)
+    assert max(image.size) == 224 and image.mode == "RGB"

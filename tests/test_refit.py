@@ -98,6 +98,16 @@ def test_refit_on_request_and_not_while_a_stored_photo_is_gone(tmp_path, photos,
     assert (data["total"], data["removed"]) == (11, 1)
     assert "07.jpg" not in _descriptors(db)
 
+    # The stored photos are all a refit needs: no PATH, as with --repair; a quoted glob works too.
+    code, data, err = _index("--db", str(db), "--refit", "--vocabulary-photos", "8")
+    assert code == 0, err
+    assert (data["refit"]["vocabulary_photos"], data["total"]) == (8, 11)
+    code, data, err = _index(str(photos / "0[1-3].jpg"), "--db", str(db))
+    assert code == 0, err
+    assert (data["unchanged"], data["total"]) == (3, 11)
+    code, _, err = _index("--db", str(tmp_path / "nowhere"), "--refit")
+    assert code == 1 and "no geoloc database at" in err and not (tmp_path / "nowhere").exists()
+
 
 def test_a_refit_waits_while_a_stored_photo_is_unreadable_and_keeps_what_it_did(tmp_path, photos, tiny_model):
     db = tmp_path / "db"

@@ -24,7 +24,7 @@ _HELP = (
 @handle_errors
 def index(
     paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", show_default=False,
-                                                 help="Photos or folders (searched recursively)."),
+                                                 help="Photos, folders (searched recursively) or quoted globs ('trip/*.jpg')."),
     db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
     model: Optional[str] = typer.Option(
         None, "--model", metavar="NAME|FILE",
@@ -82,8 +82,8 @@ def index(
 
     from geoloc.errors import UsageError
 
-    if not paths and not repair:
-        raise UsageError("give at least one PATH (a photo or a folder) to index")
+    if not paths and not (repair or refit):
+        raise UsageError("give at least one PATH (a photo, a folder or a glob) to index")
     if refit and repair:
         raise UsageError("--refit and --repair do not go together: repair the database first, then refit")
     config = IndexConfig(model=model, max_side=max_side, batch_size=batch_size, workers=workers,

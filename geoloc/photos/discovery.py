@@ -16,7 +16,7 @@ from geoloc.errors import GeolocError, PhotoError
 from geoloc.photos.raw import RAW_SUFFIXES
 
 SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif"}
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".bmp"}
 ) | RAW_SUFFIXES
 
 OnError = Callable[[PhotoError], None]
