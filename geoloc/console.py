@@ -176,6 +176,9 @@ def progress(transient: bool = False):
         TimeLeft(),
         console=err,
         transient=transient,
+        # Off a terminal a transient bar shows nothing anyway, but Rich still ends it with an
+        # empty line: a log or a script's captured stderr would start with a blank line.
+        disable=transient and not err.is_terminal,
     )
 
 

@@ -122,8 +122,10 @@ class IndexReport:
     refit: Optional[RefitReport] = None
 
     def add_error(self, path: Path, reason: str) -> None:
+        """Recorded absolute, as the stored photos are (a script compares one with the other);
+        not resolved, so that a broken link keeps its own name."""
         self.errors += 1
-        self.error_files.append((Path(path), reason))
+        self.error_files.append((Path(os.path.abspath(path)), reason))
 
     def to_json(self) -> dict:
         return {

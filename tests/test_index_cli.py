@@ -30,14 +30,19 @@ def run_index(*args: str, expect: int = 0) -> tuple[dict | None, str]:
     return data, result.stderr
 
 
-def test_a_broken_link_among_the_named_photos_is_one_error_and_the_rest_is_indexed(lund_dir, tmp_path):
+def test_a_broken_link_among_the_named_photos_is_one_error_and_the_rest_is_indexed(lund_dir, tmp_path,
+                                                                                  monkeypatch):
     """``geoloc index photos/*.jpg`` where one photo is a link whose target went: one warning
     naming it, the others indexed (a missing PATH, a typo, still stops the run before any work)."""
     photos = copy_lund(lund_dir, tmp_path / "photos", names={"01.jpg", "03.jpg"})
     (photos / "02.jpg").symlink_to(tmp_path / "elsewhere" / "02.jpg")
-    data, stderr = run_index(*sorted(photos.iterdir()), "--db", tmp_path / "db", "--json", *FAST)
-    assert (data["indexed"], data["errors"]) == (2, 1)
+    (photos / "notes.txt").write_text("not a photo")
+    monkeypatch.chdir(tmp_path)  # named relative, as a shell's photos/* names them
+    data, stderr = run_index(*sorted(Path("photos").iterdir()), "--db", tmp_path / "db", "--json", *FAST)
+    assert (data["indexed"], data["errors"]) == (2, 2)
     assert data["error_files"][0]["reason"] == "broken symbolic link: the file it points to is gone"
+    # every path in the report absolute, as the stored photos' are
+    assert [e["path"] for e in data["error_files"]] == [str(photos / "02.jpg"), str(photos / "notes.txt")]
     assert "02.jpg" in stderr
     _, stderr = run_index(photos / "01.jpg", tmp_path / "typo.jpg", "--db", tmp_path / "db", expect=1)
     assert "typo.jpg: no such file or folder" in stderr
