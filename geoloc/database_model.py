@@ -155,3 +155,29 @@ def query_extractor(model: GeolocModel, database: Database, *, batch_size: int |
     return Extractor.create(model, max_side=max_side_of(database), batch_size=batch_size,
                             workers=workers, hash_files=False, precision=precision)
 
+
+def model_file_problem(database) -> str | None:
+    """What makes the model file a database was built with unusable now, or None.
+
+    ``geoloc locate`` would refuse such a database with "weights have changed" after loading
+    the model; ``geoloc check`` says it first, from the file's hash alone (no torch). A
+    registry model's weights are the hub cache's concern, and a converted checkpoint's hash is
+    its conversion's: only geoloc's own ``.safetensors`` model files are checked here.
+    """
+    from pathlib import Path
+
+    from geoloc.files import sha256_file_cached
+
+    path = Path(str(database.manifest.get("model", "")))
+    if not path.is_absolute() or path.suffix.lower() != ".safetensors":
+        return None
+    if not path.is_file():
+        return (f"its model file {display_path(path)} is gone: no query can be described with the "
+                "database's model; put the file back")
+    expected = database.manifest.get("model_weights_hash")
+    if expected and sha256_file_cached(path) != expected:
+        return (f"its model file {display_path(path)} now holds other weights than the database was "
+                "built with (overwritten by a later `geoloc finetune --out`?); put the original back, "
+                "or index into a new --db with this one")
+    return None
+

@@ -198,3 +198,25 @@ def test_a_geoloc_0_1_database_is_upgraded_in_place(built, tmp_path):
     assert (db / "descriptors.idx").stat().st_size == 15 * 48 and not (db / "maps.i8").exists()
     assert "15 descriptors verified" in run("check", "--db", db).stderr
     assert answers(db, queries)[0] == reference
+
+
+def test_check_says_when_the_model_file_a_database_was_built_with_changed_or_went(tmp_path, lund_dir):
+    """A model file overwritten by a later `geoloc finetune --out`, or deleted: `locate` would
+    refuse the database after loading the model; `check` says so first, and names no repair
+    (`--repair` cannot bring weights back)."""
+    from geoloc.models.model import build_model
+    from geoloc.models.modelfile import save_model_file
+
+    model_file = save_model_file(build_model("lite0", "gem", pretrained_backbone=False), tmp_path / "mine.safetensors")
+    db = tmp_path / "db"
+    assert run("index", lund_dir / "01.jpg", lund_dir / "03.jpg", "--db", db, "--model", model_file,
+               "--max-side", "96", "--quiet").exit_code == 0
+    assert run("check", "--db", db).exit_code == 0
+    save_model_file(build_model("lite0", "gem", pretrained_backbone=False), model_file)  # other weights
+    checked = run("check", "--db", db)
+    assert checked.exit_code == 1 and "now holds other weights" in checked.stderr
+    assert "--repair" not in checked.stderr
+    assert json.loads(run("check", "--db", db, "--json").stdout)["sound"] is False
+    model_file.unlink()
+    checked = run("check", "--db", db)
+    assert checked.exit_code == 1 and "mine.safetensors is gone" in checked.stderr

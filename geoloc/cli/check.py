@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,7 @@ def check(
     from geoloc.cli._common import resolve_db
     from geoloc.database import Database
     from geoloc.database.check import check as run_check
+    from geoloc.database_model import model_file_problem
     from geoloc.errors import DatabaseError
     from geoloc.files import display_path
 
@@ -36,6 +38,12 @@ def check(
     if not Database.exists(path):
         raise DatabaseError(f"no geoloc database at {display_path(path)} (run `geoloc index` first)")
     report = run_check(path)
+    others = len(report.problems)
+    with contextlib.suppress(DatabaseError):  # damage is the report's already
+        with Database.open(path, allow_damage=True) as database:
+            model = model_file_problem(database)
+            if model:
+                report.problems.append(model)
     if as_json:
         console.print_json(report.to_json())
     where = f"database {display_path(report.db)}"
@@ -48,6 +56,6 @@ def check(
         return
     for problem in report.problems:
         console.error(f"{where}: {problem}")
-    if not as_json:
+    if not as_json and others:
         console.info(f"repair: geoloc index PHOTOS... --repair --db {display_path(report.db)}")
     raise typer.Exit(1)
