@@ -529,3 +529,9 @@ def test_a_run_in_progress_keeps_its_temporary_file(tmp_path):
         journal.append({"op": "temp", "photo": os.fspath(tmp_path / "a.jpg"), "temp": os.fspath(temp)})
         assert remove_stale_temps() == [] and temp.exists()  # live: left alone
     assert remove_stale_temps() == [temp] and not temp.exists()  # its run is over: a leftover
+
+
+def test_undo_of_a_journal_that_is_not_there_is_one_line_exit_1(tmp_path):
+    result = CliRunner().invoke(app, ["undo-exif", str(tmp_path / "nonexistent.jsonl")])
+    assert result.exit_code == 1 and "no such undo journal" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -72,14 +72,16 @@ def undo_exif(
 
 
 def _resolve(journal: Path) -> Path:
-    from geoloc.errors import UsageError
+    """A journal named on the command line; one that is not there is a runtime error (exit 1),
+    as a missing photo or database is, and as a file that is not a journal is."""
+    from geoloc.errors import GeolocError
     from geoloc.files import display_path
     from geoloc.undo_journal import SUFFIX, undo_dir
 
     for candidate in (journal, undo_dir() / journal, undo_dir() / f"{journal}{SUFFIX}"):
         if candidate.is_file():
             return candidate
-    raise UsageError(f"{display_path(journal)}: no such undo journal (`geoloc undo-exif --list` lists them)")
+    raise GeolocError(f"{display_path(journal)}: no such undo journal (`geoloc undo-exif --list` lists them)")
 
 
 def _list(as_json: bool) -> None:
