@@ -105,6 +105,7 @@ def test_sidecars_only_for_photos_without_gps_and_never_clobber(tmp_path):
     photo.write_bytes(b"not touched")
     located = tmp_path / "hasgps.jpg"
     foreign = tmp_path / "edited.jpg"
+    foreign.write_bytes(b"a photo")
     foreign_xmp = tmp_path / "edited.xmp"
     foreign_xmp.write_text("<x:xmpmeta>a photo manager's edits</x:xmpmeta>")
     report = write_sidecars(
@@ -120,6 +121,7 @@ def test_sidecars_only_for_photos_without_gps_and_never_clobber(tmp_path):
     assert not sidecar_path(located).exists()
     assert foreign_xmp.read_text() == "<x:xmpmeta>a photo manager's edits</x:xmpmeta>"
     assert {p.name for p, _ in report.skipped} == {"hasgps.jpg", "edited.jpg"}
+    assert "was not written by geoloc" in dict((p.name, r) for p, r in report.skipped)["edited.jpg"]
     # Our own sidecar is replaced on the next run.
     report = write_sidecars([_result(photo, lat=10.0, lon=20.0)])
     assert report.written == [sidecar_path(photo)]
@@ -128,16 +130,18 @@ def test_sidecars_only_for_photos_without_gps_and_never_clobber(tmp_path):
 
 
 def test_a_sidecar_that_cannot_be_written_is_reported_not_raised(tmp_path):
-    # The photo's folder has gone since it was located (a written-to folder that is read-only
-    # would do too, but tests run as root in CI).
+    # The photo's folder has gone since it was located: said so, and nothing is written for it
+    # (a written-to folder that is read-only would be "cannot write", but tests run as root in CI).
+    (tmp_path / "b.jpg").write_bytes(b"a photo")
     report = write_sidecars([_result(tmp_path / "gone" / "a.jpg"), _result(tmp_path / "b.jpg")])
     assert report.written == [tmp_path / "b.xmp"]
-    assert report.skipped[0][0].name == "a.jpg" and "cannot write" in report.skipped[0][1]
+    assert report.skipped[0][0].name == "a.jpg" and "no longer there" in report.skipped[0][1]
 
 
 @needs_exiftool
 def test_exiftool_reads_our_sidecar(tmp_path):
     photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"a photo")
     write_sidecars([_result(photo)])
     out = subprocess.run(
         [EXIFTOOL, "-j", "-n", "-GPSLatitude", "-GPSLongitude", "-GPSHPositioningError",

@@ -81,7 +81,7 @@ def touch(path: Path, data: bytes = b"x") -> Path:
 
 
 def test_suffixes_cover_the_issue_formats():
-    assert SUFFIXES == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif",
+    assert SUFFIXES == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".bmp",
                         ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
 
 
