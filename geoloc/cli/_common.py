@@ -76,9 +76,11 @@ def ray_config(engine: str, address: Optional[str], workers: Optional[int]):
 
 
 def resolve_db(db: Optional[Path]) -> Path:
+    """The database folder, absolute: every command then names it the same way in its messages
+    (`index` and `locate` said /home/me/nodb where `photos` and `check` said nodb)."""
     from geoloc.paths import default_db
 
-    return (db if db is not None else default_db()).expanduser()
+    return (db if db is not None else default_db()).expanduser().absolute()
 
 
 @functools.lru_cache(maxsize=1)
