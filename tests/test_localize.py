@@ -250,3 +250,37 @@ def test_result_warnings_come_from_the_estimate():
     assert body["estimate"]["confidence"] == "low"
     assert body["warnings"] == r.warnings and len(r.warnings) == 2
     assert LocateResult(Path("bad.jpg"), error="x").to_json()["warnings"] == []
+
+
+def test_the_weak_match_bar_needs_other_places_to_be_tested_against():
+    """A bar from same-place pairs alone is untested: on one short street (no photos 50 m apart)
+    there is none, and an unverified answer is then at most medium, not high for a cat."""
+    from geoloc.coverage import score_reference
+    from geoloc.geo import from_local_m
+
+    rng = np.random.default_rng(0)
+
+    class Exact:
+        def __init__(self, m):
+            self.m = m
+
+        def search(self, q, k):
+            s = q @ self.m.T
+            ids = np.argsort(-s, axis=1)[:, :k]
+            return np.take_along_axis(s, ids, axis=1), ids
+
+    def street(length_m: float, n: int):
+        latlon = np.array([from_local_m(e, 0.0, LAT0, LON0) for e in np.linspace(0, length_m, n)])
+        base = rng.normal(size=(n, 32)).astype(np.float32)
+        # neighbours along the street look alike: each descriptor mixes in the previous one
+        m = base.copy()
+        for i in range(1, n):
+            m[i] = 0.6 * m[i - 1] + 0.8 * base[i]
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        return m, latlon[:, 0], latlon[:, 1]
+
+    short, lats, lons = street(48.0, 9)  # every pair within 50 m
+    assert score_reference(Exact(short), short, lats, lons) is None
+    long_, lats, lons = street(300.0, 40)  # 7.7 m apart, far pairs score lower
+    bar = score_reference(Exact(long_), long_, lats, lons)
+    assert bar is not None and 0 < bar < 1
