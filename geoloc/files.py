@@ -9,6 +9,7 @@ is either the old one or the complete new one, and a hash is the same whoever co
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -77,8 +78,10 @@ def check_writable(target: Path | str, what: str = "") -> None:
     try:
         handle, probe = tempfile.mkstemp(prefix=".geoloc-probe-", dir=folder)
     except OSError as exc:
-        raise GeolocError(f"cannot write {name}: folder {display_path(folder)} is not writable "
-                          f"({exc.strerror or exc})") from None
+        # EROFS, ENOSPC, EDQUOT say why; under /proc or /sys the errno (ENOENT) would only confuse.
+        why = exc.strerror if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES) else None
+        raise GeolocError(f"cannot write {name}: folder {display_path(folder)} is not writable"
+                          + (f" ({why})" if why else ": no file can be created there")) from None
     os.close(handle)
     os.unlink(probe)
 

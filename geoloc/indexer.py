@@ -248,7 +248,7 @@ class _Run:
             return
         self.failed.add(exc.path)
         self.report.add_error(exc.path, exc.reason)
-        self.progress.warning(exc.path, exc.reason)
+        self.progress.warning(self.report.error_files[-1][0], exc.reason)  # absolute, as recorded
 
     def check_damage(self, database: Database) -> list[Path]:
         """Refuse a damaged database; with ``repair``, the photos to index again."""

@@ -79,11 +79,12 @@ def is_provisional(photos: Optional[int], config) -> bool:
 
 
 def provisional_note(photos: int, config) -> str:
-    """The line the run that fitted a provisional vocabulary prints."""
+    """The line the run that fitted a provisional vocabulary prints. The fit took every photo
+    it could read, so a refit right now would fit the same one: the line says when it pays."""
     return (f"the vocabulary was fitted on only {count(photos, 'photo')} "
             f"(a good one takes {min(config.provisional_vocabulary, config.vocabulary_photos)} or "
             f"more): geoloc fits it again, and indexes every photo again, once the database holds "
-            f"{REFIT_GROWTH * photos}; `geoloc index --refit` does it now")
+            f"{REFIT_GROWTH * photos}, or on `geoloc index --refit` once more photos are in")
 
 
 def plan(database: Database, to_index: Sequence[Path], config, message,

@@ -295,6 +295,16 @@ def test_a_missing_query_a_broken_link_and_an_empty_glob_each_answered_the_other
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert [w for w in warned if "typo.jpg" in w or "gone.jpg" in w or "nothing-" in w] and "Traceback" not in result.output
 
+    # An empty folder is answered for too; a link named twice (its folder, then itself) once.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(empty, queries / "12.jpg", tmp_path, tmp_path / "gone.jpg", "--db", db, "--json", "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [Path(o["query"]).name for o in out] == ["empty", "12.jpg", "gone.jpg"]
+    assert "no photos in this folder" in out[0]["error"]
+    assert result.stderr.count("gone.jpg") == 1
+
 
 def test_only_unreadable_queries_is_exit_1(lund, tmp_path):
     db, _, _, _ = lund

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
+from geoloc.formatting import count
 from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
 
 _TRAIN = "Training (the NetVLAD paper's defaults)"
@@ -113,7 +114,7 @@ def finetune(
 
     if paths:
         photos, unlocated = photos_from_paths(paths, on_error)
-        source = f"{len(paths)} path(s)"
+        source = count(len(paths), "path")
     else:
         db_path = resolve_db(db)
         photos, unlocated = photos_from_database(db_path, on_error)

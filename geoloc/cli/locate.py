@@ -282,23 +282,31 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
     glob matching nothing and every problem with a single file found along the way become error
     entries of their own, so that every query named is answered for and the others still run.
     """
-    from geoloc.errors import GeolocError
-    from geoloc.photos import discover, expand_globs
+    from geoloc.errors import GeolocError, PhotoError
+    from geoloc.photos import SUFFIXES, discover, expand_globs
 
     if not args:
         return []
     slots: list[tuple[str, object]] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # a file named twice (a folder and a glob over it) is answered once
 
     def failed(exc) -> None:
-        slots.append(("error", exc))
+        key = "error:" + os.path.abspath(exc.path)  # a broken link has no real path to resolve
+        if key not in seen:
+            seen.add(key)
+            slots.append(("error", exc))
 
     for arg in args:  # one at a time: the answers come in the order the queries were named
+        found = 0
         for path in discover(expand_globs([arg], on_unmatched=failed), on_error=failed, missing_ok=True):
+            found += 1
             key = os.path.realpath(path)
-            if key not in seen:  # a photo named twice (or by two globs) is answered once
+            if key not in seen:
                 seen.add(key)
                 slots.append(("path", path))
+        if not found and Path(arg).expanduser().is_dir() and not any(
+                kind == "error" and Path(exc.path).is_relative_to(Path(arg)) for kind, exc in slots):
+            failed(PhotoError(Path(arg), f"no photos in this folder (geoloc reads {', '.join(sorted(SUFFIXES))})"))
     if not slots:
         raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
     return slots

@@ -66,7 +66,7 @@ def undo_exif(
     if not report.complete:
         if not report.failed:
             left = len(report.changed) + len(report.missing)
-            console.info(f"this run is closed with {count(left, 'photo')} left as they are; "
+            console.info(f"this run is closed ({count(left, 'photo')} left unchanged); "
                          "`geoloc undo-exif` now goes on with the run before it")
         raise typer.Exit(1)
 
@@ -98,12 +98,15 @@ def _list(as_json: bool) -> None:
             console.warn(str(exc))
     if as_json:
         console.print_json([{"journal": json_path(i.path), "name": i.name, "created": i.created,
-                             "backend": i.backend, "photos": len(i.entries), "undone": i.undone} for i in runs])
+                             "backend": i.backend, "photos": len(i.entries), "undone": i.undone,
+                             "left_alone": i.left_alone} for i in runs])
         return
     if not runs:
         console.info("no `geoloc locate --write-exif` run has written into a photo")
         return
+    out = console.out_console()  # the listing is the command's result: stdout, as `geoloc photos`'s
     for i in runs:
-        state = ("undone" + (f" ({count(i.left_alone, 'photo')} left as they were)" if i.left_alone else "")
+        state = ("undone" + (f" ({count(i.left_alone, 'photo')} left unchanged)" if i.left_alone else "")
                  if i.undone else "can be undone")
-        console.info(f"{i.name}  {i.created}  {count(len(i.entries), 'photo')}  {i.backend}  {state}  ({display_path(i.path)})")
+        out.print(f"{i.name}  {i.created}  {count(len(i.entries), 'photo')}  {i.backend}  {state}  ({display_path(i.path)})",
+                  markup=False)

@@ -47,7 +47,7 @@ def expand_globs(args: Iterable[str | os.PathLike], on_unmatched: OnError | None
             matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not matches:
                 if on_unmatched is None:
-                    raise GeolocError(f"no file matches {text}")
+                    raise GeolocError(f"{text}: no file matches this pattern")
                 on_unmatched(PhotoError(Path(text), "no file matches this pattern"))
                 continue
             out.extend(Path(m) for m in matches)
