@@ -46,7 +46,6 @@ def test_a_broken_link_among_the_named_photos_is_one_error_and_the_rest_is_index
     assert f"warning: {photos / '02.jpg'}: broken symbolic link" in stderr  # the warnings name them so too
     _, stderr = run_index(str(tmp_path / "nothing-*.jpg"), "--db", tmp_path / "db", expect=1)
     assert "nothing-*.jpg: no file matches this pattern" in stderr  # as locate words it
-    assert "02.jpg" in stderr
     _, stderr = run_index(photos / "01.jpg", tmp_path / "typo.jpg", "--db", tmp_path / "db", expect=1)
     assert "typo.jpg: no such file or folder" in stderr
 
