@@ -138,6 +138,23 @@ def test_a_sidecar_that_cannot_be_written_is_reported_not_raised(tmp_path):
     assert report.skipped[0][0].name == "a.jpg" and "no longer there" in report.skipped[0][1]
 
 
+def test_a_sidecar_write_that_fails_is_reported_not_raised(tmp_path, monkeypatch):
+    """A full disk (or a read-only folder, which root would not see) while writing: one
+    reason naming the sidecar and the OS's word for it; the run goes on."""
+    import errno
+
+    from geoloc import export
+
+    def full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "c.jpg").write_bytes(b"a photo")
+    monkeypatch.setattr(export, "atomic_write", full)
+    report = write_sidecars([_result(tmp_path / "c.jpg")])
+    assert report.written == []
+    assert report.skipped == [(tmp_path / "c.jpg", f"cannot write {tmp_path / 'c.xmp'}: No space left on device")]
+
+
 @needs_exiftool
 def test_exiftool_reads_our_sidecar(tmp_path):
     photo = tmp_path / "p.jpg"

@@ -308,7 +308,7 @@ def test_bad_model_files_are_one_line_errors(tmp_path):
         load_model(junk)
     photo = tmp_path / "IMG_0001.jpg"  # a photo given as --model: said so, not a torch.load code
     photo.write_bytes(b"\xff\xd8\xff\xe0 a photo")
-    with pytest.raises(ModelError, match=r"IMG_0001.jpg: not a model file: .*\.safetensors"):
+    with pytest.raises(ModelError, match=r"IMG_0001.jpg: a photo, not a model file: .*\.safetensors"):
         load_model(photo)
     from safetensors.torch import save_file
 

@@ -297,16 +297,16 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
             slots.append(("error", exc))
 
     for arg in args:  # one at a time: the answers come in the order the queries were named
-        found = 0
+        start, found = len(slots), 0
         for path in discover(expand_globs([arg], on_unmatched=failed), on_error=failed, missing_ok=True):
             found += 1
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 slots.append(("path", path))
-        if not found and Path(arg).expanduser().is_dir() and not any(
-                kind == "error" and Path(exc.path).is_relative_to(Path(arg)) for kind, exc in slots):
-            failed(PhotoError(Path(arg), f"no photos in this folder (geoloc reads {', '.join(sorted(SUFFIXES))})"))
+        if not found and len(slots) == start:  # this query found nothing and said nothing yet
+            where = "in this folder" if Path(arg).expanduser().is_dir() else "where this pattern points"
+            failed(PhotoError(Path(arg), f"no photos {where} (geoloc reads {', '.join(sorted(SUFFIXES))})"))
     if not slots:
         raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
     return slots

@@ -309,9 +309,11 @@ def resolve_model(spec: str | Path) -> tuple[ModelEntry | None, Path | None]:
         raise ModelError(f"{path}: is a folder, not a model file")
     if not path.is_file():
         raise ModelError(f"{path}: not a regular file (a device or a pipe?); give a model file")
-    if path.suffix.lower() not in _CHECKPOINT_SUFFIXES:  # a photo given as --model, say
-        raise ModelError(f"{path}: not a model file: give a registry name (`geoloc models`) or a "
-                         f"file ending in {', '.join(_CHECKPOINT_SUFFIXES)}")
+    from geoloc.photos import is_photo_name
+
+    if is_photo_name(path):  # other names are read by their content (a .mat saved without its suffix)
+        raise ModelError(f"{path}: a photo, not a model file: give a registry name (`geoloc models`) "
+                         f"or a model file ({', '.join(_CHECKPOINT_SUFFIXES)})")
     return None, path
 
 
