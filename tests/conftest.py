@@ -109,3 +109,27 @@ def tiny_db(tmp_path_factory, tiny_model, lund_dir) -> Path:
                           IndexConfig(model=tiny_model, device="cpu"))
     assert (report.located, report.errors) == (15, 0)
     return db
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread, here and in the geoloc processes a test starts (OMP_NUM_THREADS=1).
+
+    For tests that compare descriptors of separate runs to 1e-5: on the CPU the extractor moves
+    torch between the cores the decoding threads leave and all of them as it measures which is
+    faster (geoloc.models.runtime.CoreShare), and when depends on the machine's load. Another
+    thread count sums in another order (3.7e-5 on a local feature), which NetVLAD's
+    intra-normalisation can blow up in a cluster holding almost nothing. One thread leaves the
+    extractor no choice, so two runs compute every descriptor alike however busy CI is.
+    """
+    import torch
+
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

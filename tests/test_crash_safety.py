@@ -20,7 +20,7 @@ from geoloc.cli import app
 from geoloc.database import Database
 from dbprobe import committed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 ARGS = ["--model", "lite0-vlad", "--max-side", "224", "--batch-size", "2", "--workers", "1",
         "--vocabulary-photos", "6"]
@@ -47,7 +47,7 @@ def _by_name(db: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def clean(lund_dir, tmp_path_factory):
+def clean(one_thread, lund_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("clean")
     photos = _copy(lund_dir, root / "photos")
     _index_cli(photos, root / "db")
@@ -57,8 +57,9 @@ def clean(lund_dir, tmp_path_factory):
 def _start(photos: Path, db: Path) -> subprocess.Popen:
     import torch
 
-    # The same thread count as the in-process runs: float sums in another order would move the
-    # fitted vocabulary (and so the descriptors) by more than the 1e-5 compared below.
+    # The same thread count as the in-process runs (one: see the one_thread fixture): float sums
+    # in another order would move the fitted vocabulary (and so the descriptors) by more than
+    # the 1e-5 compared below.
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [sys.executable, "-m", "geoloc", "index", str(photos), "--db", str(db), "--quiet", *ARGS],

@@ -74,7 +74,7 @@ def _counts(report: dict) -> tuple:
     return tuple(report[k] for k in ("total", "located", "unlocated", "indexed", "errors"))
 
 
-def test_ray_gives_the_database_a_local_run_gives(ray_cluster, tiny_model, lund_dir, tmp_path):
+def test_ray_gives_the_database_a_local_run_gives(one_thread, ray_cluster, tiny_model, lund_dir, tmp_path):
     """Odd lund frames (and a broken file) indexed locally and on Ray: same counts, same
     descriptors to 1e-5, same `locate` answers for the even frames."""
     photos = tmp_path / "photos"
@@ -103,7 +103,7 @@ def test_ray_gives_the_database_a_local_run_gives(ray_cluster, tiny_model, lund_
 
 
 @pytest.mark.slow
-def test_a_killed_ray_driver_resumes_where_it_stopped(ray_cluster, lund_dir, tmp_path):
+def test_a_killed_ray_driver_resumes_where_it_stopped(one_thread, ray_cluster, lund_dir, tmp_path):
     """kill -9 the driver once batches from the cluster are committed; the re-run keeps them,
     does only the rest, and the database equals an uninterrupted local run."""
     import torch
