@@ -156,8 +156,8 @@ def query_extractor(model: GeolocModel, database: Database, *, batch_size: int |
                             workers=workers, hash_files=False, precision=precision)
 
 
-def model_file_problem(database) -> str | None:
-    """What makes the model file a database was built with unusable now, or None.
+def model_file_problem(manifest: dict) -> str | None:
+    """What makes the model file a database (its ``manifest``) was built with unusable now, or None.
 
     ``geoloc locate`` would refuse such a database with "weights have changed" after loading
     the model; ``geoloc check`` says it first, from the file's hash alone (no torch). A
@@ -168,13 +168,13 @@ def model_file_problem(database) -> str | None:
 
     from geoloc.files import sha256_file_cached
 
-    path = Path(str(database.manifest.get("model", "")))
+    path = Path(str(manifest.get("model", "")))
     if not path.is_absolute() or path.suffix.lower() != ".safetensors":
         return None
     if not path.is_file():
         return (f"its model file {display_path(path)} is gone: no query can be described with the "
                 "database's model; put the file back")
-    expected = database.manifest.get("model_weights_hash")
+    expected = manifest.get("model_weights_hash")
     if expected and sha256_file_cached(path) != expected:
         return (f"its model file {display_path(path)} now holds other weights than the database was "
                 "built with (overwritten by a later `geoloc finetune --out`?); put the original back, "

@@ -187,6 +187,16 @@ class UndoReport:
     def complete(self) -> bool:
         return not (self.changed or self.missing or self.failed)
 
+    @property
+    def left_alone(self) -> int:
+        """Photos that will not come back as geoloc wrote them (edited or gone since)."""
+        return len(self.changed) + len(self.missing)
+
+    @property
+    def closed(self) -> bool:
+        """Nothing is left worth retrying: the run counts as undone, the next undo goes on."""
+        return not self.failed
+
 
 def latest_journal() -> Path:
     """The newest journal not yet undone in full (what ``geoloc undo-exif`` undoes by default)."""
@@ -239,9 +249,8 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
             advance(1)
         # Edited or gone photos will not come back as geoloc wrote them: once nothing else is
         # left to retry, the run is closed and the next undo goes on with the run before it.
-        if not report.failed:
-            left = len(report.changed) + len(report.missing)
-            journal.append({"op": "undone", **({"left_alone": left} if left else {})})
+        if report.closed:
+            journal.append({"op": "undone", **({"left_alone": report.left_alone} if report.left_alone else {})})
     return report
 
 

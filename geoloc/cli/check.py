@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -39,11 +38,9 @@ def check(
         raise DatabaseError(f"no geoloc database at {display_path(path)} (run `geoloc index` first)")
     report = run_check(path)
     others = len(report.problems)
-    with contextlib.suppress(DatabaseError):  # damage is the report's already
-        with Database.open(path, allow_damage=True) as database:
-            model = model_file_problem(database)
-            if model:
-                report.problems.append(model)
+    model = model_file_problem(report.manifest)
+    if model:
+        report.problems.append(model)
     if as_json:
         console.print_json(report.to_json())
     where = f"database {display_path(report.db)}"

@@ -282,7 +282,7 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
     glob matching nothing and every problem with a single file found along the way become error
     entries of their own, so that every query named is answered for and the others still run.
     """
-    from geoloc.errors import GeolocError, PhotoError
+    from geoloc.errors import PhotoError
     from geoloc.photos import SUFFIXES, discover, expand_globs
 
     if not args:
@@ -307,9 +307,7 @@ def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
         if not found and len(slots) == start:  # this query found nothing and said nothing yet
             where = "in this folder" if Path(arg).expanduser().is_dir() else "where this pattern points"
             failed(PhotoError(Path(arg), f"no photos {where} (geoloc reads {', '.join(sorted(SUFFIXES))})"))
-    if not slots:
-        raise GeolocError("no photos found in " + ", ".join(os.fspath(a) for a in args))
-    return slots
+    return slots  # never empty: every query leaves a photo or its own error
 
 
 _CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}

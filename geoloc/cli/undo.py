@@ -64,9 +64,8 @@ def undo_exif(
     extra = f", {len(report.already)} already as they were" if report.already else ""
     console.info(f"GPS put back in {count(n, 'photo')}{extra} (journal {display_path(path)})")
     if not report.complete:
-        if not report.failed:
-            left = len(report.changed) + len(report.missing)
-            console.info(f"this run is closed ({count(left, 'photo')} left unchanged); "
+        if report.closed:
+            console.info(f"this run is closed ({count(report.left_alone, 'photo')} left unchanged); "
                          "`geoloc undo-exif` now goes on with the run before it")
         raise typer.Exit(1)
 

@@ -20,6 +20,9 @@ class CheckReport:
     verified: int = 0  # descriptors checked against their checksum
     unreferenced: int = 0  # rows no photo refers to (dead rows)
     checksums: bool = True  # False for a geoloc 0.1.0 database, which stored none
+    #: The manifest as opened (empty when the database would not open), for checks made above
+    #: this layer (the model file: :func:`geoloc.database_model.model_file_problem`).
+    manifest: dict = field(default_factory=dict, repr=False)
 
     @property
     def sound(self) -> bool:
@@ -41,6 +44,7 @@ def check(db: Path) -> CheckReport:
         report.problems.extend(exc.problems)
         return report
     with database:
+        report.manifest = dict(database.manifest)
         report.problems.extend(database.structural_problems())
         verdicts = [row[0] for row in database.conn.fetch_all("PRAGMA integrity_check(20)")]
         if verdicts != ["ok"]:
