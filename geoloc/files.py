@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -56,19 +57,90 @@ def json_path(path: Path | str) -> str:
     return os.fspath(path)
 
 
+#: What an output path names, by what geoloc does with it: ``"stdout"`` (``-``), ``"stream"`` (a
+#: FIFO or a character device: written into as it is, never replaced), ``"file"`` (a regular file,
+#: or none yet: replaced whole through a temporary file beside it, following symbolic links).
+STDOUT, STREAM, FILE = "stdout", "stream", "file"
+
+
+def output_kind(target: Path | str, what: str = "") -> str:
+    """How an output is written to ``target`` (see :data:`STDOUT`), or :class:`GeolocError` for
+    what geoloc must not replace: a folder, a block device, a socket.
+
+    Replacing is how a file is written all or nothing, and it is exactly wrong for anything but
+    a file: renamed over ``/dev/null``, it would turn the machine's null device into a map.
+    """
+    from geoloc.errors import GeolocError
+
+    if os.fspath(target) == "-" or _fd_alias(target) == 1:
+        return STDOUT
+    if _fd_alias(target) is not None:
+        return STREAM
+    name = f"{what} {display_path(target)}" if what else display_path(target)
+    try:
+        mode = os.stat(target).st_mode  # through symbolic links: what the name leads to
+    except FileNotFoundError:
+        return FILE
+    except OSError as exc:
+        raise GeolocError(f"cannot write {name}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return FILE
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return STREAM
+    if stat.S_ISDIR(mode):
+        raise GeolocError(f"cannot write {name}: it is a folder")
+    kind = "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file"
+    raise GeolocError(f"cannot write {name}: it is {kind}; geoloc writes to files, FIFOs, "
+                      "character devices and - (standard output)")
+
+
+_FD_ALIAS = re.compile(r"^/(?:dev/(?P<std>stdin|stdout|stderr)|dev/fd/(?P<n>\d+)|proc/self/fd/(?P<m>\d+))$")
+
+
+def _fd_alias(target: Path | str) -> int | None:
+    """The descriptor that ``/dev/stdout``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names. Such a
+    name is the process's own open file: written through that descriptor, so a ``>> log``
+    is appended to, never replaced (the file behind the link may be anything)."""
+    match = _FD_ALIAS.match(os.path.abspath(os.fspath(target)))
+    if match is None:
+        return None
+    if match["std"]:
+        return ("stdin", "stdout", "stderr").index(match["std"])
+    return int(match["n"] or match["m"])
+
+
+def file_target(target: Path | str) -> Path:
+    """The file a write to ``target`` replaces: a symbolic link is followed (on purpose, as a
+    shell's ``>`` does), so the link stays a link and the file it points to gets the content."""
+    target = Path(target).expanduser()
+    return Path(os.path.realpath(target)) if os.path.islink(target) else target
+
+
 def check_writable(target: Path | str, what: str = "") -> None:
     """Refuse, before any work, an output file that cannot be written where asked.
 
     An hour of extraction should not end in "folder does not exist". ``what`` names the file
-    in the message ("map" → "cannot write map out.html: …").
+    in the message ("map" → "cannot write map out.html: …"). ``-``, FIFOs and character devices
+    are written as streams (:func:`output_kind`): only their permission is checked.
     """
     from geoloc.errors import GeolocError
 
-    target = Path(target).expanduser()
-    folder = target.parent if str(target.parent) else Path(".")
     name = f"{what} {display_path(target)}" if what else display_path(target)
-    if target.is_dir():
-        raise GeolocError(f"cannot write {name}: it is a folder")
+    kind = output_kind(Path(target).expanduser() if os.fspath(target) != "-" else target, what)
+    if kind == STDOUT:
+        return
+    if kind == STREAM:
+        alias = _fd_alias(target)
+        if alias is not None:
+            try:
+                os.fstat(alias)
+            except OSError:
+                raise GeolocError(f"cannot write {name}: descriptor {alias} is not open") from None
+        elif not os.access(target, os.W_OK):
+            raise GeolocError(f"cannot write {name}: permission denied")
+        return
+    target = file_target(target)
+    folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise GeolocError(f"cannot write {name}: folder {display_path(folder)} does not exist")
     if not os.access(folder, os.W_OK):
@@ -101,24 +173,44 @@ def fsync_dir(path: Path | str) -> None:
 
 
 @contextlib.contextmanager
-def replacing(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
-    """A temporary path beside ``target``; once the block succeeds it replaces ``target``.
+def replacing(target: Path | str, *, durable: bool = True, streams: bool = False) -> Iterator[Path]:
+    """A temporary path; once the block succeeds its content goes to ``target``.
 
     Write the new content to the yielded path (by name: safetensors, faiss and numpy writers
-    want one). On success the file gets ordinary permissions (the umask decides, not
-    ``mkstemp``'s 0600), is fsynced when ``durable``, and is renamed over ``target`` in one
-    step, so readers see the old file or the whole new one, never half of one. On any failure,
-    Ctrl-C included, the temporary file is removed and ``target`` is left as it was.
+    want one). What happens then depends on what ``target`` is (:func:`output_kind`):
+
+    - a file, or none yet: the temporary file sits beside it (a short name, ``.geoloc-….tmp``,
+      so that a long file name still fits), is fsynced when ``durable``, takes the mode (and,
+      where allowed, the owner) of the file it replaces, or ordinary permissions for a new one
+      (the umask decides, not ``mkstemp``'s 0600), and is renamed over ``target`` in one step:
+      readers see the old file or the whole new one, never half of one. A symbolic link is
+      followed: the file it points to is replaced and the link stays.
+    - ``-``, a FIFO or a character device (``/dev/stdout``, ``/dev/null``): with ``streams``
+      (an output the user named), the content is written into it as a stream, and the device
+      stays what it was; without (a file geoloc keeps, a sidecar), refused.
+    - a folder, a block device or a socket: refused (:class:`GeolocError`) before anything is written.
+
+    On any failure, Ctrl-C included, the temporary file is removed and ``target`` is left as it was.
     """
-    target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    kind = output_kind(target)
+    if kind != FILE and not streams:
+        from geoloc.errors import GeolocError
+
+        raise GeolocError(f"cannot write {display_path(target)}: it is not a file (a device, a FIFO or "
+                          "standard output), and geoloc replaces only files there")
+    if kind != FILE:
+        with tempfile.TemporaryDirectory(prefix="geoloc-") as scratch:
+            tmp = Path(scratch) / "output"
+            yield tmp
+            _stream(tmp, target, kind)
+        return
+    target = file_target(target)
+    fd, name = tempfile.mkstemp(prefix=".geoloc-", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        _take_mode(tmp, target)
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -130,10 +222,53 @@ def replacing(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
         fsync_dir(target.parent)
 
 
-def atomic_write(target: Path | str, data: bytes | str, *, durable: bool = True) -> None:
-    """Write ``data`` (text as UTF-8 with ``\\n`` line ends) to ``target`` all or nothing."""
+def _take_mode(tmp: Path, target: Path) -> None:
+    """The replacement keeps what the user set on the file it replaces (its mode, and its owner
+    and group where this process may set them); a new file gets what the umask gives."""
+    try:
+        st = os.stat(target)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        return
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    try:
+        if hasattr(os, "chown"):
+            os.chown(tmp, st.st_uid, st.st_gid)
+    except OSError:  # not root: the file is ours, as it would be after any editor's save
+        pass
+
+
+def _stream(source: Path, target: Path | str, kind: str) -> None:
+    import shutil
+    import sys
+
+    with open(source, "rb") as src:
+        if kind == STDOUT:
+            sys.stdout.flush()
+            out = getattr(sys.stdout, "buffer", None)
+            if out is None:  # a text-only stdout (a test runner's): decode as the writer encoded
+                sys.stdout.write(src.read().decode("utf-8", "surrogateescape"))
+                sys.stdout.flush()
+                return
+            shutil.copyfileobj(src, out)
+            out.flush()
+            return
+        alias = _fd_alias(target)
+        if alias is not None:
+            fd = os.dup(alias)
+        else:  # O_WRONLY without O_CREAT or O_TRUNC: it exists, and a device is not a file to cut.
+            fd = os.open(target, os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def atomic_write(target: Path | str, data: bytes | str, *, durable: bool = True, streams: bool = False) -> None:
+    """Write ``data`` (text as UTF-8 with ``\\n`` line ends) to ``target`` all or nothing
+    (:func:`replacing`)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with replacing(target, durable=durable) as tmp:
+    with replacing(target, durable=durable, streams=streams) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(payload)
 

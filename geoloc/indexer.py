@@ -250,6 +250,23 @@ class _Run:
         self.report.add_error(exc.path, exc.reason)
         self.progress.warning(self.report.error_files[-1][0], exc.reason)  # absolute, as recorded
 
+    def finite_only(self, items, descriptors, stored):
+        """A descriptor with a NaN or an infinity matches nothing and would poison every search
+        it is in: such a photo is an error of this run, never a stored row."""
+        import numpy as np
+
+        values = np.asarray(descriptors)
+        finite = np.isfinite(values.reshape(len(items), -1)).all(axis=1) if len(items) else np.ones(0, bool)
+        if finite.all():
+            return items, descriptors, stored
+        for item, ok in zip(items, finite):
+            if not ok:
+                self.on_error(PhotoError(item.path, "the model gave a descriptor that is not finite (NaN or "
+                                                    "infinity): the model file is unusable for this photo"))
+        keep = [i for i, ok in enumerate(finite) if ok]
+        return ([items[i] for i in keep], descriptors[keep],
+                [stored[i] for i in keep] if stored is not None else None)
+
     def check_damage(self, database: Database) -> list[Path]:
         """Refuse a damaged database; with ``repair``, the photos to index again."""
         if not self.config.repair:
@@ -292,6 +309,9 @@ class _Run:
             commit(items, descriptors, stored)
 
         def commit(items, descriptors, stored=None) -> None:
+            items, descriptors, stored = self.finite_only(items, descriptors, stored)
+            if not items:
+                return
             database.add_batch([record_of(item) for item in items], descriptors, stored)
             self.report.indexed += len(items)
             self.progress.advance(len(items))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from geoloc.files import atomic_write, display_path
+from geoloc.files import atomic_write, check_writable, display_path
 from geoloc.formatting import format_distance
 from geoloc.errors import GeolocError
 from geoloc.mappage import (
@@ -300,15 +300,11 @@ def save_map(results: Iterable[LocateResult], path: Path, config: MapConfig | No
     ``--relative-paths`` is ``MapConfig(relative_to=path.parent)``: a map shared with the photos
     beside it names them wherever the whole folder is copied.
     """
-    path = Path(path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise GeolocError(f"cannot write map {display_path(path)}: folder {display_path(folder)} does not exist")
-    if path.is_dir():
-        raise GeolocError(f"cannot write map {display_path(path)}: it is a folder")
+    path = Path(path).expanduser() if str(path) != "-" else Path("-")
+    check_writable(path, "map")  # a folder, a block device, a missing folder: refused
     page = build_map(results, config).get_root().render()
     try:
-        atomic_write(path, page)
+        atomic_write(path, page, streams=True)  # -, /dev/null, a FIFO: written into, not replaced
     except OSError as exc:
         raise GeolocError(f"cannot write map {display_path(path)}: {exc.strerror or exc}") from None
     return path

@@ -19,6 +19,7 @@ and says which.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from typing import Callable, Optional, Sequence
 
 from geoloc.formatting import count
 from geoloc.database import Database
-from geoloc.database import swap
+from geoloc.database import layout, swap
 from geoloc.database_model import max_side_of
 from geoloc.errors import GeolocError, RunInterrupted
 from geoloc.files import display_path
@@ -114,6 +115,12 @@ def plan(database: Database, to_index: Sequence[Path], config, message,
         reason = "grown"
     else:
         return None
+    blocked = swap.obstacle(database.path) or _short_of_room(database)
+    if blocked is not None:
+        if config.refit:
+            raise GeolocError(f"--refit: cannot fit the vocabulary of {where} again: {blocked}")
+        message(f"the vocabulary of {where} is due to be fitted again on more photos, but {blocked}")
+        return None
     failed = swap.failed_swap(swap.building(database.path))
     if failed is not None:
         if not config.refit:
@@ -142,12 +149,52 @@ def build(database: Database, refit: RefitPlan, config, progress, index_photos):
 
     target = swap.building(database.path)
     if target.exists() and not _resumable(target, database, refit):
-        shutil.rmtree(target)
+        left = swap.remove_own(target)  # plan() made sure the folder is geoloc's
+        if left:
+            raise GeolocError(f"{display_path(target)} holds files geoloc did not write ({display_path(left[0])}"
+                              f"{' and more' if len(left) > 1 else ''}); move them out to let the refit go ahead")
+    swap.start_building(target)
     sub = replace(config, model=database.manifest["model"], max_side=max_side_of(database), refit=False,
                   prune=False, repair=False, maps=bool(database.manifest.get("maps")))
     report = index_photos(refit.photos, target, sub, Prefixed(progress, "Vocabulary refit: "))
     lost = [(p, reason) for p, reason in report.error_files if p in refit.stored]
     return report, lost
+
+
+def _is_full_disk(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def full_disk_hint(db: Path, exc: BaseException) -> Optional[str]:
+    """For a run stopped by a full disk: the unfinished refit copy beside the database (left by
+    a kill, say), which is only taking room, named with what to delete; None when there is none."""
+    folder = swap.building(db)
+    if not _is_full_disk(exc) or not swap.is_ours_building(folder):
+        return None
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return (f"an unfinished vocabulary refit in {display_path(folder)} takes {size / 1e6:,.1f} MB: delete that "
+            f"folder to make room ({display_path(db)} does not need it; a later refit starts it again)")
+
+
+def _short_of_room(database: Database) -> Optional[str]:
+    """A refit writes a second copy of the database before the first goes: without room for it,
+    it would stop half-way, its partial copy taking the room every later run needs."""
+    need = sum(f.stat().st_size for f in Path(database.path).iterdir()
+               if f.is_file() and f.name in _COPIED)
+    try:
+        free = shutil.disk_usage(swap.real(database.path).parent).free
+    except OSError:
+        return None
+    if free >= need * 1.1 + (16 << 20):
+        return None
+    return (f"it needs about {need / 1e6:,.0f} MB free for a second copy of the database while it runs, "
+            f"and {free / 1e6:,.0f} MB are free; make room and run `geoloc index --refit`")
+
+
+#: The files a rebuilt database holds as many bytes of as the old one.
+_COPIED = (layout.DESCRIPTORS, layout.ROWS, layout.MAPS, layout.SQLITE)
 
 
 def _resumable(target: Path, database: Database, refit: RefitPlan) -> bool:
@@ -171,7 +218,7 @@ def finish_pending_swap(db: Path) -> None:
     this run reads the old one (under the old one's lock; a writer holding it finishes it)."""
     from geoloc.database.lock import WriteLock
 
-    if not (swap.retired(db).is_dir() or swap.is_complete(swap.building(db))) or not Database.exists(db):
+    if not (swap.is_ours_retired(swap.retired(db)) or swap.is_complete(swap.building(db))) or not Database.exists(db):
         return
     lock = WriteLock(db)
     lock.acquire()
@@ -200,6 +247,10 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
             "and what the refit computed is kept; run the same command again to continue") from None
     except (GeolocError, OSError) as exc:  # a full disk (a refit needs room for a second copy), …
         reason = getattr(exc, "strerror", None) or str(exc)
+        if _is_full_disk(exc):
+            # A partial copy that cannot be finished only takes the room every later run needs.
+            swap.remove_own(swap.building(database.path))
+            reason += f" (the refit's partial copy in {display_path(swap.building(database.path))} was removed)"
         run.progress.message(f"the vocabulary of {where} was not fitted again: {reason}; this run "
                              "goes on with the vocabulary it has, and the next run tries again")
         return False
@@ -216,7 +267,7 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
     swap.mark_complete(swap.building(database.path))
     lock = database.close_keeping_lock()
     try:
-        swap.swap(database.path)
+        stayed = swap.swap(database.path)
     except OSError as exc:
         swap.unmark(swap.building(database.path), exc.strerror or str(exc))
         raise GeolocError(
@@ -227,6 +278,10 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
     finally:
         if lock is not None:
             lock.release()
+    if stayed:
+        run.progress.message(
+            f"{count(len(stayed), 'file')} of yours could not go back into {where}, where the same name is now "
+            f"taken (e.g. {display_path(stayed[0])}): kept in {display_path(swap.retired(database.path))}")
     fresh = set(to_index) - {p for p, _ in new.error_files}
     report.indexed = len(fresh)
     report.unchanged = new.total - len(fresh)

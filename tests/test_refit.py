@@ -134,6 +134,7 @@ def test_a_refit_cut_between_its_renames_is_finished_by_whoever_comes_next(tmp_p
 
     index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
     swap.mark_complete(swap.building(db))
+    (db / swap.RETIRED).write_text("geoloc\n")  # step 2: marked, then renamed away
     os.rename(db, swap.retired(db))
 
     listed = runner.invoke(app, ["photos", "--db", str(db), "--json"])  # a reader settles it
@@ -217,3 +218,151 @@ def test_a_refit_that_cannot_be_built_lets_the_run_go_on(tmp_path, photos, tiny_
     assert code == 0, err
     assert "was not fitted again" in err and "No space left on device" in err
     assert (data["vocabulary"], data["total"], data["indexed"]) == ("stored", 12, 10)
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refit_keeps_every_file_of_the_users_in_the_database_folder(tmp_path, photos, tiny_model):
+    """A refit replaces geoloc's own files only: notes, a map saved there and photos kept (and
+    indexed) there are where they were, byte for byte, and the database still finds its photos."""
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    (db / "notes.txt").write_text("my notes\n")
+    (db / "where.html").write_text("<html>a map</html>")
+    (db / "pics").mkdir()
+    for i in (3, 4, 5, 6, 7, 8, 9):
+        shutil.move(photos / f"{i:02d}.jpg", db / "pics" / f"{i:02d}.jpg")
+    (db / "pics" / "sub").mkdir()
+    shutil.move(photos / "10.jpg", db / "pics" / "sub" / "10.jpg")
+    mine = {name: data for name, data in _listing(db).items() if name in ("notes.txt", "where.html")
+            or name.startswith("pics")}
+    code, data, err = _index(str(photos), str(db / "pics"), "--db", str(db))  # 12 photos ≥ 4 × 2: refit
+    assert code == 0, err
+    assert data["vocabulary"] == "refitted" and data["total"] == 12
+    after = _listing(db)
+    for name, content in mine.items():
+        assert after.get(name) == content, name
+    assert not swap.building(db).exists() and not swap.retired(db).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "photos"]
+    assert runner.invoke(app, ["check", "--db", str(db)]).exit_code == 0
+    with Database.open(db) as database:
+        assert all(r.path.is_file() for r in database.iter_photos())
+    code, data, err = _index(str(photos), str(db / "pics"), "--db", str(db), "--refit")  # and again
+    assert code == 0, err
+    assert {n: c for n, c in _listing(db).items() if n in mine} == mine
+
+
+def test_a_refit_cut_before_it_gave_the_users_files_back_finishes_it(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    (db / "notes.txt").write_text("my notes\n")
+    from geoloc.indexer import IndexConfig, index_photos
+
+    swap.start_building(swap.building(db))
+    index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
+    swap.mark_complete(swap.building(db))
+    (db / swap.RETIRED).write_text("geoloc\n")
+    os.rename(db, swap.retired(db))  # killed here: the user's notes are in .db.old
+    os.rename(swap.building(db), db)
+    listed = runner.invoke(app, ["photos", "--db", str(db), "--json"])  # a reader gives them back
+    assert listed.exit_code == 0, listed.stderr
+    assert (db / "notes.txt").read_text() == "my notes\n"
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert not swap.retired(db).exists() and (db / "notes.txt").read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("which", ["retired", "building"])
+def test_a_folder_of_the_users_named_like_a_refits_is_left_alone(tmp_path, photos, tiny_model, which):
+    """``.db.old`` or ``.db.refit`` made by the user is neither removed, emptied nor moved into
+    place; a due refit waits and says what is in the way; --refit is an error naming it."""
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    theirs = swap.retired(db) if which == "retired" else swap.building(db)
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine\n")
+    (theirs / "manifest.json").write_text("{}")  # even a name of geoloc's inside it
+    before = _listing(theirs)
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert data["vocabulary"] == "stored" and data["total"] == 12
+    assert "is in the way" in err and theirs.name in err
+    assert _listing(theirs) == before
+    code, _, err = _index(str(photos), "--db", str(db), "--refit")
+    assert code == 1 and "is in the way" in err and "Traceback" not in err
+    assert _listing(theirs) == before
+    listed = runner.invoke(app, ["photos", "--db", str(db), "--json"])
+    assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == 12
+    assert _listing(theirs) == before
+    shutil.rmtree(theirs)
+    code, data, err = _index(str(photos), "--db", str(db), "--refit")
+    assert code == 0, err and data["vocabulary"] == "refitted"
+
+
+def test_a_users_folder_named_like_an_old_database_is_not_moved_into_place(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    theirs = swap.retired(db)
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("mine\n")
+    code, data, err = _index(str(photos / "01.jpg"), "--db", str(db), "--model", tiny_model)
+    assert code == 0, err
+    assert (theirs / "keep.txt").read_text() == "mine\n" and (db / "manifest.json").is_file()
+
+
+def test_a_refit_that_fills_the_disk_removes_its_partial_copy(tmp_path, photos, tiny_model, monkeypatch):
+    """A refit stopped by a full disk leaves no partial copy taking the room every later run needs."""
+    from geoloc import refit
+
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    real_add = Database.add_batch
+
+    def full_disk(self, *args, **kwargs):
+        if self.path == swap.building(db).absolute():
+            raise OSError(28, "No space left on device")
+        return real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "add_batch", full_disk)
+    code, data, err = _index(str(photos), "--db", str(db), "--batch-size", "2")
+    assert code == 0, err
+    assert "No space left on device" in err and "partial copy" in err and "removed" in err
+    assert not swap.building(db).exists()
+    assert (data["vocabulary"], data["total"]) == ("stored", 12)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db", "photos"]
+
+
+def test_a_refit_waits_without_room_for_a_second_copy(tmp_path, photos, tiny_model, monkeypatch):
+    from collections import namedtuple
+
+    from geoloc import refit
+
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(refit.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 1000))
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert "MB free for a second copy" in err and data["vocabulary"] == "stored"
+    assert not swap.building(db).exists()
+
+
+def test_a_full_disk_names_an_unfinished_refit_left_by_a_kill(tmp_path, photos, tiny_model, monkeypatch):
+
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    from geoloc.indexer import IndexConfig, index_photos
+
+    swap.start_building(swap.building(db))  # a refit killed half-way
+    index_photos(sorted(photos.iterdir())[:5], swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Database, "add_batch", full_disk)
+    code, _, err = _index(str(photos / "03.jpg"), "--db", str(db), "--vocabulary-photos", "2")
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0]
+    assert ".db.refit" in lines[0] and "delete that folder" in lines[0] and "Traceback" not in err

@@ -80,7 +80,7 @@ def index(
     from geoloc.console import RichProgress
     from geoloc.indexer import IndexConfig, index_photos
 
-    from geoloc.errors import UsageError
+    from geoloc.errors import GeolocError, UsageError
 
     if not paths and not (repair or refit):
         raise UsageError("give at least one PATH (a photo, a folder or a glob) to index")
@@ -93,6 +93,13 @@ def index(
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
         report = index_photos(paths or [], resolve_db(db), config, progress)
+    except (GeolocError, OSError) as exc:
+        from geoloc.refit import full_disk_hint
+
+        hint = full_disk_hint(resolve_db(db), exc)
+        if hint is None:
+            raise
+        raise GeolocError(f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; {hint}") from None
     finally:
         progress.close()
     if not quiet:

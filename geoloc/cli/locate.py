@@ -88,6 +88,9 @@ def locate_command(
     from geoloc.errors import GeolocError, UsageError
 
     fmt = one_format(json=as_json, csv=as_csv, geojson=as_geojson, gpx=as_gpx)
+    map_on_stdout = map_file is not None and _writes_stdout(map_file)
+    if map_on_stdout and fmt is not None:
+        raise UsageError(f"--map {map_file} and --{fmt} would both go to stdout: write the map to a file")
     from geoloc.estimate import CONFIDENCE_LEVELS
     from geoloc.export import SIDECAR_NAMINGS
 
@@ -124,7 +127,8 @@ def locate_command(
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     _report_warnings(results, verbose)
-    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose)
+    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose,
+                   tables_to_stderr=map_on_stdout)
 
     if xmp:
         _write_sidecars(results, xmp_name, min_confidence or "high", verbose)
@@ -133,12 +137,12 @@ def locate_command(
     if map_file is not None and any(r.estimate for r in results):
         from geoloc.mapview import MapConfig, save_map
 
-        map_file = map_file.expanduser()
+        map_file = map_file.expanduser() if str(map_file) != "-" else map_file
         config = MapConfig(relative_to=map_file.absolute().parent if relative_paths else None)
         if no_thumbnails:
             config.thumbnail_px = 0
         save_map(results, map_file, config)
-        console.info(f"map written to {display_path(map_file)}")
+        console.info(f"map written to {'stdout' if map_on_stdout else display_path(map_file)}")
 
     if results and not any(r.estimate for r in results):
         raise GeolocError(
@@ -248,8 +252,17 @@ def _say_below(below: list, minimum: str, where: str, verbose: bool) -> None:
                  f"({by_level}; --min-confidence sets the bar)")
 
 
-def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False) -> None:
-    """The data format asked for on stdout, or the tables for people."""
+def _writes_stdout(target: Path) -> bool:
+    """``--map -`` or ``--map /dev/stdout``: the map is the data on stdout."""
+    from geoloc.files import STDOUT, output_kind
+
+    return str(target) == "-" or output_kind(target) == STDOUT
+
+
+def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False,
+                   tables_to_stderr: bool = False) -> None:
+    """The data format asked for on stdout, or the tables for people (on stderr when the map
+    is what stdout carries)."""
     import sys
 
     from geoloc import console
@@ -272,7 +285,7 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
 
         write_gpx(results, console.data_out())
     else:
-        _print_tables(results)
+        _print_tables(results, to_stderr=tables_to_stderr)
 
 
 def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
@@ -324,14 +337,14 @@ def _common_folder(paths) -> str | None:
     return folder if folder not in ("", os.sep) else None
 
 
-def _print_tables(results) -> None:
+def _print_tables(results, to_stderr: bool = False) -> None:
     """For people: one summary row per query; the candidates too when there is one query."""
     from rich.table import Table
     from rich.text import Text
 
-    from geoloc.console import out_console
+    from geoloc import console
 
-    out = out_console()
+    out = console.err if to_stderr else console.out_console()
     if all(r.error for r in results):  # nothing but errors: stderr says each, a table adds nothing
         return
     with_truth = any(r.query_gps for r in results)

@@ -28,6 +28,40 @@ DAMAGED = "damaged"
 DATA_FILES = (SQLITE, SQLITE + "-wal", SQLITE + "-shm", SQLITE + "-journal", DESCRIPTORS, ROWS, MAPS,
               COMPACTING, ROWS_COMPACTING, MAPS_COMPACTING, VOCABULARY)
 
+#: The vocabulary refit's marks (:mod:`geoloc.database.swap`): a rebuilt folder being built, a
+#: complete one, the old one on its way out, and why a swap failed. Each is a file only geoloc
+#: writes, so that a folder of the user's that happens to bear a refit's name is never taken
+#: for one (and never removed or moved into place).
+REFIT_BUILDING = "REFIT_BUILDING"
+REFIT_DONE = "REFIT_DONE"
+REFIT_RETIRED = "REFIT_RETIRED"
+SWAP_FAILED = "SWAP_FAILED"
+#: The compressed search index's folder (:mod:`geoloc.compressed`).
+SEARCH = "search"
+
+#: Every name geoloc itself puts in a database folder. A refit replaces only these; anything else
+#: (the user's notes, a map saved there, photos kept there) stays where it is.
+OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, REFIT_BUILDING, REFIT_DONE,
+                                    REFIT_RETIRED, SWAP_FAILED))
+#: Of those, what is kept across a refit rather than dropped with the old descriptors: files
+#: ``--repair`` set aside instead of deleting them stay set aside.
+KEPT_ACROSS_REFIT = frozenset({DAMAGED})
+
+
+def is_own_name(name: str) -> bool:
+    """A name geoloc wrote in a database folder: one of :data:`OWN_NAMES`, or a temporary file
+    of geoloc's crash-safe writes (``.geoloc-….tmp``, and the longer ``.NAME.….tmp`` of earlier
+    versions) left by a crash."""
+    if name in OWN_NAMES:
+        return True
+    if name.startswith(".geoloc-") and name.endswith(".tmp"):
+        return True
+    if name.startswith(".") and name.endswith(".tmp"):
+        inner = name[1:].rsplit(".", 2)[0]
+        return inner in OWN_NAMES
+    return False
+
+
 #: 1: geoloc 0.1.0 (no row index, no copies in SQLite); 2: checksums and copies.
 FORMAT_VERSION = 2
 #: Rewrite the descriptor file once dead rows (replaced or removed photos) exceed this fraction.

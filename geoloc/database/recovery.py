@@ -18,6 +18,7 @@ from geoloc.database.compaction import finish_compaction
 from geoloc.database.layout import (
     DAMAGED,
     DATA_FILES,
+    REFIT_BUILDING,
     DESCRIPTORS,
     FORMAT_VERSION,
     LOCK,
@@ -229,7 +230,7 @@ def refuse_non_empty(path: Path, lock: WriteLock) -> None:
         lock.release()
         (path / LOCK).unlink(missing_ok=True)  # leave the folder as it was
 
-    names = [p.name for p in path.iterdir() if p.name != LOCK and not p.name.endswith(".tmp")]
+    names = [p.name for p in path.iterdir() if p.name not in (LOCK, REFIT_BUILDING) and not p.name.endswith(".tmp")]
     foreign = sorted(n for n in names if n not in DATA_FILES)
     if foreign:  # e.g. --db pointing at a photo folder by mistake
         release()

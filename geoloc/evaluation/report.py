@@ -91,7 +91,7 @@ def _write_text(path: Path, text: str) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text)
+        atomic_write(path, text, streams=True)
     except OSError as exc:
         raise GeolocError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
@@ -135,8 +135,11 @@ def plot_recall_curves(curves: Mapping[str, np.ndarray], path: Path, threshold_m
     if curves:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    from geoloc.files import replacing
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(str(path), format="png")
+        with replacing(path, streams=True) as tmp:  # a FIFO or /dev/null stays one
+            fig.savefig(str(tmp), format="png")
     except OSError as exc:
         raise GeolocError(f"{path}: cannot write ({exc.strerror or exc})") from None

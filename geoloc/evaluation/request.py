@@ -43,7 +43,9 @@ class EvalRequest:
 
     @property
     def csv_on_stdout(self) -> bool:
-        return self.csv is not None and str(self.csv) == "-"
+        from geoloc.files import STDOUT, output_kind
+
+        return self.csv is not None and (str(self.csv) == "-" or output_kind(self.csv) == STDOUT)
 
     def check(self) -> None:
         """Every combination rule, before any work; the output files must be writable too."""

@@ -91,6 +91,35 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise ModelError(f"{path}: cannot read the weights ({exc})") from None
 
 
+def runnable_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The weights as geoloc runs them (float32), or :class:`ModelError` for weights that cannot
+    give a descriptor: one NaN or infinity (a diverged training run, a damaged file) makes every
+    descriptor NaN, and a database built on it answers nothing while looking sound.
+
+    Half-precision files (fp16, bf16) are widened: every value of theirs is exact in float32.
+    """
+    import torch
+
+    out = {}
+    for name, tensor in state.items():
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ModelError(f"{path}: weight {name} is {str(tensor.dtype).replace('torch.', '')}, "
+                             "which geoloc cannot run; expected floating-point weights")
+        if tensor.is_floating_point():
+            if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                raise ModelError(f"{path}: weight {name} is {str(tensor.dtype).replace('torch.', '')}, "
+                                 "which geoloc cannot run; expected float32, float16, bfloat16 or float64")
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ModelError(f"{path}: weight {name} holds {bad:,} value{'s' if bad != 1 else ''} that "
+                                 "are not finite (NaN or infinity): the file is damaged or its training "
+                                 "diverged; geoloc refuses it rather than store descriptors that match nothing")
+            if tensor.dtype != torch.float32:
+                tensor = tensor.float()
+        out[name] = tensor
+    return out
+
+
 def load_model_file(path: Path, *, name: str | None = None, weights_hash: str | None = None) -> GeolocModel:
     """The network a model file describes, with its weights (eval mode, on the CPU).
 
@@ -105,6 +134,7 @@ def load_model_file(path: Path, *, name: str | None = None, weights_hash: str | 
 
     path = Path(path)
     state, meta = read_model_file(path)
+    state = runnable_weights(state, path)
     try:
         arch = meta["arch"]
         pooling = meta["pooling"]

@@ -12,6 +12,7 @@ start, resume or restart is decided here from that folder alone, before any phot
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -120,9 +121,15 @@ def remove_checkpoint(folder: Path) -> None:
 def check_out(out: Path) -> Path:
     """The model file to write, refused before any photo is read when it cannot be one: a
     folder, another suffix, a folder that does not exist or cannot be written."""
-    from geoloc.files import check_writable
+    from geoloc.files import FILE, check_writable, file_target, output_kind
 
     out = Path(out).expanduser()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
+    if os.fspath(out) == "-" or output_kind(out, "model") != FILE:
+        raise UsageError(f"--out {out}: give a file, not standard output or a device: the model is written "
+                         "whole, and its checkpoint folder for --resume goes next to it")
+    out = file_target(out)  # a symbolic link is followed: the model and its checkpoints go where it points
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
     if out.suffix.lower() != ".safetensors":
