@@ -150,3 +150,28 @@ def pruned_by(roots: Sequence[Path | str], seen: set[str]) -> Callable[[Path], b
 
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def read_times_again(database: Database, progress: Progress) -> int:
+    """Read the capture time, camera and GPS time of every stored photo once more, for a
+    database whose rows were stored before geoloc kept the camera and GPS time (trips need them).
+    EXIF only: no pixels, no network; a photo that is gone or unreadable keeps what it has.
+    Returns how many rows were updated; the database is marked so that it happens once."""
+    from geoloc.database.layout import TRIP_COLUMNS_READ
+    from geoloc.photos import read_meta
+
+    if database.meta(TRIP_COLUMNS_READ, 0):
+        return 0
+    records = [r for r in database.iter_photos()]
+    progress.stage("Reading capture times", len(records))
+    updated = []
+    for record in records:
+        try:
+            meta = read_meta(record.path, sidecars=False)
+        except (PhotoError, OSError):
+            meta = None
+        if meta is not None:
+            record.take_time(meta)
+            updated.append(record)
+        progress.advance(1)
+    return database.update_times(updated)

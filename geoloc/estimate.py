@@ -104,6 +104,11 @@ class Estimate:
     verification: str | None = None
     #: The farthest considered candidate's distance from the estimate (not in the JSON).
     extent_m: float = 0.0
+    #: What the estimate rests on: any of "visual", "time", "track", "sequence" (geoloc.trips).
+    evidence: list[str] = field(default_factory=lambda: ["visual"])
+    #: Seconds between the photo and the nearest fix of known time it was placed by; None
+    #: when time played no part.
+    time_gap_s: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -114,6 +119,8 @@ class Estimate:
             "agreement": json_number(self.agreement, 3),
             "confidence": self.confidence,
             "verification": self.verification,
+            "evidence": list(self.evidence),
+            "time_gap_s": json_number(self.time_gap_s, 1),
         }
 
 

@@ -193,6 +193,7 @@ def index_photos(
             found_now = changes.scan(found, database, run.on_error, run.progress)
             report.unchanged += found_now.unchanged
             report.positions_updated += found_now.positions_updated
+            changes.read_times_again(database, run.progress)  # once, for a database made before trips
             seen = found_now.seen
             to_index = sorted(set(found_now.to_index) | set(again))
             to_index, claimed = claim_stored_rows(database, to_index, run.on_error)
@@ -453,9 +454,9 @@ def record_of(item) -> PhotoRecord:
         size=item.size,
         mtime_ns=item.mtime_ns,
         sha256=item.sha256,
-        taken_at=getattr(item.meta, "taken_at", None),
         width=item.width,
         height=item.height,
     )
+    record.take_time(item.meta)
     record.take_position(item.meta)
     return record

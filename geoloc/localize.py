@@ -231,7 +231,7 @@ class Locator:
             record = self.database.get(Path(key))
             if record is not None and _unchanged(record):
                 stored.append((i, record))
-                batch.results[i].taken_at = record.taken_at
+                batch.results[i].take_time(record)
                 if record.located:
                     batch.results[i].query_gps = (float(record.lat), float(record.lon))
             else:
@@ -286,7 +286,7 @@ class Locator:
                     batch.descriptors[i] = row
                     batch.cells[i] = one
                     meta = item.meta
-                    batch.results[i].taken_at = getattr(meta, "taken_at", None)
+                    batch.results[i].take_time(meta)
                     if meta is not None and getattr(meta, "located", False):
                         batch.results[i].query_gps = (float(meta.lat), float(meta.lon))
                 advance(len(slots))

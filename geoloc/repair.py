@@ -77,7 +77,8 @@ def _record(path: Path, st: os.stat_result, sha: str, meta, row: int) -> PhotoRe
     if width and height and getattr(meta, "orientation", 1) in (5, 6, 7, 8):
         width, height = height, width
     record = PhotoRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-                         taken_at=meta.taken_at, width=width, height=height, row=row)
+                         width=width, height=height, row=row)
+    record.take_time(meta)
     record.take_position(meta)
     return record
 

@@ -55,6 +55,28 @@ class LocateResult:
     notes: list[str] = field(default_factory=list)
     #: When the query photo was taken (its EXIF, ISO 8601, with the UTC offset when known).
     taken_at: str | None = None
+    #: That time in UTC, once its camera's clock is known (geoloc.trips); None otherwise.
+    taken_at_utc: str | None = None
+    #: The camera body (EXIF Make, Model, serial number) and the UTC time of the photo's own
+    #: GPS fix: what the trips' clocks are solved from.
+    camera_make: str | None = None
+    camera_model: str | None = None
+    camera_serial: str | None = None
+    gps_time: str | None = None
+
+    def take_time(self, source) -> None:
+        """The capture time and camera of a database record or a photo's metadata."""
+        self.taken_at = getattr(source, "taken_at", None)
+        for name in ("camera_make", "camera_model", "camera_serial", "gps_time"):
+            setattr(self, name, getattr(source, name, None))
+
+    @property
+    def camera(self) -> str | None:
+        """The camera's name as ``geoloc clocks`` and ``--clock`` give it; None when EXIF names none."""
+        from geoloc.trips.times import Camera
+
+        camera = Camera.of(self)
+        return camera.name if camera.known else None
 
     @property
     def warnings(self) -> list[str]:
@@ -90,4 +112,6 @@ class LocateResult:
             "error": self.error,
             "warnings": self.warnings,
             "taken_at": self.taken_at,
+            "taken_at_utc": self.taken_at_utc,
+            "camera": self.camera,
         }

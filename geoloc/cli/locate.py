@@ -11,6 +11,7 @@ import typer
 from geoloc.cli import app
 from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
                                 warn_mirror_damage)
+from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, TRACK_HELP, apply_trips, trip_config
 from geoloc.files import check_writable, display_path, printable
 from geoloc.formatting import count, format_distance
 
@@ -82,6 +83,12 @@ def locate_command(
         "verification."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", min=1, metavar="N", help="Candidates verified per query."),
+    track: Optional[List[Path]] = typer.Option(None, "--track", metavar="FILE", help=TRACK_HELP,
+                                               show_default=False),
+    clock: Optional[List[str]] = typer.Option(None, "--clock", metavar="CAMERA=±HH:MM:SS", help=CLOCK_HELP,
+                                              show_default=False),
+    evidence: Optional[str] = typer.Option(None, "--evidence", metavar="KINDS", help=EVIDENCE_HELP,
+                                           show_default=False),
 ) -> None:
     """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
     from geoloc import console
@@ -125,7 +132,9 @@ def locate_command(
         raise UsageError("choose --rerank or --no-rerank, not both")
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
+    trips = trip_config(track, clock, evidence)
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
+    apply_trips(results, db_path, trips)
     _report_warnings(results, verbose)
     _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose,
                    tables_to_stderr=map_on_stdout)

@@ -38,14 +38,16 @@ REFIT_RETIRED = "REFIT_RETIRED"
 SWAP_FAILED = "SWAP_FAILED"
 #: The compressed search index's folder (:mod:`geoloc.compressed`).
 SEARCH = "search"
+#: Copies of the GPS tracks ``geoloc index --track`` keeps with the database (:mod:`geoloc.trips`).
+TRACKS = "tracks"
 
 #: Every name geoloc itself puts in a database folder. A refit replaces only these; anything else
 #: (the user's notes, a map saved there, photos kept there) stays where it is.
-OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, REFIT_BUILDING, REFIT_DONE,
+OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, TRACKS, REFIT_BUILDING, REFIT_DONE,
                                     REFIT_RETIRED, SWAP_FAILED))
 #: Of those, what is kept across a refit rather than dropped with the old descriptors: files
-#: ``--repair`` set aside instead of deleting them stay set aside.
-KEPT_ACROSS_REFIT = frozenset({DAMAGED})
+#: ``--repair`` set aside instead of deleting them stay set aside, and the kept tracks stay.
+KEPT_ACROSS_REFIT = frozenset({DAMAGED, TRACKS})
 
 
 def is_own_name(name: str) -> bool:
@@ -61,6 +63,10 @@ def is_own_name(name: str) -> bool:
         return inner in OWN_NAMES
     return False
 
+
+#: The ``meta`` key set once every row's camera and GPS time were read (a new database: from the
+#: start; an older one: by the first ``geoloc index`` that reads them, :func:`geoloc.database.writing.update_times`).
+TRIP_COLUMNS_READ = "trip_columns"
 
 #: 1: geoloc 0.1.0 (no row index, no copies in SQLite); 2: checksums and copies.
 FORMAT_VERSION = 2

@@ -11,7 +11,7 @@ import datetime as _dt
 import json
 from pathlib import Path
 
-from geoloc.database.layout import DESCRIPTORS, FORMAT_VERSION, MANIFEST, MAPS, ROWS, SQLITE
+from geoloc.database.layout import DESCRIPTORS, FORMAT_VERSION, MANIFEST, MAPS, ROWS, SQLITE, TRIP_COLUMNS_READ
 from geoloc.database.lock import WriteLock, lock_holder
 from geoloc.database.manifest import load_manifest, write_manifest
 from geoloc.database.recovery import connect_or_rebuild, recover, refuse_non_empty
@@ -90,7 +90,7 @@ def create_database(cls, path: Path, manifest: dict):
         db = cls(path, conn, True, lock)
         db.set_manifest(full)
         with db.transaction():
-            for key, value in (("next_row", 0), ("generation", 0)):
+            for key, value in (("next_row", 0), ("generation", 0), (TRIP_COLUMNS_READ, 1)):
                 conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('manifest', ?)", (json.dumps(full, sort_keys=True),))
         for name in (DESCRIPTORS, ROWS) + ((MAPS,) if db.maps else ()):

@@ -17,7 +17,11 @@ COLUMNS = (
 #: Columns added after format 2 was released, with their types: added to an existing database
 #: by its first writer (``ALTER TABLE``); a database without them still reads (see
 #: :func:`record_from_row`), so older and newer geoloc versions share a database.
-ADDED_COLUMNS = (("gps_source", "TEXT"), ("sidecar_key", "TEXT"))
+ADDED_COLUMNS = (("gps_source", "TEXT"), ("sidecar_key", "TEXT"), ("camera_make", "TEXT"),
+                 ("camera_model", "TEXT"), ("camera_serial", "TEXT"), ("gps_time", "TEXT"))
+#: The columns a trip's clocks are solved from (:mod:`geoloc.trips`); a row stored before they
+#: existed has them NULL until ``geoloc index`` reads its EXIF again (``meta.trip_columns``).
+TRIP_COLUMNS = ("camera_make", "camera_model", "camera_serial", "gps_time")
 ALL_COLUMNS = COLUMNS + tuple(name for name, _ in ADDED_COLUMNS)
 
 
@@ -43,6 +47,11 @@ class PhotoRecord:
     #: Fingerprint of the sidecars next to a photo without an EXIF position (names, sizes,
     #: times): a later run that finds another reads the position again, without the network.
     sidecar_key: Optional[str] = None
+    #: The camera body as EXIF names it, and the UTC time of the photo's own GPS fix.
+    camera_make: Optional[str] = None
+    camera_model: Optional[str] = None
+    camera_serial: Optional[str] = None
+    gps_time: Optional[str] = None
 
     @property
     def located(self) -> bool:
@@ -60,6 +69,12 @@ class PhotoRecord:
         self.gps_accuracy_m = getattr(meta, "gps_accuracy_m", None) if located else None
         self.gps_source = getattr(meta, "gps_source", None) if located else None
         self.sidecar_key = getattr(meta, "sidecar_key", None)
+
+    def take_time(self, meta: Any) -> None:
+        """The capture time, camera and GPS time from a photo's metadata (trips' evidence)."""
+        self.taken_at = getattr(meta, "taken_at", None)
+        for name in TRIP_COLUMNS:
+            setattr(self, name, getattr(meta, name, None))
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sidecar_key"}

@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS photos (
     row INTEGER NOT NULL UNIQUE,
     indexed_at TEXT,
     gps_source TEXT,
-    sidecar_key TEXT
+    sidecar_key TEXT,
+    camera_make TEXT,
+    camera_model TEXT,
+    camera_serial TEXT,
+    gps_time TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """

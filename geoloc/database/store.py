@@ -411,6 +411,10 @@ class Database:
         did not change; nothing else of a photo is touched, its descriptor least of all."""
         return writing.update_positions(self, records)
 
+    def update_times(self, records: Iterable[PhotoRecord]) -> int:
+        """Capture times, cameras and GPS times read again for photos stored without them."""
+        return writing.update_times(self, records)
+
     def remove(self, paths: Iterable[Path]) -> int:
         return writing.remove(self, paths)
 

@@ -15,9 +15,9 @@ from typing import Iterable, Optional
 import numpy as np
 
 from geoloc.database import rows as rowidx
-from geoloc.database.layout import DESCRIPTORS, MAPS, ROWS
+from geoloc.database.layout import DESCRIPTORS, MAPS, ROWS, TRIP_COLUMNS_READ
 from geoloc.database.opening import utc_now
-from geoloc.database.records import PhotoRecord, path_key
+from geoloc.database.records import TRIP_COLUMNS, PhotoRecord, path_key
 from geoloc.errors import DatabaseError
 
 
@@ -86,19 +86,22 @@ def adopt(db, records: list[PhotoRecord]) -> None:
 def _insert(db, records: list[PhotoRecord], keys: list, next_row: Optional[int]) -> None:
     now = utc_now()
     rows = [(key, r.size, r.mtime_ns, r.sha256, r.lat, r.lon, r.alt, r.taken_at, r.gps_accuracy_m,
-             r.width, r.height, r.row, now, _source(r), r.sidecar_key)
+             r.width, r.height, r.row, now, _source(r), r.sidecar_key,
+             *(getattr(r, c) for c in TRIP_COLUMNS))
             for r, key in zip(records, keys)]
     with db.transaction():
         db.conn.executemany(
             "INSERT INTO photos (path, size, mtime_ns, sha256, lat, lon, alt, taken_at, "
-            "gps_accuracy_m, width, height, row, indexed_at, gps_source, sidecar_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "gps_accuracy_m, width, height, row, indexed_at, gps_source, sidecar_key, "
+            + ", ".join(TRIP_COLUMNS) + ") "
+            "VALUES (" + ", ".join("?" * (15 + len(TRIP_COLUMNS))) + ") "
             "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
             "sha256=excluded.sha256, lat=excluded.lat, lon=excluded.lon, alt=excluded.alt, "
             "taken_at=excluded.taken_at, gps_accuracy_m=excluded.gps_accuracy_m, "
             "width=excluded.width, height=excluded.height, row=excluded.row, "
             "indexed_at=excluded.indexed_at, gps_source=excluded.gps_source, "
-            "sidecar_key=excluded.sidecar_key",
+            "sidecar_key=excluded.sidecar_key, "
+            + ", ".join(f"{c}=excluded.{c}" for c in TRIP_COLUMNS),
             rows,
         )
         if next_row is not None:
@@ -132,6 +135,20 @@ def update_positions(db, records: Iterable[PhotoRecord]) -> int:
             "sidecar_key = ?, size = ?, mtime_ns = ? WHERE path = ?", rows)
     db.checkpoint()
     return cur.rowcount
+
+
+def update_times(db, records: Iterable[PhotoRecord]) -> int:
+    """Store the capture time, camera and GPS time read again for photos stored before geoloc
+    kept them, and mark the database as holding them for every row. Nothing else changes."""
+    db.require_write()
+    rows = [(r.taken_at, *(getattr(r, c) for c in TRIP_COLUMNS), path_key(r.path)) for r in records]
+    with db.transaction():
+        cur = db.conn.executemany(
+            "UPDATE photos SET taken_at = ?, " + ", ".join(f"{c} = ?" for c in TRIP_COLUMNS) + " WHERE path = ?",
+            rows) if rows else None
+        db.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)", (TRIP_COLUMNS_READ,))
+    db.checkpoint()
+    return cur.rowcount if cur is not None else 0
 
 
 def remove(db, paths: Iterable[Path]) -> int:

@@ -30,7 +30,9 @@ from geoloc.photos.tags import (
     GPS_TAG_NUMBERS,
     ORIENTATION,
     Tags,
+    camera_of,
     capture_time,
+    gps_utc_time,
     gps_accuracy,
     gps_altitude,
     gps_position,
@@ -73,6 +75,12 @@ class PhotoMeta:
     #: estimate ``--write-exif`` wrote) or "other" (a camera's, a photo manager's). What
     #: ``--write-exif`` may replace without ``--overwrite`` depends on it.
     exif_gps: str | None = None
+    #: The camera body (EXIF Make, Model, serial number) and the UTC time of its GPS fix: what
+    #: a trip's clocks are solved from (:mod:`geoloc.trips`).
+    camera_make: str | None = None
+    camera_model: str | None = None
+    camera_serial: str | None = None
+    gps_time: str | None = None
 
     @property
     def located(self) -> bool:
@@ -122,6 +130,8 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
         elif ifd0:
             meta.orientation = orientation_value(ifd0.get(ORIENTATION))
         meta.taken_at = capture_time(ifd0, exif)
+        meta.camera_make, meta.camera_model, meta.camera_serial = camera_of(ifd0, exif)
+        meta.gps_time = gps_utc_time(gps)
         lat, lon, reason = gps_position(gps)
         if gps and not (is_empty(gps.get(GPS_LATITUDE)) and is_empty(gps.get(GPS_LONGITUDE))):
             meta.exif_gps = "geoloc" if written_by_geoloc(gps) else "other"

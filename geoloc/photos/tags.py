@@ -198,6 +198,56 @@ def _iso_time(value: Any, offset: Any, subsec: Any) -> str | None:
     return iso
 
 
+# --- the camera and the GPS receiver's clock (trips) -------------------------------------------
+
+MAKE, MODEL = 0x010F, 0x0110
+#: EXIF BodySerialNumber, then DNG's CameraSerialNumber (IFD0): what tells two bodies of one model apart.
+BODY_SERIAL, CAMERA_SERIAL = 0xA431, 0xC62F
+GPS_TIME_STAMP, GPS_DATE_STAMP = 0x0007, 0x001D
+
+
+def camera_of(ifd0: Tags, exif: Tags) -> tuple[str | None, str | None, str | None]:
+    """Make, model and serial number as the camera wrote them (stripped; None when absent).
+
+    A clock belongs to a camera body: the offset geoloc solves for one photo holds for every
+    photo of the same body, and only for those."""
+    def clean(value: Any) -> str | None:
+        text = (_text(value) or "").strip().strip("\x00").strip()
+        return " ".join(text.split()) or None
+
+    make, model = clean(ifd0.get(MAKE)), clean(ifd0.get(MODEL))
+    serial = clean(exif.get(BODY_SERIAL)) or clean(ifd0.get(CAMERA_SERIAL))
+    if serial is not None and set(serial) <= {"0", " "}:  # "0000000": a placeholder, not a body
+        serial = None
+    return make, model, serial
+
+
+def gps_utc_time(gps: Tags) -> str | None:
+    """ISO 8601 UTC time of the GPS fix (GPSDateStamp + GPSTimeStamp), or None.
+
+    The receiver's clock is UTC whatever the camera's is set to: a photo carrying both it and a
+    capture time tells how far its camera's clock is off."""
+    date = re.match(r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})", _text(gps.get(GPS_DATE_STAMP)) or "")
+    parts = [_number(v) for v in _elements(gps.get(GPS_TIME_STAMP))]
+    if date is None or len(parts) != 3 or any(p is None for p in parts):
+        return None
+    hour, minute, second = parts
+    if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 61):
+        return None
+    try:
+        day = datetime(int(date.group(1)), int(date.group(2)), int(date.group(3)))
+    except ValueError:
+        return None
+    whole = int(second)
+    micro = int(round((second - whole) * 1e6))
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, 0
+    iso = f"{day:%Y-%m-%d}T{int(hour):02d}:{int(minute):02d}:{min(whole, 59):02d}"
+    if micro:
+        iso += f".{micro:06d}".rstrip("0")
+    return iso + "+00:00"
+
+
 # --- values as ExifRead and Pillow give them --------------------------------------------------
 
 

@@ -1,0 +1,56 @@
+"""What ``locate`` and ``eval`` share for trips: the options' words and turning them into a
+:class:`geoloc.trips.evidence.TripConfig`, and telling people what the trip found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+TRACK_HELP = ("A GPS track to place photos by their capture time: GPX, KML/KMZ, or Google Takeout location "
+              "history (Records.json or the Timeline export). Repeat for several.")
+CLOCK_HELP = ("How far a camera's clock runs ahead of UTC, as `geoloc clocks` names the camera: "
+              "'NIKON COOLPIX P6000=-21:58:28'. Repeat per camera; overrides what geoloc solves.")
+EVIDENCE_HELP = ("The evidence to use, comma-separated: visual (the pixels), time (the archive's photos "
+                 "of known time), track (--track and the database's tracks). Default: all.")
+
+
+def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evidence: Optional[str]):
+    """The options as a TripConfig; :class:`UsageError` for a malformed one."""
+    from geoloc.errors import UsageError
+    from geoloc.trips.evidence import KINDS, TripConfig
+    from geoloc.trips.times import parse_offset
+
+    parsed: dict[str, float] = {}
+    for item in clocks or []:
+        name, sep, value = item.rpartition("=")
+        offset = parse_offset(value) if sep else None
+        if not name.strip() or offset is None:
+            raise UsageError(f"--clock {item}: write CAMERA=±HH:MM:SS, the camera as `geoloc clocks` names it")
+        parsed[name.strip()] = offset
+    kinds = tuple(KINDS)
+    if evidence is not None:
+        kinds = tuple(k.strip() for k in evidence.split(",") if k.strip())
+        unknown = [k for k in kinds if k not in KINDS or k == "sequence"]
+        if unknown or not kinds:
+            raise UsageError(f"--evidence {evidence}: choose among visual, time, track")
+    for track in tracks or []:
+        if not Path(track).expanduser().is_file():
+            from geoloc.errors import GeolocError
+
+            raise GeolocError(f"--track {track}: no such file")
+    return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds)
+
+
+def apply_trips(results: list, db: Path, config) -> None:
+    """Fuse time with the visual answers (in place), and say what the trip could not use."""
+    from geoloc import console
+    from geoloc.trips.evidence import apply_to_database
+
+    report = apply_to_database(results, db, config, warn=console.warn)
+    if report is None:
+        return
+    named = set(report.clocks)
+    for name in config.clocks:
+        if name not in named:
+            console.warn(f"--clock {name}: no photo here was taken with a camera of that name "
+                         f"(cameras: {', '.join(sorted(named)) or 'none'}); see `geoloc clocks`")

@@ -1,0 +1,1 @@
+"""Trips: time, tracks, camera clocks and sequences as evidence of where a photo was taken."""

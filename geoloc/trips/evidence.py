@@ -1,0 +1,209 @@
+"""Every kind of evidence a trip offers, brought to the answers of ``geoloc locate``.
+
+After the pixels have spoken (each query's visual estimate), the trip is put together: the
+archive's photos of known time (their own GPS time stamp, or a capture time from a camera whose
+clock is known), the tracks, and each camera's clock, solved from all of it and from the
+queries that the pixels placed confidently. Then each query with a capture time is placed by
+time, and that place and the visual one are fused (:mod:`geoloc.trips.fuse`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+from geoloc.files import display_path
+from geoloc.trips import clocks as clock_solver
+from geoloc.trips.clocks import Clock
+from geoloc.trips.fuse import from_time, fuse
+from geoloc.trips.times import Camera, iso_utc, reading, utc_seconds
+from geoloc.trips.timeline import MAX_EXTRAPOLATE_S, MAX_GAP_S, Fixes, place
+
+#: The kinds of evidence, as ``--evidence`` and the JSON's ``"evidence"`` name them.
+KINDS = ("visual", "time", "track", "sequence")
+
+
+@dataclass
+class TripConfig:
+    """What a trip may use. ``tracks``: GPX, KML/KMZ or Takeout files (besides those kept with
+    the database); ``clocks``: ``--clock`` offsets by camera name; ``evidence``: the kinds used."""
+
+    tracks: list[Path] = field(default_factory=list)
+    clocks: dict[str, float] = field(default_factory=dict)
+    evidence: tuple[str, ...] = KINDS
+    sequence: bool = False
+    max_gap_s: float = MAX_GAP_S
+    max_extrapolate_s: float = MAX_EXTRAPOLATE_S
+
+    def uses(self, kind: str) -> bool:
+        return kind in self.evidence
+
+
+@dataclass
+class TripReport:
+    clocks: dict[str, Clock] = field(default_factory=dict)
+    #: Fixes of known time the trip holds: from tracks, and from the archive's photos.
+    track_fixes: int = 0
+    archive_fixes: int = 0
+    #: Queries placed (in part) by time.
+    timed: int = 0
+
+
+def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
+          warn: Callable[[str], None] = lambda line: None) -> TripReport:
+    """Fuse each result's visual estimate with its place in time (in place); ``records`` are
+    the database's photos, ``tracks`` an already read :class:`geoloc.trips.tracks.Track`."""
+    report = TripReport()
+    queries = {_key(r.query) for r in results if not r.error}
+    # A query's own GPS never answers it: the archive is the other photos.
+    archive = [r for r in records if _key(r.path) not in queries]
+    shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=False)
+    use_time, use_track = config.uses("time"), config.uses("track")
+    track = tracks if use_track else None
+    report.track_fixes = len(track) if track is not None else 0
+
+    clocks = clock_solver.solve(shots, config.clocks, fixes=None, timezones=False)
+    fixes = _fixes(archive, clocks, track, use_time)
+    if config.uses("visual"):  # cameras still unknown: align their confidently placed photos
+        shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=True)
+        clocks = clock_solver.solve(shots, config.clocks, fixes=fixes if len(fixes) >= 2 else None)
+        fixes = _fixes(archive, clocks, track, use_time)
+    report.clocks = clocks
+    report.archive_fixes = int((fixes.kind == "time").sum()) if len(fixes) else 0
+    if not config.uses("visual"):  # measured alone: only what time places is an answer
+        for result in results:
+            if result.estimate is not None:
+                result.estimate = None
+                result.notes = list(result.notes) + ["not placed by time (the visual estimate is switched off)"]
+    if not len(fixes):
+        return report
+    for result in results:
+        if result.error:
+            continue
+        camera = Camera.of(result)
+        clock = clocks.get(camera.name) or Clock(camera)
+        when = reading(result.taken_at)
+        if when is None:
+            continue
+        utc = clock.utc(when)
+        certain = clock.certain or (when.zone_s is not None and clock.source != "user")
+        result.taken_at_utc = iso_utc(utc) if utc is not None and certain else None
+        if utc is None:
+            continue
+        if not certain:
+            note = (f"capture time not used: the clock of {camera.name} is unknown"
+                    + (f" ({clock.note})" if clock.note else "") if clock.source != "timezone"
+                    else f"capture time not used: the clock of {camera.name} is only guessed from the time zone")
+            result.notes = list(result.notes) + [note]
+            continue
+        own = fixes
+        spot = place(own, utc, max_gap_s=config.max_gap_s, max_extrapolate_s=config.max_extrapolate_s,
+                     uncertainty_s=float(clock.spread_s or 0.0))
+        if spot is None:
+            continue
+        visual = result.estimate
+        if visual is None and not config.uses("visual"):
+            result.notes = [n for n in result.notes if not n.startswith("not placed by time")]
+        result.estimate = fuse(visual, spot, certain, describe=_describe) if visual is not None else from_time(spot, certain)
+        _refresh_distances(result)
+        report.timed += 1
+    return report
+
+
+def _query_shots(results: Iterable, *, placed: bool) -> list:
+    """Clock evidence from the queries: their time, camera, GPS time, and (``placed``) where the
+    pixels put them confidently."""
+    shots = []
+    for r in results:
+        if r.error:
+            continue
+        when = reading(r.taken_at)
+        if when is None:
+            continue
+        lat = lon = by = None
+        radius = 25.0
+        est = r.estimate
+        if placed and est is not None and est.confidence in ("high", "medium") and "visual" in est.evidence:
+            lat, lon, by, radius = est.lat, est.lon, "visual", est.radius_m
+        shots.append(clock_solver.Shot(Path(r.query), Camera.of(r), when, utc_seconds(r.gps_time), lat, lon, by, radius))
+    return shots
+
+
+def _fixes(archive: Sequence, clocks: Mapping[str, Clock], track, use_time: bool) -> Fixes:
+    """The trip's fixes: track points, and archive photos with a position and a known UTC time
+    (their own GPS time stamp first: the fix's time, whatever the camera's clock)."""
+    points = []
+    if use_time:
+        for r in archive:
+            if not getattr(r, "located", False) or r.lat is None:
+                continue
+            utc = utc_seconds(getattr(r, "gps_time", None))
+            if utc is None:
+                clock = clocks.get(Camera.of(r).name)
+                when = reading(r.taken_at)
+                if clock is None or when is None:
+                    continue
+                if not (clock.certain or when.zone_s is not None):
+                    continue
+                utc = clock.utc(when)
+            if utc is not None:
+                points.append((utc, float(r.lat), float(r.lon), getattr(r, "gps_accuracy_m", None), Path(r.path)))
+    return Fixes.build(track, points)
+
+
+def _key(path) -> str:
+    import os
+
+    return os.path.realpath(os.fspath(path))
+
+
+def _describe(label) -> str:
+    if label is None:
+        return "the track"
+    return display_path(Path(label).name)
+
+
+def _refresh_distances(result) -> None:
+    from geoloc.geo import haversine_m
+
+    est = result.estimate
+    for c in result.candidates:
+        c.distance_m = float(haversine_m(est.lat, est.lon, c.lat, c.lon))
+
+
+def read_trip_tracks(paths: Sequence[Path], warn: Callable[[str], None]):
+    """The tracks named, merged (:func:`geoloc.trips.tracks.read_tracks`); None for none."""
+    if not paths:
+        return None
+    from geoloc.trips.tracks import read_tracks
+
+    return read_tracks(list(paths), warn=warn)
+
+
+#: The folder in a database where ``geoloc index --track`` keeps copies of tracks.
+from geoloc.database.layout import TRACKS as TRACKS_FOLDER  # noqa: E402
+
+
+def kept_tracks(db: Path) -> list[Path]:
+    """The tracks kept with a database (``geoloc index --track``), sorted by name."""
+    folder = Path(db) / TRACKS_FOLDER
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def apply_to_database(results: list, db: Path, config: TripConfig,
+                      warn: Callable[[str], None] = lambda line: None) -> Optional[TripReport]:
+    """:func:`apply` with the database's photos and its kept tracks; None when no query has a
+    capture time (nothing for time to say, nothing read)."""
+    from geoloc.database import Database
+
+    if not any(r.taken_at for r in results if not r.error):
+        return None
+    with Database.open(db) as database:
+        records = database.photos()
+    paths = kept_tracks(db) + [Path(p) for p in config.tracks]
+    tracks = read_trip_tracks(paths, warn) if config.uses("track") else None
+    return apply(results, records, config, tracks=tracks, warn=warn)
