@@ -72,6 +72,10 @@ def index(
         False, "--refit",
         help="Fit the vocabulary again now, on a sample of every photo, and index every photo "
         "again (geoloc does it by itself when one fitted on few photos is outgrown)."),
+    track: Optional[List[Path]] = typer.Option(
+        None, "--track", metavar="FILE", show_default=False,
+        help="A GPS track (GPX, KML/KMZ, Google Takeout location history) to keep with the database: "
+        "every later `geoloc locate` places photos by time against it. Repeat for several."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="No progress bar and no summary; warnings still show."),
 ) -> None:
@@ -90,6 +94,13 @@ def index(
                          device=device, precision=precision, prune=prune, repair=repair, maps=not no_maps,
                          vocabulary_photos=vocabulary_photos, refit=refit, engine=engine,
                          ray=ray_config(engine, ray_address, ray_workers))
+    tracks = [Path(t).expanduser() for t in track or []]
+    if tracks:  # a file that is not a track is refused before an hour of indexing
+        from geoloc import console
+        from geoloc.trips.tracks import read_track
+
+        for one in tracks:
+            read_track(one, warn=console.warn)
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
         report = index_photos(paths or [], resolve_db(db), config, progress)
@@ -102,12 +113,26 @@ def index(
         raise GeolocError(f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; {hint}") from None
     finally:
         progress.close()
+    kept = []
+    if tracks:
+        from geoloc.trips.evidence import keep_tracks
+
+        kept = keep_tracks(report.db, tracks)
     if not quiet:
         _print_summary(report)
+        if kept:
+            from geoloc import console
+            from geoloc.formatting import count
+
+            console.info(f"{count(len(kept), 'track')} kept with the database: `geoloc locate` uses "
+                         f"{'them' if len(kept) > 1 else 'it'} from now on")
     if as_json:
         from geoloc.console import print_json
+        from geoloc.files import json_path
 
-        print_json(report.to_json())
+        data = report.to_json()
+        data["tracks"] = [json_path(p) for p in kept]
+        print_json(data)
 
 
 def _print_summary(report) -> None:

@@ -87,10 +87,8 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         if when is None:
             continue
         utc = clock.utc(when)
-        certain = clock.certain or (when.zone_s is not None and clock.source != "user")
-        result.taken_at_utc = iso_utc(utc) if utc is not None and certain else None
-        if utc is None:
-            continue
+        certain = utc is not None and (clock.certain or (when.zone_s is not None and clock.source != "user"))
+        result.taken_at_utc = iso_utc(utc) if certain else None
         if not certain:
             note = (f"capture time not used: the clock of {camera.name} is unknown"
                     + (f" ({clock.note})" if clock.note else "") if clock.source != "timezone"
@@ -207,3 +205,36 @@ def apply_to_database(results: list, db: Path, config: TripConfig,
     paths = kept_tracks(db) + [Path(p) for p in config.tracks]
     tracks = read_trip_tracks(paths, warn) if config.uses("track") else None
     return apply(results, records, config, tracks=tracks, warn=warn)
+
+
+def keep_tracks(db: Path, paths: Sequence[Path], warn: Callable[[str], None] = lambda line: None) -> list[Path]:
+    """Copy tracks into the database (``geoloc index --track``), so that every later
+    ``locate`` uses them without being told. Each is read first: a file that is not a track is
+    refused (:class:`geoloc.trips.tracks.TrackError`), before anything is copied. A track
+    already kept (same content) is not copied twice; another with the same name gets a new one."""
+    import hashlib
+
+    from geoloc.files import atomic_write, sha256_file
+    from geoloc.trips.tracks import read_track
+
+    for path in paths:
+        read_track(Path(path), warn=warn)
+    folder = Path(db) / TRACKS_FOLDER
+    folder.mkdir(exist_ok=True)
+    have = {sha256_file(p): p for p in kept_tracks(db)}
+    kept = []
+    for path in paths:
+        data = Path(path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in have:
+            kept.append(have[digest])
+            continue
+        target = folder / Path(path).name
+        n = 2
+        while target.exists():
+            target = folder / f"{Path(path).stem}-{n}{Path(path).suffix}"
+            n += 1
+        atomic_write(target, data)
+        have[digest] = target
+        kept.append(target)
+    return kept

@@ -1,0 +1,259 @@
+"""Trips: camera clocks solved from real EXIF, photos placed by time between fixes, and time fused
+with what the pixels say (tests/tripdata.py builds the derived Lund trip; docs/trips.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geoloc.cli import app
+from geoloc.geo import haversine_m
+from geoloc.trips.clocks import Shot, shots_from_records, solve
+from geoloc.trips.times import Camera, format_offset, parse_offset, reading
+from geoloc.trips.timeline import Fixes, place
+
+from tripdata import CAMERA, build_trip, lund_walk
+
+runner = CliRunner()
+#: The camera clock error of the Arezzo walk (DateTimeOriginal against the GPS time stamps).
+AREZZO_OFFSET_S = -79108.0
+
+
+@pytest.fixture(scope="module")
+def arezzo(exif_dir) -> list[Path]:
+    return sorted((exif_dir / "jpg" / "gps").glob("DSCN*.jpg"))
+
+
+def _records(paths):
+    from types import SimpleNamespace
+
+    from geoloc.photos import read_meta
+
+    out = []
+    for p in paths:
+        m = read_meta(p)
+        out.append(SimpleNamespace(path=p, taken_at=m.taken_at, gps_time=m.gps_time, lat=m.lat, lon=m.lon,
+                                   located=m.located, camera_make=m.camera_make, camera_model=m.camera_model,
+                                   camera_serial=m.camera_serial, gps_accuracy_m=m.gps_accuracy_m))
+    return out
+
+
+def test_the_arezzo_cameras_day_wrong_clock_is_solved_from_its_gps_time_stamps(arezzo):
+    clocks = solve(shots_from_records(_records(arezzo)))
+    clock = clocks["NIKON COOLPIX P6000"]
+    assert clock.source == "gps-time" and clock.photos == 9
+    assert abs(clock.offset_s - AREZZO_OFFSET_S) <= 5
+    assert format_offset(clock.offset_s) == "-21:58:28"
+    one = solve(shots_from_records(_records(arezzo[:1])))["NIKON COOLPIX P6000"]
+    assert abs(one.offset_s - AREZZO_OFFSET_S) <= 60
+
+
+def test_without_gps_time_a_clock_is_only_guessed_from_the_time_zone_and_said_so(arezzo):
+    records = _records(arezzo)
+    for r in records:
+        r.gps_time = None
+    clock = solve(shots_from_records(records))["NIKON COOLPIX P6000"]
+    assert clock.source == "timezone" and not clock.certain
+    assert clock.offset_s == 7200  # Rome in October: the guess a camera on local time would give
+    assert "guess" in clock.note
+
+
+def test_a_clock_is_solved_from_visually_placed_photos_aligned_with_the_trip(lund_dir):
+    """≥ 3 visually placed photos: within ±5 s; a few wrong matches do not move it."""
+    walk = lund_walk(lund_dir)
+    fixes = Fixes.build(archive=[(t.timestamp(), lat, lon, 5.0, Path(n)) for n, lat, lon, t in walk[::2]])
+    offset = -3 * 3600 - 17 * 60 - 42.0
+    camera = Camera(*CAMERA)
+    rng = np.random.default_rng(0)
+    shots = []
+    for k, (name, lat, lon, t) in enumerate(walk[1::2]):
+        dlat, dlon = rng.normal(0, 5e-5, 2)  # ~5 m of visual error
+        if k in (2, 5):  # two look-alikes placed 300 m away
+            dlat += 0.003
+        shots.append(Shot(Path(name), camera, reading((t.replace(tzinfo=None) + _td(offset)).isoformat()),
+                          lat=lat + dlat, lon=lon + dlon, placed_by="visual", radius_m=15.0))
+    clock = solve(shots, fixes=fixes)[camera.name]
+    assert clock.source == "visual" and clock.photos >= 3
+    assert abs(clock.offset_s - offset) <= 5
+    single = solve(shots[3:4], fixes=fixes)[camera.name]
+    assert single.offset_s is None or abs(single.offset_s - offset) <= 60
+
+
+def test_two_bodies_of_one_model_without_serials_are_named_not_averaged():
+    camera = Camera("Canon", "EOS 80D")
+    shots = []
+    for i in range(4):
+        for offset in (0.0, 3600.0):
+            shots.append(Shot(Path(f"{i}-{offset}.jpg"), camera, reading(f"2024-05-01T1{i}:00:00"),
+                              gps_utc=reading(f"2024-05-01T1{i}:00:00").clock_s - offset))
+    clock = solve(shots)[camera.name]
+    assert clock.offset_s is None and "two bodies may share the name" in clock.note
+
+
+def test_time_places_a_photo_between_fixes_with_a_radius_that_grows_with_the_gap():
+    fixes = Fixes.build(archive=[(0.0, 55.0, 13.0, 5.0, "a"), (60.0, 55.0005, 13.0, 5.0, "b"),
+                                 (7200.0, 55.01, 13.0, 5.0, "c")])
+    mid = place(fixes, 30.0)
+    assert mid.evidence == "time" and mid.gap_s == 30
+    assert abs(mid.lat - 55.00025) < 1e-7 and 5 < mid.radius_m < 70
+    assert place(fixes, 2.0).radius_m < mid.radius_m
+    assert place(fixes, 3600.0) is None  # an hour from any fix: unknown by time
+    assert place(fixes, -100.0).gap_s == 100 and place(fixes, -400.0) is None
+
+
+def test_track_segments_are_not_interpolated_across():
+    class Track:  # the fields of geoloc.trips.tracks.Track that Fixes reads
+        t = np.array([0.0, 10.0, 20.0, 30.0])
+        lat = np.array([55.0, 55.0001, 56.0, 56.0001])
+        lon = np.zeros(4) + 13
+        segment = np.array([0, 0, 1, 1])
+        accuracy_m = np.full(4, np.nan)
+        sources = (Path("walk.gpx"),)
+
+        def __len__(self):
+            return 4
+
+    fixes = Fixes.build(Track())
+    assert place(fixes, 15.0).between == (Path("walk.gpx"),)  # next to one fix, not halfway to the next segment
+    assert place(fixes, 15.0).lat in (55.0001, 56.0)
+    assert place(fixes, 5.0).evidence == "track"
+
+
+def test_offsets_are_written_and_read_as_clock_options_say():
+    assert parse_offset("-21:58:28") == -79108 and parse_offset("+02:00") == 7200 and parse_offset("3") == 10800
+    assert parse_offset("two hours") is None and format_offset(None) == "unknown"
+
+
+def _td(seconds):
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+# --- end to end, as a user runs it ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trip(tmp_path_factory, lund_dir, tiny_model):
+    """The phone's odd Lund frames indexed (GPS, GPS times); the camera's even frames to place,
+    its clock 3 h 17 min 42 s behind UTC."""
+    from geoloc.indexer import IndexConfig, index_photos
+
+    root = tmp_path_factory.mktemp("trip")
+    truth = build_trip(lund_dir, root, camera_offset_s=-(3 * 3600 + 17 * 60 + 42))
+    db = root / "db"
+    index_photos([root / "phone"], db, IndexConfig(model=tiny_model, device="cpu"))
+    return root, db, truth
+
+
+def _errors(out, truth):
+    errors = {}
+    for o in out:
+        name = Path(o["query"]).name
+        e = o["estimate"]
+        errors[name] = None if e is None else float(haversine_m(e["lat"], e["lon"], *truth[name]))
+    return errors
+
+
+def test_photos_of_a_camera_with_a_known_clock_are_placed_by_the_archives_time(trip):
+    root, db, truth = trip
+    result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--json", "--evidence", "time",
+                                 "--clock", "FUJIFILM X-T30=-03:17:42"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    errors = _errors(out, truth)
+    assert all(e is not None for e in errors.values())
+    assert median(errors.values()) <= 10
+    for o in out:
+        est = o["estimate"]
+        assert est["evidence"] == ["time"] and est["time_gap_s"] <= 60
+        assert o["camera"] == "FUJIFILM X-T30" and o["taken_at_utc"].startswith("2024-05-01T08:")
+        assert _errors([o], truth)[Path(o["query"]).name] <= est["radius_m"]
+
+
+def test_a_camera_whose_clock_is_unknown_is_never_placed_by_time(trip):
+    root, db, truth = trip
+    result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--json", "--evidence", "time"])
+    assert result.exit_code in (0, 1), result.output
+    out = json.loads(result.stdout)
+    assert all(o["estimate"] is None for o in out)
+    assert all(any("clock of FUJIFILM X-T30 is unknown" in w for w in o["warnings"]) for o in out)
+
+
+def test_a_visual_estimate_the_clock_contradicts_loses_confidence_and_says_why(trip):
+    root, db, truth = trip
+    wrong = "FUJIFILM X-T30=-03:27:42"  # ten minutes off: the walk is elsewhere then
+    result = runner.invoke(app, ["locate", str(root / "camera" / "02.jpg"), "--db", str(db), "--json",
+                                 "--clock", wrong])
+    assert result.exit_code == 0, result.output
+    (o,) = json.loads(result.stdout)
+    assert o["estimate"]["confidence"] != "high"
+
+
+def test_clocks_lists_each_camera_with_its_offset_and_source(trip):
+    root, db, _ = trip
+    result = runner.invoke(app, ["clocks", "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    (phone,) = json.loads(result.stdout)
+    assert {k for k in phone} >= {"camera", "make", "model", "serial", "offset_s", "source", "photos"}
+    assert phone["camera"] == "Google Pixel 7" and phone["offset_s"] == 7200 and phone["photos"] == 15
+    assert phone["source"] == "gps-time"
+    table = runner.invoke(app, ["clocks", "--db", str(db)])
+    assert table.exit_code == 0 and "Google Pixel 7" in table.stdout and "+02:00:00" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clock", "NIKON"], "CAMERA=±HH:MM:SS"),
+    (["--clock", "NIKON=soon"], "CAMERA=±HH:MM:SS"),
+    (["--evidence", "smell"], "choose among visual, time, track"),
+])
+def test_malformed_trip_options_are_usage_errors(trip, args, message):
+    root, db, _ = trip
+    result = runner.invoke(app, ["locate", str(root / "camera" / "02.jpg"), "--db", str(db), *args])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_a_database_made_before_trips_reads_its_cameras_on_the_next_index(tmp_path, lund_dir, tiny_model):
+    """Its rows get the camera and GPS time once, from EXIF alone (no photo is indexed again)."""
+    import sqlite3
+
+    root = tmp_path
+    build_trip(lund_dir, root, camera_offset_s=0)
+    db = root / "db"
+    assert runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--model", tiny_model]).exit_code == 0
+    with sqlite3.connect(db / "photos.sqlite") as conn:  # as an older geoloc left it
+        conn.execute("UPDATE photos SET camera_make = NULL, camera_model = NULL, gps_time = NULL")
+        conn.execute("DELETE FROM meta WHERE key = 'trip_columns'")
+    before = runner.invoke(app, ["clocks", "--db", str(db), "--json"])
+    assert json.loads(before.stdout)[0]["camera"] == "unknown camera"
+    result = runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["indexed"] == 0
+    after = json.loads(runner.invoke(app, ["clocks", "--db", str(db), "--json"]).stdout)
+    assert after[0]["camera"] == "Google Pixel 7" and after[0]["source"] == "gps-time"
+
+
+def test_an_unknown_camera_clock_is_found_by_aligning_what_the_pixels_place_with_the_trip(trip, lund_dir):
+    """Nobody tells geoloc the camera's clock: its photos placed confidently from their pixels
+    are aligned with the phone's fixes, and then every photo is placed by time. The offset is as
+    precise as the pixels place the photos (the tiny test model: a frame's neighbour, some 5 m,
+    4 s at a walk); the solver's own precision is tested above with the visual error known."""
+    from datetime import datetime
+
+    root, db, truth = trip
+    result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    when = {name: t for name, _, _, t in lund_walk(lund_dir)}
+    for o in out:
+        utc = datetime.fromisoformat(o["taken_at_utc"].replace("Z", "+00:00"))
+        assert abs((utc - when[Path(o["query"]).name]).total_seconds()) <= 10
+    errors = _errors(out, truth)
+    assert median(errors.values()) <= 10
+    assert all("time" in o["estimate"]["evidence"] for o in out)
