@@ -37,3 +37,16 @@ def format_distance(metres: float | None, missing: str = "–") -> str:
     if metres < 100_000:
         return f"{metres / 1000:,.1f} km"
     return f"{metres / 1000:,.0f} km"
+
+
+def camera_name(make: str | None, model: str | None, serial: str | None = None) -> str:
+    """How a camera body is named to people and in ``--clock NAME=…``: "NIKON COOLPIX P6000",
+    with "#serial" when it has one; Make is not repeated when Model starts with it
+    ("Canon EOS 5D"); a photo without either is "unknown camera"."""
+    model_text = model or ""
+    if make and model_text.lower().startswith(make.lower()):
+        base = model_text
+    else:
+        base = " ".join(x for x in (make, model) if x)
+    base = base or "unknown camera"
+    return f"{base} #{serial}" if serial else base

@@ -73,10 +73,11 @@ class LocateResult:
     @property
     def camera(self) -> str | None:
         """The camera's name as ``geoloc clocks`` and ``--clock`` give it; None when EXIF names none."""
-        from geoloc.trips.times import Camera
+        from geoloc.formatting import camera_name
 
-        camera = Camera.of(self)
-        return camera.name if camera.known else None
+        if not (self.camera_make or self.camera_model):
+            return None
+        return camera_name(self.camera_make, self.camera_model, self.camera_serial)
 
     @property
     def warnings(self) -> list[str]:

@@ -27,15 +27,10 @@ class Camera:
 
     @property
     def name(self) -> str:
-        """How people and ``--clock NAME=…`` name it: "NIKON COOLPIX P6000", with "#serial"
-        when the body has one; a photo without Make and Model is "unknown camera"."""
-        model = self.model or ""
-        if self.make and model.lower().startswith(self.make.lower()):
-            base = model  # "Canon Canon EOS 5D" reads as "Canon EOS 5D"
-        else:
-            base = " ".join(x for x in (self.make, self.model) if x)
-        base = base or "unknown camera"
-        return f"{base} #{self.serial}" if self.serial else base
+        """How people and ``--clock NAME=…`` name it (:func:`geoloc.formatting.camera_name`)."""
+        from geoloc.formatting import camera_name
+
+        return camera_name(self.make, self.model, self.serial)
 
     @property
     def known(self) -> bool:
