@@ -257,3 +257,51 @@ def test_an_unknown_camera_clock_is_found_by_aligning_what_the_pixels_place_with
     errors = _errors(out, truth)
     assert median(errors.values()) <= 10
     assert all("time" in o["estimate"]["evidence"] for o in out)
+
+
+# --- sequences --------------------------------------------------------------------------------
+
+
+def _frames(tops):
+    """Frames along a street (10 m apart), each with candidates: the truth, and a look-alike
+    300 m away; ``tops[i]`` says which one the pixels rank first."""
+    from types import SimpleNamespace
+
+    from geoloc.results import Candidate, LocateResult
+
+    frames = []
+    for i, top in enumerate(tops):
+        right = Candidate(1, Path(f"db/{i}.jpg"), 55.0 + i * 9e-5, 13.0, 0.50)
+        wrong = Candidate(2, Path(f"db/far{i}.jpg"), 55.0 + i * 9e-5 + 0.0027, 13.0, 0.52 if top == "wrong" else 0.40)
+        cands = [wrong, right] if top == "wrong" else [right, wrong]
+        for rank, c in enumerate(cands, 1):
+            c.rank = rank
+        frames.append(LocateResult(Path(f"trip/frame{i + 1}.jpg"), candidates=cands))
+    return frames
+
+
+def test_a_frame_matched_to_a_look_alike_between_two_right_ones_is_moved_to_its_street():
+    from geoloc.trips.sequence import smooth
+
+    frames = _frames(["right", "right", "wrong", "right", "right"])
+    report = smooth(frames)
+    assert (report.sequences, report.moved) == (1, 1)
+    moved = frames[2]
+    assert moved.candidates[0].path == Path("db/2.jpg") and moved.candidates[0].rank == 1
+    assert moved.estimate.evidence == ["visual", "sequence"] and moved.estimate.confidence == "medium"
+    assert "frames before and after" in moved.estimate.warnings[0]
+
+
+def test_a_consistent_sequence_is_left_as_the_pixels_placed_it():
+    from geoloc.trips.sequence import smooth
+
+    frames = _frames(["right"] * 6)
+    assert smooth(frames).moved == 0
+    assert [f.candidates[0].path for f in frames] == [Path(f"db/{i}.jpg") for i in range(6)]
+
+
+def test_frames_are_put_in_name_order_as_people_count_them():
+    from geoloc.trips.sequence import natural_key
+
+    names = [Path("t/img10.jpg"), Path("t/img2.jpg"), Path("t/img1.jpg")]
+    assert sorted(names, key=natural_key) == [Path("t/img1.jpg"), Path("t/img2.jpg"), Path("t/img10.jpg")]

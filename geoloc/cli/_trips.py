@@ -14,7 +14,12 @@ EVIDENCE_HELP = ("The evidence to use, comma-separated: visual (the pixels), tim
                  "of known time), track (--track and the database's tracks). Default: all.")
 
 
-def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evidence: Optional[str]):
+SEQUENCE_HELP = ("The queries are frames of one trip (in name order, or by capture time when one camera "
+                 "took them all): each is placed where its neighbours make a plausible path.")
+
+
+def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evidence: Optional[str],
+                sequence: bool = False):
     """The options as a TripConfig; :class:`UsageError` for a malformed one."""
     from geoloc.errors import UsageError
     from geoloc.trips.evidence import KINDS, TripConfig
@@ -38,7 +43,10 @@ def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evide
             from geoloc.errors import GeolocError
 
             raise GeolocError(f"--track {track}: no such file")
-    return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds)
+    if sequence:
+        kinds = kinds + ("sequence",) if "sequence" not in kinds else kinds
+    return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds,
+                      sequence=sequence)
 
 
 def apply_trips(results: list, db: Path, config) -> None:
@@ -49,6 +57,15 @@ def apply_trips(results: list, db: Path, config) -> None:
     report = apply_to_database(results, db, config, warn=console.warn)
     if report is None:
         return
+    if report.sequence is not None and config.sequence:
+        seq = report.sequence
+        if seq.sequences == 0:
+            console.warn("--sequence: fewer than 3 frames to put in order; each photo was placed alone")
+        elif seq.moved:
+            from geoloc.formatting import count
+
+            console.info(f"--sequence: {count(seq.moved, 'frame')} of {seq.frames} moved to a candidate "
+                         "that keeps the path plausible")
     named = set(report.clocks)
     for name in config.clocks:
         if name not in named:

@@ -11,7 +11,7 @@ import typer
 from geoloc.cli import app
 from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
                                 warn_mirror_damage)
-from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, TRACK_HELP, apply_trips, trip_config
+from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, apply_trips, trip_config
 from geoloc.files import check_writable, display_path, printable
 from geoloc.formatting import count, format_distance
 
@@ -89,6 +89,7 @@ def locate_command(
                                               show_default=False),
     evidence: Optional[str] = typer.Option(None, "--evidence", metavar="KINDS", help=EVIDENCE_HELP,
                                            show_default=False),
+    sequence: bool = typer.Option(False, "--sequence", help=SEQUENCE_HELP),
 ) -> None:
     """Estimate where photos were taken, with an uncertainty radius and the matching photos."""
     from geoloc import console
@@ -132,7 +133,7 @@ def locate_command(
         raise UsageError("choose --rerank or --no-rerank, not both")
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
-    trips = trip_config(track, clock, evidence)
+    trips = trip_config(track, clock, evidence, sequence)
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     apply_trips(results, db_path, trips)
     _report_warnings(results, verbose)

@@ -48,6 +48,8 @@ class TripReport:
     archive_fixes: int = 0
     #: Queries placed (in part) by time.
     timed: int = 0
+    #: What ``--sequence`` did (:class:`geoloc.trips.sequence.SequenceReport`), None without it.
+    sequence: object = None
 
 
 def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
@@ -198,13 +200,33 @@ def apply_to_database(results: list, db: Path, config: TripConfig,
     capture time (nothing for time to say, nothing read)."""
     from geoloc.database import Database
 
+    sequence = order_frames(results) if config.sequence and config.uses("visual") else None
     if not any(r.taken_at for r in results if not r.error):
+        if sequence is not None:
+            return TripReport(sequence=sequence)
         return None
     with Database.open(db) as database:
         records = database.photos()
     paths = kept_tracks(db) + [Path(p) for p in config.tracks]
     tracks = read_trip_tracks(paths, warn) if config.uses("track") else None
-    return apply(results, records, config, tracks=tracks, warn=warn)
+    report = apply(results, records, config, tracks=tracks, warn=warn)
+    report.sequence = sequence
+    return report
+
+
+def order_frames(results: list):
+    """``--sequence``: the frames on the most plausible path through their candidates
+    (:mod:`geoloc.trips.sequence`), timed by their capture times when one camera took them all
+    (its clock's offset does not matter between its own photos), else in name order."""
+    from geoloc.trips.sequence import smooth
+
+    frames = [r for r in results if not r.error]
+    readings = [reading(r.taken_at) for r in frames]
+    one_camera = len({Camera.of(r).name for r in frames}) == 1
+    times = None
+    if frames and one_camera and all(x is not None for x in readings):
+        times = [x.clock_s for x in readings]
+    return smooth(frames, times)
 
 
 def keep_tracks(db: Path, paths: Sequence[Path], warn: Callable[[str], None] = lambda line: None) -> list[Path]:
