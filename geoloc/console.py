@@ -82,6 +82,46 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+class PathCell:
+    """A path in a table cell, on one line: cut from the left (``…/lund/29.jpg``) when its column
+    is narrower than the path.
+
+    The end of a path, the file's name, is what tells photos apart; Rich's own overflow either
+    folds a name mid-word over two lines (``adobe_coor`` / ``ds.jpg``) or cuts its end off.
+    The column may shrink to :attr:`MIN` cells before other columns have to give way.
+    """
+
+    MIN = 12
+
+    def __init__(self, text: str, style: str = ""):
+        self.text = printable(text)
+        self.style = style
+
+    def __rich_measure__(self, console, options):
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        width = cell_len(self.text)
+        return Measurement(min(width, self.MIN), width)
+
+    def __rich_console__(self, console, options):
+        yield Text(shorten_left(self.text, options.max_width), style=self.style, no_wrap=True, overflow="crop")
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` in at most ``width`` terminal cells, its start replaced by ``…`` when it is longer."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    kept = ""
+    for char in reversed(text):
+        if cell_len(char + kept) > max(width - 1, 0):
+            break
+        kept = char + kept
+    return "…" + kept
+
+
 class SteadyRate:
     """A phase's throughput once it means something, for its time left.
 
