@@ -70,6 +70,10 @@ class IndexConfig:
     #: A vocabulary fitted on fewer photos is provisional: fitted again, with every photo indexed
     #: again, once the database holds ``refit.REFIT_GROWTH`` times as many (geoloc.refit).
     provisional_vocabulary: int = 50
+    #: After fitting a provisional vocabulary, say when geoloc fits it again and that
+    #: ``geoloc index --refit`` does it: advice for a user's database; ``eval``'s cache database
+    #: is not the user's to refit, and says what it means for the figures instead.
+    vocabulary_advice: bool = True
     #: Fit the vocabulary again now, on a sample of every photo (``--refit``).
     refit: bool = False
     seed: int = 0
