@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, ray_config
+from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, WORKERS_HELP, handle_errors, ray_config
 
 
 _HELP = (
@@ -47,9 +47,7 @@ def index(
     batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
                                              show_default=False),
     workers: Optional[int] = typer.Option(
-        None, "--workers", metavar="N", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
-        "cores (1–4) on the CPU, where the network needs them.",
-        show_default=False),
+        None, "--workers", metavar="N", min=1, help=WORKERS_HELP, show_default=False),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     vocabulary_photos: int = typer.Option(
