@@ -223,16 +223,13 @@ def assess_confidence(
     unmatched = False
     estimate.verification = verification
     if verification == "no match":
-        from geoloc.verify import NO_MATCH_MAX
-
         level, unmatched = "low", True
         # Not "the place is missing": a night photo of a place the database holds by day ends
         # here too (Tokyo 24/7), and its top candidate may well be the right one, unconfirmed.
         warnings.append(
             f"no match: even the best candidate shares only {top_inliers} features with the photo "
-            f"in one consistent layout ({NO_MATCH_MAX} make a match), so nothing confirms it: the "
-            "database may have no photo of this place, or none taken close enough in viewpoint, "
-            "light or season"
+            "in one consistent layout, too few to confirm it: the database may have no photo of "
+            "this place, or none taken close enough in viewpoint, light or season"
         )
     elif verification == "unverified":
         level = "medium"
