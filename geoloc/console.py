@@ -230,11 +230,16 @@ class RichProgress(Progress):
     throughput ("photos" → "7.6 photos/s"); a ``loss`` field, when reported, is shown instead.
     ``warnings``: print each per-file warning as it comes (else the caller lists them later).
     ``bars=False`` draws nothing but the warnings and messages (``--quiet``).
+    ``announce``: off a terminal, where transient bars draw nothing, say each phase as one line
+    the first time it starts, so that a run whose output is piped or logged (finetune: minutes
+    of decoding and descriptors before its first epoch line) is never silent for long.
     """
 
     def __init__(self, *, transient: bool = True, rate: str | None = None, warnings: bool = True,
-                 bars: bool = True):
+                 bars: bool = True, announce: bool = False):
         self.transient = transient
+        self.announce = announce
+        self._announced: set[str] = set()
         self.rate = rate
         self.show_warnings = warnings
         self.bars = bars
@@ -250,6 +255,9 @@ class RichProgress(Progress):
 
         if not self.bars:
             return
+        if self.announce and not err.is_terminal and description not in self._announced:
+            self._announced.add(description)
+            info(f"{description}" + (f" ({total:,})" if total else "") + " …")
         if self._progress is None:
             self._progress = progress(transient=self.transient)
             self._progress.start()

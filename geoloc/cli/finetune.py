@@ -124,7 +124,7 @@ def finetune(
 
     from geoloc.console import RichProgress
 
-    reporter = RichProgress(transient=True)
+    reporter = RichProgress(transient=True, announce=True)
     try:
         result = run_finetune(photos, out, config, resume=resume, restart=restart, reporter=reporter)
     finally:
