@@ -377,8 +377,8 @@ def _print_tables(results) -> None:
         table.add_row(*row)
     out.print(table)
     if len(results) == 1 and results[0].candidates:
-        out.print(_candidates_table(results[0], out.width))
-        note = _CANDIDATES_NOTE if any(c.fused is not None for c in results[0].candidates) else _COSINE_NOTE
+        cands, note = _candidates_table(results[0], out.width)
+        out.print(cands)
     else:
         note = "score: the best candidate's cosine similarity (1: the same view)"
     out.print(Text(note, style="dim"), soft_wrap=False)  # wrapped at word boundaries
@@ -392,7 +392,8 @@ _CANDIDATES_NOTE = ("score: cosine similarity of the descriptors (1: the same vi
 
 def _candidates_table(r, width: int):
     """One query's candidates in their final order, with what ordered them: the re-ranking's
-    ``verified`` score where geometric verification ran, else the cosine ``score``."""
+    ``verified`` score where geometric verification ran, else the cosine ``score``; and the
+    note that says which."""
     from rich.table import Table
     from rich.text import Text
 
@@ -412,7 +413,7 @@ def _candidates_table(r, width: int):
             row.append("–" if c.fused is None else f"{c.fused:.3f}")
         row += [format_distance(c.distance_m), f"{c.lat:.6f}", f"{c.lon:.6f}", PathCell(name)]
         cands.add_row(*row)
-    return cands
+    return cands, _CANDIDATES_NOTE if verified else _COSINE_NOTE
 
 
 def _title(head: str, folder: str | None, width: int):
