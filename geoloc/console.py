@@ -82,6 +82,46 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+class PathCell:
+    """A path in a table cell, on one line: cut from the left (``…/lund/29.jpg``) when its column
+    is narrower than the path.
+
+    The end of a path, the file's name, is what tells photos apart; Rich's own overflow either
+    folds a name mid-word over two lines (``adobe_coor`` / ``ds.jpg``) or cuts its end off.
+    The column may shrink to :attr:`MIN` cells before other columns have to give way.
+    """
+
+    MIN = 12
+
+    def __init__(self, text: str, style: str = ""):
+        self.text = printable(text)
+        self.style = style
+
+    def __rich_measure__(self, console, options):
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        width = cell_len(self.text)
+        return Measurement(min(width, self.MIN), width)
+
+    def __rich_console__(self, console, options):
+        yield Text(shorten_left(self.text, options.max_width), style=self.style, no_wrap=True, overflow="crop")
+
+
+def shorten_left(text: str, width: int) -> str:
+    """``text`` in at most ``width`` terminal cells, its start replaced by ``…`` when it is longer."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    kept = ""
+    for char in reversed(text):
+        if cell_len(char + kept) > max(width - 1, 0):
+            break
+        kept = char + kept
+    return "…" + kept
+
+
 class SteadyRate:
     """A phase's throughput once it means something, for its time left.
 
@@ -190,11 +230,16 @@ class RichProgress(Progress):
     throughput ("photos" → "7.6 photos/s"); a ``loss`` field, when reported, is shown instead.
     ``warnings``: print each per-file warning as it comes (else the caller lists them later).
     ``bars=False`` draws nothing but the warnings and messages (``--quiet``).
+    ``announce``: off a terminal, where transient bars draw nothing, say each phase as one line
+    the first time it starts, so that a run whose output is piped or logged (finetune: minutes
+    of decoding and descriptors before its first epoch line) is never silent for long.
     """
 
     def __init__(self, *, transient: bool = True, rate: str | None = None, warnings: bool = True,
-                 bars: bool = True):
+                 bars: bool = True, announce: bool = False):
         self.transient = transient
+        self.announce = announce
+        self._announced: set[str] = set()
         self.rate = rate
         self.show_warnings = warnings
         self.bars = bars
@@ -210,6 +255,9 @@ class RichProgress(Progress):
 
         if not self.bars:
             return
+        if self.announce and not err.is_terminal and description not in self._announced:
+            self._announced.add(description)
+            info(f"{description}" + (f" ({total:,})" if total else "") + " …")
         if self._progress is None:
             self._progress = progress(transient=self.transient)
             self._progress.start()

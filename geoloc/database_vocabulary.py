@@ -110,6 +110,6 @@ def ensure_vocabulary(database: Database, model, extractor, to_index: list[Path]
     store_vocabulary(database, model, {"vocabulary_photos": len(sampler),
                                        "vocabulary_features": int(features.shape[0])})
     cache.clear()
-    if refit.is_provisional(len(sampler), config):
+    if config.vocabulary_advice and refit.is_provisional(len(sampler), config):
         run.progress.message(refit.provisional_note(len(sampler), config))
     return "fitted", kept

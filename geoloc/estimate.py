@@ -231,9 +231,12 @@ def assess_confidence(
     estimate.verification = verification
     if verification == "no match":
         level, unmatched = "low", True
+        # Not "the place is missing": a night photo of a place the database holds by day ends
+        # here too (Tokyo 24/7), and its top candidate may well be the right one, unconfirmed.
         warnings.append(
-            f"no match: even the best candidate shares only {top_inliers} geometrically consistent "
-            "features with the photo; it is probably from a place the database does not cover"
+            f"no match: even the best candidate shares only {top_inliers} features with the photo "
+            "in one consistent layout, too few to confirm it: the database may have no photo of "
+            "this place, or none taken close enough in viewpoint, light or season"
         )
     elif verification == "unverified":
         level = "medium"
@@ -252,8 +255,8 @@ def assess_confidence(
         best, bar = _distinct(best_score, reference)
         warnings.append(
             f"weak match: best score {best} is below {bar}, the bar between what this database's "
-            "photos score against their own place and against other places; the photo may be "
-            "from a place the database does not cover"
+            "photos score against their own place and against other places; the database may "
+            "have no photo of this place, or none that looks enough like this one"
         )
     if (verification is None and level == "high" and estimate.considered > 1
             and estimate.support < cfg.min_support_unverified):

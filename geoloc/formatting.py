@@ -50,3 +50,15 @@ def camera_name(make: str | None, model: str | None, serial: str | None = None) 
         base = " ".join(x for x in (make, model) if x)
     base = base or "unknown camera"
     return f"{base} #{serial}" if serial else base
+
+
+def coordinate_digits(radius_m: float | None) -> int:
+    """Decimals of a latitude or longitude worth showing for a position known within
+    ``radius_m``: six decimals (0.1 m) under a 1 km circle would claim what nobody knows.
+
+    The last digit's step (about 111 km × 10⁻ᵈ) stays under a fifth of the radius; 1 to 6.
+    """
+    if radius_m is None or not math.isfinite(radius_m) or radius_m <= 0:
+        return 6
+    digits = math.ceil(math.log10(111_000 * 5 / radius_m))
+    return min(max(digits, 1), 6)

@@ -30,6 +30,7 @@ from geoloc.cluster import RayConfig
 from geoloc.database_vocabulary import ensure_vocabulary
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
 from geoloc.files import display_path, json_path
+from geoloc.formatting import count
 from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Progress, first_batch_status
 from geoloc.refit import RefitReport
@@ -70,6 +71,10 @@ class IndexConfig:
     #: A vocabulary fitted on fewer photos is provisional: fitted again, with every photo indexed
     #: again, once the database holds ``refit.REFIT_GROWTH`` times as many (geoloc.refit).
     provisional_vocabulary: int = 50
+    #: After fitting a provisional vocabulary, say when geoloc fits it again and that
+    #: ``geoloc index --refit`` does it: advice for a user's database; ``eval``'s cache database
+    #: is not the user's to refit, and says what it means for the figures instead.
+    vocabulary_advice: bool = True
     #: Fit the vocabulary again now, on a sample of every photo (``--refit``).
     refit: bool = False
     seed: int = 0
@@ -285,7 +290,7 @@ class _Run:
                 f"interrupted while fitting the vocabulary: {self.fitted} of {self.sample} sample photos "
                 "are done and kept; run the same command again to continue")
         return RunInterrupted(
-            f"interrupted: {self.report.indexed} photos saved in this run, {total} in the database; "
+            f"interrupted: {count(self.report.indexed, 'photo')} saved in this run, {total} in the database; "
             "run the same command again to continue")
 
     def extract(self, database: Database, model, to_index: list[Path], stack: contextlib.ExitStack) -> None:

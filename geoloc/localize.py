@@ -21,6 +21,7 @@ from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
 from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
 from geoloc.files import display_path
+from geoloc.formatting import count
 from geoloc.geo import haversine_m
 from geoloc.models.runtime import check_precision_name
 from geoloc.rerank import RerankConfig, Reranker
@@ -146,14 +147,14 @@ class Locator:
         counts = self.database.counts()
         writer = self.database.writer()
         if writer:  # a first `geoloc index` still at work: not empty, not yet ready
-            done = f"{counts['total']} photos so far, none located yet" if counts["total"] else "no photo stored yet"
+            done = f"{count(counts['total'], 'photo')} so far, none located yet" if counts["total"] else "no photo stored yet"
             return DatabaseError(
                 f"{where} is being built by another geoloc process ({writer}): {done}; "
                 "run `geoloc locate` again when that `geoloc index` has finished")
         if counts["total"] == 0:
             return DatabaseError(f"{where} is empty; add GPS-tagged photos with `geoloc index PATH`")
         return DatabaseError(
-            f"{where} has no photo with a GPS position ({counts['total']} photos, none located); "
+            f"{where} has no photo with a GPS position ({count(counts['total'], 'photo')}, none located); "
             "index GPS-tagged photos first"
         )
 

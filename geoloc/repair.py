@@ -17,6 +17,7 @@ from typing import Callable
 from geoloc.database import Database, PhotoRecord
 from geoloc.errors import PhotoError
 from geoloc.files import display_path, json_path, sha256_file
+from geoloc.formatting import count
 
 
 @dataclass
@@ -112,8 +113,8 @@ def describe(report: RepairReport) -> str:
     if report.claimed:
         parts.append(f"{report.claimed} stored descriptors taken back by their photos")
     if report.reextracted:
-        parts.append(f"{report.reextracted} damaged descriptors computed again")
+        parts.append(f"{count(report.reextracted, 'damaged descriptor')} computed again")
     if report.unrepairable:
         first = display_path(report.unrepairable[0][0])
-        parts.append(f"{len(report.unrepairable)} photos could not be repaired (e.g. {first}: {report.unrepairable[0][1]})")
+        parts.append(f"{count(len(report.unrepairable), 'photo')} could not be repaired (e.g. {first}: {report.unrepairable[0][1]})")
     return "; ".join(parts) or "nothing to repair"

@@ -48,6 +48,8 @@ def test_help_reads_well_at_80_columns(argv):
     assert all(len(line) <= WIDTH for line in lines), max(lines, key=len)
     assert not TYPE_NAMES.search(text), TYPE_NAMES.search(text).group()
     assert "…" not in text  # a word or a default cut off
+    assert not re.search(r"\[x ?[<>]", text), "typer's range notation ([x>=1]) shown"
+    assert "[[" not in text, "an optional argument's brackets doubled"
     for line in lines:
         assert not re.search(r"\[default:[^\]]*$", line), f"a default cut over two lines: {line!r}"
         assert line.count("`") % 2 == 0, f"an inline command split over two lines: {line!r}"
@@ -100,3 +102,40 @@ def test_the_ray_extra_is_named_whole(argv):
     """``geoloc[ray]`` in a help text is Rich markup unless escaped: it showed as "geoloc"."""
     text = " ".join(line.strip(" │") for line in render(argv))
     assert "geoloc[ray]" in text
+
+
+def _option_help(argv: list[str], option: str) -> str:
+    """The help text of one option's row, its wrapped lines joined."""
+    lines = render(argv)
+    start = next(i for i, line in enumerate(lines) if re.match(rf"│ {re.escape(option)}\b", line))
+    words = [lines[start].strip("│ ").split(None, 2)[2]]
+    for line in lines[start + 1:]:
+        inner = line.strip("│ ")
+        if not line.startswith("│") or inner.startswith("-") or not inner:
+            break
+        words.append(inner)
+    return " ".join(words)
+
+
+def test_one_default_is_worded_one_way():
+    """Why: `--workers` of index and eval, both `default_workers`, were described in three ways
+    (with finetune's); the two now share one text."""
+    assert _option_help(["index"], "--workers") == _option_help(["eval"], "--workers")
+    assert "a quarter of the cores" in _option_help(["index"], "--workers")
+
+
+PAGES = {"undo-exif": "locate.md"}
+
+
+@pytest.mark.parametrize("argv", [c for c in COMMANDS if len(c) == 1], ids=lambda c: c[0])
+def test_every_option_is_on_its_commands_page(argv):
+    """Why: `--no-maps` was in `geoloc index --help` and not in docs/commands/index.md."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "commands" / PAGES.get(argv[0], f"{argv[0]}.md")
+    text = page.read_text(encoding="utf-8")
+    command = typer.main.get_command(app).commands[argv[0]]
+    missing = [opt for p in command.params if not getattr(p, "hidden", False)
+               for opt in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+               if opt.startswith("--") and opt not in text]
+    assert not missing, f"{page.name} does not mention {missing}"

@@ -291,3 +291,15 @@ def test_missing_database_is_one_line(tmp_path, lund):
     res = run("eval", lund[1][0], "--db", tmp_path / "nope")
     assert res.exit_code == 1
     assert "no geoloc database" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_small_eval_database_gets_no_index_advice(lund_dir):
+    """Why: eval built its own cache database and told the user to `geoloc index --refit` it.
+    Its vocabulary note speaks of the figures instead, on every run that uses it."""
+    args = ["eval", f"{lund_dir}/0[2468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg",
+            "--model", "lite0-vlad", "--max-side", SIDE, "--json"]
+    for _ in range(2):  # built, then from the cache
+        res = run(*args)
+        assert res.exit_code == 0, res.output
+        assert "this evaluation's database was fitted on only 15 photos" in res.stderr
+        assert "--refit" not in res.stderr and "geoloc index" not in res.stderr

@@ -52,6 +52,12 @@ def test_a_short_run_lowers_the_loss_and_writes_a_model(trained):
     assert summary["history"][1]["trained"] > 0 and summary["history"][1]["loss"] > 0
     assert set(summary["validation"]["recall"]) == {"1", "5", "10"}
     assert "epoch 2/2" in stderr and "recall@1/5/10" in stderr
+    # Off a terminal (a pipe, a log) no bar shows: each phase is a line when it starts, so the
+    # minutes before the first epoch line are not silent; each said once.
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    first = next(i for i, line in enumerate(lines) if line.startswith("start"))
+    assert "reading photos (29) …" in lines[:first] and "descriptors (29) …" in lines[:first], lines
+    assert len(lines) == len(set(lines)), lines
 
     from geoloc.models.modelfile import read_model_metadata
     from geoloc.models.registry import load_model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -76,6 +77,9 @@ def test_lund_first_run(lund_db):
     assert data["error_files"] == []
     assert data["vocabulary"] == "fitted"
     assert "29 located" in stderr  # the summary for people, on stderr
+    # The summary's rate says what it measures, apart from the bars' own (each phase alone).
+    assert re.search(r"time +[\d.]+ s +[\d.]+ photos/s in all \(bars: per phase\)", stderr), stderr
+    assert "(29 photos)" in stderr and "(1 photos)" not in stderr
     with Database.open(db) as database:
         records, matrix = database.descriptor_matrix()
         assert sorted(r.path.name for r in records) == [f"{i:02d}.jpg" for i in range(1, 30)]

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def test_a_photo_from_another_city_is_flagged_low_confidence(lund, exif_dir):
         assert o["estimate"]["radius_m"] >= 1000  # and its radius says it could be anywhere
     # Several queries: one line counts the flags, instead of a line per warning.
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["warning: 2 of 4 estimates are flagged (no match: 2, candidates disagree: 2); "
+    assert lines == ["warning: 2 of 4 estimates are flagged, 4 flags in all (no match: 2, candidates disagree: 2); "
                      "--verbose lists them, --json gives each its warnings"], lines
     assert "weak match" not in result.stdout.replace('"weak match', "")  # only inside the JSON
     verbose = CliRunner().invoke(app, ["locate", str(arezzo / "DSCN0010.jpg"), str(queries / "06.jpg"),
@@ -229,6 +230,41 @@ def test_people_get_a_table_on_stdout_and_a_map(lund, tmp_path):
     assert "data:image/jpeg;base64," in page
     assert "<script src=" not in page and "<link " not in page  # Leaflet is in the file
     assert page.count('<tr><td class="num">1</td>') == 1  # the table of answers
+
+
+def test_the_tables_read_at_80_columns_and_say_what_is_known(lund, exif_dir, tmp_path):
+    """Why: a `low` estimate printed as `35.659290 139.698380 ± 17,780 km`; names folded
+    mid-word (`mapillary/adobe_coor` / `ds.jpg`); candidates absolute under a title naming a
+    folder; `score` unexplained while the re-ranked order disagreed with it."""
+    db, queries, _, _ = lund
+    far = tmp_path / "a folder with a rather long name" / "DSCN0010_seen_from_somewhere_far_away.jpg"
+    far.parent.mkdir()
+    shutil.copy(exif_dir / "jpg" / "gps" / "DSCN0010.jpg", far)
+    env = {"COLUMNS": "80"}
+    one = CliRunner().invoke(app, ["locate", str(far), "--db", str(db), "--top-k", "5"], env=env)
+    assert one.exit_code == 0, one.output
+    lines = one.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    row = next(i for i, line in enumerate(lines) if "far_away.jpg" in line)
+    assert re.match(r"│…\S*_far_away\.jpg ", lines[row]), lines[row]  # cut from the left, never folded
+    assert "no reliable" in lines[row + 1] and "low" in lines[row]
+    cells = [cell.strip() for cell in lines[row].split("│")[2:-1]]
+    assert cells[:3] == ["–", "–", "–"] and cells[4] == "low", cells  # no coordinates, no radius
+    title = next(line for line in lines if line.startswith("candidates"))
+    assert title == f"candidates — in {db.parent / 'photos'}"
+    rows = [line for line in lines if re.match(r"│ ?\d+ │", line)]
+    assert len(rows) == 5 and all(re.search(r"│ \d\d\.jpg +│$", r) for r in rows), rows  # relative to the title
+    assert "verified" in one.stdout and "score: cosine similarity" in one.stdout
+    assert "may have no photo of this place" in one.stderr  # not "the place is not covered"
+
+    two = CliRunner().invoke(app, ["locate", str(far), str(queries / "06.jpg"), "--db", str(db)], env=env)
+    assert two.exit_code == 0, two.output
+    lines = two.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    far_row = next(line for line in lines if "far_away.jpg" in line)
+    assert "…" in far_row  # shortened from the left, the name's end kept
+    near_row = next(line for line in lines if "06.jpg" in line)
+    assert re.search(r"55\.\d{4,5} │ +13\.\d{4,5} │", near_row), near_row  # digits as the radius allows
 
 
 def test_a_map_to_share_embeds_no_thumbnails_and_names_photos_relative_to_it(tiny_db, lund_dir, tmp_path):

@@ -46,11 +46,15 @@ def test_models_table_for_people():
 
 
 def test_download_offline_without_cache_says_how_to_get_the_weights():
+    """Why: offline, `geoloc models download NAME` answered "run `geoloc models download NAME`
+    when online", which is what was just run. It names what switched downloads off instead."""
     result = runner.invoke(app, ["models", "download", "netvlad-vgg16-pitts30k"])
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
-    assert "geoloc models download netvlad-vgg16-pitts30k" in lines[0] and "lite0-vlad" in lines[0]
+    assert "cannot download netvlad-vgg16-pitts30k" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
+    assert "geoloc models download" not in lines[0]  # not the command that just failed
+    assert "`--model lite0-vlad`" in lines[0]
     assert result.stdout == ""
 
 

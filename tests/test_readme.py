@@ -25,3 +25,16 @@ def test_it_says_how_to_get_the_cpu_only_torch_and_the_system_tools():
     assert "libimage-exiftool-perl" in tests and "apt-get install chromium" in tests
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "missing+=(chromium)" in ci and "missing+=(libimage-exiftool-perl)" in ci
+
+
+def test_it_says_how_long_the_suite_takes_and_where_the_test_photos_come_from():
+    """Why: a newcomer could not tell a 5-minute suite from a hung one, nor why most tests
+    skipped without ../shared/data."""
+    assert re.search(r"about \d+ minutes on\s+2 CPU cores", README)
+    assert "../shared/data" in README and "beside your clone" in README
+    for source in ("OpenSfM", "ianare/exif-samples", "sacre_coeur", "google-coral/test_data"):
+        assert source in README, source
+    # What README quotes is what the skip says.
+    conftest = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    assert 'pytest.skip(f"test photos not found at {DATA}")' in conftest
+    assert "test photos not found at" in README

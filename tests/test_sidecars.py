@@ -241,6 +241,85 @@ def test_exif_wins_over_a_disagreeing_sidecar(tmp_path, lund_dir):
     assert (meta.lat, meta.lon) == pytest.approx(LUND_01, abs=1e-5) and meta.gps_source == "exif"
 
 
+# --- XMP inside the photo (Adobe's software, GIMP) ---------------------------------------------
+
+#: As in mapillary_tools' tests/data/adobe_coords/adobe_coords.jpg (Camera Raw, then GIMP):
+#: exiftool reads ``0 deg 4' 12.96" S``, ``34 deg 22' 54.97" E``; its EXIF holds no GPS.
+ADOBE = (-0.0702668, 34.3819352)
+
+
+def adobe_packet(lat: str = "0,4.21601S", lon: str = "34,22.91611E") -> bytes:
+    return xmp_packet(
+        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+        'xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/" crs:Version="7.0" '
+        'exif:ExifVersion="0230" exif:GPSAltitude="136169/100" exif:GPSAltitudeRef="0" '
+        f'exif:GPSLatitude="{lat}" exif:GPSLongitude="{lon}" exif:GPSMapDatum="WGS84" '
+        'xmp:CreatorTool="GIMP 2.10"').encode("utf-8")
+
+
+def with_embedded_xmp(lund_dir: Path, folder: Path, packet: bytes, name: str = "photo.jpg",
+                      keep_exif: bool = False) -> Path:
+    """A real Lund photo whose only GPS is an XMP APP1 segment (``http://ns.adobe.com/xap/1.0/``)
+    inside it; ``keep_exif``: its own EXIF (with the camera's GPS) too."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = Image.open(lund_dir / "01.jpg")
+    extra = {"exif": image.info["exif"]} if keep_exif else {}
+    path = folder / name
+    image.save(path, quality=90, xmp=packet, **extra)
+    return path
+
+
+def test_gps_in_embedded_xmp_is_read(tmp_path, lund_dir):
+    photo = with_embedded_xmp(lund_dir, tmp_path, adobe_packet())
+    meta = read_meta(photo)
+    assert (meta.lat, meta.lon, meta.alt) == pytest.approx((*ADOBE, 1361.69), abs=1e-6)
+    assert meta.gps_source == "xmp-embedded" and meta.no_position_reason is None
+    assert read_meta(photo, sidecars=False).gps_source == "xmp-embedded"  # the file's own
+    if EXIFTOOL:  # the same position as exiftool reads it from the same segment
+        out = subprocess.run([EXIFTOOL, "-n", "-s3", "-XMP-exif:GPSLatitude", "-XMP-exif:GPSLongitude",
+                              "-EXIF:GPSLatitude", str(photo)], capture_output=True, text=True, check=True)
+        assert [float(v) for v in out.stdout.split()] == pytest.approx(ADOBE, abs=1e-6)  # and no EXIF GPS
+
+
+def test_exif_wins_over_embedded_xmp_which_wins_over_sidecars(tmp_path, lund_dir):
+    photo = with_embedded_xmp(lund_dir, tmp_path / "both", adobe_packet(), keep_exif=True)
+    meta = read_meta(photo)
+    assert (meta.lat, meta.lon) == pytest.approx(LUND_01, abs=1e-5) and meta.gps_source == "exif"
+    photo = with_embedded_xmp(lund_dir, tmp_path / "sidecar", adobe_packet())
+    (photo.parent / "photo.jpg.xmp").write_text(digikam_xmp(), encoding="utf-8")
+    meta = read_meta(photo)
+    assert (meta.lat, meta.lon) == pytest.approx(ADOBE, abs=1e-6) and meta.gps_source == "xmp-embedded"
+
+
+def test_doubtful_or_hostile_embedded_xmp_is_no_position_and_says_so(tmp_path, lund_dir):
+    photo = with_embedded_xmp(lund_dir, tmp_path / "range", adobe_packet(lat="91,0.0S"))
+    meta = read_meta(photo)
+    assert meta.lat is None and "its embedded XMP: GPS latitude out of range" in meta.no_position_reason
+    laughs = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
+              b'<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>')
+    photo = with_embedded_xmp(lund_dir, tmp_path / "dtd", laughs)
+    (photo.parent / "photo.jpg.xmp").write_text(digikam_xmp(), encoding="utf-8")
+    meta = read_meta(photo)  # refused, and the sidecar asked next
+    assert meta.gps_source == "xmp" and meta.lat == pytest.approx(PARIS[0], abs=1e-5)
+    (photo.parent / "photo.jpg.xmp").unlink()
+    assert "its embedded XMP: has a DOCTYPE" in read_meta(photo).no_position_reason
+    # XMP without GPS (most cameras' and editors') adds nothing to the reason.
+    photo = with_embedded_xmp(lund_dir, tmp_path / "plain", xmp_packet('xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+                                                                       'xmp:Rating="3"').encode())
+    assert read_meta(photo).no_position_reason == "no EXIF data"
+
+
+def test_index_and_photos_name_the_embedded_xmp(tmp_path, lund_dir, tiny_model):
+    photos = tmp_path / "photos"
+    with_embedded_xmp(lund_dir, photos, adobe_packet(), "adobe.jpg")
+    report = _index(photos, tmp_path / "db", tiny_model)
+    assert (report["located"], report["unlocated"]) == (1, 0)
+    row = _photos(tmp_path / "db")["adobe.jpg"]
+    assert row["gps_source"] == "xmp-embedded" and row["lat"] == pytest.approx(ADOBE[0], abs=1e-6)
+    text = CliRunner().invoke(app, ["photos", "--db", str(tmp_path / "db")]).stdout
+    assert "(from its embedded XMP)" in text
+
+
 # --- geoloc's own sidecars are never truth ---------------------------------------------------
 
 

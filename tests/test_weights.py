@@ -217,6 +217,7 @@ def test_offline_without_weights_is_one_line_naming_the_fix():
     assert "\n" not in message
     assert "geoloc models download netvlad-vgg16-pitts30k" in message
     assert "lite0-vlad" in message and "offline" in message
+    assert "HF_HUB_OFFLINE" in message and "`--model lite0-vlad`" in message  # why, and the option to type
 
 
 def test_a_pinned_checksum_is_verified(small, monkeypatch):

@@ -16,6 +16,9 @@ DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
 PRECISION_HELP = ("auto, fp32, bf16 or fp16. auto: fp32 on the CPU, autocast on CUDA (bf16 where the "
                   "GPU has it, else fp16). bf16 about halves the network's time on CPUs with "
                   "bfloat16 instructions; descriptors then differ from fp32 by about 1e-2 in cosine.")
+#: ``--workers`` of ``index`` and ``eval``: both decode through ``geoloc.extract.default_workers``.
+WORKERS_HELP = ("Decoding threads. Default: a quarter of the cores (1–4) on the CPU, where the network "
+                "needs them; one per core (2–8) on a GPU; fewer when memory is short (512 MiB each).")
 BATCH_HELP = ("Photos per network batch. Default: what memory holds for the image size and the "
               "model (1 for VGG-16 at 640 px on the CPU, where larger batches are not faster).")
 
@@ -27,8 +30,12 @@ def _bare_flags(params: list) -> list:
     A flag takes no value, so it gets an empty metavar (click never shows a flag's metavar);
     an argument's metavar already names it (``PATH``, ``QUERY``), so its type column is left
     empty. Options name their values with explicit metavars (``--db DB``, ``--top-k K``).
+    A bound (``min=1``) is checked, and its error says it in words; typer's ``[x>=1]`` beside
+    the metavar is notation nobody asked for, so it is not shown.
     """
     for param in params:
+        if hasattr(param, "_get_number_range_help_str"):
+            param._get_number_range_help_str = _no_type
         if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
             param.metavar = ""
         elif getattr(param, "param_type_name", "") == "argument" and hasattr(param, "display_type_rich"):

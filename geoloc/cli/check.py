@@ -49,7 +49,7 @@ def check(
             verified = (f"{report.verified} descriptors verified" if report.checksums
                         else "no checksums to verify (made by geoloc 0.1.0; any `geoloc index` run adds them)")
             extra = f"; {count(report.unreferenced, 'unreferenced row')}" if report.unreferenced else ""
-            console.info(f"{where} is sound: {report.photos} photos ({report.located} located), {verified}{extra}")
+            console.info(f"{where} is sound: {count(report.photos, 'photo')} ({report.located} located), {verified}{extra}")
         return
     for problem in report.problems:
         console.error(f"{where}: {problem}")

@@ -13,6 +13,7 @@ from geoloc.cli._common import (
     BATCH_HELP,
     DB_HELP,
     PRECISION_HELP,
+    WORKERS_HELP,
     cell,
     handle_errors,
     ray_config,
@@ -84,7 +85,8 @@ def eval_command(
     batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
                                              show_default=False),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", min=1, help="Decoding threads (default: one per core, ≤ 8)."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", min=1, help=WORKERS_HELP,
+                                         show_default=False),
     no_rerank: bool = typer.Option(
         False, "--no-rerank",
         help="Keep the global search's order: no re-ranking of the top candidates by geometric "

@@ -70,8 +70,10 @@ def finetune(
                                  rich_help_panel=_DATA),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of every random choice (split, order, negatives).",
                              rich_help_panel=_RUN),
-    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Photo decoding threads. Default: up to 8.",
-                                          rich_help_panel=_RUN, show_default=False),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", metavar="N", min=1, rich_help_panel=_RUN, show_default=False,
+        help="Decoding threads. Default: one per core (1–8), on the CPU as well (each training tuple "
+        "is 12 photos to decode)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA.", rich_help_panel=_RUN),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout.", rich_help_panel=_RUN),
 ) -> None:
@@ -101,8 +103,6 @@ def finetune(
         num_clusters=num_clusters, pca=pca, amp=amp,
     )
     if workers is not None:
-        if workers < 1:
-            raise UsageError(f"--workers must be at least 1, not {workers}")
         config.workers = workers
     config.check()
 
@@ -124,7 +124,7 @@ def finetune(
 
     from geoloc.console import RichProgress
 
-    reporter = RichProgress(transient=True)
+    reporter = RichProgress(transient=True, announce=True)
     try:
         result = run_finetune(photos, out, config, resume=resume, restart=restart, reporter=reporter)
     finally:

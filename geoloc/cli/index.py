@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli import app
-from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, ray_config
+from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, WORKERS_HELP, handle_errors, ray_config
 
 
 _HELP = (
@@ -47,9 +47,7 @@ def index(
     batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
                                              show_default=False),
     workers: Optional[int] = typer.Option(
-        None, "--workers", metavar="N", min=1, help="Decoding threads. Default: one per core up to 8 with a GPU; a quarter of the "
-        "cores (1–4) on the CPU, where the network needs them.",
-        show_default=False),
+        None, "--workers", metavar="N", min=1, help=WORKERS_HELP, show_default=False),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     vocabulary_photos: int = typer.Option(
@@ -155,12 +153,9 @@ def _print_summary(report) -> None:
 
     row("in the database", str(report.total), f"{report.located} located, {report.unlocated} unlocated")
     computed = report.refit.reextracted if report.refit is not None else report.indexed
-    rate = computed / report.elapsed_s if report.elapsed_s > 0 else 0.0
-    speed = f", {rate:.1f} photos/s" if computed and report.refit is None else ""
-    row("indexed", str(report.indexed), f"new or changed{speed}")
+    row("indexed", str(report.indexed), "new or changed")
     if report.refit is not None:
-        row("refitted", str(report.refit.reextracted),
-            f"all photos computed again with the new vocabulary, {rate:.1f} photos/s")
+        row("refitted", str(report.refit.reextracted), "all photos computed again with the new vocabulary")
     row("unchanged", str(report.unchanged), "already current")
     if report.positions_updated:
         row("new positions", str(report.positions_updated), "from sidecars that appeared, changed or went")
@@ -171,13 +166,19 @@ def _print_summary(report) -> None:
         row("repair", "", describe(report.repair))
     row("model", display_path(report.model),
         _vocabulary_note(report))
-    row("time", f"{report.elapsed_s:.1f} s")
+    # Photos over the whole run, start-up, vocabulary and writing included: what a user plans a
+    # large run with. The bars above each keep their own phase's rate, which is higher.
+    rate = computed / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    row("time", f"{report.elapsed_s:.1f} s",
+        f"{rate:.1f} photos/s in all (bars: per phase)" if computed else "")
     err.print(table)
 
 
 def _vocabulary_note(report) -> str:
+    from geoloc.formatting import count
+
     n = report.vocabulary_photos
-    on = f" ({n} photos)" if n else ""
+    on = f" ({count(n, 'photo')})" if n else ""
     if report.vocabulary == "refitted" and report.refit is not None:
         return f"vocabulary fitted again on {report.refit.after} photos (was {report.refit.before})"
     return {"fitted": f"vocabulary fitted on these photos{on}",

@@ -70,7 +70,7 @@ def download(
         console.info(f"{entry.name} needs no download: its weights ship with an installed package.")
     elif not was_cached and not offline():
         console.info(f"Downloading {entry.name} from {entry.source_text()} …")
-    path = download_model(entry.name)
+    path = download_model(entry.name, downloading=True)
     if as_json:
         console.print_json({"name": entry.name, "path": str(path), "dim": entry.dim, "cached": True})
     else:

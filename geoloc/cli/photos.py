@@ -17,7 +17,7 @@ from geoloc.cli._common import DB_HELP, handle_errors
 
 _HELP = (
     "List the photos in the database, with their stored position and where it came from "
-    "(the photo's EXIF, an XMP sidecar or a Google Takeout JSON).\n\n"
+    "(the photo's EXIF or embedded XMP, an XMP sidecar or a Google Takeout JSON).\n\n"
     "--unlocated lists only the photos without a usable GPS position, with the reason read "
     "from their EXIF and sidecars now (e.g. \"no GPS data\").\n\n"
     "`geoloc locate --unlocated` can place them."
@@ -68,7 +68,7 @@ def photos(
         _print_lines(rows)
 
 
-_SOURCE_NAMES = {"xmp": "XMP sidecar", "takeout": "Google Takeout JSON"}
+_SOURCE_NAMES = {"xmp-embedded": "embedded XMP", "xmp": "XMP sidecar", "takeout": "Google Takeout JSON"}
 
 
 def _row(record) -> dict:

@@ -23,7 +23,7 @@ _HELP = (
 @handle_errors
 def undo_exif(
     journal: Optional[Path] = typer.Argument(
-        None, metavar="[JOURNAL]", help="An undo journal (a file, or its name as --list shows it).",
+        None, metavar="JOURNAL", help="An undo journal (a file, or its name as --list shows it).",
         show_default=False),
     list_runs: bool = typer.Option(False, "--list", help="List the runs that wrote into photos, newest last."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON on stdout."),

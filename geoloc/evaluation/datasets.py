@@ -20,6 +20,7 @@ import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, UsageError
 from geoloc.geo import is_valid_position, utm_to_latlon
+from geoloc.formatting import count
 from geoloc.evaluation.dbstruct import read_dbstruct
 from geoloc.evaluation.split import Positions, Split
 from geoloc.photos.discovery import SUFFIXES
@@ -281,7 +282,7 @@ def read_exif_split(queries: Sequence[Path | str], db_source: Sequence[Path | st
     overlap = {os.path.realpath(p) for p in q_paths} & {os.path.realpath(p) for p in db_paths}
     if overlap:
         raise UsageError(
-            f"{len(overlap)} photos are both queries and database images (e.g. {min(overlap)}); "
+            f"{count(len(overlap), 'photo is', 'photos are')} both queries and database images (e.g. {min(overlap)}); "
             "a query would find itself"
         )
     source = " ".join(sorted(str(Path(s).resolve()) if Path(s).exists() else str(s) for s in db_source))

@@ -18,6 +18,7 @@ from geoloc.evaluation.datasets import QUERY_WITHOUT_GPS, photos_with_gps
 from geoloc.evaluation.metrics import QueryOutcome, Retrieved, summarize
 from geoloc.evaluation.runner import EXACT_SEARCH, EvalConfig, EvalResult, model_spec, resolve_threshold
 from geoloc.evaluation.split import Positions, Split
+from geoloc.formatting import count
 from geoloc.geo import haversine_m
 from geoloc.progress import Progress
 
@@ -41,7 +42,7 @@ def evaluate_database(
     if not q_paths:
         raise GeolocError(
             "none of the query photos carries a GPS position to score against"
-            + (f" ({skipped} photos without GPS)" if skipped else "")
+            + (f" ({count(skipped, 'photo')} without GPS)" if skipped else "")
         )
     cfg = LocateConfig(
         top_k=config.search_depth,

@@ -35,7 +35,7 @@ from geoloc.evaluation.metrics import (
 from geoloc.geo import haversine_m, utm_to_latlon
 from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Prefixed, Progress
-from geoloc.formatting import json_number as _r
+from geoloc.formatting import count, json_number as _r
 
 DEFAULT_THRESHOLD_M = 25.0
 #: An IVF threshold no database reaches: evaluation always searches exhaustively.
@@ -230,16 +230,22 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
 def _build_database(split: Split, db_dir: Path, spec: str, config: EvalConfig, progress: Progress):
     """The split's database side as a geoloc database in the cache: ``geoloc index`` itself,
     so later runs only index what changed."""
+    from geoloc import refit
     from geoloc.indexer import IndexConfig, index_photos
 
-    return index_photos(
-        split.db_paths,
-        db_dir,
-        IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
-                    workers=config.workers, device=config.device, precision=config.precision,
-                    vocabulary_photos=config.vocabulary_photos, engine=config.engine, ray=config.ray),
-        progress=Prefixed(progress, "Database: "),
-    )
+    index_config = IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
+                               workers=config.workers, device=config.device, precision=config.precision,
+                               vocabulary_photos=config.vocabulary_photos, engine=config.engine,
+                               ray=config.ray, vocabulary_advice=False)
+    report = index_photos(split.db_paths, db_dir, index_config, progress=Prefixed(progress, "Database: "))
+    if refit.is_provisional(report.vocabulary_photos, index_config):
+        # index's own advice (`geoloc index --refit`) is for a user's database; this one is
+        # eval's, fitted on every database image the split has: what it means is the figures'.
+        progress.message(f"the vocabulary of this evaluation's database was fitted on only "
+                         f"{count(report.vocabulary_photos, 'photo')} (a good one takes "
+                         f"{min(index_config.provisional_vocabulary, index_config.vocabulary_photos)} or more): "
+                         "the figures are those of a vocabulary this small")
+    return report
 
 
 def _split_rows(database, split: Split) -> tuple[np.ndarray, np.ndarray]:

@@ -249,17 +249,36 @@ def is_cached(entry: ModelEntry) -> bool:
     return hub_cached_path(entry.source) is not None
 
 
-def unavailable_message(entry: ModelEntry) -> str:
-    return (
-        f"{entry.name} weights are not cached and the Hugging Face Hub cannot be reached (offline). "
-        f"Run `geoloc models download {entry.name}` when online, or use the offline model {OFFLINE_MODEL}."
-    )
+def unavailable_message(entry: ModelEntry, *, downloading: bool = False) -> str:
+    """The one line for weights that are neither cached nor downloadable now.
+
+    It says why (downloads switched off, by which variable, or no Hub to reach) and what to
+    type next, never the command that just failed: ``geoloc models download`` offline was
+    told to run ``geoloc models download``. The offline model is given as the option to type.
+    """
+    from geoloc.env import OFFLINE_VARIABLES, flag, offline
+
+    if offline():
+        names = [name for name in OFFLINE_VARIABLES if flag(name)]
+        why = f"downloads are switched off ({', '.join(f'{n}=1' for n in names)})"
+        then = f"unset {' and '.join(names)} on a machine that is online"
+    else:
+        why = "the Hugging Face Hub cannot be reached"
+        then = "connect to the network (or set HF_ENDPOINT to a mirror)"
+    instead = (f"or use the offline model, which needs no download: `--model {OFFLINE_MODEL}` "
+               f"(`--base {OFFLINE_MODEL}` for geoloc finetune)")
+    if downloading:
+        return f"cannot download {entry.name}: {why}; {then} and run this command again, {instead}"
+    return (f"{entry.name} weights are not cached and {why}; {then} and run "
+            f"`geoloc models download {entry.name}`, {instead}")
 
 
-def download_model(name: str) -> Path:
+def download_model(name: str, *, downloading: bool = False) -> Path:
     """Fetch (once) and convert (once) the weights of ``name``; the converted file's path.
 
     Offline models have nothing to fetch: their installed weights' path comes back.
+    ``downloading``: the user asked for the download itself (``geoloc models download``), so
+    a failure must not advise running it.
     """
     entry = get_entry(name)
     if entry.source is None:
@@ -273,7 +292,7 @@ def download_model(name: str) -> Path:
         return target
     from geoloc.models.weights import convert_checkpoint, hub_download
 
-    raw = hub_download(entry.source, unavailable=unavailable_message(entry))
+    raw = hub_download(entry.source, unavailable=unavailable_message(entry, downloading=downloading))
     # The cache names a blob by its ETag, for LFS files the sha256 of the content: provenance
     # without hashing a gigabyte again.
     return convert_checkpoint(

@@ -41,7 +41,10 @@ from geoloc.photos.tags import (
     written_by_geoloc,
 )
 from geoloc.photos.takeout import read_takeout
-from geoloc.photos.xmp import read_xmp
+from geoloc.photos.xmp import embedded_xmp, read_xmp
+
+#: ``gps_source`` of a position read from the XMP packet inside the photo (not a sidecar's).
+XMP_EMBEDDED = "xmp-embedded"
 
 
 @dataclass
@@ -54,8 +57,9 @@ class PhotoMeta:
     ``no_position_reason`` says, for an unlocated photo, why (``"no GPS data"``,
     ``"position (0, 0)"`` …), so that users can see which photos need ``geoloc locate``.
     ``gps_source`` says where the position came from: ``"exif"`` (the file's own metadata,
-    RAW files included), ``"xmp"`` or ``"takeout"`` (a sidecar; only for photos whose EXIF has
-    no usable position), ``None`` without one. ``sidecars`` lists the sidecars that were looked
+    RAW files included), ``"xmp-embedded"`` (the XMP packet inside the file), ``"xmp"`` or
+    ``"takeout"`` (a sidecar); each only when the sources before it give no usable position;
+    ``None`` without one. ``sidecars`` lists the sidecars that were looked
     at (only for photos without an EXIF position), so that the database can notice when they
     change.
     """
@@ -98,9 +102,11 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
     GPS and time come from ExifRead; when ExifRead finds no EXIF at all (or fails on the file),
     Pillow's reader (with pillow-heif for HEIC) is asked instead. A RAW file's size and
     orientation are those of its embedded preview and its own IFD0 (:mod:`geoloc.photos.raw`).
-    When the EXIF gives no usable position and ``sidecars`` is true, the photo's XMP and
-    Google Takeout sidecars are asked, in the order of :mod:`geoloc.photos.sidecars`: the EXIF
-    always wins. Raises :class:`PhotoError` only when the file cannot be opened.
+    When the EXIF gives no usable position, the XMP packet inside the file is asked (Adobe's
+    software keeps a position there), then, when ``sidecars`` is true, the photo's XMP and
+    Google Takeout sidecars, in the order of :mod:`geoloc.photos.sidecars`: what the file
+    holds itself always wins, EXIF first. Raises :class:`PhotoError` only when the file
+    cannot be opened.
     """
     path = Path(path)
     try:
@@ -149,8 +155,14 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
             meta.gps_source = "exif"
         else:
             meta.no_position_reason = reason
+    notes: list[str] = []
+    packet = embedded_xmp(image.info) if image is not None and not meta.located else None
+    if packet is not None and (packet.tags or packet.error or packet.by_geoloc):
+        _take_position(meta, packet, XMP_EMBEDDED, "its embedded XMP", notes)
     if sidecars and not meta.located:
-        _position_from_sidecars(path, meta)
+        _position_from_sidecars(path, meta, notes)
+    if notes and not meta.located:
+        meta.no_position_reason = "; ".join([meta.no_position_reason or "no position", *notes])
     return meta
 
 
@@ -165,40 +177,43 @@ def _raw_of(fh: BinaryIO, path: Path) -> RawFile | None:
     return raw if raw.kind is not None else None
 
 
-def _position_from_sidecars(path: Path, meta: PhotoMeta) -> None:
+def _position_from_sidecars(path: Path, meta: PhotoMeta, notes: list[str]) -> None:
     """The first usable position among the photo's sidecars, by the rules of EXIF GPS.
 
-    A sidecar geoloc wrote is an estimate and is never read back. What each sidecar lacks is
-    added to ``no_position_reason``, so ``geoloc photos --unlocated`` can say why a photo
-    whose sidecar seems to hold a position still has none.
+    What each sidecar lacks goes to ``notes``, so ``geoloc photos --unlocated`` can say why a
+    photo whose sidecar seems to hold a position still has none.
     """
     meta.sidecars = find_sidecars(path)
-    notes: list[str] = []
     for sidecar in meta.sidecars:
-        name = sidecar.path.name
         if sidecar.kind == XMP:
             read = read_xmp(sidecar.path)
-            if read.by_geoloc:
-                notes.append(f"{name} was written by geoloc (an estimate, never read back as a position)")
-                continue
         else:
             read = read_takeout(sidecar.path, sidecar.title)
-        if read.error:
-            notes.append(f"{name}: {read.error}")
-            continue
-        gps = {GPS_TAG_NUMBERS[k]: v for k, v in read.tags.items() if k in GPS_TAG_NUMBERS}
-        lat, lon, reason = gps_position(gps)
-        if reason is not None:
-            notes.append(f"{name}: {reason}")
-            continue
-        meta.lat, meta.lon = lat, lon
-        meta.alt = gps_altitude(gps)
-        meta.gps_accuracy_m = gps_accuracy(gps)
-        meta.gps_source = sidecar.kind
-        meta.no_position_reason = None
-        return
-    if notes:
-        meta.no_position_reason = "; ".join([meta.no_position_reason or "no position", *notes])
+        if _take_position(meta, read, sidecar.kind, sidecar.path.name, notes):
+            return
+
+
+def _take_position(meta: PhotoMeta, read, source: str, name: str, notes: list[str]) -> bool:
+    """Whether ``read`` (an XMP or Takeout reading) gave ``meta`` its position, by the rules of
+    EXIF GPS; if not, why not is added to ``notes``. An XMP packet geoloc wrote holds an
+    estimate and is never read back as a position."""
+    if getattr(read, "by_geoloc", False):
+        notes.append(f"{name} was written by geoloc (an estimate, never read back as a position)")
+        return False
+    if read.error:
+        notes.append(f"{name}: {read.error}")
+        return False
+    gps = {GPS_TAG_NUMBERS[k]: v for k, v in read.tags.items() if k in GPS_TAG_NUMBERS}
+    lat, lon, reason = gps_position(gps)
+    if reason is not None:
+        notes.append(f"{name}: {reason}")
+        return False
+    meta.lat, meta.lon = lat, lon
+    meta.alt = gps_altitude(gps)
+    meta.gps_accuracy_m = gps_accuracy(gps)
+    meta.gps_source = source
+    meta.no_position_reason = None
+    return True
 
 
 # --- reading the tags -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""What an XMP sidecar (digiKam, darktable, Lightroom, Immich, exiftool) says about a photo's GPS.
+"""What an XMP sidecar (digiKam, darktable, Lightroom, Immich, exiftool), or the XMP packet inside
+a photo (Adobe's software, GIMP), says about the photo's GPS.
 
 Photo managers keep a position they were given (a map drag, a GPX track) in a sidecar rather
 than in the original, so for many archives the sidecar is the only place it exists. Two rules
@@ -72,6 +73,25 @@ def read_xmp(path: str | os.PathLike) -> XmpGps:
     if len(data) > MAX_BYTES:
         return XmpGps(error=f"larger than {MAX_BYTES >> 20} MiB, not read")
     return parse_xmp(data)
+
+
+def embedded_xmp(info: dict) -> XmpGps | None:
+    """The GPS of the XMP packet inside a photo, or None when it carries none.
+
+    ``info`` is the photo's Pillow header (``Image.info``): Pillow keeps the packet of JPEG's
+    APP1 segment named ``http://ns.adobe.com/xap/1.0/`` under ``"xmp"``, and so that of PNG's
+    ``XML:com.adobe.xmp`` chunk, WebP's ``XMP`` chunk and TIFF's tag 700. A JPEG segment is at
+    most 64 KiB; a packet past :data:`MAX_BYTES` in other formats is not parsed. Adobe's
+    software keeps the position here (and not in EXIF) when a map or a GPX track set it.
+    """
+    packet = info.get("xmp")
+    if isinstance(packet, str):
+        packet = packet.encode("utf-8", "surrogateescape")
+    if not isinstance(packet, (bytes, bytearray)) or not packet:
+        return None
+    if len(packet) > MAX_BYTES:
+        return XmpGps(error=f"larger than {MAX_BYTES >> 20} MiB, not read")
+    return parse_xmp(bytes(packet))
 
 
 def written_by_geoloc(path: str | os.PathLike) -> bool:
