@@ -102,7 +102,7 @@ def test_result_json_has_exactly_the_spec_fields():
     r = LocateResult(Path("q.jpg"), Estimate(LAT0, LON0, 12.34, 2, 0.9), [c], (LAT0 + 1e-4, LON0))
     body = r.to_json()
     # The SPEC's fields, plus the confidence extension (``warnings``; ``estimate.confidence``).
-    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at"}
+    assert set(body) == {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at", "taken_at_utc", "camera"}
     assert {"lat", "lon", "radius_m"} <= set(body["estimate"])
     assert body["estimate"]["confidence"] == "high" and body["warnings"] == []
     assert set(body["candidates"][0]) == {"rank", "path", "lat", "lon", "score", "distance_m", "verified"}

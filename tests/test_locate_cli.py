@@ -24,7 +24,7 @@ from geoloc.cli import app
 from geoloc.geo import haversine_m
 
 # The SPEC's keys plus geoloc's extension: "warnings" (why an estimate is doubtful).
-SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at"}
+SPEC_KEYS = {"query", "estimate", "candidates", "query_gps", "error_m", "error", "warnings", "taken_at", "taken_at_utc", "camera"}
 CANDIDATE_KEYS = {"rank", "path", "lat", "lon", "score", "distance_m", "verified"}
 MAX_SIDE = 224
 
