@@ -14,9 +14,9 @@ from geoloc.cli._trips import CLOCK_HELP, TRACK_HELP
 _HELP = (
     "List each camera of the database and how far its clock runs ahead of UTC.\n\n"
     "Solved from the camera's photos that carry a GPS time stamp, the zone it wrote with its times, "
-    "or (a guess) the time zone of where its photos were; `geoloc locate` also aligns the photos it "
-    "places from their pixels with the trip. An offset geoloc cannot know is `unknown`: set it with "
-    "`--clock CAMERA=±HH:MM:SS` on locate. Reads only."
+    "or (a guess) the time zone of where its photos were. Locate also aligns the photos it places "
+    "from their pixels with the trip. An offset geoloc cannot know is unknown: set it with "
+    "--clock CAMERA=±HH:MM:SS on locate. Reads only."
 )
 
 
