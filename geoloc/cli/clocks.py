@@ -9,7 +9,7 @@ import typer
 
 from geoloc.cli import app
 from geoloc.cli._common import DB_HELP, cell, handle_errors
-from geoloc.cli._trips import CLOCK_HELP, TRACK_HELP
+from geoloc.cli._trips import CLOCK_HELP
 
 _HELP = (
     "List each camera of the database and how far its clock runs ahead of UTC.\n\n"
@@ -24,7 +24,6 @@ _HELP = (
 @handle_errors
 def clocks_command(
     db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP, show_default=False),
-    track: Optional[List[Path]] = typer.Option(None, "--track", metavar="FILE", help=TRACK_HELP, show_default=False),
     clock: Optional[List[str]] = typer.Option(None, "--clock", metavar="CAMERA=±HH:MM:SS", help=CLOCK_HELP,
                                               show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per camera."),
@@ -36,7 +35,7 @@ def clocks_command(
     from geoloc.database import Database
     from geoloc.trips.clocks import shots_from_records, solve
 
-    config = trip_config(track, clock, None)
+    config = trip_config(None, clock, None)
     path = resolve_db(db)
     with Database.open(path) as database:
         records = database.photos()
