@@ -59,7 +59,9 @@ def test_names_are_data_everywhere_they_are_shown(tiny_model, lund_dir, tmp_path
     located = run("locate", photos / hostile[0], photos / hostile[4], "--db", tmp_path / "db")
     assert located.exit_code == 0, located.output
     _no_raw_controls(located.stdout + located.stderr)
-    assert "[red]" in located.stdout  # shown, not taken as a colour
+    wide = CliRunner(env={"COLUMNS": "200"}).invoke(
+        app, ["locate", str(photos / hostile[0]), str(photos / hostile[4]), "--db", str(tmp_path / "db")])
+    assert "[red]" in wide.stdout  # shown, not taken as a colour (at 80 columns it is cut from the left)
 
 
 @pytest.mark.parametrize("db_name", ["mk[/x]db", "trip [paris 2019]/db"])
