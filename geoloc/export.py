@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TextIO
@@ -96,13 +97,20 @@ def to_geojson(results: Iterable[LocateResult]) -> dict:
             "warnings": body["warnings"],
             "candidates": body["candidates"],
         }
+        if "query_bytes" in body:  # a name that is not UTF-8, in bytes (see json_path_fields)
+            properties = {"query": body["query"], "query_bytes": body["query_bytes"], **properties}
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
 
 
 def write_geojson(results: Iterable[LocateResult], out: TextIO) -> None:
-    json.dump(to_geojson(results), out, indent=2, ensure_ascii=False, allow_nan=False)
-    out.write("\n")
+    """A name that is not UTF-8 goes out as JSON's ``\\udcXX`` escape (as ``--json`` writes it),
+    with its bytes in ``query_bytes``: raw, it could not be written as UTF-8 at all."""
+    text = json.dumps(to_geojson(results), indent=2, ensure_ascii=False, allow_nan=False)
+    out.write(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from geoloc import __version__
 from geoloc.errors import GeolocError
-from geoloc.files import display_path, fsync_dir
+from geoloc.files import display_path, fsync_dir, path_bytes
 from geoloc.paths import geoloc_home
 
 KIND = "geoloc-exif-journal"
 VERSION = 1
 SUFFIX = ".jsonl"
+#: The fields that hold paths. A name that is not UTF-8 (POSIX names are bytes) is written as
+#: JSON's escape of Python's surrogate escape, which gives the exact bytes back to Python, and
+#: again as hex in ``<field>_bytes`` for any other reader; that one wins when both are there.
+PATH_FIELDS = ("photo", "temp")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def undo_dir() -> Path:
@@ -113,7 +119,14 @@ class Journal:
 
     def append(self, record: dict) -> None:
         """One line, on disk before this returns: the photo is changed only after."""
-        self._fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        record = dict(record)
+        for key in PATH_FIELDS:
+            if isinstance(record.get(key), str) and (raw := path_bytes(record[key])) is not None:
+                record[f"{key}_bytes"] = raw
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        # A surrogate cannot be written as UTF-8: as JSON's \udcXX escape it stays one ASCII word.
+        line = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+        self._fh.write(line + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -149,6 +162,7 @@ def read_journal(path: Path) -> JournalInfo:
         if not isinstance(record, dict):
             damaged += 1
             continue
+        _exact_paths(record)
         op = record.get("op")
         if record.get("journal") == KIND:
             header = record
@@ -178,6 +192,18 @@ def read_journal(path: Path) -> JournalInfo:
         raise GeolocError(f"{display_path(path)} is not a geoloc undo journal")
     return JournalInfo(path, header.get("created", ""), header.get("backend", ""),
                        [entries[k] for k in order], temps, undone, damaged, left_alone)
+
+
+def _exact_paths(record: dict) -> None:
+    """Each path field as the exact name its ``_bytes`` twin gives, where there is one (journals
+    written before the twin existed have none, and are read as they are)."""
+    for key in PATH_FIELDS:
+        raw = record.get(f"{key}_bytes")
+        if isinstance(raw, str):
+            try:
+                record[key] = os.fsdecode(bytes.fromhex(raw))
+            except ValueError:
+                pass
 
 
 def journals() -> list[Path]:

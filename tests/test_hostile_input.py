@@ -173,3 +173,37 @@ def test_a_folder_of_junk_into_a_new_database_names_every_file(tiny_model, tmp_p
     warned = [line for line in lines if line.startswith("warning:")]
     assert len(warned) == 12 and all("an HTML page" in line for line in warned)
     assert lines[-1].startswith("error:") and "12 of the 12 photos tried could not be read" in lines[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19
+# --------------------------------------------------------------------------------------------
+
+
+def test_json_gives_a_name_that_is_not_utf8_in_bytes_too(tiny_model, lund_dir, tmp_path):
+    """jq and node read a lone \\udcXX escape as U+FFFD and lose the byte: such a name also
+    comes as the hex of its bytes, and only such a name."""
+    if os.name != "posix":
+        pytest.skip("POSIX file names are bytes")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = photos / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy2(lund_dir / "01.jpg", odd)
+    shutil.copy2(lund_dir / "03.jpg", photos / "03.jpg")
+    (photos / os.fsdecode(b"broken\xff.jpg")).write_bytes(b"not a photo")
+    indexed = json.loads(run("index", photos, "--db", tmp_path / "db", "--model", tiny_model, "--json").stdout)
+    (error,) = indexed["error_files"]
+    assert bytes.fromhex(error["path_bytes"]) == os.fsencode(photos / os.fsdecode(b"broken\xff.jpg"))
+    rows = {Path(r["path"]).name: r for r in json.loads(run("photos", "--db", tmp_path / "db", "--json").stdout)}
+    assert bytes.fromhex(rows[odd.name]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in rows["03.jpg"]
+    (answer,) = json.loads(run("locate", odd, "--db", tmp_path / "db", "--json").stdout)
+    assert bytes.fromhex(answer["query_bytes"]) == os.fsencode(odd)
+    (answer,) = json.loads(run("locate", lund_dir / "05.jpg", "--db", tmp_path / "db", "--json").stdout)
+    by_path = {c["path"]: c for c in answer["candidates"]}
+    assert bytes.fromhex(by_path[os.fspath(odd)]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in by_path[os.fspath(photos / "03.jpg")]
+    geo = json.loads(run("locate", odd, "--db", tmp_path / "db", "--geojson").stdout)
+    assert bytes.fromhex(geo["features"][0]["properties"]["query_bytes"]) == os.fsencode(odd)
+
+

@@ -535,3 +535,44 @@ def test_undo_of_a_journal_that_is_not_there_is_one_line_exit_1(tmp_path):
     result = CliRunner().invoke(app, ["undo-exif", str(tmp_path / "nonexistent.jsonl")])
     assert result.exit_code == 1 and "no such undo journal" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19: names, sizes, owners and links a photo library really has
+# --------------------------------------------------------------------------------------------
+
+
+def journal_lines(path: Path) -> list[dict]:
+    text = path.read_bytes().decode("utf-8")  # every line is valid UTF-8, whatever the names
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@needs_exiftool
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_write_exif_keeps_a_name_that_is_not_utf8_exactly_and_goes_on(library, backend, monkeypatch):
+    """POSIX names are bytes: one that is not UTF-8 is journalled exactly (and said in bytes,
+    for readers that cannot keep Python's surrogate escapes), and the photos after it are written."""
+    if os.name != "posix":
+        pytest.skip("POSIX file names are bytes")
+    db, lib = library
+    monkeypatch.setenv("GEOLOC_EXIF_WRITER", backend)
+    odd = lib / os.fsdecode(b"caf\xe9-02.jpg")
+    (lib / "02.jpg").rename(odd)
+    result = locate(odd, lib / "08.jpg", "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "internal error" not in result.output, result.output
+    assert "EXIF GPS written into 2 photos" in result.stderr, result.stderr
+    assert exif_gps(odd)["GPSProcessingMethod"].startswith("geoloc")
+    assert exif_gps(lib / "08.jpg")["GPSProcessingMethod"].startswith("geoloc")
+    from geoloc.undo_journal import journals
+
+    (path,) = journals()
+    writes = {line["photo"]: line for line in journal_lines(path) if line.get("op") == "write"}
+    assert set(writes) == {os.fspath(odd), os.fspath(lib / "08.jpg")}
+    assert bytes.fromhex(writes[os.fspath(odd)]["photo_bytes"]) == os.fsencode(odd)
+    assert "photo_bytes" not in writes[os.fspath(lib / "08.jpg")]  # only where the text cannot say it
+    undo = CliRunner().invoke(app, ["undo-exif", "--json"])
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(odd) and "GPSLatitude" not in exif_gps(lib / "08.jpg")
+    assert "GPS put back in 2 photos" in undo.stderr
+
+

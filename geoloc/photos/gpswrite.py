@@ -246,7 +246,7 @@ class Pyexiv2:
 
     def _open(self, path: Path):
         try:
-            return self.module.Image(os.fspath(path))
+            return self.module.Image(_FsName(os.fspath(path)))
         except (RuntimeError, OSError) as exc:
             raise WriteError(f"exiv2 cannot read {path.name}: {exc}") from None
 
@@ -278,6 +278,14 @@ class Pyexiv2:
                     image.modify_exif(tags)
         except (RuntimeError, OSError, ValueError) as exc:
             raise WriteError(f"exiv2 could not write the GPS: {exc}") from None
+
+
+class _FsName(str):
+    """A file name that encodes to its bytes on disk. pyexiv2 opens ``name.encode("utf-8")``,
+    which refuses a POSIX name that is not UTF-8 (its bytes are kept as surrogate escapes)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
 
 
 def _rational_dms(value: float) -> str:
