@@ -186,11 +186,17 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: What XML 1.0 forbids (its ``Char`` production leaves out most controls, the surrogates, U+FFFE
+#: and U+FFFF): one such character in a file name would make the whole document unreadable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _xml_text(text: str) -> str:
-    """XML 1.0 cannot hold most control characters (a file name may): escaped as geoloc prints them."""
+    """Text any XML 1.0 parser reads: controls and bytes that are not UTF-8 escaped as geoloc
+    prints them (``\\x1b``, ``\\xff``), and whatever else XML forbids as ``\\uffff``."""
     from geoloc.files import printable
 
-    return printable(text)
+    return _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,10 +262,10 @@ def xmp_sidecar(result: LocateResult) -> str:
     }
     if math.isfinite(score):
         attrs["geoloc:Score"] = f"{score:.6f}"
-    lines = "\n".join(f"    {k}={quoteattr(v)}" for k, v in attrs.items())
+    lines = "\n".join(f"    {k}={quoteattr(_xml_text(v))}" for k, v in attrs.items())
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk={quoteattr("geoloc " + __version__)}>\n'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk={quoteattr(_xml_text("geoloc " + __version__))}>\n'
         ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
         '  <rdf:Description rdf:about=""\n'
         '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
