@@ -40,11 +40,30 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
+#: What makes a spreadsheet (Excel, LibreOffice, Google Sheets) take a cell for a formula, as
+#: OWASP lists it: ``=``, ``+``, ``-``, ``@``, and a tab or carriage return before one of them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_like(text: str) -> bool:
+    """A cell a spreadsheet would run (``=HYPERLINK(…)``), were the CSV opened in one."""
+    return text.startswith(FORMULA_STARTS)
+
+
+def formula_like_names(results: Iterable[LocateResult]) -> int:
+    """How many CSV rows would name a file that :func:`formula_like` catches."""
+    return sum(1 for r in results if r.estimate is not None and formula_like(json_path(r.query)))
+
+
+def write_csv(results: Iterable[LocateResult], out: TextIO, spreadsheet_safe: bool = False) -> int:
     """One row per query with an estimate; returns the number of rows written.
 
     Queries without an estimate (unreadable ones) have no row: an empty GPSLatitude would mean
     nothing useful to exiftool, and their errors are reported on stderr.
+
+    ``SourceFile`` is the name exactly, as exiftool needs it, even one a spreadsheet would run
+    as a formula (the caller warns); ``spreadsheet_safe`` prefixes such a cell with ``'``,
+    which spreadsheets show as text, and which exiftool then takes for part of the name.
     """
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -54,9 +73,10 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
             continue
         e = r.estimate
         score = r.candidates[0].score if r.candidates else None
+        source = json_path(r.query)
         writer.writerow(
             [
-                json_path(r.query),
+                "'" + source if spreadsheet_safe and formula_like(source) else source,
                 f"{e.lat:.7f}",
                 f"{e.lon:.7f}",
                 "N" if e.lat >= 0 else "S",

@@ -233,3 +233,17 @@ def test_xmp_sidecars_are_well_formed_xml_beside_any_photo(tmp_path):
         ET.fromstring(text.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])
 
 
+def test_csv_names_a_spreadsheet_would_run_are_exact_or_spreadsheet_safe():
+    """exiftool needs the exact name, so by default it stays as it is (the CLI warns); the
+    spreadsheet-safe form starts each such cell with ' and leaves the others alone."""
+    from geoloc.export import formula_like_names
+
+    names = ["=HYPERLINK(\"x\";\"y\")x.jpg", "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "plain.jpg", "a=b.jpg"]
+    results = [_result(n) for n in names]
+    exact = [r["SourceFile"] for r in csv.DictReader(io.StringIO(csv_text(results)))]
+    assert exact == names
+    assert formula_like_names(results) == 4
+    buf = io.StringIO()
+    write_csv(results, buf, spreadsheet_safe=True)
+    safe = [r["SourceFile"] for r in csv.DictReader(io.StringIO(buf.getvalue()))]
+    assert safe == ["'" + n for n in names[:4]] + names[4:]

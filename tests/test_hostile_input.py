@@ -207,3 +207,23 @@ def test_json_gives_a_name_that_is_not_utf8_in_bytes_too(tiny_model, lund_dir, t
     assert bytes.fromhex(geo["features"][0]["properties"]["query_bytes"]) == os.fsencode(odd)
 
 
+def test_csv_warns_once_of_names_a_spreadsheet_would_run(tiny_model, lund_dir, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = ["=cmd.jpg", "+1.jpg", "@x.jpg", "plain.jpg"]
+    for name, src in zip(names, (1, 3, 5, 7)):
+        shutil.copy2(lund_dir / f"{src:02d}.jpg", photos / name)
+    db = tmp_path / "db"
+    assert run("index", photos, "--db", db, "--model", tiny_model).exit_code == 0
+    monkeypatch.chdir(photos)  # `geoloc locate . --csv`, the recipe: names as they are in the folder
+    plain = run("locate", ".", "--db", db, "--csv", "--min-confidence", "low")
+    assert plain.exit_code == 0, plain.output
+    assert sorted(line.split(",")[0] for line in plain.stdout.splitlines()[1:]) == sorted(names)
+    warned = [line for line in plain.stderr.splitlines() if "spreadsheet" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: 3 file names in the CSV start with =, +, - or @")
+    assert "--csv-safe" in warned[0]
+    safe = run("locate", ".", "--db", db, "--csv", "--csv-safe", "--min-confidence", "low")
+    assert sorted(line.split(",")[0] for line in safe.stdout.splitlines()[1:]) == sorted(
+        ["'=cmd.jpg", "'+1.jpg", "'@x.jpg", "plain.jpg"])
+    assert "spreadsheet" not in safe.stderr
+    assert run("locate", ".", "--db", db, "--csv-safe").exit_code == 2  # without --csv

@@ -44,6 +44,10 @@ def locate_command(
     as_csv: bool = typer.Option(
         False, "--csv", help="Print CSV for exiftool: SourceFile, signed GPSLatitude/GPSLongitude, radius, score."
     ),
+    csv_safe: bool = typer.Option(
+        False, "--csv-safe",
+        help="With --csv: start a file name a spreadsheet would run as a formula (=, +, -, @) with ' "
+        "(for spreadsheets: exiftool then finds no such file)."),
     as_geojson: bool = typer.Option(False, "--geojson", help="Print an RFC 7946 GeoJSON FeatureCollection."),
     as_gpx: bool = typer.Option(False, "--gpx", help="Print GPX 1.1: one waypoint per estimate."),
     xmp: bool = typer.Option(
@@ -100,6 +104,8 @@ def locate_command(
                          "--geojson or --gpx")
     if overwrite and not write_exif:
         raise UsageError("--overwrite only applies to --write-exif")
+    if csv_safe and fmt != "csv":
+        raise UsageError("--csv-safe only applies to --csv")
     if write_exif:
         from geoloc.photos.gpswrite import find_backend
 
@@ -124,7 +130,7 @@ def locate_command(
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     _report_warnings(results, verbose)
-    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose)
+    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose, csv_safe)
 
     if xmp:
         _write_sidecars(results, xmp_name, min_confidence or "high", verbose)
@@ -248,7 +254,8 @@ def _say_below(below: list, minimum: str, where: str, verbose: bool) -> None:
                  f"({by_level}; --min-confidence sets the bar)")
 
 
-def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False) -> None:
+def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False,
+                   csv_safe: bool = False) -> None:
     """The data format asked for on stdout, or the tables for people."""
     import sys
 
@@ -260,9 +267,15 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
     if fmt == "json":
         console.print_json([r.to_json() for r in results])
     elif fmt == "csv":
-        from geoloc.export import write_csv
+        from geoloc.export import formula_like_names, write_csv
 
-        write_csv(results, console.data_out())
+        write_csv(results, console.data_out(), spreadsheet_safe=csv_safe)
+        risky = formula_like_names(results)
+        if risky and not csv_safe:
+            # exiftool needs the exact name, so it is written as it is; a spreadsheet would run it.
+            console.warn(f"{count(risky, 'file name')} in the CSV {'starts' if risky == 1 else 'start'} "
+                         "with =, +, - or @, which a spreadsheet runs as a formula; exiftool reads them "
+                         "as they are, and --csv-safe writes them with a leading ' for spreadsheets")
     elif fmt == "geojson":
         from geoloc.export import write_geojson
 
