@@ -207,6 +207,79 @@ def test_json_gives_a_name_that_is_not_utf8_in_bytes_too(tiny_model, lund_dir, t
     assert bytes.fromhex(geo["features"][0]["properties"]["query_bytes"]) == os.fsencode(odd)
 
 
+def _deep_folder(root: Path, past: int) -> Path:
+    """Folders nested until their path is longer than ``past`` bytes, made through folder handles
+    (no path that long can be passed to the system); returns the deepest, as a path."""
+    fd = os.open(root, os.O_RDONLY)
+    here, name = root, "d" * 200
+    try:
+        while len(os.fsencode(here)) <= past:
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, here = child, here / name
+    finally:
+        os.close(fd)
+    return here
+
+
+def _write_beyond(folder: Path, name: str, data: bytes) -> None:
+    """Write ``folder/name`` where ``folder`` is too deep to name: step down by handles."""
+    parts = folder.parts
+    fd = os.open("/", os.O_RDONLY)
+    try:
+        for part in parts[1:]:
+            child = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def test_photos_past_the_path_limit_are_named_as_errors(tiny_model, lund_dir, tmp_path):
+    """No program can open them by their path; indexing must say so for each, not skip them."""
+    if not hasattr(os, "pathconf"):
+        pytest.skip("no PATH_MAX here")
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(lund_dir / "01.jpg", photos / "01.jpg")
+    shutil.copy2(lund_dir / "03.jpg", photos / "03.jpg")
+    # One photo just past the limit in a folder within it, two more in a folder past it.
+    near = _deep_folder(photos, path_max - 230)
+    deeper = _deep_folder(near, path_max + 10) if len(os.fsencode(near)) < path_max else near
+    data = (lund_dir / "05.jpg").read_bytes()
+    just_past = "x" * (path_max - len(os.fsencode(near)) + 10) + ".jpg"
+    _write_beyond(near, just_past, data)
+    _write_beyond(deeper, "a.jpg", data)
+    _write_beyond(deeper, "b.jpg", data)
+    result = run("index", photos, "--db", tmp_path / "db", "--model", tiny_model, "--json")
+    report = json.loads(result.stdout)
+    assert report["indexed"] == 2 and report["errors"] == 3, result.output
+    reasons = {Path(e["path"]).name: e["reason"] for e in report["error_files"]}
+    assert set(reasons) == {just_past, "a.jpg", "b.jpg"}
+    assert all("path too long" in r and "PATH_MAX" in r for r in reasons.values())
+
+
+def test_a_name_over_the_file_systems_name_limit_is_named_as_an_error(tiny_model, lund_dir, tmp_path, monkeypatch):
+    """(Made with a lowered limit: no file system here holds a name past its own NAME_MAX.)"""
+    from geoloc.photos import discovery
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(lund_dir / "01.jpg", photos / "01.jpg")
+    shutil.copy2(lund_dir / "03.jpg", photos / ("long" * 10 + ".jpg"))
+    monkeypatch.setattr(discovery, "_name_max", lambda folder: 20)
+    errors = []
+    found = list(discovery.discover([photos], on_error=errors.append))
+    assert found == [photos / "01.jpg"]
+    (error,) = errors
+    assert error.path.name == "long" * 10 + ".jpg" and "NAME_MAX" in error.reason and "44 bytes" in error.reason
+
+
 def test_csv_warns_once_of_names_a_spreadsheet_would_run(tiny_model, lund_dir, tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     photos.mkdir()
