@@ -576,3 +576,86 @@ def test_write_exif_keeps_a_name_that_is_not_utf8_exactly_and_goes_on(library, b
     assert "GPS put back in 2 photos" in undo.stderr
 
 
+def uniform_jpeg(path: Path, width: int, height: int) -> Path:
+    """A real baseline greyscale JPEG of ``width``×``height`` mid-grey pixels, written without
+    ever holding its pixels: every 8×8 block is the same two one-bit Huffman codes (DC difference
+    0, end of block), so a 195-megapixel photo is a 760 kB file made in a moment."""
+    import struct
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+    dqt = segment(0xDB, bytes([0]) + bytes([1] * 64))
+    sof = segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    # One code each, of one bit ("0"): DC difference category 0, and AC end of block.
+    one_code = bytes([1] + [0] * 15)
+    dht = segment(0xC4, bytes([0x00]) + one_code + bytes([0x00]) + bytes([0x10]) + one_code + bytes([0x00]))
+    sos = segment(0xDA, bytes([1, 1, 0x00, 0, 63, 0]))
+    blocks = -(-width // 8) * -(-height // 8)
+    whole, rest = divmod(blocks, 4)  # 2 bits a block: 4 blocks, one zero byte
+    tail = bytes([(0xFF >> (2 * rest)) & 0xFF]) if rest else b""  # padded with ones, as the standard says
+    with open(path, "wb") as fh:
+        fh.write(b"\xff\xd8" + dqt + sof + dht + sos)
+        chunk = bytes(1 << 20)
+        for _ in range(whole >> 20):
+            fh.write(chunk)
+        fh.write(bytes(whole & ((1 << 20) - 1)) + tail + b"\xff\xd9")
+    return path
+
+
+def test_the_huge_test_jpeg_is_a_real_jpeg(tmp_path):
+    small = uniform_jpeg(tmp_path / "small.jpg", 100, 75)
+    with Image.open(small) as image:
+        assert image.size == (100, 75) and image.mode == "L"
+        assert set(image.getdata()) == {128}
+
+
+@needs_exiftool
+def test_write_exif_into_a_195_megapixel_jpeg_in_bounded_memory(tmp_path, lund_dir):
+    """Under geoloc's own pixel limit, so written: the pixels compared exactly without decoding
+    two 585 MB images (nor Pillow's bomb check stopping the run), and the next photo is written."""
+    big = uniform_jpeg(tmp_path / "big.jpg", 15000, 13000)
+    small = without_gps(lund_dir / "02.jpg", tmp_path / "small.jpg")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from geoloc.estimate import Estimate\n"
+        "from geoloc.results import LocateResult\n"
+        "from geoloc.writeback import write_estimates\n"
+        "rs = [LocateResult(Path(p), Estimate(55.7, 13.19, 12.0)) for p in sys.argv[1:]]\n"
+        "report = write_estimates(rs)\n"
+        "print(len(report.written), [r for _, r in report.failed])\n"
+        # This process's own peak (VmHWM): ru_maxrss would count pytest's, inherited at the fork.
+        "status = Path('/proc/self/status')\n"
+        "print(next((int(l.split()[1]) // 1024 for l in status.read_text().splitlines() if l.startswith('VmHWM')), 0)\n"
+        "      if status.exists() else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(big), str(small)], capture_output=True, text=True,
+                          env=dict(os.environ, GEOLOC_EXIF_WRITER="exiftool"), timeout=300)
+    assert done.returncode == 0, done.stderr
+    written, peak_mb = done.stdout.splitlines()
+    assert written == "2 []"
+    assert int(peak_mb) < 400, f"{peak_mb} MB to write a 195 MP photo"
+    assert done.stderr == ""  # no DecompressionBombWarning on the terminal
+    assert exif_gps(big)["GPSProcessingMethod"].startswith("geoloc")
+
+
+def test_same_pixels_is_exact_whatever_the_path(tmp_path, lund_dir):
+    from geoloc.photos.gpswrite import same_pixels
+
+    a = tmp_path / "a.jpg"
+    shutil.copy(lund_dir / "02.jpg", a)
+    with Image.open(a) as image:
+        image.save(tmp_path / "b.png")
+        image.save(tmp_path / "c.jpg", quality=80)  # re-encoded: other pixels
+        pixels_a = image.tobytes()
+    changed = bytearray(pixels_a)
+    changed[-1] ^= 1  # one bit of the last pixel
+    Image.frombytes("RGB", (1024, 768), bytes(changed)).save(tmp_path / "d.png")
+    assert same_pixels(a, a)
+    assert not same_pixels(a, tmp_path / "c.jpg")
+    assert same_pixels(tmp_path / "b.png", tmp_path / "b.png")
+    assert not same_pixels(tmp_path / "b.png", tmp_path / "d.png")
+    with Image.open(tmp_path / "b.png") as ib:
+        assert ib.tobytes() == pixels_a
+    assert same_pixels(a, tmp_path / "b.png")  # another format, the same decoded pixels
