@@ -26,7 +26,9 @@ from geoloc.files import display_path, fsync_dir, path_bytes
 from geoloc.paths import geoloc_home
 
 KIND = "geoloc-exif-journal"
-VERSION = 1
+#: 2: a run that finishes ends its journal with an ``end`` line, so that one killed on the way is
+#: told from one that wrote what it meant to (version 1 journals are taken as finished).
+VERSION = 2
 SUFFIX = ".jsonl"
 #: The fields that hold paths. A name that is not UTF-8 (POSIX names are bytes) is written as
 #: JSON's escape of Python's surrogate escape, which gives the exact bytes back to Python, and
@@ -68,6 +70,9 @@ class JournalInfo:
     #: Photos the undo had to leave as they were (edited or gone since): the run is closed all the
     #: same, so that the next ``undo-exif`` goes on with the run before it.
     left_alone: int = 0
+    #: The run stopped on the way (killed, Ctrl-C): its re-run finishes its work, and undoing the
+    #: re-run puts back what this run changed too.
+    interrupted: bool = False
 
     @property
     def name(self) -> str:
@@ -147,6 +152,7 @@ def read_journal(path: Path) -> JournalInfo:
     order: list[str] = []
     temps: list[Path] = []
     undone = False
+    ended = False
     left_alone = 0
     damaged = 0
     try:
@@ -188,10 +194,14 @@ def read_journal(path: Path) -> JournalInfo:
         elif op == "undone":
             undone = True
             left_alone = int(record.get("left_alone") or 0)
+        elif op == "end":
+            ended = True
     if not header:
         raise GeolocError(f"{display_path(path)} is not a geoloc undo journal")
+    version = header.get("version")
+    interrupted = isinstance(version, int) and version >= 2 and not ended
     return JournalInfo(path, header.get("created", ""), header.get("backend", ""),
-                       [entries[k] for k in order], temps, undone, damaged, left_alone)
+                       [entries[k] for k in order], temps, undone, damaged, left_alone, interrupted)
 
 
 def _exact_paths(record: dict) -> None:

@@ -659,3 +659,29 @@ def test_same_pixels_is_exact_whatever_the_path(tmp_path, lund_dir):
     with Image.open(tmp_path / "b.png") as ib:
         assert ib.tobytes() == pixels_a
     assert same_pixels(a, tmp_path / "b.png")  # another format, the same decoded pixels
+
+
+@needs_exiftool
+def test_one_undo_undoes_a_killed_run_and_its_re_run(library):
+    """A killed run wrote some photos; the re-run wrote the rest (and rewrote the first ones with
+    the same estimate, which changes nothing). One undo-exif must put every photo back."""
+    db, lib = library
+    first = locate(lib / "02.jpg", lib / "08.jpg", "--db", db, "--write-exif")  # as far as the kill let it
+    assert first.exit_code == 0, first.output
+    from geoloc.undo_journal import journals
+
+    (killed,) = journals()
+    lines = killed.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1]) == {"op": "end"}
+    killed.write_text("".join(lines[:-1]))  # what a kill leaves: no end line
+    rerun = locate(lib, "--db", db, "--write-exif")
+    assert rerun.exit_code == 0, rerun.output
+    written = [lib / f"{n}.jpg" for n in LUND_QUERIES]
+    assert all(exif_gps(p)["GPSProcessingMethod"].startswith("geoloc") for p in written)
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert f"GPS put back in {len(written)} photos" in undo.stderr, undo.stderr
+    for p in written:
+        assert "GPSLatitude" not in exif_gps(p), p.name
+    again = CliRunner().invoke(app, ["undo-exif"])
+    assert again.exit_code == 1 and "nothing to undo" in again.stderr, again.output
