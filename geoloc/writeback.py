@@ -122,8 +122,18 @@ def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple
     # too, so that root (a container's usual user, whom os.access lets write anything) does not
     # overwrite a photo someone made read-only on purpose.
     if not st.st_mode & stat.S_IWUSR or not os.access(photo, os.W_OK):
+        if _on_read_only_file_system(photo):
+            return "error", ("it is on a read-only file system (a card, a disc, a read-only mount), which "
+                             "no chmod can change; copy the photos to a writable disk, or use --csv or --gpx")
         return "error", "the photo is read-only; make it writable to let geoloc write its GPS"
     return None
+
+
+def _on_read_only_file_system(photo: Path) -> bool:
+    try:
+        return bool(os.statvfs(photo).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the mode's advice stands
+        return False
 
 
 def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:

@@ -685,3 +685,24 @@ def test_one_undo_undoes_a_killed_run_and_its_re_run(library):
         assert "GPSLatitude" not in exif_gps(p), p.name
     again = CliRunner().invoke(app, ["undo-exif"])
     assert again.exit_code == 1 and "nothing to undo" in again.stderr, again.output
+
+
+def test_a_photo_on_a_read_only_file_system_is_named_as_such(library, monkeypatch):
+    """chmod cannot help there: the advice names the file system."""
+    db, lib = library
+    photo = lib / "02.jpg"
+    real_statvfs, real_access = os.statvfs, os.access
+
+    class ReadOnly:
+        def __init__(self, st):
+            self._st = st
+
+        def __getattr__(self, name):
+            return getattr(self._st, name)
+
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real_statvfs(p)))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
+    result = locate(photo, "--db", db, "--write-exif")
+    assert "read-only file system" in result.stderr and "make it writable" not in result.stderr, result.stderr
