@@ -706,3 +706,16 @@ def test_a_photo_on_a_read_only_file_system_is_named_as_such(library, monkeypatc
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
     result = locate(photo, "--db", db, "--write-exif")
     assert "read-only file system" in result.stderr and "make it writable" not in result.stderr, result.stderr
+
+
+@needs_exiftool
+def test_a_photo_with_a_240_byte_name_is_written(library):
+    db, lib = library
+    photo = lib / ("x" * 236 + ".jpg")
+    (lib / "02.jpg").rename(photo)
+    result = locate(photo, "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "EXIF GPS written into 1 photo" in result.stderr, result.stderr
+    assert exif_gps(photo)["GPSProcessingMethod"].startswith("geoloc")
+    assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 0
+    assert "GPSLatitude" not in exif_gps(photo)
+    assert sorted(p.name for p in lib.iterdir() if p.name.startswith(".")) == []

@@ -33,7 +33,9 @@ from geoloc.errors import GeolocError
 from geoloc.photos.tags import PROCESSING_METHOD  # the signature photos.meta reads back
 #: Set to "exiftool" or "pyexiv2" to choose the backend (the tests run both).
 BACKEND_ENV = "GEOLOC_EXIF_WRITER"
-#: The temporary file's name: hidden, marked as geoloc's, same suffix as the photo.
+#: The temporary file's name: hidden, marked as geoloc's, same suffix as the photo, and short
+#: (``.geoloc-tmp-XXXXXXXX.jpg``): a photo whose own name is near the file system's 255 bytes
+#: must still get one.
 TEMP_MARK = ".geoloc-tmp-"
 #: Read-back tolerance in degrees (about 1 cm): EXIF stores degrees as rationals.
 TOLERANCE_DEG = 1e-7
@@ -337,7 +339,7 @@ def unwritable_reason(photo: Path, backend: Backend) -> str | None:
 
 def temp_path(photo: Path) -> Path:
     """A fresh temporary name beside the photo (same folder: the rename must not cross disks)."""
-    handle, name = tempfile.mkstemp(prefix=f".{photo.stem}{TEMP_MARK}", suffix=photo.suffix, dir=photo.parent)
+    handle, name = tempfile.mkstemp(prefix=TEMP_MARK, suffix=photo.suffix, dir=photo.parent)
     os.close(handle)
     os.unlink(name)  # the writers want a path that does not exist yet
     return Path(name)
