@@ -719,3 +719,34 @@ def test_a_photo_with_a_240_byte_name_is_written(library):
     assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 0
     assert "GPSLatitude" not in exif_gps(photo)
     assert sorted(p.name for p in lib.iterdir() if p.name.startswith(".")) == []
+
+
+@needs_exiftool
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give a file away")
+def test_write_and_undo_keep_the_photos_owner_mode_and_times(library):
+    """Run as root (a container, a NAS's cron job): the photo stays its owner's, unreadable to
+    others, and keeps its times, through the write and through the undo."""
+    db, lib = library
+    photo = lib / "02.jpg"
+    os.chown(photo, 1234, 2345)
+    photo.chmod(0o640)
+    os.utime(photo, ns=(1_000_000_000_123_456_789, 1_000_000_000_987_654_321))
+
+    def kept():
+        st = photo.stat()
+        return st.st_uid, st.st_gid, stat_mode(st), st.st_atime_ns, st.st_mtime_ns
+
+    before = kept()
+    assert locate(photo, "--db", db, "--write-exif").exit_code == 0
+    assert exif_gps(photo)["GPSProcessingMethod"].startswith("geoloc")
+    assert kept()[:3] == before[:3] and kept()[4] == before[4]
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(photo)
+    assert kept()[:3] == before[:3] and kept()[4] == before[4]
+
+
+def stat_mode(st) -> int:
+    import stat as stat_module
+
+    return stat_module.S_IMODE(st.st_mode)

@@ -14,6 +14,7 @@ their edits of RAW files in sidecars, which ``--xmp`` writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -21,6 +22,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -359,6 +361,7 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
     """
     if fix is not None:
         fix.check()
+    st = os.stat(photo)
     try:
         backend.write(photo, temp, fix, restore)
         if not temp.is_file() or temp.stat().st_size == 0:
@@ -366,15 +369,32 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
         _check_gps(temp, fix, restores_estimate)
         if not same_pixels(photo, temp):
             raise WriteError(f"{backend.name} changed the image data; the photo is left as it was")
-        shutil.copymode(photo, temp)
+        _keep_owner_and_mode(temp, st)
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
     except BaseException:
         try:
             temp.unlink()
         except OSError:
             pass
         raise
+
+
+def _keep_owner_and_mode(temp: Path, st: os.stat_result) -> None:
+    """The new file is the photo: its owner's and group's, with its mode. The writer made it
+    as whoever runs geoloc (root, in a container or a NAS's scheduled job), which would take a
+    ``0640`` photo away from its owner. Where ``chown`` is not permitted (a user writing another
+    user's photo in a shared folder) the group alone is kept when it can be, as ``cp -p`` does."""
+    if hasattr(os, "chown"):
+        now = os.stat(temp)
+        if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(temp, st.st_uid, st.st_gid)
+            except PermissionError:
+                with contextlib.suppress(PermissionError):
+                    os.chown(temp, -1, st.st_gid)
+    os.chmod(temp, stat.S_IMODE(st.st_mode))  # after chown, which clears the set-id bits
 
 
 def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) -> None:
