@@ -750,3 +750,25 @@ def stat_mode(st) -> int:
     import stat as stat_module
 
     return stat_module.S_IMODE(st.st_mode)
+
+
+@needs_exiftool
+def test_a_symlinked_photo_is_written_at_its_target_and_stays_a_link(library, tmp_path):
+    """The link is the library's name for a photo that lives elsewhere: the photo itself gets the
+    GPS (its temporary file beside it, where the rename must happen), the link stays a link, and
+    nothing new appears in the folder named."""
+    db, lib = library
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real.jpg"
+    (lib / "02.jpg").rename(target)
+    link = lib / "02.jpg"
+    link.symlink_to(target)
+    names = sorted(p.name for p in lib.iterdir())
+    result = locate(link, "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "EXIF GPS written into 1 photo" in result.stderr, result.stderr
+    assert link.is_symlink() and os.readlink(link) == os.fspath(target)
+    assert exif_gps(target)["GPSProcessingMethod"].startswith("geoloc")
+    assert sorted(p.name for p in lib.iterdir()) == names and sorted(p.name for p in elsewhere.iterdir()) == ["real.jpg"]
+    assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 0
+    assert link.is_symlink() and "GPSLatitude" not in exif_gps(target)
