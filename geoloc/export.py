@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TextIO
@@ -39,11 +40,30 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
+#: What makes a spreadsheet (Excel, LibreOffice, Google Sheets) take a cell for a formula, as
+#: OWASP lists it: ``=``, ``+``, ``-``, ``@``, and a tab or carriage return before one of them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_like(text: str) -> bool:
+    """A cell a spreadsheet would run (``=HYPERLINK(…)``), were the CSV opened in one."""
+    return text.startswith(FORMULA_STARTS)
+
+
+def formula_like_names(results: Iterable[LocateResult]) -> int:
+    """How many CSV rows would name a file that :func:`formula_like` catches."""
+    return sum(1 for r in results if r.estimate is not None and formula_like(json_path(r.query)))
+
+
+def write_csv(results: Iterable[LocateResult], out: TextIO, spreadsheet_safe: bool = False) -> int:
     """One row per query with an estimate; returns the number of rows written.
 
     Queries without an estimate (unreadable ones) have no row: an empty GPSLatitude would mean
     nothing useful to exiftool, and their errors are reported on stderr.
+
+    ``SourceFile`` is the name exactly, as exiftool needs it, even one a spreadsheet would run
+    as a formula (the caller warns); ``spreadsheet_safe`` prefixes such a cell with ``'``,
+    which spreadsheets show as text, and which exiftool then takes for part of the name.
     """
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -53,9 +73,10 @@ def write_csv(results: Iterable[LocateResult], out: TextIO) -> int:
             continue
         e = r.estimate
         score = r.candidates[0].score if r.candidates else None
+        source = json_path(r.query)
         writer.writerow(
             [
-                json_path(r.query),
+                "'" + source if spreadsheet_safe and formula_like(source) else source,
                 f"{e.lat:.7f}",
                 f"{e.lon:.7f}",
                 "N" if e.lat >= 0 else "S",
@@ -96,13 +117,20 @@ def to_geojson(results: Iterable[LocateResult]) -> dict:
             "warnings": body["warnings"],
             "candidates": body["candidates"],
         }
+        if "query_bytes" in body:  # a name that is not UTF-8, in bytes (see json_path_fields)
+            properties = {"query": body["query"], "query_bytes": body["query_bytes"], **properties}
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
 
 
 def write_geojson(results: Iterable[LocateResult], out: TextIO) -> None:
-    json.dump(to_geojson(results), out, indent=2, ensure_ascii=False, allow_nan=False)
-    out.write("\n")
+    """A name that is not UTF-8 goes out as JSON's ``\\udcXX`` escape (as ``--json`` writes it),
+    with its bytes in ``query_bytes``: raw, it could not be written as UTF-8 at all."""
+    text = json.dumps(to_geojson(results), indent=2, ensure_ascii=False, allow_nan=False)
+    out.write(_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,11 +206,17 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: What XML 1.0 forbids (its ``Char`` production leaves out most controls, the surrogates, U+FFFE
+#: and U+FFFF): one such character in a file name would make the whole document unreadable.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _xml_text(text: str) -> str:
-    """XML 1.0 cannot hold most control characters (a file name may): escaped as geoloc prints them."""
+    """Text any XML 1.0 parser reads: controls and bytes that are not UTF-8 escaped as geoloc
+    prints them (``\\x1b``, ``\\xff``), and whatever else XML forbids as ``\\uffff``."""
     from geoloc.files import printable
 
-    return printable(text)
+    return _NOT_XML.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,10 +282,10 @@ def xmp_sidecar(result: LocateResult) -> str:
     }
     if math.isfinite(score):
         attrs["geoloc:Score"] = f"{score:.6f}"
-    lines = "\n".join(f"    {k}={quoteattr(v)}" for k, v in attrs.items())
+    lines = "\n".join(f"    {k}={quoteattr(_xml_text(v))}" for k, v in attrs.items())
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
-        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk={quoteattr("geoloc " + __version__)}>\n'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk={quoteattr(_xml_text("geoloc " + __version__))}>\n'
         ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
         '  <rdf:Description rdf:about=""\n'
         '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'

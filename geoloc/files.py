@@ -114,6 +114,28 @@ def file_target(target: Path | str) -> Path:
     shell's ``>`` does), so the link stays a link and the file it points to gets the content."""
     target = Path(target).expanduser()
     return Path(os.path.realpath(target)) if os.path.islink(target) else target
+def path_bytes(path: Path | str) -> str | None:
+    """The hex of a name's bytes when it is not UTF-8, else None.
+
+    :func:`json_path` keeps such a name for Python, but jq, node and most JSON readers turn a
+    lone ``\\udcXX`` escape into U+FFFD and lose the byte; the hex gives them the name exactly
+    (``bytes.fromhex``, ``Buffer.from(s, "hex")``, ``xxd -r -p``)."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(text).hex()
+
+
+def json_path_fields(path: Path | str, key: str = "path") -> dict[str, str]:
+    """``{key: json_path(path)}``, plus ``{key + "_bytes": hex}`` for a name that is not UTF-8
+    (:func:`path_bytes`): the one way every JSON object geoloc prints carries a path."""
+    fields = {key: json_path(path)}
+    raw = path_bytes(path)
+    if raw is not None:
+        fields[f"{key}_bytes"] = raw
+    return fields
 
 
 def check_writable(target: Path | str, what: str = "") -> None:

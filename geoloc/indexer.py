@@ -29,7 +29,7 @@ from geoloc.database_model import (
 from geoloc.cluster import RayConfig
 from geoloc.database_vocabulary import ensure_vocabulary
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
-from geoloc.files import display_path, json_path
+from geoloc.files import display_path, json_path, json_path_fields
 from geoloc.formatting import count
 from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Progress, first_batch_status
@@ -144,7 +144,7 @@ class IndexReport:
             "errors": self.errors,
             "removed": self.removed,
             "positions_updated": self.positions_updated,
-            "error_files": [{"path": json_path(p), "reason": r} for p, r in self.error_files],
+            "error_files": [{**json_path_fields(p), "reason": r} for p, r in self.error_files],
             "vocabulary": self.vocabulary,
             "repair": self.repair.to_json() if self.repair is not None else None,
             "search_index": self.search_index,

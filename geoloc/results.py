@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geoloc.estimate import Estimate
-from geoloc.files import json_path
+from geoloc.files import json_path_fields
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m
 
@@ -34,7 +34,7 @@ class Candidate:
     def to_json(self) -> dict:
         return {
             "rank": self.rank,
-            "path": json_path(self.path),
+            **json_path_fields(self.path),
             "lat": json_number(self.lat, 7),
             "lon": json_number(self.lon, 7),
             "score": json_number(self.score, 6),
@@ -101,7 +101,7 @@ class LocateResult:
     def to_json(self) -> dict:
         """The SPEC's object; ``estimate`` carries extra fields (support, agreement, confidence)."""
         return {
-            "query": json_path(self.query),
+            **json_path_fields(self.query, "query"),
             "estimate": self.estimate.to_json() if self.estimate else None,
             "candidates": [c.to_json() for c in self.candidates],
             "query_gps": (

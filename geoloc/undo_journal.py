@@ -15,18 +15,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from geoloc import __version__
 from geoloc.errors import GeolocError
-from geoloc.files import display_path, fsync_dir
+from geoloc.files import display_path, fsync_dir, path_bytes
 from geoloc.paths import geoloc_home
 
 KIND = "geoloc-exif-journal"
-VERSION = 1
+#: 2: a run that finishes ends its journal with an ``end`` line, so that one killed on the way is
+#: told from one that wrote what it meant to (version 1 journals are taken as finished).
+VERSION = 2
 SUFFIX = ".jsonl"
+#: The fields that hold paths. A name that is not UTF-8 (POSIX names are bytes) is written as
+#: JSON's escape of Python's surrogate escape, which gives the exact bytes back to Python, and
+#: again as hex in ``<field>_bytes`` for any other reader; that one wins when both are there.
+PATH_FIELDS = ("photo", "temp")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def undo_dir() -> Path:
@@ -62,6 +70,9 @@ class JournalInfo:
     #: Photos the undo had to leave as they were (edited or gone since): the run is closed all the
     #: same, so that the next ``undo-exif`` goes on with the run before it.
     left_alone: int = 0
+    #: The run stopped on the way (killed, Ctrl-C): its re-run finishes its work, and undoing the
+    #: re-run puts back what this run changed too.
+    interrupted: bool = False
 
     @property
     def name(self) -> str:
@@ -113,7 +124,14 @@ class Journal:
 
     def append(self, record: dict) -> None:
         """One line, on disk before this returns: the photo is changed only after."""
-        self._fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        record = dict(record)
+        for key in PATH_FIELDS:
+            if isinstance(record.get(key), str) and (raw := path_bytes(record[key])) is not None:
+                record[f"{key}_bytes"] = raw
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        # A surrogate cannot be written as UTF-8: as JSON's \udcXX escape it stays one ASCII word.
+        line = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+        self._fh.write(line + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -134,6 +152,7 @@ def read_journal(path: Path) -> JournalInfo:
     order: list[str] = []
     temps: list[Path] = []
     undone = False
+    ended = False
     left_alone = 0
     damaged = 0
     try:
@@ -149,6 +168,7 @@ def read_journal(path: Path) -> JournalInfo:
         if not isinstance(record, dict):
             damaged += 1
             continue
+        _exact_paths(record)
         op = record.get("op")
         if record.get("journal") == KIND:
             header = record
@@ -174,10 +194,26 @@ def read_journal(path: Path) -> JournalInfo:
         elif op == "undone":
             undone = True
             left_alone = int(record.get("left_alone") or 0)
+        elif op == "end":
+            ended = True
     if not header:
         raise GeolocError(f"{display_path(path)} is not a geoloc undo journal")
+    version = header.get("version")
+    interrupted = isinstance(version, int) and version >= 2 and not ended
     return JournalInfo(path, header.get("created", ""), header.get("backend", ""),
-                       [entries[k] for k in order], temps, undone, damaged, left_alone)
+                       [entries[k] for k in order], temps, undone, damaged, left_alone, interrupted)
+
+
+def _exact_paths(record: dict) -> None:
+    """Each path field as the exact name its ``_bytes`` twin gives, where there is one (journals
+    written before the twin existed have none, and are read as they are)."""
+    for key in PATH_FIELDS:
+        raw = record.get(f"{key}_bytes")
+        if isinstance(raw, str):
+            try:
+                record[key] = os.fsdecode(bytes.fromhex(raw))
+            except ValueError:
+                pass
 
 
 def journals() -> list[Path]:

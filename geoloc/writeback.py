@@ -86,6 +86,8 @@ def write_estimates(results: Iterable, options: WriteOptions | None = None,
                 except (WriteError, OSError) as exc:
                     report.failed.append((Path(r.query), _reason(exc)))
             advance(1)
+        if journal is not None:
+            journal.append({"op": "end"})  # finished: not a killed run that a re-run takes over
     finally:
         if journal is not None:
             journal.close()
@@ -120,8 +122,18 @@ def _refusal(photo: Path, result, backend: Backend, opts: WriteOptions) -> tuple
     # too, so that root (a container's usual user, whom os.access lets write anything) does not
     # overwrite a photo someone made read-only on purpose.
     if not st.st_mode & stat.S_IWUSR or not os.access(photo, os.W_OK):
+        if _on_read_only_file_system(photo):
+            return "error", ("it is on a read-only file system (a card, a disc, a read-only mount), which "
+                             "no chmod can change; copy the photos to a writable disk, or use --csv or --gpx")
         return "error", "the photo is read-only; make it writable to let geoloc write its GPS"
     return None
+
+
+def _on_read_only_file_system(photo: Path) -> bool:
+    try:
+        return bool(os.statvfs(photo).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the mode's advice stands
+        return False
 
 
 def _write_one(photo: Path, result, backend: Backend, journal: Journal) -> None:
@@ -222,7 +234,9 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
     info = read_journal(path)
     report = UndoReport(path)
     remove_stale_temps()
-    backend = _undo_backend(info)
+    repeated = {e.photo: _repeated_write(e, path) for e in info.entries if e.before == e.after}
+    backend = _undo_backend(info, [w for _, w in filter(None, repeated.values())])
+    earlier_runs: set[Path] = set()
     with Journal.reopen(path) as journal, contextlib.closing(backend):
         for entry in reversed(info.entries):
             photo = entry.photo
@@ -236,7 +250,18 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
                 report.failed.append((photo, _reason(exc)))
                 advance(1)
                 continue
-            if current in (entry.restored, entry.before):
+            earlier = repeated.get(photo)
+            if earlier is not None and current == entry.after:
+                # This run wrote what an earlier run had written (a re-run after a kill): the
+                # GPS to put back is the one from before that run.
+                run, entry = earlier
+                try:
+                    _restore_one(photo, entry, backend, journal, undone=run)
+                    report.restored.append(photo)
+                    earlier_runs.add(run)
+                except (WriteError, OSError) as exc:
+                    report.failed.append((photo, _reason(exc)))
+            elif current in (entry.restored, entry.before):
                 report.already.append(photo)
             elif current != entry.after:
                 report.changed.append(photo)
@@ -251,13 +276,48 @@ def undo_run(path: Path | None = None, on_progress: Callable[[int], None] | None
         # left to retry, the run is closed and the next undo goes on with the run before it.
         if report.closed:
             journal.append({"op": "undone", **({"left_alone": report.left_alone} if report.left_alone else {})})
+    for run in sorted(earlier_runs):
+        _close_if_undone(run)
     return report
 
 
-def _undo_backend(info: JournalInfo) -> Backend:
+def _repeated_write(entry, journal: Path) -> tuple[Path, object] | None:
+    """For a write that changed nothing because the photo already held this very estimate from
+    a run that was killed (this run is its re-run, finishing the job): that run's record of the
+    photo, which knows the GPS from before. A finished run's estimate is its own to undo, run by
+    run; runs between that only repeated the write themselves are looked past."""
+    for path in reversed(journals()):
+        if path >= journal:  # names sort by time: only runs before this one
+            continue
+        try:
+            info = read_journal(path)
+        except GeolocError:
+            continue
+        mine = next((e for e in info.entries if e.photo == entry.photo and e.before != e.after), None)
+        if mine is None:
+            continue
+        if info.interrupted and mine.after == entry.after and mine.restored is None:
+            return path, mine
+        return None
+    return None
+
+
+def _close_if_undone(path: Path) -> None:
+    """An earlier run whose every photo was put back through a re-run's undo is undone too,
+    so that the next ``undo-exif`` does not stop at it for nothing."""
+    try:
+        info = read_journal(path)
+        if not info.undone and all(e.restored is not None for e in info.entries):
+            with Journal.reopen(path) as journal:
+                journal.append({"op": "undone"})
+    except GeolocError:
+        pass  # in use, or unreadable: the next undo of it finds its photos already put back
+
+
+def _undo_backend(info: JournalInfo, more: list | None = None) -> Backend:
     """The backend that read the old tags must write them back (the tag names are its own);
     photos that had no GPS can be cleared by either."""
-    if any(e.gps_before for e in info.entries):
+    if any(e.gps_before for e in [*info.entries, *(more or [])]):
         try:
             return find_backend(info.backend)
         except GeolocError as exc:
@@ -266,15 +326,25 @@ def _undo_backend(info: JournalInfo) -> Backend:
     return find_backend()
 
 
-def _restore_one(photo: Path, entry, backend: Backend, journal: Journal) -> None:
+def _restore_one(photo: Path, entry, backend: Backend, journal: Journal, undone: Path | None = None) -> None:
+    """``undone``: the earlier run whose ``entry`` this is, when a re-run's undo puts it back;
+    its journal is told too, so that undoing it later finds the photo already put back."""
+    if entry.gps_before and entry.backend and entry.backend != backend.name:
+        raise WriteError(f"its earlier GPS was read by {entry.backend}, which must put it back; "
+                         f"run with GEOLOC_EXIF_WRITER={entry.backend}")
+
     def restore(temp: Path) -> dict:
         write_to_temp(photo, temp, backend, None, restore=entry.gps_before,
                       restores_estimate=entry.before_by_geoloc)
         return {"op": "undo", "photo": os.fspath(photo), "restored": sha256_file(temp)}
 
     record = _replace(photo, journal, restore)
+    if undone is not None:
+        with contextlib.suppress(GeolocError):  # in use: its undo finds the photo put back all the same
+            with Journal.reopen(undone) as earlier:
+                earlier.append(record)
     if entry.before_by_geoloc:
-        _hand_back(photo, entry.before, record["restored"], journal.path)
+        _hand_back(photo, entry.before, record["restored"], undone or journal.path)
 
 
 def _holds_estimate(photo: Path) -> bool:

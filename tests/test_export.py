@@ -199,3 +199,51 @@ def test_confidence_travels_to_every_format(tmp_path):
     props = to_geojson([r])["features"][0]["properties"]
     assert props["confidence"] == "low" and any("weak match" in w for w in props["warnings"])
     assert 'geoloc:Confidence="low"' in xmp_sidecar(r)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19: names that break XML, names a spreadsheet runs
+# --------------------------------------------------------------------------------------------
+
+XML_FORBIDDEN_NAMES = ["noncharacter\ufffe.jpg", "noncharacter\uffff.jpg", "bell\x07.jpg", "form\x0cfeed.jpg"]
+
+
+def test_gpx_stays_well_formed_whatever_the_file_names():
+    """One photo named with U+FFFE or U+FFFF (which XML 1.0 forbids) must not make the whole GPX
+    unreadable: a real parser reads every waypoint, the name escaped as geoloc prints it."""
+    from geoloc.export import to_gpx
+
+    results = [_result(f"/photos/{name}") for name in XML_FORBIDDEN_NAMES] + [_result("/photos/plain.jpg")]
+    text = to_gpx(results)
+    root = ET.fromstring(text)
+    names = [w.find("{http://www.topografix.com/GPX/1/1}name").text
+             for w in root.iter("{http://www.topografix.com/GPX/1/1}wpt")]
+    assert names == ["noncharacter\\ufffe.jpg", "noncharacter\\uffff.jpg", "bell\\x07.jpg", "form\\x0cfeed.jpg",
+                     "plain.jpg"]
+    gpxpy = pytest.importorskip("gpxpy")
+    assert len(gpxpy.parse(text).waypoints) == 5
+
+
+def test_xmp_sidecars_are_well_formed_xml_beside_any_photo(tmp_path):
+    for name in XML_FORBIDDEN_NAMES:
+        photo = tmp_path / name
+        photo.write_bytes(b"a photo")
+        write_sidecars([_result(photo)])
+        text = sidecar_path(photo).read_text(encoding="utf-8")
+        ET.fromstring(text.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])
+
+
+def test_csv_names_a_spreadsheet_would_run_are_exact_or_spreadsheet_safe():
+    """exiftool needs the exact name, so by default it stays as it is (the CLI warns); the
+    spreadsheet-safe form starts each such cell with ' and leaves the others alone."""
+    from geoloc.export import formula_like_names
+
+    names = ["=HYPERLINK(\"x\";\"y\")x.jpg", "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "plain.jpg", "a=b.jpg"]
+    results = [_result(n) for n in names]
+    exact = [r["SourceFile"] for r in csv.DictReader(io.StringIO(csv_text(results)))]
+    assert exact == names
+    assert formula_like_names(results) == 4
+    buf = io.StringIO()
+    write_csv(results, buf, spreadsheet_safe=True)
+    safe = [r["SourceFile"] for r in csv.DictReader(io.StringIO(buf.getvalue()))]
+    assert safe == ["'" + n for n in names[:4]] + names[4:]

@@ -175,3 +175,130 @@ def test_a_folder_of_junk_into_a_new_database_names_every_file(tiny_model, tmp_p
     warned = [line for line in lines if line.startswith("warning:")]
     assert len(warned) == 12 and all("an HTML page" in line for line in warned)
     assert lines[-1].startswith("error:") and "12 of the 12 photos tried could not be read" in lines[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19
+# --------------------------------------------------------------------------------------------
+
+
+def test_json_gives_a_name_that_is_not_utf8_in_bytes_too(tiny_model, lund_dir, tmp_path):
+    """jq and node read a lone \\udcXX escape as U+FFFD and lose the byte: such a name also
+    comes as the hex of its bytes, and only such a name."""
+    if os.name != "posix":
+        pytest.skip("POSIX file names are bytes")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = photos / os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy2(lund_dir / "01.jpg", odd)
+    shutil.copy2(lund_dir / "03.jpg", photos / "03.jpg")
+    (photos / os.fsdecode(b"broken\xff.jpg")).write_bytes(b"not a photo")
+    indexed = json.loads(run("index", photos, "--db", tmp_path / "db", "--model", tiny_model, "--json").stdout)
+    (error,) = indexed["error_files"]
+    assert bytes.fromhex(error["path_bytes"]) == os.fsencode(photos / os.fsdecode(b"broken\xff.jpg"))
+    rows = {Path(r["path"]).name: r for r in json.loads(run("photos", "--db", tmp_path / "db", "--json").stdout)}
+    assert bytes.fromhex(rows[odd.name]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in rows["03.jpg"]
+    (answer,) = json.loads(run("locate", odd, "--db", tmp_path / "db", "--json").stdout)
+    assert bytes.fromhex(answer["query_bytes"]) == os.fsencode(odd)
+    (answer,) = json.loads(run("locate", lund_dir / "05.jpg", "--db", tmp_path / "db", "--json").stdout)
+    by_path = {c["path"]: c for c in answer["candidates"]}
+    assert bytes.fromhex(by_path[os.fspath(odd)]["path_bytes"]) == os.fsencode(odd)
+    assert "path_bytes" not in by_path[os.fspath(photos / "03.jpg")]
+    geo = json.loads(run("locate", odd, "--db", tmp_path / "db", "--geojson").stdout)
+    assert bytes.fromhex(geo["features"][0]["properties"]["query_bytes"]) == os.fsencode(odd)
+
+
+def _deep_folder(root: Path, past: int) -> Path:
+    """Folders nested until their path is longer than ``past`` bytes, made through folder handles
+    (no path that long can be passed to the system); returns the deepest, as a path."""
+    fd = os.open(root, os.O_RDONLY)
+    here, name = root, "d" * 200
+    try:
+        while len(os.fsencode(here)) <= past:
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, here = child, here / name
+    finally:
+        os.close(fd)
+    return here
+
+
+def _write_beyond(folder: Path, name: str, data: bytes) -> None:
+    """Write ``folder/name`` where ``folder`` is too deep to name: step down by handles."""
+    parts = folder.parts
+    fd = os.open("/", os.O_RDONLY)
+    try:
+        for part in parts[1:]:
+            child = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def test_photos_past_the_path_limit_are_named_as_errors(tiny_model, lund_dir, tmp_path):
+    """No program can open them by their path; indexing must say so for each, not skip them."""
+    if not hasattr(os, "pathconf"):
+        pytest.skip("no PATH_MAX here")
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(lund_dir / "01.jpg", photos / "01.jpg")
+    shutil.copy2(lund_dir / "03.jpg", photos / "03.jpg")
+    # One photo just past the limit in a folder within it, two more in a folder past it.
+    near = _deep_folder(photos, path_max - 230)
+    deeper = _deep_folder(near, path_max + 10) if len(os.fsencode(near)) < path_max else near
+    data = (lund_dir / "05.jpg").read_bytes()
+    just_past = "x" * (path_max - len(os.fsencode(near)) + 10) + ".jpg"
+    _write_beyond(near, just_past, data)
+    _write_beyond(deeper, "a.jpg", data)
+    _write_beyond(deeper, "b.jpg", data)
+    result = run("index", photos, "--db", tmp_path / "db", "--model", tiny_model, "--json")
+    report = json.loads(result.stdout)
+    assert report["indexed"] == 2 and report["errors"] == 3, result.output
+    reasons = {Path(e["path"]).name: e["reason"] for e in report["error_files"]}
+    assert set(reasons) == {just_past, "a.jpg", "b.jpg"}
+    assert all("path too long" in r and "PATH_MAX" in r for r in reasons.values())
+
+
+def test_a_name_over_the_file_systems_name_limit_is_named_as_an_error(tiny_model, lund_dir, tmp_path, monkeypatch):
+    """(Made with a lowered limit: no file system here holds a name past its own NAME_MAX.)"""
+    from geoloc.photos import discovery
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy2(lund_dir / "01.jpg", photos / "01.jpg")
+    shutil.copy2(lund_dir / "03.jpg", photos / ("long" * 10 + ".jpg"))
+    monkeypatch.setattr(discovery, "_name_max", lambda folder: 20)
+    errors = []
+    found = list(discovery.discover([photos], on_error=errors.append))
+    assert found == [photos / "01.jpg"]
+    (error,) = errors
+    assert error.path.name == "long" * 10 + ".jpg" and "NAME_MAX" in error.reason and "44 bytes" in error.reason
+
+
+def test_csv_warns_once_of_names_a_spreadsheet_would_run(tiny_model, lund_dir, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = ["=cmd.jpg", "+1.jpg", "@x.jpg", "plain.jpg"]
+    for name, src in zip(names, (1, 3, 5, 7)):
+        shutil.copy2(lund_dir / f"{src:02d}.jpg", photos / name)
+    db = tmp_path / "db"
+    assert run("index", photos, "--db", db, "--model", tiny_model).exit_code == 0
+    monkeypatch.chdir(photos)  # `geoloc locate . --csv`, the recipe: names as they are in the folder
+    plain = run("locate", ".", "--db", db, "--csv", "--min-confidence", "low")
+    assert plain.exit_code == 0, plain.output
+    assert sorted(line.split(",")[0] for line in plain.stdout.splitlines()[1:]) == sorted(names)
+    warned = [line for line in plain.stderr.splitlines() if "spreadsheet" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: 3 file names in the CSV start with =, +, - or @")
+    assert "--csv-safe" in warned[0]
+    safe = run("locate", ".", "--db", db, "--csv", "--csv-safe", "--min-confidence", "low")
+    assert sorted(line.split(",")[0] for line in safe.stdout.splitlines()[1:]) == sorted(
+        ["'=cmd.jpg", "'+1.jpg", "'@x.jpg", "plain.jpg"])
+    assert "spreadsheet" not in safe.stderr
+    assert run("locate", ".", "--db", db, "--csv-safe").exit_code == 2  # without --csv

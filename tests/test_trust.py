@@ -535,3 +535,240 @@ def test_undo_of_a_journal_that_is_not_there_is_one_line_exit_1(tmp_path):
     result = CliRunner().invoke(app, ["undo-exif", str(tmp_path / "nonexistent.jsonl")])
     assert result.exit_code == 1 and "no such undo journal" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 19: names, sizes, owners and links a photo library really has
+# --------------------------------------------------------------------------------------------
+
+
+def journal_lines(path: Path) -> list[dict]:
+    text = path.read_bytes().decode("utf-8")  # every line is valid UTF-8, whatever the names
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@needs_exiftool
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_write_exif_keeps_a_name_that_is_not_utf8_exactly_and_goes_on(library, backend, monkeypatch):
+    """POSIX names are bytes: one that is not UTF-8 is journalled exactly (and said in bytes,
+    for readers that cannot keep Python's surrogate escapes), and the photos after it are written."""
+    if os.name != "posix":
+        pytest.skip("POSIX file names are bytes")
+    db, lib = library
+    monkeypatch.setenv("GEOLOC_EXIF_WRITER", backend)
+    odd = lib / os.fsdecode(b"caf\xe9-02.jpg")
+    (lib / "02.jpg").rename(odd)
+    result = locate(odd, lib / "08.jpg", "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "internal error" not in result.output, result.output
+    assert "EXIF GPS written into 2 photos" in result.stderr, result.stderr
+    assert exif_gps(odd)["GPSProcessingMethod"].startswith("geoloc")
+    assert exif_gps(lib / "08.jpg")["GPSProcessingMethod"].startswith("geoloc")
+    from geoloc.undo_journal import journals
+
+    (path,) = journals()
+    writes = {line["photo"]: line for line in journal_lines(path) if line.get("op") == "write"}
+    assert set(writes) == {os.fspath(odd), os.fspath(lib / "08.jpg")}
+    assert bytes.fromhex(writes[os.fspath(odd)]["photo_bytes"]) == os.fsencode(odd)
+    assert "photo_bytes" not in writes[os.fspath(lib / "08.jpg")]  # only where the text cannot say it
+    undo = CliRunner().invoke(app, ["undo-exif", "--json"])
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(odd) and "GPSLatitude" not in exif_gps(lib / "08.jpg")
+    assert "GPS put back in 2 photos" in undo.stderr
+
+
+def uniform_jpeg(path: Path, width: int, height: int) -> Path:
+    """A real baseline greyscale JPEG of ``width``×``height`` mid-grey pixels, written without
+    ever holding its pixels: every 8×8 block is the same two one-bit Huffman codes (DC difference
+    0, end of block), so a 195-megapixel photo is a 760 kB file made in a moment."""
+    import struct
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+    dqt = segment(0xDB, bytes([0]) + bytes([1] * 64))
+    sof = segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    # One code each, of one bit ("0"): DC difference category 0, and AC end of block.
+    one_code = bytes([1] + [0] * 15)
+    dht = segment(0xC4, bytes([0x00]) + one_code + bytes([0x00]) + bytes([0x10]) + one_code + bytes([0x00]))
+    sos = segment(0xDA, bytes([1, 1, 0x00, 0, 63, 0]))
+    blocks = -(-width // 8) * -(-height // 8)
+    whole, rest = divmod(blocks, 4)  # 2 bits a block: 4 blocks, one zero byte
+    tail = bytes([(0xFF >> (2 * rest)) & 0xFF]) if rest else b""  # padded with ones, as the standard says
+    with open(path, "wb") as fh:
+        fh.write(b"\xff\xd8" + dqt + sof + dht + sos)
+        chunk = bytes(1 << 20)
+        for _ in range(whole >> 20):
+            fh.write(chunk)
+        fh.write(bytes(whole & ((1 << 20) - 1)) + tail + b"\xff\xd9")
+    return path
+
+
+def test_the_huge_test_jpeg_is_a_real_jpeg(tmp_path):
+    small = uniform_jpeg(tmp_path / "small.jpg", 100, 75)
+    with Image.open(small) as image:
+        assert image.size == (100, 75) and image.mode == "L"
+        assert set(image.getdata()) == {128}
+
+
+@needs_exiftool
+def test_write_exif_into_a_195_megapixel_jpeg_in_bounded_memory(tmp_path, lund_dir):
+    """Under geoloc's own pixel limit, so written: the pixels compared exactly without decoding
+    two 585 MB images (nor Pillow's bomb check stopping the run), and the next photo is written."""
+    big = uniform_jpeg(tmp_path / "big.jpg", 15000, 13000)
+    small = without_gps(lund_dir / "02.jpg", tmp_path / "small.jpg")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from geoloc.estimate import Estimate\n"
+        "from geoloc.results import LocateResult\n"
+        "from geoloc.writeback import write_estimates\n"
+        "rs = [LocateResult(Path(p), Estimate(55.7, 13.19, 12.0)) for p in sys.argv[1:]]\n"
+        "report = write_estimates(rs)\n"
+        "print(len(report.written), [r for _, r in report.failed])\n"
+        # This process's own peak (VmHWM): ru_maxrss would count pytest's, inherited at the fork.
+        "status = Path('/proc/self/status')\n"
+        "print(next((int(l.split()[1]) // 1024 for l in status.read_text().splitlines() if l.startswith('VmHWM')), 0)\n"
+        "      if status.exists() else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(big), str(small)], capture_output=True, text=True,
+                          env=dict(os.environ, GEOLOC_EXIF_WRITER="exiftool"), timeout=300)
+    assert done.returncode == 0, done.stderr
+    written, peak_mb = done.stdout.splitlines()
+    assert written == "2 []"
+    assert int(peak_mb) < 400, f"{peak_mb} MB to write a 195 MP photo"
+    assert done.stderr == ""  # no DecompressionBombWarning on the terminal
+    assert exif_gps(big)["GPSProcessingMethod"].startswith("geoloc")
+
+
+def test_same_pixels_is_exact_whatever_the_path(tmp_path, lund_dir):
+    from geoloc.photos.gpswrite import same_pixels
+
+    a = tmp_path / "a.jpg"
+    shutil.copy(lund_dir / "02.jpg", a)
+    with Image.open(a) as image:
+        image.save(tmp_path / "b.png")
+        image.save(tmp_path / "c.jpg", quality=80)  # re-encoded: other pixels
+        pixels_a = image.tobytes()
+    changed = bytearray(pixels_a)
+    changed[-1] ^= 1  # one bit of the last pixel
+    Image.frombytes("RGB", (1024, 768), bytes(changed)).save(tmp_path / "d.png")
+    assert same_pixels(a, a)
+    assert not same_pixels(a, tmp_path / "c.jpg")
+    assert same_pixels(tmp_path / "b.png", tmp_path / "b.png")
+    assert not same_pixels(tmp_path / "b.png", tmp_path / "d.png")
+    with Image.open(tmp_path / "b.png") as ib:
+        assert ib.tobytes() == pixels_a
+    assert same_pixels(a, tmp_path / "b.png")  # another format, the same decoded pixels
+
+
+@needs_exiftool
+def test_one_undo_undoes_a_killed_run_and_its_re_run(library):
+    """A killed run wrote some photos; the re-run wrote the rest (and rewrote the first ones with
+    the same estimate, which changes nothing). One undo-exif must put every photo back."""
+    db, lib = library
+    first = locate(lib / "02.jpg", lib / "08.jpg", "--db", db, "--write-exif")  # as far as the kill let it
+    assert first.exit_code == 0, first.output
+    from geoloc.undo_journal import journals
+
+    (killed,) = journals()
+    lines = killed.read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1]) == {"op": "end"}
+    killed.write_text("".join(lines[:-1]))  # what a kill leaves: no end line
+    rerun = locate(lib, "--db", db, "--write-exif")
+    assert rerun.exit_code == 0, rerun.output
+    written = [lib / f"{n}.jpg" for n in LUND_QUERIES]
+    assert all(exif_gps(p)["GPSProcessingMethod"].startswith("geoloc") for p in written)
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert f"GPS put back in {len(written)} photos" in undo.stderr, undo.stderr
+    for p in written:
+        assert "GPSLatitude" not in exif_gps(p), p.name
+    again = CliRunner().invoke(app, ["undo-exif"])
+    assert again.exit_code == 1 and "nothing to undo" in again.stderr, again.output
+
+
+def test_a_photo_on_a_read_only_file_system_is_named_as_such(library, monkeypatch):
+    """chmod cannot help there: the advice names the file system."""
+    db, lib = library
+    photo = lib / "02.jpg"
+    real_statvfs, real_access = os.statvfs, os.access
+
+    class ReadOnly:
+        def __init__(self, st):
+            self._st = st
+
+        def __getattr__(self, name):
+            return getattr(self._st, name)
+
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real_statvfs(p)))
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw))
+    result = locate(photo, "--db", db, "--write-exif")
+    assert "read-only file system" in result.stderr and "make it writable" not in result.stderr, result.stderr
+
+
+@needs_exiftool
+def test_a_photo_with_a_240_byte_name_is_written(library):
+    db, lib = library
+    photo = lib / ("x" * 236 + ".jpg")
+    (lib / "02.jpg").rename(photo)
+    result = locate(photo, "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "EXIF GPS written into 1 photo" in result.stderr, result.stderr
+    assert exif_gps(photo)["GPSProcessingMethod"].startswith("geoloc")
+    assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 0
+    assert "GPSLatitude" not in exif_gps(photo)
+    assert sorted(p.name for p in lib.iterdir() if p.name.startswith(".")) == []
+
+
+@needs_exiftool
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give a file away")
+def test_write_and_undo_keep_the_photos_owner_mode_and_times(library):
+    """Run as root (a container, a NAS's cron job): the photo stays its owner's, unreadable to
+    others, and keeps its times, through the write and through the undo."""
+    db, lib = library
+    photo = lib / "02.jpg"
+    os.chown(photo, 1234, 2345)
+    photo.chmod(0o640)
+    os.utime(photo, ns=(1_000_000_000_123_456_789, 1_000_000_000_987_654_321))
+
+    def kept():
+        st = photo.stat()
+        return st.st_uid, st.st_gid, stat_mode(st), st.st_atime_ns, st.st_mtime_ns
+
+    before = kept()
+    assert locate(photo, "--db", db, "--write-exif").exit_code == 0
+    assert exif_gps(photo)["GPSProcessingMethod"].startswith("geoloc")
+    assert kept()[:3] == before[:3] and kept()[4] == before[4]
+    undo = CliRunner().invoke(app, ["undo-exif"])
+    assert undo.exit_code == 0, undo.output
+    assert "GPSLatitude" not in exif_gps(photo)
+    assert kept()[:3] == before[:3] and kept()[4] == before[4]
+
+
+def stat_mode(st) -> int:
+    import stat as stat_module
+
+    return stat_module.S_IMODE(st.st_mode)
+
+
+@needs_exiftool
+def test_a_symlinked_photo_is_written_at_its_target_and_stays_a_link(library, tmp_path):
+    """The link is the library's name for a photo that lives elsewhere: the photo itself gets the
+    GPS (its temporary file beside it, where the rename must happen), the link stays a link, and
+    nothing new appears in the folder named."""
+    db, lib = library
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / "real.jpg"
+    (lib / "02.jpg").rename(target)
+    link = lib / "02.jpg"
+    link.symlink_to(target)
+    names = sorted(p.name for p in lib.iterdir())
+    result = locate(link, "--db", db, "--write-exif")
+    assert result.exit_code == 0 and "EXIF GPS written into 1 photo" in result.stderr, result.stderr
+    assert link.is_symlink() and os.readlink(link) == os.fspath(target)
+    assert exif_gps(target)["GPSProcessingMethod"].startswith("geoloc")
+    assert sorted(p.name for p in lib.iterdir()) == names and sorted(p.name for p in elsewhere.iterdir()) == ["real.jpg"]
+    assert CliRunner().invoke(app, ["undo-exif"]).exit_code == 0
+    assert link.is_symlink() and "GPSLatitude" not in exif_gps(target)

@@ -45,6 +45,10 @@ def locate_command(
     as_csv: bool = typer.Option(
         False, "--csv", help="Print CSV for exiftool: SourceFile, signed GPSLatitude/GPSLongitude, radius, score."
     ),
+    csv_safe: bool = typer.Option(
+        False, "--csv-safe",
+        help="With --csv: start a file name a spreadsheet would run as a formula (=, +, -, @) with ' "
+        "(for spreadsheets: exiftool then finds no such file)."),
     as_geojson: bool = typer.Option(False, "--geojson", help="Print an RFC 7946 GeoJSON FeatureCollection."),
     as_gpx: bool = typer.Option(False, "--gpx", help="Print GPX 1.1: one waypoint per estimate."),
     xmp: bool = typer.Option(
@@ -111,6 +115,8 @@ def locate_command(
                          "--geojson or --gpx")
     if overwrite and not write_exif:
         raise UsageError("--overwrite only applies to --write-exif")
+    if csv_safe and fmt != "csv":
+        raise UsageError("--csv-safe only applies to --csv")
     if write_exif:
         from geoloc.photos.gpswrite import find_backend
 
@@ -137,7 +143,7 @@ def locate_command(
     results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
     apply_trips(results, db_path, trips)
     _report_warnings(results, verbose)
-    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose,
+    _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose, csv_safe,
                    tables_to_stderr=map_on_stdout)
 
     if xmp:
@@ -274,7 +280,7 @@ def _writes_stdout(target: Path) -> bool:
 
 
 def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose: bool = False,
-                   tables_to_stderr: bool = False) -> None:
+                   csv_safe: bool = False, tables_to_stderr: bool = False) -> None:
     """The data format asked for on stdout, or the tables for people (on stderr when the map
     is what stdout carries)."""
     import sys
@@ -287,9 +293,15 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
     if fmt == "json":
         console.print_json([r.to_json() for r in results])
     elif fmt == "csv":
-        from geoloc.export import write_csv
+        from geoloc.export import formula_like_names, write_csv
 
-        write_csv(results, console.data_out())
+        write_csv(results, console.data_out(), spreadsheet_safe=csv_safe)
+        risky = formula_like_names(results)
+        if risky and not csv_safe:
+            # exiftool needs the exact name, so it is written as it is; a spreadsheet would run it.
+            console.warn(f"{count(risky, 'file name')} in the CSV {'starts' if risky == 1 else 'start'} "
+                         "with =, +, - or @, which a spreadsheet runs as a formula; exiftool reads them "
+                         "as they are, and --csv-safe writes them with a leading ' for spreadsheets")
     elif fmt == "geojson":
         from geoloc.export import write_geojson
 

@@ -30,7 +30,7 @@ def undo_exif(
 ) -> None:
     """Thin: journal → writeback.undo_run → one summary line (help text in _HELP)."""
     from geoloc import console
-    from geoloc.files import display_path, json_path
+    from geoloc.files import display_path, json_path, json_path_fields
 
     if list_runs:
         _list(as_json)
@@ -58,7 +58,7 @@ def undo_exif(
             "journal": json_path(path), "complete": report.complete,
             "restored": [json_path(p) for p in report.restored], "already": [json_path(p) for p in report.already],
             "changed": [json_path(p) for p in report.changed], "missing": [json_path(p) for p in report.missing],
-            "failed": [{"path": json_path(p), "reason": r} for p, r in report.failed],
+            "failed": [{**json_path_fields(p), "reason": r} for p, r in report.failed],
         })
     n = len(report.restored)
     extra = f", {len(report.already)} already as they were" if report.already else ""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from geoloc.files import json_path
+from geoloc.files import json_path_fields
 
 COLUMNS = (
     "path", "size", "mtime_ns", "sha256", "lat", "lon", "alt", "taken_at",
@@ -78,7 +78,7 @@ class PhotoRecord:
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sidecar_key"}
-        data["path"] = json_path(self.path)
+        data.update(json_path_fields(self.path))
         data["located"] = self.located
         return data
 

@@ -123,34 +123,121 @@ def _walk(root: Path, seen_dirs: set[tuple[int, int]], on_error: OnError) -> Ite
     Folders are identified by (device, inode) so that a symlink loop, or two links to one
     folder, cannot make the walk go round or yield the same photos twice. An explicit stack
     instead of recursion keeps very deep trees from hitting Python's recursion limit.
+
+    A tree can hold what no program can open by its path: a photo deeper than the system's
+    path limit (PATH_MAX), or a name longer than its file system's NAME_MAX. Each such photo is
+    named as an error (stat and open would fail on it, and it would vanish without a word).
     """
     key = _dir_key(root)
     if key is not None:
         if key in seen_dirs:
             return
         seen_dirs.add(key)
-    stack: list[Iterator[os.DirEntry]] = [iter(_list_dir(root, on_error))]
+    path_max = _path_max(root)
+    # Paths are measured as the system gets them: absolute, in bytes.
+    offset = len(os.fsencode(os.path.abspath(root))) - len(os.fsencode(os.fspath(root)))
+    stack: list[tuple[Iterator[os.DirEntry], int | None]] = [(iter(_list_dir(root, on_error)), _name_max(root))]
     while stack:
-        entry = next(stack[-1], None)
+        entry = next(stack[-1][0], None)
         if entry is None:
             stack.pop()
             continue
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
+        name_max = stack[-1][1]
+        if name_max is not None and len(os.fsencode(entry.name)) > name_max:
+            if is_photo_name(entry.name) or _entry_is_dir(entry):
+                on_error(PhotoError(path, f"file name too long: {len(os.fsencode(entry.name))} bytes, over this "
+                                          f"file system's limit of {name_max} (NAME_MAX); rename it to read it"))
+            continue
+        too_long = path_max is not None and len(os.fsencode(entry.path)) + offset >= path_max
         if _entry_is_dir(entry):
+            if too_long:
+                _name_beyond_path_max(path, seen_dirs, on_error, path_max, offset)
+                continue
             key = _dir_key(path)
             if key is None or key in seen_dirs:
                 continue
             seen_dirs.add(key)
-            stack.append(iter(_list_dir(path, on_error)))
+            stack.append((iter(_list_dir(path, on_error)), _name_max(path)))
         elif not is_photo_name(entry.name):
+            continue
+        elif too_long:
+            on_error(PhotoError(path, _too_long(entry.path, offset, path_max)))
             continue
         elif _entry_is_file(entry):
             yield path
         elif entry.is_symlink() and not path.exists():
             on_error(PhotoError(path, BROKEN_LINK))
         # FIFOs, sockets and devices named like photos are skipped: reading one could block.
+
+
+def _path_max(folder: Path) -> int | None:
+    """The system's limit on a path's length in bytes, its final NUL included (PATH_MAX)."""
+    try:
+        return os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # Windows: no pathconf, and long paths work
+        return None
+
+
+def _name_max(folder: Path) -> int | None:
+    """The folder's file system's limit on a name's length in bytes (NAME_MAX)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _too_long(path: str, offset: int, path_max: int) -> str:
+    return (f"path too long: {len(os.fsencode(path)) + offset} bytes, over the system's limit of "
+            f"{path_max - 1} (PATH_MAX); no program can open it by this path: move it to a shallower folder")
+
+
+def _name_beyond_path_max(folder: Path, seen_dirs: set[tuple[int, int]], on_error: OnError,
+                          path_max: int, offset: int) -> None:
+    """Each photo under a folder whose path is already past PATH_MAX, named as an error.
+
+    Such a folder cannot be listed by its path, but can through folder handles (``dir_fd``),
+    which have no length limit: so every photo in it is named, not just the folder.
+    """
+    directory = getattr(os, "O_DIRECTORY", 0)
+    try:
+        parent = os.open(folder.parent, os.O_RDONLY | directory)
+        try:
+            fd = os.open(folder.name, os.O_RDONLY | directory, dir_fd=parent)
+        finally:
+            os.close(parent)
+    except OSError as exc:
+        on_error(PhotoError(folder, f"cannot read folder ({exc.strerror or exc})"))
+        return
+    pending = [(fd, folder)]
+    while pending:
+        fd, here = pending.pop()
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(fd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            folders = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if _entry_is_dir(entry):
+                    folders.append(entry.name)
+                elif is_photo_name(entry.name) and _entry_is_file(entry):
+                    on_error(PhotoError(here / entry.name, _too_long(os.fspath(here / entry.name), offset, path_max)))
+            for name in reversed(folders):  # popped in name order
+                try:
+                    pending.append((os.open(name, os.O_RDONLY | directory, dir_fd=fd), here / name))
+                except OSError as exc:
+                    on_error(PhotoError(here / name, f"cannot read folder ({exc.strerror or exc})"))
+        except OSError as exc:
+            on_error(PhotoError(here, f"cannot read folder ({exc.strerror or exc})"))
+        finally:
+            os.close(fd)
 
 
 def _list_dir(folder: Path, on_error: OnError) -> list[os.DirEntry]:

@@ -14,12 +14,15 @@ their edits of RAW files in sidecars, which ``--xmp`` writes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import json
 import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,9 @@ from geoloc.errors import GeolocError
 from geoloc.photos.tags import PROCESSING_METHOD  # the signature photos.meta reads back
 #: Set to "exiftool" or "pyexiv2" to choose the backend (the tests run both).
 BACKEND_ENV = "GEOLOC_EXIF_WRITER"
-#: The temporary file's name: hidden, marked as geoloc's, same suffix as the photo.
+#: The temporary file's name: hidden, marked as geoloc's, same suffix as the photo, and short
+#: (``.geoloc-tmp-XXXXXXXX.jpg``): a photo whose own name is near the file system's 255 bytes
+#: must still get one.
 TEMP_MARK = ".geoloc-tmp-"
 #: Read-back tolerance in degrees (about 1 cm): EXIF stores degrees as rationals.
 TOLERANCE_DEG = 1e-7
@@ -246,7 +251,7 @@ class Pyexiv2:
 
     def _open(self, path: Path):
         try:
-            return self.module.Image(os.fspath(path))
+            return self.module.Image(_FsName(os.fspath(path)))
         except (RuntimeError, OSError) as exc:
             raise WriteError(f"exiv2 cannot read {path.name}: {exc}") from None
 
@@ -278,6 +283,14 @@ class Pyexiv2:
                     image.modify_exif(tags)
         except (RuntimeError, OSError, ValueError) as exc:
             raise WriteError(f"exiv2 could not write the GPS: {exc}") from None
+
+
+class _FsName(str):
+    """A file name that encodes to its bytes on disk. pyexiv2 opens ``name.encode("utf-8")``,
+    which refuses a POSIX name that is not UTF-8 (its bytes are kept as surrogate escapes)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
 
 
 def _rational_dms(value: float) -> str:
@@ -328,7 +341,7 @@ def unwritable_reason(photo: Path, backend: Backend) -> str | None:
 
 def temp_path(photo: Path) -> Path:
     """A fresh temporary name beside the photo (same folder: the rename must not cross disks)."""
-    handle, name = tempfile.mkstemp(prefix=f".{photo.stem}{TEMP_MARK}", suffix=photo.suffix, dir=photo.parent)
+    handle, name = tempfile.mkstemp(prefix=TEMP_MARK, suffix=photo.suffix, dir=photo.parent)
     os.close(handle)
     os.unlink(name)  # the writers want a path that does not exist yet
     return Path(name)
@@ -348,6 +361,7 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
     """
     if fix is not None:
         fix.check()
+    st = os.stat(photo)
     try:
         backend.write(photo, temp, fix, restore)
         if not temp.is_file() or temp.stat().st_size == 0:
@@ -355,15 +369,32 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
         _check_gps(temp, fix, restores_estimate)
         if not same_pixels(photo, temp):
             raise WriteError(f"{backend.name} changed the image data; the photo is left as it was")
-        shutil.copymode(photo, temp)
+        _keep_owner_and_mode(temp, st)
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
     except BaseException:
         try:
             temp.unlink()
         except OSError:
             pass
         raise
+
+
+def _keep_owner_and_mode(temp: Path, st: os.stat_result) -> None:
+    """The new file is the photo: its owner's and group's, with its mode. The writer made it
+    as whoever runs geoloc (root, in a container or a NAS's scheduled job), which would take a
+    ``0640`` photo away from its owner. Where ``chown`` is not permitted (a user writing another
+    user's photo in a shared folder) the group alone is kept when it can be, as ``cp -p`` does."""
+    if hasattr(os, "chown"):
+        now = os.stat(temp)
+        if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+            try:
+                os.chown(temp, st.st_uid, st.st_gid)
+            except PermissionError:
+                with contextlib.suppress(PermissionError):
+                    os.chown(temp, -1, st.st_gid)
+    os.chmod(temp, stat.S_IMODE(st.st_mode))  # after chown, which clears the set-id bits
 
 
 def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) -> None:
@@ -385,13 +416,87 @@ def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) 
 
 
 def same_pixels(a: Path, b: Path) -> bool:
-    """The two files decode to the same pixels (mode, size and every byte)."""
-    from geoloc.photos.decode import ensure_plugins
+    """The two files decode to the same pixels (mode, size and every byte), in bounded memory.
 
-    ensure_plugins()
-    from PIL import Image
+    A metadata writer leaves a JPEG's image data as it was, byte for byte: when the segments
+    that define the pixels are equal (:func:`_jpeg_image_digest`) so are the pixels, and that
+    costs reading the files, not decoding two images of up to 250 MP (3 GB for a 144 MP
+    photo). Otherwise each file is decoded in turn, under geoloc's one pixel limit, and its
+    pixels hashed a strip at a time: one image in memory at once, never two plus copies.
+    """
+    first = _jpeg_image_digest(a)
+    if first is not None and first == _jpeg_image_digest(b):
+        return True
+    return _pixel_digest(a) == _pixel_digest(b)
 
-    with Image.open(a) as ia, Image.open(b) as ib:
-        if ia.mode != ib.mode or ia.size != ib.size:
-            return False
-        return ia.tobytes() == ib.tobytes()
+
+#: Segments before the first scan that say nothing about the pixels: APP1–APP13 (EXIF, XMP,
+#: ICC, MPF, IPTC…), APP15 and comments. APP0 (JFIF) and APP14 (Adobe) stay in the digest: their
+#: presence and transform flag choose the colour conversion.
+_METADATA_MARKERS = frozenset(range(0xE1, 0xEE)) | {0xEF, 0xFE}
+
+
+def _jpeg_image_digest(path: Path) -> str | None:
+    """A hash of what a JPEG decoder turns into pixels: the segments before the first scan
+    except metadata, then everything from the first scan on (the scans, the tables between
+    progressive scans, whatever follows). None when the file is not a JPEG this can read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return None
+        while True:
+            head = fh.read(2)
+            if len(head) < 2 or head[0] != 0xFF:
+                return None
+            marker = head[1]
+            while marker == 0xFF:  # fill bytes before a marker
+                more = fh.read(1)
+                if not more:
+                    return None
+                marker = more[0]
+            if marker == 0xDA:
+                digest.update(b"\xff\xda")
+                while block := fh.read(1 << 22):
+                    digest.update(block)
+                return digest.hexdigest()
+            if marker == 0xD9:
+                return None  # an image without a scan
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+                digest.update(bytes((0xFF, marker)))  # markers without a length
+                continue
+            size = fh.read(2)
+            length = int.from_bytes(size, "big")
+            if len(size) < 2 or length < 2:
+                return None
+            if marker in _METADATA_MARKERS:
+                fh.seek(length - 2, os.SEEK_CUR)
+                continue
+            body = fh.read(length - 2)
+            if len(body) < length - 2:
+                return None
+            digest.update(bytes((0xFF, marker)) + size + body)
+
+
+#: Rows hashed at a time: a strip of at most this many bytes is copied out of the image.
+_STRIP_BYTES = 16 << 20
+
+
+def _pixel_digest(path: Path) -> tuple[str, tuple[int, int], str]:
+    """(mode, size, sha256 of the decoded pixels); refuses, as :class:`WriteError`, what geoloc
+    would not decode anywhere else (past the pixel limit, unreadable)."""
+    from geoloc.errors import PhotoError
+    from geoloc.photos.decode import open_image
+
+    try:
+        with open(path, "rb") as fh, open_image(fh, path) as image:
+            image.load()
+            width, height = image.size
+            rows = max(1, _STRIP_BYTES // max(1, len(image.mode) * width))  # about; mode letters ≈ bytes
+            digest = hashlib.sha256()
+            for top in range(0, height, rows):
+                digest.update(image.crop((0, top, width, min(height, top + rows))).tobytes())
+            return image.mode, image.size, digest.hexdigest()
+    except PhotoError as exc:
+        raise WriteError(f"cannot compare the pixels: {exc.reason}") from None
+    except (OSError, ValueError, MemoryError) as exc:
+        raise WriteError(f"cannot compare the pixels: {exc}") from None
