@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import tracemalloc
 import zipfile
@@ -637,7 +638,7 @@ def test_gpx_with_no_points(tmp_path):
     ("IMG_0001.gpx", b"\xff\xd8\xff\xe1\x00\x18Exif\x00\x00MM\x00*", r"IMG_0001\.gpx: is a JPEG image, not a track"),
     ("IMG_0002.kml", b"\x00\x00\x00\x18ftypheic\x00\x00", r"is a HEIC/MP4/MOV file, not a track"),
     ("notes.gpx", "just some text", r"notes\.gpx: is not a GPX, KML, KMZ or Google Takeout JSON file despite its \.gpx"),
-    ("page.xml", "<html><body/></html>", r"is XML but neither GPX nor KML \(root element <html>\)"),
+    ("page.xml", "<html><body/></html>", r"is XML but neither GPX nor KML \(its root element is <html>\)"),
     ("fake.kmz", b"PK\x03\x04 broken zip", r"fake\.kmz: is a damaged zip archive"),
     ("latin.json", b'{"locations": [{"x": "\xe9"}]}', r"is not UTF-8 text"),
 ])
@@ -654,6 +655,13 @@ def test_missing_file_and_folder(tmp_path):
         read_track(tmp_path)
     with pytest.raises(TrackError, match=r"gone\.gpx"):
         read_tracks([write(tmp_path, "a.gpx", GARMIN_GPX), tmp_path / "gone.gpx"])
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "track.gpx"
+    os.mkfifo(fifo)
+    with pytest.raises(TrackError, match="is not a regular file"):
+        read_track(fifo)
 
 
 def test_format_by_content_not_suffix(tmp_path):
@@ -727,12 +735,13 @@ def peak_reading(path: Path) -> tuple[Track, int]:
 
 
 def test_records_json_is_streamed(tmp_path):
-    """1e5 fixes (8 MB of JSON): the peak is the fixes' arrays (32 bytes each) and one window."""
+    """1e5 fixes (8 MB of JSON; json.load takes about 70 MB): the peak is the fixes' arrays
+    (32 bytes each, 3.2 MB) and the 1 MiB window with its decoding buffers (measured: 8.2 MB)."""
     path = tmp_path / "Records.json"
     write_records(path, 100_000)
     track, peak = peak_reading(path)
     assert len(track) == 100_000 and np.all(np.diff(track.t) == 1.0)
-    assert peak < 10e6, f"peak {peak / 1e6:.1f} MB for {path.stat().st_size / 1e6:.0f} MB of JSON"
+    assert peak < 16e6, f"peak {peak / 1e6:.1f} MB for {path.stat().st_size / 1e6:.0f} MB of JSON"
 
 
 @pytest.mark.slow

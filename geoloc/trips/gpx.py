@@ -23,7 +23,7 @@ from geoloc.trips._common import NAN, BadTrack, LocalNames, Points, number, pars
 UERE_M = 5.0
 
 _POINTS = frozenset(("trkpt", "rtept", "wpt"))
-_SEGMENTS = frozenset(("trkseg", "rte"))
+_SEGMENTS = frozenset(("trk", "trkseg", "rte"))  # trk too: points written outside a trkseg
 _FIELDS = frozenset(("time", "hdop", "pdop"))
 
 
@@ -88,8 +88,6 @@ class _Gpx:
         if dop != dop:
             dop = number(fields.get("pdop"))
         points = self.points
-        if points.segment < 0:  # a trkpt outside any trkseg (written by some converters)
-            points.new_segment()
         points.add(points.time(fields.get("time")), self.lat, self.lon, UERE_M * dop if dop >= 0 else NAN)
 
     def close(self) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 from geoloc.trips._common import NAN, BadTrack, LocalNames, Points, number, parse_xml
 
 _COMMA = re.compile(r"\s*,\s*")
+#: The longest text of one element kept (a LineString's coordinates): 16 M characters, about 600 000 points.
+MAX_TEXT = 16 << 20
 
 
 def read_kml(stream: BinaryIO, points: Points | None = None) -> Points:
@@ -72,6 +74,7 @@ class _Kml:
         self.stack: list[str] = []
         self.text: list[str] = []
         self.collecting = False
+        self.size = 0
         # the open gx:Track
         self.track_t: array | None = None
         self.track_lat = array("d")
@@ -104,10 +107,14 @@ class _Kml:
         )
         if self.collecting:
             self.text = []
+            self.size = 0
 
     def data(self, text: str) -> None:
         if self.collecting:
             self.text.append(text)
+            self.size += len(text)
+            if self.size > MAX_TEXT:
+                raise BadTrack(f"has a <{self.stack[-1]}> longer than {MAX_TEXT >> 20} M characters: not read")
 
     def end(self, tag: str) -> None:
         stack = self.stack

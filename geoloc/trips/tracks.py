@@ -16,6 +16,8 @@ Timeline path); a fix alone in its segment is a fix, not a line.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +92,11 @@ def read_track(path: Path, *, warn: Warn | None = None) -> Track:
     where = display_path(path)
     say = _warner(warn, where)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, a device never end
+            raise TrackError(f"{where}: is a folder, not a track file" if path.is_dir()
+                             else f"{where}: is not a regular file (a FIFO, a device or a socket)")
         with open(path, "rb") as stream:
-            kind = _sniff(stream.read(4096), path)
+            kind = _sniff(stream.read(_HEAD), path)
             stream.seek(0)
             points = _read(kind, stream)
     except BadTrack as exc:
@@ -145,6 +150,9 @@ def _fields(track: Track) -> tuple[np.ndarray, ...]:
 
 # --- telling the format ------------------------------------------------------------------------
 
+#: Bytes looked at to tell the format: enough for an XML prolog with a long licence comment.
+_HEAD = 64 << 10
+
 _NOT_TRACKS = (
     (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
     (b"II*\x00", "a TIFF image (or a RAW photo)"), (b"MM\x00*", "a TIFF image (or a RAW photo)"),
@@ -172,8 +180,8 @@ def _sniff(head: bytes, path: Path) -> str:
         if "<!DOCTYPE" in text or "<!ENTITY" in text:
             raise BadTrack("declares a DTD or entities: refused, no track needs one and it is the "
                            "shape of an entity-expansion attack")
-        named = f"<{root}>" if root else "unknown"
-        raise BadTrack(f"is XML but neither GPX nor KML (root element {named})")
+        named = f"its root element is <{root}>" if root else f"no root element in its first {_HEAD >> 10} KB"
+        raise BadTrack(f"is XML but neither GPX nor KML ({named})")
     if text[:1] in ("{", "["):
         return "takeout"
     suffix = path.suffix.lower()
