@@ -54,13 +54,12 @@ def write_gpx(path: Path, n: int) -> None:
                  'xmlns:ns3="http://www.garmin.com/xmlschemas/TrackPointExtension/v1">\n'
                  '  <metadata><time>2024-05-01T06:00:00.000Z</time></metadata>\n  <trk>\n    <name>Walk</name>\n'
                  '    <trkseg>\n')
-        for start in range(0, n, 50_000):
-            fh.write("".join(
+        fh.writelines("".join(
                 f'      <trkpt lat="{48.1374300 + 7e-7 * i:.7f}" lon="{11.5754900 + 5e-7 * i:.7f}">\n'
                 f'        <ele>{520 + (i % 100) / 10:.1f}</ele>\n'
                 f'        <time>{(T0 + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S")}.000Z</time>\n'
                 f'        <hdop>{1 + i % 3}.2</hdop>\n      </trkpt>\n'
-                for i in range(start, min(n, start + 50_000))))
+                for i in range(start, min(n, start + 50_000))) for start in range(0, n, 50_000))
         fh.write("    </trkseg>\n  </trk>\n</gpx>\n")
 
 
@@ -69,11 +68,10 @@ def child(way: str, path: str, trace: bool) -> None:
     import tracemalloc
     import xml.etree.ElementTree as ET
 
+    import defusedxml.ElementTree  # noqa: F401
     import numpy  # noqa: F401  (imported before the baseline, as geoloc's reader needs it)
 
     from geoloc.trips import gpx, kml, takeout, tracks  # noqa: F401
-
-    import defusedxml.ElementTree  # noqa: F401
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if trace:

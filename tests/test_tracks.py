@@ -7,7 +7,7 @@ import os
 import time
 import tracemalloc
 import zipfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -752,3 +752,11 @@ def test_million_point_records_json_in_bounded_memory(tmp_path):
     track, peak = peak_reading(path)
     assert len(track) == 1_000_000
     assert peak < 64e6, f"peak {peak / 1e6:.1f} MB for {path.stat().st_size / 1e6:.0f} MB of JSON"
+
+
+def test_a_huge_kml_coordinates_text_is_refused_not_buffered(tmp_path, monkeypatch):
+    from geoloc.trips import kml
+
+    monkeypatch.setattr(kml, "MAX_TEXT", 20)
+    with pytest.raises(TrackError, match=r"h\.kml: has a <coordinates> longer than"):
+        read_track(write(tmp_path, "h.kml", LOCATION_HISTORY_KML))

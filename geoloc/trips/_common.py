@@ -60,7 +60,7 @@ class Points:
             self.untimed += 1
             return NAN
         seconds, zoned = parse_time(text)
-        if seconds != seconds:  # NaN
+        if math.isnan(seconds):
             self.bad_times += 1
             self.bad_time_example = self.bad_time_example or text.strip()[:40]
         elif not zoned:

@@ -15,6 +15,7 @@ prefix. ``hdop`` (else ``pdop``) gives the accuracy: :data:`UERE_M` × DOP.
 
 from __future__ import annotations
 
+import math
 from typing import BinaryIO
 
 from geoloc.trips._common import NAN, BadTrack, LocalNames, Points, number, parse_xml
@@ -85,7 +86,7 @@ class _Gpx:
     def _emit(self) -> None:
         fields = self.fields
         dop = number(fields.get("hdop"))
-        if dop != dop:
+        if math.isnan(dop):
             dop = number(fields.get("pdop"))
         points = self.points
         points.add(points.time(fields.get("time")), self.lat, self.lon, UERE_M * dop if dop >= 0 else NAN)

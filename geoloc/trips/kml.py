@@ -16,6 +16,7 @@ A KMZ is a zip holding ``doc.kml`` (read alone when present, as Google Earth doe
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from array import array
@@ -193,7 +194,7 @@ class _Kml:
             points.notes.append("a LineString with a single TimeStamp has no time for each of its "
                                 f"{len(coords)} points: dropped")
             return
-        if not (begin == begin and end == end):  # no span, or only half of one
+        if math.isnan(begin) or math.isnan(end):  # no span, or only half of one
             for lon, lat in coords:
                 points.add(points.time(None), lat, lon)
             return

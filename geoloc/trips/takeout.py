@@ -23,6 +23,7 @@ whole. Times with zones (``+01:00``, ``Z``) are converted to UTC.
 from __future__ import annotations
 
 import io
+import math
 from typing import Any, BinaryIO
 
 from geoloc.trips._common import NAN, BadTrack, Points, number, parse_time
@@ -92,7 +93,7 @@ class _Reader:
                 seconds, zoned = int(loc["timestampMs"]) / 1000.0, True
             else:
                 seconds, zoned = parse_time(stamp)
-            if not zoned or seconds != seconds or not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
+            if not zoned or math.isnan(seconds) or not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
                 raise ValueError
             accuracy = float(loc.get("accuracy", NAN))
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -126,7 +127,7 @@ class _Reader:
                     t = points.time(_str(p["time"]))
                 else:
                     t = base + 60.0 * number(_str(p.get("durationMinutesOffsetFromStartTime")))
-                    if t != t:
+                    if math.isnan(t):
                         points.bad_times += 1
                         points.bad_time_example = points.bad_time_example or f"{start} + {p.get('durationMinutesOffsetFromStartTime')} min"
                 points.add(t, lat, lon)
@@ -200,7 +201,7 @@ class _Reader:
             self.points.untimed += 1
             return NAN
         ms = number(_str(value))
-        if ms != ms:
+        if math.isnan(ms):
             self.points.bad_times += 1
             self.points.bad_time_example = self.points.bad_time_example or str(value)[:40]
             return NAN

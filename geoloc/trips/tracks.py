@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def _sniff(head: bytes, path: Path) -> str:
     """``"gpx"``, ``"kml"``, ``"kmz"`` or ``"takeout"`` from a file's first bytes, or BadTrack."""
     if not head:
         raise BadTrack("is empty")
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "kmz"
     for magic, what in _NOT_TRACKS:
         if head.startswith(magic):
