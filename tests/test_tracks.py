@@ -757,6 +757,6 @@ def test_million_point_records_json_in_bounded_memory(tmp_path):
 def test_a_huge_kml_coordinates_text_is_refused_not_buffered(tmp_path, monkeypatch):
     from geoloc.trips import kml
 
-    monkeypatch.setattr(kml, "MAX_TEXT", 20)
-    with pytest.raises(TrackError, match=r"h\.kml: has a <coordinates> longer than"):
+    monkeypatch.setattr(kml, "MAX_TEXT", 30)
+    with pytest.raises(TrackError, match=r"h\.kml: has a <coordinates> longer than 30 characters"):
         read_track(write(tmp_path, "h.kml", LOCATION_HISTORY_KML))

@@ -115,7 +115,7 @@ class _Kml:
             self.text.append(text)
             self.size += len(text)
             if self.size > MAX_TEXT:
-                raise BadTrack(f"has a <{self.stack[-1]}> longer than {MAX_TEXT >> 20} M characters: not read")
+                raise BadTrack(f"has a <{self.stack[-1]}> longer than {MAX_TEXT:,} characters: not read")
 
     def end(self, tag: str) -> None:
         stack = self.stack
