@@ -163,7 +163,7 @@ def adopt_tail(db) -> None:
 def finish_vocabulary_save(db, repair: bool) -> None:
     """A save killed after its SQLite transaction: the mirror file is written now."""
     blob = db.meta("vocabulary")
-    if blob is not None and (repair or db._manifest_behind) and db.vocabulary_file_bytes() != bytes(blob):
+    if blob is not None and (repair or db.manifest_behind) and db.vocabulary_file_bytes() != bytes(blob):
         atomic_write(db.path / VOCABULARY, bytes(blob))
 
 
