@@ -164,10 +164,9 @@ def resolved_precision(config: EvalConfig) -> str:
 
 
 def model_spec(config: EvalConfig) -> str:
-    from geoloc.database_model import default_model_name
-    from geoloc.models.registry import model_key
+    from geoloc.database_model import requested_model_key
 
-    return model_key(config.model or default_model_name())
+    return requested_model_key(config.model)
 
 
 # ---------------------------------------------------------------------------------------------
