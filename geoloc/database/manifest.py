@@ -66,8 +66,6 @@ def parse_manifest(text: str) -> Optional[dict]:
     return manifest if isinstance(manifest, dict) and "model" in manifest and "dim" in manifest else None
 
 
-
-
 def read_manifest_file(path: Path) -> tuple[Optional[dict], Optional[str]]:
     try:
         text = (path / MANIFEST).read_text(encoding="utf-8")
@@ -81,16 +79,12 @@ def read_manifest_file(path: Path) -> tuple[Optional[dict], Optional[str]]:
     return manifest, (None if manifest is not None else f"{MANIFEST} is damaged (not a manifest)")
 
 
-
-
 def check_format(path: Path, manifest: dict) -> None:
     if int(manifest.get("format", 1)) > FORMAT_VERSION:
         raise DatabaseError(
             f"database {display_path(path)} was written by a newer geoloc "
             f"({manifest.get('geoloc_version', '?')}); upgrade geoloc to use it"
         )
-
-
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
