@@ -20,10 +20,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from geoloc.models.model import GeolocModel
 
 
-def default_model_name() -> str:
-    from geoloc.models.registry import DEFAULT_MODEL
+def requested_model_key(model: str | None) -> str:
+    """How a ``--model`` value (None: the registry's default) is recorded in a new database:
+    one answer for ``geoloc index`` and ``geoloc eval``'s cache."""
+    from geoloc.models.registry import DEFAULT_MODEL, model_key
 
-    return DEFAULT_MODEL
+    return model_key(model or DEFAULT_MODEL)
 
 
 def new_manifest(model: GeolocModel, key: str, maps: bool = True) -> dict[str, Any]:

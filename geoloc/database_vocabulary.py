@@ -31,9 +31,10 @@ def ensure_vocabulary(database: Database, model, extractor, to_index: list[Path]
     descriptor. Only the sample goes through the network here, and each photo's share of
     features is cached as it comes, so an interrupted fit resumes where it stopped.
 
-    ``run`` is the indexing run: its config, progress and error reporting, and the photos it
-    already found unusable; its ``stage``, ``sample`` and ``fitted`` say how far the fit got,
-    for the message of an interrupted run.
+    ``run`` is the indexing run (:class:`geoloc.indexer.IndexRun`): its config, progress and
+    error reporting, and the photos it already found unusable; its declared ``stage``,
+    ``sample`` and ``fitted`` are kept current here, so that an interrupted fit says how far
+    it got.
 
     Returns ``(state, kept)``: state is "stored", "fitted" or None; kept holds batches of
     ``(photos, local features)`` of the sample, ready to be pooled and stored.

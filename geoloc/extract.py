@@ -14,7 +14,9 @@ partial batch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import stat
 import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,6 +98,11 @@ class ExtractStats:
     network_s: float = 0.0
 
 
+#: A photo up to this size is read into memory once while it is decoded (every decoding thread
+#: holds at most one); a larger file (a huge TIFF or panorama) is read from disk by each step.
+READ_ONCE_BYTES = 64 << 20
+
+
 def decode_photo(path: Path, preprocess, max_side: int, hash_file: bool = True) -> Decoded:
     """Everything per photo that does not need the network; never raises for a bad photo."""
     from geoloc import photos
@@ -103,19 +110,16 @@ def decode_photo(path: Path, preprocess, max_side: int, hash_file: bool = True) 
     start = time.perf_counter()
     item = Decoded(path=Path(path))
     try:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise PhotoError(path, f"cannot read: {exc.strerror or exc}") from None
+        data, st = _read_once(item.path)
         item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
         if st.st_size == 0:
             raise PhotoError(path, "empty file (0 bytes)")
-        image = photos.load_image(item.path, max_side)
-        item.meta = photos.read_meta(item.path)
+        image = photos.load_image(item.path, max_side, data=data)
+        item.meta = photos.read_meta(item.path, data=data)
         item.width, item.height = _stored_size(item.meta, image)
         item.tensor = preprocess.to_tensor(image)
         if hash_file:
-            item.sha256 = sha256_file(item.path)
+            item.sha256 = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(item.path)
     except PhotoError as exc:
         item.error = exc
         item.tensor = None
@@ -130,6 +134,27 @@ def decode_photo(path: Path, preprocess, max_side: int, hash_file: bool = True) 
         item.tensor = None
     item.seconds = time.perf_counter() - start
     return item
+
+
+def _read_once(path: Path) -> tuple[Optional[bytes], os.stat_result]:
+    """The photo's bytes, read once for its pixels, its EXIF and its hash (one open, one stat),
+    with its stat; None for the bytes of a file past :data:`READ_ONCE_BYTES`, which each step
+    reads from the file instead."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > READ_ONCE_BYTES:
+                return None, st
+            data = fh.read(READ_ONCE_BYTES + 1)
+    except OSError as exc:
+        from geoloc.photos.decode import open_error_reason
+
+        try:
+            os.stat(path)
+        except OSError as gone:
+            raise PhotoError(path, f"cannot read: {gone.strerror or gone}") from None
+        raise PhotoError(path, open_error_reason(exc)) from None
+    return (data if len(data) <= READ_ONCE_BYTES else None), st
 
 
 def _stored_size(meta, image) -> tuple[Optional[int], Optional[int]]:

@@ -20,11 +20,11 @@ import numpy as np
 from geoloc.database import Database, PhotoRecord
 from geoloc.database_model import (
     check_request,
-    default_model_name,
     load_database_model,
     max_side_of,
     new_manifest,
     record_precision,
+    requested_model_key,
 )
 from geoloc.cluster import RayConfig
 from geoloc.database_vocabulary import ensure_vocabulary
@@ -32,8 +32,8 @@ from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted
 from geoloc.files import display_path, json_path, json_path_fields
 from geoloc.formatting import count
 from geoloc.models.runtime import check_precision_name
-from geoloc.progress import Progress, first_batch_status
-from geoloc.refit import RefitReport
+from geoloc.progress import Prefixed, Progress, first_batch_status
+from geoloc.refit import RefitOutcome, RefitReport
 from geoloc import changes, refit
 from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
 from geoloc.search import SearchConfig
@@ -126,6 +126,13 @@ class IndexReport:
     #: The vocabulary refit this run made (None without one).
     refit: Optional[RefitReport] = None
 
+    def take_refit(self, outcome: RefitOutcome) -> None:
+        """The counts of the refitted database that took the old one's place."""
+        self.indexed, self.unchanged, self.removed = outcome.indexed, outcome.unchanged, outcome.removed
+        self.total, self.located, self.unlocated = outcome.total, outcome.located, outcome.unlocated
+        self.positions_updated = 0
+        self.vocabulary, self.vocabulary_photos, self.refit = "refitted", outcome.vocabulary_photos, outcome.report
+
     def add_error(self, path: Path, reason: str) -> None:
         """Recorded absolute, as the stored photos are (a script compares one with the other);
         not resolved, so that a broken link keeps its own name."""
@@ -183,7 +190,7 @@ def index_photos(
             check_reachable(config.ray.address)
     started = time.perf_counter()
     report = IndexReport(db=Path(db).expanduser().absolute())
-    run = _Run(config, report, progress or Progress())
+    run = IndexRun(config, report, progress or Progress(), batch_size=config.batch_size or 1)
     paths = expand_globs(paths)  # a quoted 'trip/*.jpg' as locate takes it; none matching: an error
     found = discover(paths, run.on_error)  # GeolocError: missing PATH
     found = _at_least_one(found, paths, report.db, config)
@@ -208,7 +215,7 @@ def index_photos(
             if model is None and not config.repair:
                 due = refit.plan(database, to_index, config, run.progress.message,
                                  pruned=changes.pruned_by(paths, seen) if config.prune else lambda path: False)
-                if due is not None and refit.refit_and_swap(database, due, to_index, run, index_photos):
+                if due is not None and run.refit(database, due, to_index):
                     report.elapsed_s = time.perf_counter() - started
                     return report
             if model is None and to_index:
@@ -238,16 +245,24 @@ def index_photos(
     return report
 
 
-class _Run:
-    """One indexing run's shared state: what it reports and where it tells people."""
+@dataclass
+class IndexRun:
+    """One indexing run's shared state: what it reports, where it tells people, and how far it
+    got (what an interrupted run says). The vocabulary's fit (``ensure_vocabulary``) moves
+    ``stage``, ``sample`` and ``fitted``."""
 
-    def __init__(self, config: IndexConfig, report: IndexReport, progress: Progress):
-        self.config = config
-        self.report = report
-        self.progress = progress
-        self.stage = "indexing"
-        self.failed: set[Path] = set()  # unusable photos, reported once
-        self.batch_size = config.batch_size or 1  # the extractor's, once it is planned
+    config: IndexConfig
+    report: IndexReport
+    progress: Progress
+    #: "indexing", or "fitting" while the vocabulary's sample goes through the network.
+    stage: str = "indexing"
+    #: Photos the vocabulary is being fitted on, and how many of them are done.
+    sample: int = 0
+    fitted: int = 0
+    #: Unusable photos, each reported once.
+    failed: set[Path] = field(default_factory=set)
+    #: Photos per network batch: the extractor's, once it is planned.
+    batch_size: int = 1
 
     def on_error(self, exc: PhotoError) -> None:
         if exc.path in self.failed:
@@ -272,6 +287,27 @@ class _Run:
         keep = [i for i, ok in enumerate(finite) if ok]
         return ([items[i] for i in keep], descriptors[keep],
                 [stored[i] for i in keep] if stored is not None else None)
+
+    def refit(self, database: Database, due: refit.RefitPlan, to_index: list[Path]) -> bool:
+        """Fit the vocabulary again: every photo indexed into a new database beside this one
+        (by this very function), which then takes its place; False when the run goes on with
+        the old vocabulary (the refit says why)."""
+        try:
+            target, settings = refit.prepare(database, due, self.config)
+            new = index_photos(due.photos, target, settings, Prefixed(self.progress, "Vocabulary refit: "))
+        except RunInterrupted:
+            raise refit.interrupted(database) from None
+        except (GeolocError, OSError) as exc:
+            self.progress.message(refit.abandoned(database, exc))
+            return False
+        outcome = refit.take_place(database, due, to_index, new, self.progress.message)
+        for path, reason in outcome.errors:  # already shown (the refit's progress is this run's)
+            if path not in self.failed:
+                self.failed.add(path)
+                self.report.add_error(path, reason)
+        if outcome.swapped:
+            self.report.take_refit(outcome)
+        return outcome.swapped
 
     def check_damage(self, database: Database) -> list[Path]:
         """Refuse a damaged database; with ``repair``, the photos to index again."""
@@ -415,7 +451,7 @@ def _open_database(db_path: Path, config: IndexConfig):
     An existing database is checked against ``--model`` and ``--max-side`` from its manifest
     alone; its model is loaded later, only if a photo needs it.
     """
-    from geoloc.models.registry import load_model, model_key, pick_device
+    from geoloc.models.registry import load_model, pick_device
 
     if Database.exists(db_path):
         database = Database.open(db_path, write=True, repair=config.repair)
@@ -428,7 +464,7 @@ def _open_database(db_path: Path, config: IndexConfig):
     _check_writable(db_path)
     from geoloc.models.runtime import resolve_precision
 
-    key = model_key(config.model or default_model_name())
+    key = requested_model_key(config.model)
     device = pick_device(config.device)
     resolve_precision(config.precision, device)  # fp16 on the CPU: refused before a folder exists
     model = load_model(key, device=device)

@@ -19,10 +19,11 @@ import numpy as np
 from geoloc.compressed import CompressedSearch, LocatedRows
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
-from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
+from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig
 from geoloc.files import display_path
 from geoloc.formatting import count
 from geoloc.geo import haversine_m
+from geoloc.judge import query_cells, rank_and_judge
 from geoloc.models.runtime import check_precision_name
 from geoloc.rerank import RerankConfig, Reranker
 from geoloc.results import Candidate, LocateResult
@@ -250,21 +251,16 @@ class Locator:
     def _stored_cells(self, batch: _Batch, stored: list) -> None:
         """A database photo queried again verifies with its stored map (computed from its file
         for a database that stores none)."""
-        from geoloc import verify
-
-        if self.config.rerank.verifier == "sift":
-            paths = [Path(rec.path) for _, rec in stored]
-            for (i, _), cells in zip(stored, self.reranker.sift_cells(paths)):
-                batch.cells[i] = cells
-            return
-        if self.database.maps is not None:
-            slots = self.database.map_slots([rec.row for _, rec in stored])
-            stride = float(self.database.maps.stride)
-            for (i, _), slot in zip(stored, slots):
-                batch.cells[i] = None if slot is None else verify.dequantize(*slot, stride)
-            return
         paths = [Path(rec.path) for _, rec in stored]
-        for (i, _), cells in zip(stored, self._compute_cells(paths)):
+        dense = self.config.rerank.verifier == "dense"
+        if dense and self.database.maps is None:
+            found = self._compute_cells(paths)
+        elif dense:
+            found = query_cells(self.reranker, paths, slots=self.database.map_slots([rec.row for _, rec in stored]),
+                                stride=float(self.database.maps.stride))
+        else:
+            found = query_cells(self.reranker, paths)
+        for (i, _), cells in zip(stored, found):
             batch.cells[i] = cells
 
     def _extract(self, batch: _Batch, to_extract: dict[str, list[int]], advance: Callable[[int], None]) -> None:
@@ -299,16 +295,14 @@ class Locator:
         if not self.config.rerank.enabled:
             for items, out in extractor.descriptors(paths, on_error=on_error):
                 yield items, out, [None] * len(items)
-            return
-        from geoloc import verify
-
-        if self.config.rerank.verifier == "sift":
+        elif self.config.rerank.verifier == "sift":
             for items, out in extractor.descriptors(paths, on_error=on_error):
-                yield items, out, self.reranker.sift_cells([item.path for item in items])
-            return
-        stride = float(self.model.map_geometry()[0])
-        for items, out, maps in extractor.descriptors_and_maps(paths, on_error=on_error):
-            yield items, out, [verify.query_cells(m.numpy(), stride) for m in maps]
+                yield items, out, query_cells(self.reranker, [item.path for item in items])
+        else:
+            stride = float(self.model.map_geometry()[0])
+            for items, out, maps in extractor.descriptors_and_maps(paths, on_error=on_error):
+                yield items, out, query_cells(self.reranker, [item.path for item in items],
+                                              maps=[m.numpy() for m in maps], stride=stride)
 
     def _compute_cells(self, paths: list[Path]) -> list:
         """Verification cells straight from photo files (a database that stores no maps)."""
@@ -372,40 +366,24 @@ class Locator:
 
     def _answer(self, keep: list[tuple[int, float]], cells, notes: list[str]
                 ) -> tuple[Estimate, list[Candidate]]:
-        """Re-rank the best candidates (with ``cells``), then the estimate from the best
-        ``estimate_k`` and the top-k candidates."""
+        """The candidates re-ranked (with ``cells``) and judged as ``geoloc eval`` scores them
+        (:func:`geoloc.judge.rank_and_judge`), and the top-k of them."""
         cfg = self.config
-        rows = [j for j, _ in keep]
         if not self._verified_all:
-            self._check_rows([self.records[j] for j in rows])
-        sims = [s for _, s in keep]
-        inliers: list[int | None] = [None] * len(keep)
-        fused = list(sims)
-        verdict = None
-        if cfg.rerank.enabled and cells is not None:
-            start = _now()
-            verdict = self.reranker.rerank(cells, rows, sims)
-            n = len(verdict.order)
-            order = verdict.order + list(range(n, len(keep)))
-            inliers = [verdict.inliers[i] if i < n else None for i in order]
-            fused = [verdict.fused[i] if i < n else sims[i] for i in order]
-            rows, sims = [rows[i] for i in order], [sims[i] for i in order]
-            notes.extend(verdict.notes)
-            self.timings.rerank_s += _now() - start
-        ranked = np.array(rows)
-        n_est = min(cfg.estimate_k, len(keep)) if cfg.estimate_k > 0 else 1
-        # Re-ranked: the group must hold the verified first candidate; cosines weigh the rest.
-        estimate = judge(self._lats[ranked[:n_est]], self._lons[ranked[:n_est]], np.array(sims[:n_est]),
-                         anchor=0 if verdict else None, reference=None if verdict else self.score_reference(),
-                         verification=verdict.flag if verdict else None,
-                         top_inliers=verdict.top_inliers if verdict else None,
-                         estimate_config=cfg.estimate, confidence_config=cfg.confidence)
+            self._check_rows([self.records[j] for j, _ in keep])
+        judged = rank_and_judge([j for j, _ in keep], [s for _, s in keep], self._lats, self._lons, cells=cells,
+                                reranker=self.reranker if cfg.rerank.enabled else None,
+                                reference=self.score_reference, estimate_k=cfg.estimate_k,
+                                estimate_config=cfg.estimate, confidence_config=cfg.confidence)
+        notes.extend(judged.notes)
+        self.timings.rerank_s += judged.rerank_s
+        estimate = judged.estimate
         candidates = []
-        for rank, (j, s) in enumerate(zip(rows[: cfg.top_k], sims), start=1):
+        for rank, (j, s) in enumerate(zip(judged.rows[: cfg.top_k], judged.scores), start=1):
             lat, lon = float(self._lats[j]), float(self._lons[j])
             distance = float(haversine_m(lat, lon, estimate.lat, estimate.lon))
             candidates.append(Candidate(rank, self.records[j].path, lat, lon, s, distance,
-                                        inliers[rank - 1], fused[rank - 1] if inliers[rank - 1] is not None else None))
+                                        judged.inliers[rank - 1], judged.fused[rank - 1]))
         return estimate, candidates
 
     def score_reference(self) -> float | None:

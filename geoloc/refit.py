@@ -141,12 +141,11 @@ def plan(database: Database, to_index: Sequence[Path], config, message,
                      dropped=len(dropped))
 
 
-def build(database: Database, refit: RefitPlan, config, progress, index_photos):
-    """Index every photo into the new database beside ``database``: its report, and the stored
-    photos it could not read again (``(path, reason)``; only without any may it take the old
-    one's place)."""
-    from geoloc.progress import Prefixed
-
+def prepare(database: Database, refit: RefitPlan, config):
+    """Where the refitted database is built beside ``database`` (resumed when one left there
+    fits this refit), and the indexing settings that build it: the database's own model and
+    size, every photo indexed again (the indexer runs it, and hands what it did to
+    :func:`take_place`)."""
     target = swap.building(database.path)
     if target.exists() and not _resumable(target, database, refit):
         left = swap.remove_own(target)  # plan() made sure the folder is geoloc's
@@ -154,11 +153,26 @@ def build(database: Database, refit: RefitPlan, config, progress, index_photos):
             raise GeolocError(f"{display_path(target)} holds files geoloc did not write ({display_path(left[0])}"
                               f"{' and more' if len(left) > 1 else ''}); move them out to let the refit go ahead")
     swap.start_building(target)
-    sub = replace(config, model=database.manifest["model"], max_side=max_side_of(database), refit=False,
-                  prune=False, repair=False, maps=bool(database.manifest.get("maps")))
-    report = index_photos(refit.photos, target, sub, Prefixed(progress, "Vocabulary refit: "))
-    lost = [(p, reason) for p, reason in report.error_files if p in refit.stored]
-    return report, lost
+    return target, replace(config, model=database.manifest["model"], max_side=max_side_of(database), refit=False,
+                           prune=False, repair=False, maps=bool(database.manifest.get("maps")))
+
+
+def interrupted(database: Database) -> RunInterrupted:
+    return RunInterrupted(
+        f"interrupted while fitting the vocabulary again: {display_path(database.path)} is unchanged, "
+        "and what the refit computed is kept; run the same command again to continue")
+
+
+def abandoned(database: Database, exc: BaseException) -> str:
+    """The line of a refit whose build failed (a full disk: a refit needs room for a second
+    copy, …); the run goes on with the vocabulary it has."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if _is_full_disk(exc):
+        # A partial copy that cannot be finished only takes the room every later run needs.
+        swap.remove_own(swap.building(database.path))
+        reason += f" (the refit's partial copy in {display_path(swap.building(database.path))} was removed)"
+    return (f"the vocabulary of {display_path(database.path)} was not fitted again: {reason}; this run "
+            "goes on with the vocabulary it has, and the next run tries again")
 
 
 def _is_full_disk(exc: BaseException) -> bool:
@@ -232,38 +246,38 @@ def finish_pending_swap(db: Path) -> None:
         lock.release()
 
 
-def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run, index_photos) -> bool:
-    """Fit the vocabulary again and index every photo into a new database that then replaces
-    this one; False (this run goes on with the old vocabulary) while a stored photo cannot be
-    read again: nothing stored is given up for a better vocabulary. ``run`` is the indexing
-    run (its report, progress and failed photos), ``index_photos`` the indexer itself."""
-    report = run.report
+@dataclass
+class RefitOutcome:
+    """What a refit did, for the indexing run to fold into its report."""
+
+    #: Photos the new database could not read, ``(path, reason)`` (already shown: the build's
+    #: progress is the run's).
+    errors: list[tuple[Path, str]]
+    #: The refitted database took the old one's place; False: the run goes on with the old one.
+    swapped: bool = False
+    #: This run's new or changed photos (indexed), the others (indexed again, not counted as new).
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    total: int = 0
+    located: int = 0
+    unlocated: int = 0
+    vocabulary_photos: Optional[int] = None
+    report: Optional[RefitReport] = None
+
+
+def take_place(database: Database, due: RefitPlan, to_index: list[Path], new, message) -> RefitOutcome:
+    """The database built by the refit (``new``: its index report) replaces ``database``; not
+    while a stored photo could not be read again: nothing stored is given up for a better
+    vocabulary. ``message`` hears what the user should know."""
     where = display_path(database.path)
-    try:
-        new, lost = build(database, due, run.config, run.progress, index_photos)
-    except RunInterrupted:
-        raise RunInterrupted(
-            f"interrupted while fitting the vocabulary again: {where} is unchanged, "
-            "and what the refit computed is kept; run the same command again to continue") from None
-    except (GeolocError, OSError) as exc:  # a full disk (a refit needs room for a second copy), …
-        reason = getattr(exc, "strerror", None) or str(exc)
-        if _is_full_disk(exc):
-            # A partial copy that cannot be finished only takes the room every later run needs.
-            swap.remove_own(swap.building(database.path))
-            reason += f" (the refit's partial copy in {display_path(swap.building(database.path))} was removed)"
-        run.progress.message(f"the vocabulary of {where} was not fitted again: {reason}; this run "
-                             "goes on with the vocabulary it has, and the next run tries again")
-        return False
-    for path, reason in new.error_files:  # already shown (the refit's progress is this run's)
-        if path not in run.failed:
-            run.failed.add(path)
-            report.add_error(path, reason)
+    outcome = RefitOutcome(errors=list(new.error_files))
+    lost = [(p, reason) for p, reason in new.error_files if p in due.stored]
     if lost:
-        run.progress.message(
-            f"the vocabulary was not fitted again: {count(len(lost), 'stored photo')} "
-            f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
-            "its vocabulary and every photo; the next run tries again")
-        return False
+        message(f"the vocabulary was not fitted again: {count(len(lost), 'stored photo')} "
+                f"could not be read again (e.g. {display_path(lost[0][0])}: {lost[0][1]}); the database keeps "
+                "its vocabulary and every photo; the next run tries again")
+        return outcome
     swap.mark_complete(swap.building(database.path))
     lock = database.close_keeping_lock()
     try:
@@ -279,18 +293,15 @@ def refit_and_swap(database: Database, due: RefitPlan, to_index: list[Path], run
         if lock is not None:
             lock.release()
     if stayed:
-        run.progress.message(
-            f"{count(len(stayed), 'file')} of yours could not go back into {where}, where the same name is now "
-            f"taken (e.g. {display_path(stayed[0])}): kept in {display_path(swap.retired(database.path))}")
+        message(f"{count(len(stayed), 'file')} of yours could not go back into {where}, where the same name is now "
+                f"taken (e.g. {display_path(stayed[0])}): kept in {display_path(swap.retired(database.path))}")
     fresh = set(to_index) - {p for p, _ in new.error_files}
-    report.indexed = len(fresh)
-    report.unchanged = new.total - len(fresh)
-    report.removed = due.dropped
-    report.total, report.located, report.unlocated = new.total, new.located, new.unlocated
-    report.positions_updated = 0
-    report.vocabulary = "refitted"
     with Database.open(database.path) as rebuilt:
-        report.vocabulary_photos = fitted_on(rebuilt)
-    report.refit = RefitReport(before=due.before, after=report.vocabulary_photos or due.after,
-                               reason=due.reason, reextracted=new.indexed)
-    return True
+        photos = fitted_on(rebuilt)
+    outcome.swapped = True
+    outcome.indexed, outcome.unchanged, outcome.removed = len(fresh), new.total - len(fresh), due.dropped
+    outcome.total, outcome.located, outcome.unlocated = new.total, new.located, new.unlocated
+    outcome.vocabulary_photos = photos
+    outcome.report = RefitReport(before=due.before, after=photos or due.after, reason=due.reason,
+                                 reextracted=new.indexed)
+    return outcome

@@ -10,6 +10,48 @@ import pytest
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: What every test, and every session fixture before the tests, sees instead of the user's own.
+_PRIVATE_ENV = ("GEOLOC_HOME", "XDG_DATA_HOME", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_folder_untouched(tmp_path_factory):
+    """The suite leaves the user's geoloc folder as it found it.
+
+    Session fixtures (``tiny_db``…) run before any test's own home is set: they get a home of
+    the session's. The platform's user folder is a stand-in too (``XDG_DATA_HOME``), so that
+    anything that would reach past ``GEOLOC_HOME`` lands where this check sees it; and the
+    real folder (``~/.local/share/geoloc``) is compared, file by file, before and after.
+    """
+    from geoloc.paths import geoloc_home
+
+    saved = {name: os.environ.get(name) for name in _PRIVATE_ENV}
+    os.environ.pop("GEOLOC_HOME", None)
+    real = geoloc_home()
+    before = _listing(real)
+    stand_in = tmp_path_factory.mktemp("user_data")
+    home = tmp_path_factory.mktemp("session_home")
+    os.environ.update(GEOLOC_HOME=str(home), XDG_DATA_HOME=str(stand_in), HF_HOME=str(home / "hf"),
+                      HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert _listing(stand_in) == {}, "geoloc wrote into the user folder, not GEOLOC_HOME"
+    assert _listing(real) == before, f"the test suite changed {real}"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("geoloc_home")

@@ -86,7 +86,7 @@ def test_a_descriptor_that_is_not_finite_is_never_stored(tmp_path, lund_dir, tin
         return real_commit(self, records, descriptors, maps)
 
     monkeypatch.setattr(Database, "add_batch", spy)
-    original = indexer._Run.finite_only
+    original = indexer.IndexRun.finite_only
 
     def poison(self, items, descriptors, stored):  # the network gave NaN for the second photo
         descriptors = np.array(descriptors, dtype=np.float32, copy=True)
@@ -95,7 +95,7 @@ def test_a_descriptor_that_is_not_finite_is_never_stored(tmp_path, lund_dir, tin
                 descriptors[i, 0] = np.nan
         return original(self, items, descriptors, stored)
 
-    monkeypatch.setattr(indexer._Run, "finite_only", poison)
+    monkeypatch.setattr(indexer.IndexRun, "finite_only", poison)
     db = tmp_path / "db"
     result = runner.invoke(app, ["index", *[str(lund_dir / f"{i:02d}.jpg") for i in (1, 2, 3)], "--db", str(db),
                                  "--model", tiny_model, "--json"])

@@ -699,3 +699,42 @@ def test_a_bmp_is_a_photo_too(data_dir, tmp_path):
     assert not meta.located and meta.width and meta.height
     image = load_image(cat, 224)
     assert max(image.size) == 224 and image.mode == "RGB"
+
+
+@pytest.mark.parametrize("name", ["01.jpg", "big"])
+def test_indexing_reads_a_photo_once(lund_dir, tmp_path, monkeypatch, name):
+    """One open and one stat give a photo's pixels, EXIF and hash, with the same answers as
+    reading each from the file; past the in-memory size, each step reads the file as before."""
+    import builtins
+    import hashlib
+
+    from geoloc import extract
+    from geoloc.models.preprocess import IMAGENET
+
+    photo = lund_dir / "01.jpg"
+    if name == "big":
+        monkeypatch.setattr(extract, "READ_ONCE_BYTES", photo.stat().st_size - 1)
+    opened, stats = [], []
+    real_open, real_stat = builtins.open, os.stat
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == str(photo):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_stat(file, *args, **kwargs):
+        if str(file) == str(photo):
+            stats.append(file)
+        return real_stat(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    item = extract.decode_photo(photo, IMAGENET, 224)
+    monkeypatch.undo()
+    assert item.error is None
+    assert item.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest()
+    meta = read_meta(photo)
+    assert (item.meta.lat, item.meta.lon, item.meta.taken_at) == (meta.lat, meta.lon, meta.taken_at)
+    assert np.array_equal(np.asarray(load_image(photo, 224)), np.asarray(
+        load_image(photo, 224, data=photo.read_bytes())))
+    assert (len(opened), len(stats)) == ((1, 0) if name == "01.jpg" else (4, 0))

@@ -213,7 +213,7 @@ def test_a_refit_that_cannot_be_built_lets_the_run_go_on(tmp_path, photos, tiny_
     def full_disk(*args, **kwargs):
         raise DatabaseError("cannot write database .db.refit: No space left on device")
 
-    monkeypatch.setattr(refit, "build", full_disk)
+    monkeypatch.setattr(refit, "prepare", full_disk)
     code, data, err = _index(str(photos), "--db", str(db))
     assert code == 0, err
     assert "was not fitted again" in err and "No space left on device" in err

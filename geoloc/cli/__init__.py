@@ -1,44 +1,16 @@
 """The ``geoloc`` command line: thin wrappers that parse options, call the library, print.
 
-Each command lives in its own module under ``geoloc.cli``; none imports torch, faiss or folium
-at module level, so ``geoloc --help`` stays instant.
+Each command lives in its own module under ``geoloc.cli`` and registers on the app of
+:mod:`geoloc.cli.root`; none imports torch, faiss or folium at module level, so
+``geoloc --help`` stays instant.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
-from geoloc import __version__
-from geoloc.cli._common import HelpGroup, use_help_classes
-
-app = typer.Typer(
-    cls=HelpGroup,
-    name="geoloc",
-    help="Tell where a photo was taken by matching it against your own GPS-tagged photos (NetVLAD).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"geoloc {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Tell where a photo was taken by matching it against your own GPS-tagged photos (NetVLAD)."""
-
+from geoloc.cli._common import use_help_classes
+from geoloc.cli.root import app
 
 # Commands are listed in --help in the order they are registered here; the `models` group,
 # added with add_typer, is listed after the plain commands whatever its place.

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import DB_HELP, cell, handle_errors
 from geoloc.cli._trips import CLOCK_HELP
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import (
     BATCH_HELP,
     DB_HELP,

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.formatting import count
 from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
 

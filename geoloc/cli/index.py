@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, WORKERS_HELP, handle_errors, ray_config
 
 

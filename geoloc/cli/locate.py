@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
                                 warn_mirror_damage)
 from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, apply_trips, trip_config

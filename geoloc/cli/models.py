@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import HelpGroup, handle_errors
 
 models_app = typer.Typer(

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import DB_HELP, handle_errors
 
 _HELP = (

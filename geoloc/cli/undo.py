@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from geoloc.formatting import count
-from geoloc.cli import app
+from geoloc.cli.root import app
 from geoloc.cli._common import handle_errors
 
 _HELP = (

@@ -27,7 +27,6 @@ from geoloc.database.records import path_key
 from geoloc.files import fsync_dir
 
 
-
 def needs_compaction(db) -> bool:
     dead = db.dead_rows
     return dead >= COMPACT_MIN_ROWS and dead > COMPACT_FRACTION * max(db.next_row, 1)
@@ -71,7 +70,6 @@ def compact(db) -> int:
         db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('compacting', 1)")
     finish_compaction(db)
     return dead
-
 
 
 def finish_compaction(db) -> None:

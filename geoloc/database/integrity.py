@@ -21,7 +21,6 @@ from geoloc.database.records import PhotoRecord
 from geoloc.files import display_path
 
 
-
 def structural_problems(db) -> list[str]:
     """What is wrong without reading the descriptors: the files' sizes and counters agree,
     SQLite's own structure is sound (checked for files up to 64 MiB)."""
@@ -56,7 +55,6 @@ def structural_problems(db) -> list[str]:
     return problems
 
 
-
 def verify(db, records: list[PhotoRecord] | None = None, *, budget: int = VERIFY_ALL_BYTES) -> list[str]:
     """Check stored descriptors against their checksums and photo hashes; the problems.
 
@@ -76,7 +74,6 @@ def verify(db, records: list[PhotoRecord] | None = None, *, budget: int = VERIFY
     one = len(bad) == 1
     return [f"{DESCRIPTORS}: {count(len(bad), 'stored descriptor')} no longer "
             f"{'matches its' if one else 'match their'} checksum ({first})"]
-
 
 
 class _Rows:

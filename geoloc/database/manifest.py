@@ -16,7 +16,6 @@ from geoloc.errors import DatabaseError
 from geoloc.files import atomic_write, display_path
 
 
-
 def load_manifest(db, repair: bool) -> None:
     """The manifest from photos.sqlite's copy (authoritative), compared with manifest.json.
 
@@ -27,8 +26,8 @@ def load_manifest(db, repair: bool) -> None:
     text = db.meta("manifest")
     copy = parse_manifest(text) if text is not None else None
     file, file_problem = read_manifest_file(db.path)
-    db._manifest_behind = False
-    db._manifest_problem: Optional[str] = None
+    db.manifest_behind = False
+    db.manifest_problem = None
     if text is not None and copy is None:  # the copy itself is garbage: the file is all there is
         if file is None:
             raise db.damage([f"{SQLITE}'s copy of the manifest and {MANIFEST} are both unreadable"])
@@ -40,7 +39,7 @@ def load_manifest(db, repair: bool) -> None:
                                    (json.dumps(file, sort_keys=True),))
             db.repaired.append(f"{SQLITE}'s copy of the manifest")
         else:
-            db._manifest_problem = f"{SQLITE}'s copy of the manifest is unreadable"
+            db.manifest_problem = f"{SQLITE}'s copy of the manifest is unreadable"
         return
     manifest = copy or file
     if manifest is None:
@@ -49,15 +48,14 @@ def load_manifest(db, repair: bool) -> None:
     db.set_manifest(manifest)
     if copy is None or file == copy:  # (no copy: a geoloc 0.1.0 database, migrated by writers)
         return
-    db._manifest_behind = file is not None and int(file.get("revision", 0)) == int(copy.get("revision", 0)) - 1
-    if db._manifest_behind or repair:
+    db.manifest_behind = file is not None and int(file.get("revision", 0)) == int(copy.get("revision", 0)) - 1
+    if db.manifest_behind or repair:
         if db.write:
             write_manifest(db.path, copy)
-            if not db._manifest_behind:
+            if not db.manifest_behind:
                 db.repaired.append(MANIFEST)
     else:
-        db._manifest_problem = file_problem or f"{MANIFEST} does not match {SQLITE}'s copy of it"
-
+        db.manifest_problem = file_problem or f"{MANIFEST} does not match {SQLITE}'s copy of it"
 
 
 def parse_manifest(text: str) -> Optional[dict]:
@@ -66,8 +64,6 @@ def parse_manifest(text: str) -> Optional[dict]:
     except (TypeError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) and "model" in manifest and "dim" in manifest else None
-
-
 
 
 def read_manifest_file(path: Path) -> tuple[Optional[dict], Optional[str]]:
@@ -83,16 +79,12 @@ def read_manifest_file(path: Path) -> tuple[Optional[dict], Optional[str]]:
     return manifest, (None if manifest is not None else f"{MANIFEST} is damaged (not a manifest)")
 
 
-
-
 def check_format(path: Path, manifest: dict) -> None:
     if int(manifest.get("format", 1)) > FORMAT_VERSION:
         raise DatabaseError(
             f"database {display_path(path)} was written by a newer geoloc "
             f"({manifest.get('geoloc_version', '?')}); upgrade geoloc to use it"
         )
-
-
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

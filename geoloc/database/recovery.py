@@ -36,7 +36,6 @@ from geoloc.errors import DatabaseDamagedError, DatabaseError
 from geoloc.files import atomic_write, display_path
 
 
-
 def recover(db, repair: bool) -> None:
     """Bring the folder to a consistent state after a crash, losing nothing stored."""
     finish_compaction(db)
@@ -50,7 +49,6 @@ def recover(db, repair: bool) -> None:
         repair_state(db)
     finish_vocabulary_save(db, repair)
     adopt_tail(db)
-
 
 
 def migrate_from_v1(db) -> None:
@@ -88,7 +86,6 @@ def migrate_from_v1(db) -> None:
     db.set_manifest(manifest)
 
 
-
 def repair_state(db) -> None:
     """``--repair``: rebuild a lost row counter, row index or mirror from what survives."""
     if db.meta("generation") is None:
@@ -115,7 +112,6 @@ def repair_state(db) -> None:
                 db.conn.execute("INSERT OR REPLACE INTO meta VALUES ('vocabulary', ?)", (state,))
 
 
-
 def rebuild_row_index(db) -> None:
     """A lost ``descriptors.idx``: entries from the recorded photo hashes and the rows as they
     are now (they can no longer be verified against what was written)."""
@@ -134,7 +130,6 @@ def rebuild_row_index(db) -> None:
                                     part.tobytes(), db.row_bytes, maps, slot))
         fh.flush()
         os.fsync(fh.fileno())
-
 
 
 def adopt_tail(db) -> None:
@@ -159,13 +154,11 @@ def adopt_tail(db) -> None:
             db.conn.execute("UPDATE meta SET value = ? WHERE key = 'next_row'", (complete,))
 
 
-
 def finish_vocabulary_save(db, repair: bool) -> None:
     """A save killed after its SQLite transaction: the mirror file is written now."""
     blob = db.meta("vocabulary")
-    if blob is not None and (repair or db._manifest_behind) and db.vocabulary_file_bytes() != bytes(blob):
+    if blob is not None and (repair or db.manifest_behind) and db.vocabulary_file_bytes() != bytes(blob):
         atomic_write(db.path / VOCABULARY, bytes(blob))
-
 
 
 def connect_or_rebuild(path: Path) -> Connection:
@@ -204,8 +197,6 @@ def connect_or_rebuild(path: Path) -> Connection:
     conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
     conn.execute("COMMIT")
     return conn
-
-
 
 
 def complete_rows(path: Path, manifest: dict) -> int:
@@ -247,8 +238,6 @@ def refuse_non_empty(path: Path, lock: WriteLock) -> None:
             repair_hint(display_path(path)))
     for name in names:  # a create that crashed before it was done: nothing in these files
         (path / name).unlink(missing_ok=True)
-
-
 
 
 def holds_data(file: Path) -> bool:

@@ -75,6 +75,11 @@ class Database:
         self.notes: list[str] = []
         #: What ``repair`` rebuilt while opening (files or counters), for the run's report.
         self.repaired: list[str] = []
+        #: manifest.json one revision behind its SQLite copy: an update cut between its two
+        #: writes, which a writer finishes (and which the vocabulary's mirror may share).
+        self.manifest_behind = False
+        #: What is wrong with manifest.json beside its intact copy (a reader goes on), or None.
+        self.manifest_problem: Optional[str] = None
         #: Set by a repair that rebuilt photos.sqlite: every stored row is waiting to be claimed.
         self.rebuilt = False
         #: The columns of ``photos`` read into records: a database written by an older geoloc
@@ -148,7 +153,7 @@ class Database:
     def mirror_problems(self) -> list[str]:
         """Damage to the readable mirrors (manifest.json, vocabulary.safetensors) whose copies in
         photos.sqlite are intact: nothing an answer depends on, but nothing to write over."""
-        return [p for p in (self._manifest_problem, vocabulary.mirror_problem(self)) if p]
+        return [p for p in (self.manifest_problem, vocabulary.mirror_problem(self)) if p]
 
     def update_manifest(self, changes: dict) -> None:
         """Change manifest fields: the SQLite copy first (one transaction), then the file."""

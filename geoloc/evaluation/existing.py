@@ -51,6 +51,8 @@ def evaluate_database(
         workers=config.workers,
         device=config.device,
         precision=config.precision,
+        estimate=config.estimate,
+        confidence=config.confidence,
         search=SearchConfig(ivf_threshold=EXACT_SEARCH),  # exact, as published figures are
         rerank=RerankConfig(enabled=config.rerank, top=config.rerank_top, verifier=config.rerank_verifier),
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, require, require_at_least
+from geoloc.estimate import ConfidenceConfig, EstimateConfig
 from geoloc.evaluation.cache import (
     QueryDescriptorCache,
     eval_cache_dir,
@@ -60,6 +61,10 @@ class EvalConfig:
     rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
     rerank_top: int = 20
     rerank_verifier: str = "dense"  # geoloc.rerank.RerankConfig.verifier
+    #: How the estimate groups candidates and when it is trusted: ``geoloc locate``'s own
+    #: settings (``LocateConfig.estimate`` / ``.confidence``), so eval measures what locate does.
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     #: Where the database side's descriptors are computed: "local" or "ray" (``geoloc index --engine``).
     engine: str = "local"
     ray: object = None  # geoloc.cluster.RayConfig for engine "ray"; None: a local Ray
@@ -159,10 +164,9 @@ def resolved_precision(config: EvalConfig) -> str:
 
 
 def model_spec(config: EvalConfig) -> str:
-    from geoloc.database_model import default_model_name
-    from geoloc.models.registry import model_key
+    from geoloc.database_model import requested_model_key
 
-    return model_key(config.model or default_model_name())
+    return requested_model_key(config.model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,8 +366,6 @@ def _search_and_score(
     reranker=None,
     q_slots: np.ndarray | None = None,
 ) -> list[QueryOutcome]:
-    from geoloc.coverage import score_reference
-    from geoloc.estimate import judge
     from geoloc.search import SearchConfig, SearchIndex
 
     # Exact search always: published recall figures are exhaustive nearest neighbours.
@@ -381,12 +383,9 @@ def _search_and_score(
         ref = np.median(np.concatenate([split.db.utm, split.queries.utm]), axis=0)
     db_lat, db_lon, real = _estimator_positions(split.db, ref)
     q_lat, q_lon, _ = _estimator_positions(split.queries, ref)
-    row_of = {q: r for r, q in enumerate(ok)}
-    ranked = _ranked(ok, row_of, ids, scores, reranker, q_slots, split.query_paths)
-    # The weak-match bar of queries judged without verification, as `geoloc locate` sets it.
-    reference = None
-    if ok and any(ranked[qi][3] is None for qi in ok):
-        reference = score_reference(index, db_matrix, db_lat[split_rows], db_lon[split_rows])
+    reference = _Reference(index, db_matrix, db_lat[split_rows], db_lon[split_rows], config.confidence)
+    judged = _judged(ok, ids, scores, db_lat[split_rows], db_lon[split_rows], reranker, q_slots,
+                     split.query_paths, reference, config)
 
     outcomes: list[QueryOutcome] = []
     for qi, path in enumerate(split.query_paths):
@@ -396,66 +395,74 @@ def _search_and_score(
             o.error = q_errors[qi]
             outcomes.append(o)
             continue
-        search_rows, sims, anchor, verdict = ranked[qi]
-        rows = split_rows[search_rows]
+        answer = judged[qi]
+        rows = split_rows[np.asarray(answer.rows, dtype=np.int64)]
         dists = split.distances_m(qi, rows)
         o.candidates = [
             Retrieved(k + 1, str(split.db_paths[j]), _opt(split.db.lat[j]), _opt(split.db.lon[j]), float(s), float(d))
-            for k, (j, s, d) in enumerate(zip(rows, sims, dists))
+            for k, (j, s, d) in enumerate(zip(rows, answer.scores, dists))
         ]
         o.has_positive = bool(available[positives[qi]].any())
-        n_est = max(1, min(config.estimate_k, len(rows)))
-        if len(rows):
-            est = judge(db_lat[rows[:n_est]], db_lon[rows[:n_est]], sims[:n_est], anchor=anchor,
-                        reference=None if verdict else reference,
-                        verification=verdict.flag if verdict else None,
-                        top_inliers=verdict.top_inliers if verdict else None)
-            if est is not None:
-                o.confidence, o.verification = est.confidence, est.verification
-                o.radius_m = float(est.radius_m)
-                o.error_m = float(haversine_m(est.lat, est.lon, q_lat[qi], q_lon[qi]))
-                if real:
-                    o.estimate_lat, o.estimate_lon = float(est.lat), float(est.lon)
+        est = answer.estimate
+        if est is not None:
+            o.confidence, o.verification = est.confidence, est.verification
+            o.radius_m = float(est.radius_m)
+            o.error_m = float(haversine_m(est.lat, est.lon, q_lat[qi], q_lon[qi]))
+            if real:
+                o.estimate_lat, o.estimate_lon = float(est.lat), float(est.lon)
         outcomes.append(o)
     return outcomes
 
 
-def _ranked(ok, row_of, ids, scores, reranker, q_slots, query_paths=None) -> dict[int, tuple]:
-    """Per query: search rows and cosines in final order, the estimate's anchor, and the
-    verification (a ``Reranked``, None when the query was not verified).
+class _Reference:
+    """The weak-match bar of queries judged without verification, as ``geoloc locate`` sets it:
+    measured once, on the first query that needs it (the judging threads share it)."""
 
-    With a re-ranker, each query's top candidates are verified; queries go through two threads
-    (OpenCV's MAGSAC and numpy's matrix products release the GIL).
+    def __init__(self, index, matrix, lats, lons, config: ConfidenceConfig):
+        import threading
+
+        self._args = (index, matrix, lats, lons, config)
+        self._lock = threading.Lock()
+        self._value: float | None = None
+        self._done = False
+
+    def __call__(self) -> float | None:
+        from geoloc.coverage import score_reference
+
+        with self._lock:
+            if not self._done:
+                self._value, self._done = score_reference(*self._args), True
+            return self._value
+
+
+def _judged(ok, ids, scores, lats, lons, reranker, q_slots, query_paths, reference, config: EvalConfig) -> dict:
+    """Per query: its candidates re-ranked and judged by :func:`geoloc.judge.rank_and_judge`,
+    as ``geoloc locate`` answers it.
+
+    With a re-ranker, queries go through two threads (OpenCV's MAGSAC and numpy's matrix
+    products release the GIL).
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from geoloc.judge import query_cells, rank_and_judge
+
+    row_of = {q: r for r, q in enumerate(ok)}
 
     def one(qi: int):
         r = row_of[qi]
         valid = ids[r] >= 0
-        rows = ids[r][valid].astype(np.int64)
-        sims = scores[r][valid].astype(np.float64)
-        anchor = verdict = None
-        slot = q_slots[qi] if q_slots is not None else None
-        if reranker is not None and reranker.config.verifier == "sift":
-            cells = reranker.sift_cells([Path(query_paths[qi])])[0]
-        else:
-            cells = _slot_cells(reranker, slot) if reranker is not None else None
-        if cells is not None and len(rows):
-            verdict = reranker.rerank(cells, rows.tolist(), sims)
-            n = len(verdict.order)
-            order = np.array(verdict.order + list(range(n, len(rows))), dtype=np.int64)
-            rows, sims, anchor = rows[order], sims[order], 0
-        return qi, (rows, sims, anchor, verdict)
+        cells = None
+        if reranker is not None:
+            maps = reranker.database.maps
+            slot = maps.decode(bytes(q_slots[qi])) if q_slots is not None and maps is not None else None
+            cells = query_cells(reranker, [Path(query_paths[qi])], slots=[slot],
+                                stride=float(maps.stride) if maps is not None else 0.0)[0]
+        return qi, rank_and_judge(ids[r][valid], scores[r][valid], lats, lons, cells=cells, reranker=reranker,
+                                  reference=reference, estimate_k=config.estimate_k,
+                                  estimate_config=config.estimate, confidence_config=config.confidence)
 
     with ThreadPoolExecutor(max_workers=2 if reranker is not None else 1) as pool:
         return dict(pool.map(one, ok))
-
-
-def _slot_cells(reranker, slot):
-    from geoloc.verify import dequantize
-
-    decoded = reranker.database.maps.decode(bytes(slot)) if slot is not None else None
-    return None if decoded is None else dequantize(*decoded, float(reranker.database.maps.stride))
 
 
 def _opt(v: float) -> float | None:

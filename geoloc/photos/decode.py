@@ -9,6 +9,7 @@ escapes, so a batch of thousands of photos survives its worst file.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -157,11 +158,14 @@ def load_image(
     *,
     max_pixels: int | None = None,
     draft: bool = True,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Decode ``path`` into an upright RGB image whose longest side is at most ``max_side``.
 
     Images are never upscaled. ``draft=False`` decodes JPEGs at full size first (slower, for
-    comparisons). Raises :class:`PhotoError` — and nothing else — when the file is unusable.
+    comparisons). ``data``: the file's bytes, already read (indexing reads a photo once for its
+    pixels, its EXIF and its hash). Raises :class:`PhotoError` — and nothing else — when the
+    file is unusable.
     """
     path = Path(path)
     if max_side is not None:
@@ -169,7 +173,7 @@ def load_image(
         if max_side < 1:
             raise ValueError("max_side must be at least 1")
     try:
-        fh = open(path, "rb")
+        fh = io.BytesIO(data) if data is not None else open(path, "rb")
     except OSError as exc:
         raise PhotoError(path, open_error_reason(exc)) from None
     try:
@@ -186,8 +190,9 @@ def load_image(
 def _load(
     fh: BinaryIO, path: Path, max_side: int | None, max_pixels: int | None, draft: bool
 ) -> Image.Image:
-    if os.fstat(fh.fileno()).st_size == 0:
+    if fh.seek(0, os.SEEK_END) == 0:
         raise PhotoError(path, "empty file")
+    fh.seek(0)
     orientation = None
     if is_raw_name(path):
         fh, orientation = _raw_preview(fh, path)

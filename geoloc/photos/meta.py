@@ -96,7 +96,7 @@ class PhotoMeta:
         return sidecar_key(self.sidecars)
 
 
-def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
+def read_meta(path: str | os.PathLike, *, sidecars: bool = True, data: bytes | None = None) -> PhotoMeta:
     """Position, time, accuracy, orientation and size of one photo.
 
     GPS and time come from ExifRead; when ExifRead finds no EXIF at all (or fails on the file),
@@ -105,12 +105,12 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True) -> PhotoMeta:
     When the EXIF gives no usable position, the XMP packet inside the file is asked (Adobe's
     software keeps a position there), then, when ``sidecars`` is true, the photo's XMP and
     Google Takeout sidecars, in the order of :mod:`geoloc.photos.sidecars`: what the file
-    holds itself always wins, EXIF first. Raises :class:`PhotoError` only when the file
-    cannot be opened.
+    holds itself always wins, EXIF first. ``data``: the file's bytes, already read (see
+    :func:`load_image`). Raises :class:`PhotoError` only when the file cannot be opened.
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        fh = io.BytesIO(data) if data is not None else open(path, "rb")
     except OSError as exc:
         raise PhotoError(path, open_error_reason(exc)) from None
     with fh:

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from geoloc.photos.bounded import read_bounded
+
 #: Takeout cuts a sidecar's name, without ``.json`` and the duplicate counter, to this length.
 NAME_LIMIT = 46
 SUPPLEMENTAL = ".supplemental-metadata"
@@ -94,13 +96,9 @@ def read_takeout(path: str | os.PathLike, title: str | None = None) -> TakeoutGp
 
     With ``title``, the JSON counts only if its ``title`` is that name (letter case aside).
     """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
-    except OSError as exc:
-        return TakeoutGps(error=f"cannot read ({exc.strerror or exc})")
-    if len(data) > MAX_BYTES:
-        return TakeoutGps(error=f"larger than {MAX_BYTES >> 20} MiB, not a Takeout sidecar")
+    data, error = read_bounded(path, MAX_BYTES, "not a Takeout sidecar")
+    if data is None:
+        return TakeoutGps(error=error)
     try:
         doc = json.loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError) as exc:

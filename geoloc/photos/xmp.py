@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from geoloc.photos.bounded import read_bounded
+
 EXIF_NS = "http://ns.adobe.com/exif/1.0/"
 #: CIPA's "Exif 2.3 for XMP" schema (exifEX): GPSHPositioningError lives here.
 EXIFEX_NS = "http://cipa.jp/exif/1.0/"
@@ -65,14 +67,8 @@ class XmpGps:
 
 def read_xmp(path: str | os.PathLike) -> XmpGps:
     """The GPS of the sidecar at ``path``; never raises (an unreadable file is an ``error``)."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
-    except OSError as exc:
-        return XmpGps(error=f"cannot read ({exc.strerror or exc})")
-    if len(data) > MAX_BYTES:
-        return XmpGps(error=f"larger than {MAX_BYTES >> 20} MiB, not read")
-    return parse_xmp(data)
+    data, error = read_bounded(path, MAX_BYTES, "not read")
+    return parse_xmp(data) if data is not None else XmpGps(error=error)
 
 
 def embedded_xmp(info: dict) -> XmpGps | None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from geoloc.errors import PhotoError, require
+from geoloc.errors import PhotoError, require, require_at_least
 from geoloc.progress import Progress
 from geoloc.training.checkpoint import check_run, prepare_checkpoint_dir, remove_checkpoint
 from geoloc.training.data import TrainingPhoto, unique
@@ -74,7 +74,7 @@ class FinetuneConfig:
     def check(self) -> None:
         """Reject impossible values before any photo is read or model loaded."""
         need = require
-        need(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
+        require_at_least("--epochs", self.epochs, 1)
         need(self.train_layers in TRAIN_LAYER_CHOICES,
              f"--train-layers must be one of {', '.join(TRAIN_LAYER_CHOICES)}, not {self.train_layers!r}")
         need(self.pos_radius_m > 0, f"--pos-radius must be above 0 m, not {self.pos_radius_m:g}")
@@ -85,18 +85,18 @@ class FinetuneConfig:
         need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), not {self.momentum:g}")
         need(self.weight_decay >= 0, f"--weight-decay must not be negative, not {self.weight_decay:g}")
         need(0 < self.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], not {self.lr_gamma:g}")
-        need(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
-        need(self.n_neg >= 1, f"--negatives must be at least 1, not {self.n_neg}")
+        require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--negatives", self.n_neg, 1)
         need(self.neg_sample >= self.n_neg,
              f"--neg-sample ({self.neg_sample}) must be at least --negatives ({self.n_neg})")
-        need(self.cache_refresh >= 1, f"--cache-refresh must be at least 1, not {self.cache_refresh}")
+        require_at_least("--cache-refresh", self.cache_refresh, 1)
         need(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), not {self.val_fraction:g}")
         need(self.val_cell_m > 0, f"--val-cell must be above 0 m, not {self.val_cell_m:g}")
-        need(self.patience >= 1, f"--patience must be at least 1, not {self.patience}")
-        need(self.max_side is None or self.max_side >= 32, f"--max-side must be at least 32, not {self.max_side}")
-        need(self.pca is None or self.pca >= 1, f"--pca must be at least 1, not {self.pca}")
-        need(self.lr_step >= 1, f"--lr-step must be at least 1, not {self.lr_step}")
-        need(self.eval_batch_size is None or self.eval_batch_size >= 1, f"the descriptor batch size must be at least 1, not {self.eval_batch_size}")
+        require_at_least("--patience", self.patience, 1)
+        require_at_least("--max-side", self.max_side, 32, " pixels")
+        require_at_least("--pca", self.pca, 1)
+        require_at_least("--lr-step", self.lr_step, 1)
+        require_at_least("the descriptor batch size", self.eval_batch_size, 1)
 
     def train_settings(self):
         from geoloc.training.loop import TrainSettings
