@@ -744,16 +744,6 @@ def test_records_json_is_streamed(tmp_path):
     assert peak < 16e6, f"peak {peak / 1e6:.1f} MB for {path.stat().st_size / 1e6:.0f} MB of JSON"
 
 
-@pytest.mark.slow
-def test_million_point_records_json_in_bounded_memory(tmp_path):
-    """10^6 fixes (80 MB of JSON; json.load would take about 1 GB): measured 44 MB peak."""
-    path = tmp_path / "Records.json"
-    write_records(path, 1_000_000)
-    track, peak = peak_reading(path)
-    assert len(track) == 1_000_000
-    assert peak < 64e6, f"peak {peak / 1e6:.1f} MB for {path.stat().st_size / 1e6:.0f} MB of JSON"
-
-
 def test_a_huge_kml_coordinates_text_is_refused_not_buffered(tmp_path, monkeypatch):
     from geoloc.trips import kml
 

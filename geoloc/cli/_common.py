@@ -30,12 +30,10 @@ def _bare_flags(params: list) -> list:
     A flag takes no value, so it gets an empty metavar (click never shows a flag's metavar);
     an argument's metavar already names it (``PATH``, ``QUERY``), so its type column is left
     empty. Options name their values with explicit metavars (``--db DB``, ``--top-k K``).
-    A bound (``min=1``) is checked, and its error says it in words; typer's ``[x>=1]`` beside
-    the metavar is notation nobody asked for, so it is not shown.
+    Bounds are checked by :func:`at_least` (its error says it in words), not by typer's
+    ``min=``, whose ``[x>=1]`` beside the metavar is notation nobody asked for.
     """
     for param in params:
-        if hasattr(param, "_get_number_range_help_str"):
-            param._get_number_range_help_str = _no_type
         if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
             param.metavar = ""
         elif getattr(param, "param_type_name", "") == "argument" and hasattr(param, "display_type_rich"):
@@ -45,6 +43,22 @@ def _bare_flags(params: list) -> list:
 
 def _no_type(ctx=None) -> None:
     return None
+
+
+def at_least(minimum: int):
+    """An option's callback refusing values below ``minimum`` with the library's wording
+    (:func:`geoloc.errors.require_at_least`: ``--top-k must be at least 1, got 0``), exit 2."""
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        if value is None:
+            return value
+        values = value if isinstance(value, (list, tuple)) else [value]
+        name = max(param.opts, key=len) if param.opts else param.name
+        for one in values:
+            if one < minimum:
+                raise typer.BadParameter(f"must be at least {minimum:g}, got {one:g}", param_hint=name)
+        return value
+
+    return check
 
 
 class HelpCommand(TyperCommand):

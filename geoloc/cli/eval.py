@@ -11,6 +11,7 @@ import typer
 from geoloc.cli.root import app
 from geoloc.cli._common import (
     BATCH_HELP,
+    at_least,
     DB_HELP,
     PRECISION_HELP,
     WORKERS_HELP,
@@ -72,9 +73,9 @@ def eval_command(
         None, "--threshold-m", metavar="METRES", help="A candidate within this many metres of the truth is correct. Default: the "
         "dataset's own (posDistThr), else 25."
     ),
-    top_k: int = typer.Option(10, "--top-k", "-k", metavar="K", min=1, help="Candidates per query in --csv output."),
+    top_k: int = typer.Option(10, "--top-k", "-k", metavar="K", callback=at_least(1), help="Candidates per query in --csv output."),
     max_side: Optional[int] = typer.Option(
-        None, "--max-side", metavar="PIXELS", min=32, help="Resize images to this longest side (default: the model's)."
+        None, "--max-side", metavar="PIXELS", callback=at_least(32), help="Resize images to this longest side (default: the model's)."
     ),
     csv_file: Optional[Path] = typer.Option(
         None, "--csv", metavar="FILE", help="Write the per-query CSV (query, truth, estimate, error, top-k) to FILE ('-': stdout)."
@@ -82,17 +83,17 @@ def eval_command(
     plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write the recall@N curve as a PNG to FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", callback=at_least(1), help=BATCH_HELP,
                                              show_default=False),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", min=1, help=WORKERS_HELP,
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", callback=at_least(1), help=WORKERS_HELP,
                                          show_default=False),
     no_rerank: bool = typer.Option(
         False, "--no-rerank",
         help="Keep the global search's order: no re-ranking of the top candidates by geometric "
         "verification (--compare shows each model without and with it)."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
-    rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", min=1, help="Candidates verified per query."),
+    rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", callback=at_least(1), help="Candidates verified per query."),
     engine: str = typer.Option(
         "local", "--engine", metavar="local|ray",
         help="Where the database side of --db-images/--dataset is extracted: this process, or an actor "
@@ -101,7 +102,7 @@ def eval_command(
         None, "--ray-address", metavar="ADDR", help="With --engine ray: the cluster's head (default: a local Ray).",
         show_default=False),
     ray_workers: Optional[int] = typer.Option(
-        None, "--ray-workers", metavar="N", min=1, help="With --engine ray: actors, one model each.",
+        None, "--ray-workers", metavar="N", callback=at_least(1), help="With --engine ray: actors, one model each.",
         show_default=False),
 ) -> None:
     """Measure recall@N and position error against ground truth (EXIF GPS or a benchmark's)."""

@@ -9,7 +9,7 @@ import typer
 
 from geoloc.cli.root import app
 from geoloc.formatting import count
-from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
+from geoloc.cli._common import DB_HELP, at_least, handle_errors, resolve_db
 
 _TRAIN = "Training (the NetVLAD paper's defaults)"
 _DATA = "Data and validation"
@@ -71,7 +71,7 @@ def finetune(
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of every random choice (split, order, negatives).",
                              rich_help_panel=_RUN),
     workers: Optional[int] = typer.Option(
-        None, "--workers", metavar="N", min=1, rich_help_panel=_RUN, show_default=False,
+        None, "--workers", metavar="N", callback=at_least(1), rich_help_panel=_RUN, show_default=False,
         help="Decoding threads. Default: one per core (1–8), on the CPU as well (each training tuple "
         "is 12 photos to decode)."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA.", rich_help_panel=_RUN),

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
-from geoloc.cli._common import BATCH_HELP, DB_HELP, PRECISION_HELP, WORKERS_HELP, handle_errors, ray_config
+from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, WORKERS_HELP, at_least, handle_errors,
+                                ray_config)
 
 
 _HELP = (
@@ -41,17 +42,17 @@ def index(
         False, "--repair", help="Rebuild what damage left rebuildable (a lost photos.sqlite, manifest "
         "or vocabulary; damaged descriptors) instead of refusing a damaged database; see `geoloc check`."),
     max_side: Optional[int] = typer.Option(
-        None, "--max-side", min=32, metavar="PIXELS",
+        None, "--max-side", callback=at_least(32), metavar="PIXELS",
         help="Longest side photos are resized to. Default: the model's (640 for the registry "
         "models); fixed when the database is created.", show_default=False),
-    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", min=1, help=BATCH_HELP,
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", callback=at_least(1), help=BATCH_HELP,
                                              show_default=False),
     workers: Optional[int] = typer.Option(
-        None, "--workers", metavar="N", min=1, help=WORKERS_HELP, show_default=False),
+        None, "--workers", metavar="N", callback=at_least(1), help=WORKERS_HELP, show_default=False),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     vocabulary_photos: int = typer.Option(
-        300, "--vocabulary-photos", metavar="N", min=1,
+        300, "--vocabulary-photos", metavar="N", callback=at_least(1),
         help="Photos sampled to fit the vocabulary of a model that needs one (lite0-vlad), "
         "on the first run."),
     engine: str = typer.Option(
@@ -63,7 +64,7 @@ def index(
         help="With --engine ray: the cluster's head, HOST:PORT (as ray start --head prints it), ray://HOST:PORT "
         "or auto. Default: a local Ray on this machine's cores.", show_default=False),
     ray_workers: Optional[int] = typer.Option(
-        None, "--ray-workers", metavar="N", min=1,
+        None, "--ray-workers", metavar="N", callback=at_least(1),
         help="With --engine ray: actors, each holding one model. Default: one per GPU of the cluster, "
         "else one per CPU.", show_default=False),
     refit: bool = typer.Option(

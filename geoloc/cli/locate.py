@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
-from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, handle_errors, one_format, resolve_db,
-                                warn_mirror_damage)
+from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, at_least, handle_errors, one_format,
+                                resolve_db, warn_mirror_damage)
 from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, apply_trips, trip_config
 from geoloc.files import check_writable, display_path, printable
 from geoloc.formatting import coordinate_digits, count, format_distance
@@ -29,7 +29,7 @@ def locate_command(
         None, metavar="QUERY", help="Photos, folders or globs (quote globs to let geoloc expand them)."
     ),
     db: Optional[Path] = typer.Option(None, "--db", metavar="DB", help=DB_HELP),
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1, metavar="K", help="Candidates to list per query."),
+    top_k: int = typer.Option(10, "--top-k", "-k", callback=at_least(1), metavar="K", help="Candidates to list per query."),
     map_file: Optional[Path] = typer.Option(
         None, "--map", metavar="FILE",
         help="Write an HTML map (estimates, uncertainty circles, candidates, a table of the answers) to FILE: "
@@ -78,7 +78,7 @@ def locate_command(
         False, "--unlocated", help="Also locate every photo of the database that has no GPS of its own."
     ),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or mps."),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1, metavar="N", help=BATCH_HELP,
+    batch_size: int | None = typer.Option(None, "--batch-size", callback=at_least(1), metavar="N", help=BATCH_HELP,
                                              show_default=False),
     precision: str = typer.Option("auto", "--precision", metavar="PRECISION", help=PRECISION_HELP),
     no_rerank: bool = typer.Option(
@@ -86,7 +86,7 @@ def locate_command(
         help="Keep the global search's order: no re-ranking of the top candidates by geometric "
         "verification."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
-    rerank_top: int = typer.Option(20, "--rerank-top", min=1, metavar="N", help="Candidates verified per query."),
+    rerank_top: int = typer.Option(20, "--rerank-top", callback=at_least(1), metavar="N", help="Candidates verified per query."),
     track: Optional[List[Path]] = typer.Option(None, "--track", metavar="FILE", help=TRACK_HELP,
                                                show_default=False),
     clock: Optional[List[str]] = typer.Option(None, "--clock", metavar="CAMERA=±HH:MM:SS", help=CLOCK_HELP,
