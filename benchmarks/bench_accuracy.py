@@ -148,8 +148,8 @@ def calibration_cell(outcomes) -> str:
 
 
 def out_of_coverage(max_side: int, model: str, verifier: str = "dense") -> list[str]:
-    from geoloc.indexer import IndexConfig, index_photos
-    from geoloc.localize import LocateConfig, Locator
+    from geoloc.indexing.run import IndexConfig, index_photos
+    from geoloc.locating.locator import LocateConfig, Locator
 
     db = Path(tempfile.mkdtemp(prefix="geoloc-ooc-")) / "db"
     index_photos([LUND / f"{i:02d}.jpg" for i in range(1, 30, 2)], db,

@@ -55,7 +55,7 @@ def _views(image):
 
 def cmd_real(args) -> None:
     from geoloc.database import Database
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
     from geoloc.photos import discover, load_image
 
     started = time.perf_counter()
@@ -164,7 +164,7 @@ def _anon_mib() -> float:
 def cmd_run(args) -> None:
     import faiss
 
-    from geoloc.compressed import CompressedConfig, CompressedSearch, add_rows, train
+    from geoloc.retrieval.compressed import CompressedConfig, CompressedSearch, add_rows, train
 
     rows = os.path.getsize(args.data) // (4 * DIM)
     data = np.memmap(args.data, dtype=np.float32, mode="r", shape=(rows, DIM))

@@ -128,7 +128,7 @@ def stride16_vlad(database, split_rows_db: list, q_slots, records) -> tuple[np.n
     import torch
 
     from geoloc.models.netvlad import NetVLAD
-    from geoloc.verify import dequantize
+    from geoloc.retrieval.verify import dequantize
 
     spec = database.maps
     stride = float(spec.stride)
@@ -156,8 +156,8 @@ def stride16_vlad(database, split_rows_db: list, q_slots, records) -> tuple[np.n
 
 def scaled_descriptors(database, paths: list[Path], sides, cache: Path) -> list[np.ndarray]:
     """Descriptors of ``paths`` with the database's own model and vocabulary at other sizes."""
-    from geoloc.database_model import load_database_model
-    from geoloc.extract import Extractor
+    from geoloc.descriptors.database_model import load_database_model
+    from geoloc.descriptors.extract import Extractor
 
     model = None
     out = []

@@ -52,9 +52,9 @@ def build(name: str, device: str, vocab_photos: list[Path], max_side: int):
     (its vocabulary fitted the same way, so NetVLAD does the work it does for real)."""
     import torch
 
-    from geoloc.extract import ExtractConfig, Extractor
+    from geoloc.descriptors.extract import ExtractConfig, Extractor
     from geoloc.models.registry import load_model
-    from geoloc.vocabulary import FeatureSampler
+    from geoloc.models.vocabulary import FeatureSampler
 
     if name == "vgg16-random":
         from geoloc.models.model import build_model
@@ -77,7 +77,7 @@ def build(name: str, device: str, vocab_photos: list[Path], max_side: int):
 
 
 def bench_decode(paths, model, max_side, workers) -> float:
-    from geoloc.extract import iter_decoded
+    from geoloc.descriptors.extract import iter_decoded
 
     pre = model.preprocess.replace(max_side=max_side)
     start = time.perf_counter()
@@ -89,7 +89,7 @@ def bench_network(paths, model, max_side, batch_size, workers, device) -> float:
     """The network alone, on tensors decoded beforehand, with the pipeline's thread setting."""
     import torch
 
-    from geoloc.extract import ExtractConfig, Extractor, iter_batches, iter_decoded
+    from geoloc.descriptors.extract import ExtractConfig, Extractor, iter_batches, iter_decoded
 
     pre = model.preprocess.replace(max_side=max_side)
     # The extractor sets the model up (layout, precision) and plans the batch and the threads.
@@ -111,8 +111,8 @@ def bench_network(paths, model, max_side, batch_size, workers, device) -> float:
 
 def bench_pipeline(paths, model, max_side, batch_size, workers, device, db_path: Path) -> dict:
     from geoloc.database import Database
-    from geoloc.extract import ExtractConfig, Extractor
-    from geoloc.indexer import record_of
+    from geoloc.descriptors.extract import ExtractConfig, Extractor
+    from geoloc.database import PhotoRecord
 
     shutil.rmtree(db_path, ignore_errors=True)
     manifest = {"model": model.name or "bench", "dim": model.dim,
@@ -123,7 +123,7 @@ def bench_pipeline(paths, model, max_side, batch_size, workers, device, db_path:
     with Database.create(db_path, manifest) as db:
         for items, desc in ex.descriptors(paths):
             t0 = time.perf_counter()
-            db.add_batch([record_of(i) for i in items], desc)
+            db.add_batch([PhotoRecord.of_photo(i) for i in items], desc)
             store_s += time.perf_counter() - t0
     total = time.perf_counter() - start
     return {"photos_per_s": ex.stats.photos / total, "seconds": total,
@@ -202,7 +202,7 @@ def main() -> None:
 
     import torch
 
-    from geoloc.extract import ExtractConfig, Extractor, default_workers
+    from geoloc.descriptors.extract import ExtractConfig, Extractor, default_workers
     from geoloc.models.registry import pick_device
 
     if args.threads:

@@ -36,7 +36,7 @@ def _lund_split(tmp: Path) -> tuple[Path, Path]:
 
 
 def _build_db(tmp: Path, model: str, max_side: int | None, device: str) -> tuple[Path, Path, float]:
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     odd, even = _lund_split(tmp)
     start = time.perf_counter()
@@ -50,7 +50,7 @@ def _build_db(tmp: Path, model: str, max_side: int | None, device: str) -> tuple
 
 
 def bench_latency(args) -> None:
-    from geoloc.localize import LocateConfig, Locator
+    from geoloc.locating.locator import LocateConfig, Locator
 
     with tempfile.TemporaryDirectory() as tmp:
         db, even, index_s = _build_db(Path(tmp), args.model, args.max_side, args.device)
@@ -100,7 +100,7 @@ def _synthetic(n: int, dim: int, rng: np.random.Generator, places: int = 2000) -
 
 
 def bench_search(args) -> None:
-    from geoloc.search import SearchConfig, SearchIndex
+    from geoloc.retrieval.search import SearchConfig, SearchIndex
 
     rng = np.random.default_rng(0)
     print(f"\n## Search on synthetic databases (faiss {_faiss_version()}, {_omp()} threads)\n")
@@ -150,8 +150,8 @@ def _median_time(fn, repeat: int) -> float:
 
 def bench_accuracy(args) -> None:
     from geoloc.geo import haversine_m
-    from geoloc.estimate import EstimateConfig, estimate_position
-    from geoloc.localize import LocateConfig, Locator
+    from geoloc.locating.estimate import EstimateConfig, estimate_position
+    from geoloc.locating.locator import LocateConfig, Locator
 
     with tempfile.TemporaryDirectory() as tmp:
         db, even, _ = _build_db(Path(tmp), args.model, args.max_side, args.device)

@@ -64,7 +64,7 @@ def build_model(name: str):
 
 def descriptors(model, paths: list[Path], max_side: int, precision: str) -> tuple[np.ndarray, float]:
     """Descriptors (rows in ``paths`` order) and the network's seconds a photo."""
-    from geoloc.extract import ExtractConfig, Extractor
+    from geoloc.descriptors.extract import ExtractConfig, Extractor
 
     extractor = Extractor(model, ExtractConfig(max_side=max_side, hash_files=False, precision=precision), "cpu")
     list(extractor.descriptors(paths[:1]))  # warm-up: kernels chosen, weights paged in
@@ -96,8 +96,8 @@ def main() -> None:
     for name in [m for m in args.models.split(",") if m]:
         model = build_model(name)
         if model.needs_vocabulary:
-            from geoloc.extract import ExtractConfig, Extractor
-            from geoloc.vocabulary import FeatureSampler, fit_vocabulary
+            from geoloc.descriptors.extract import ExtractConfig, Extractor
+            from geoloc.models.vocabulary import FeatureSampler, fit_vocabulary
 
             ex = Extractor(model, ExtractConfig(max_side=args.max_side, hash_files=False, precision="fp32"), "cpu")
             sampler = FeatureSampler(len(db_paths), max_features=50_000)

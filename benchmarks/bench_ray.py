@@ -46,8 +46,8 @@ class Clock(Progress):
 
 
 def main() -> None:
-    from geoloc.cluster import RayConfig
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.descriptors.cluster import RayConfig
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=116)

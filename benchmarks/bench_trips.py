@@ -181,8 +181,8 @@ def cost_section() -> None:
 
     import numpy as np
 
-    from geoloc.estimate import Estimate
-    from geoloc.results import LocateResult
+    from geoloc.locating.estimate import Estimate
+    from geoloc.locating.results import LocateResult
     from geoloc.trips.evidence import TripConfig, apply
 
     rng = np.random.default_rng(0)

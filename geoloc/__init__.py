@@ -12,8 +12,8 @@ _LAZY = {
     "load_model": "geoloc.models.registry",
     "list_models": "geoloc.models.registry",
     "Database": "geoloc.database",
-    "index_photos": "geoloc.indexer",
-    "locate": "geoloc.localize",
+    "index_photos": "geoloc.indexing.run",
+    "locate": "geoloc.locating.locator",
     "read_meta": "geoloc.photos",
 }
 #: Names kept for the API as 0.1.0 documented it, each mapped to the name it now has.

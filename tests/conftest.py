@@ -144,7 +144,7 @@ def tiny_model() -> str:
 @pytest.fixture(scope="session")
 def tiny_db(tmp_path_factory, tiny_model, lund_dir) -> Path:
     """The odd Lund frames indexed with the tiny model (a second or two)."""
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     db = tmp_path_factory.mktemp("tiny") / "db"
     report = index_photos([lund_dir / f"{i:02d}.jpg" for i in range(1, 30, 2)], db,

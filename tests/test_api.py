@@ -114,8 +114,8 @@ def test_the_loop_check_sees_lazy_imports_and_a_package_imported_back():
     graph = _import_graph()
     assert "geoloc.cli.root" in graph["geoloc.cli.locate"] and "geoloc.cli" not in graph["geoloc.cli.locate"]
     assert "geoloc.cli.locate" in graph["geoloc.cli"]
-    # geoloc.localize imports geoloc.database_model inside a function: still an edge.
-    assert "geoloc.database_model" in graph["geoloc.localize"]
+    # geoloc.locating.locator imports geoloc.descriptors.database_model inside a function: still an edge.
+    assert "geoloc.descriptors.database_model" in graph["geoloc.locating.locator"]
 
 
 def test_no_module_assigns_another_objects_private_attributes():
@@ -180,19 +180,19 @@ def test_every_module_imports_only_its_layer_and_those_below():
 
 
 def test_locating_does_not_reach_into_indexing():
-    """How a database's model is loaded has one answer (geoloc.database_model), not the
+    """How a database's model is loaded has one answer (geoloc.descriptors.database_model), not the
     indexer's: locating a photo needs neither the indexer nor the training code."""
     modules = _modules()
-    for name in ("geoloc.localize", "geoloc.search", "geoloc.estimate", "geoloc.database_model"):
+    for name in ("geoloc.locating.locator", "geoloc.retrieval.search", "geoloc.locating.estimate", "geoloc.descriptors.database_model"):
         imported = {m for m, _ in _imports(modules[name])}
-        assert not imported & {"geoloc.indexer", "geoloc.training.finetune"}, name
+        assert not imported & {"geoloc.indexing.run", "geoloc.training.finetune"}, name
 
 
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: __import__("geoloc.indexer", fromlist=["IndexConfig"]).IndexConfig(batch_size=0).check(),
-        lambda: __import__("geoloc.localize", fromlist=["LocateConfig"]).LocateConfig(top_k=0).check(),
+        lambda: __import__("geoloc.indexing.run", fromlist=["IndexConfig"]).IndexConfig(batch_size=0).check(),
+        lambda: __import__("geoloc.locating.locator", fromlist=["LocateConfig"]).LocateConfig(top_k=0).check(),
         lambda: __import__("geoloc.evaluation", fromlist=["EvalConfig"]).EvalConfig(batch_size=0).check(),
         lambda: __import__("geoloc.training.finetune", fromlist=["FinetuneConfig"]).FinetuneConfig(epochs=0).check(),
     ],
@@ -210,9 +210,9 @@ def test_an_impossible_option_is_a_usage_error_from_every_library_entry(make):
 
 def test_query_decoding_threads_follow_the_device_the_model_is_on(tiny_model, tiny_db, monkeypatch):
     """On a GPU the query extractor gets the GPU's decoding threads, not the CPU's."""
-    from geoloc import extract
+    from geoloc.descriptors import extract
     from geoloc.database import Database
-    from geoloc.database_model import load_database_model, query_extractor
+    from geoloc.descriptors.database_model import load_database_model, query_extractor
 
     with Database.open(tiny_db) as database:
         model = load_database_model(database, "cpu")

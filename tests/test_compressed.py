@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geoloc.compressed import CompressedConfig, CompressedSearch, FOLDER, STATE, add_rows, merge_on_disk, train
+from geoloc.retrieval.compressed import CompressedConfig, CompressedSearch, FOLDER, STATE, add_rows, merge_on_disk, train
 from geoloc.database import Database, PhotoRecord
-from geoloc.localize import LocateConfig, Locator
-from geoloc.rerank import RerankConfig
-from geoloc.search import SearchConfig
+from geoloc.locating.locator import LocateConfig, Locator
+from geoloc.retrieval.rerank import RerankConfig
+from geoloc.retrieval.search import SearchConfig
 
 COPIES = 24  # perturbed copies of each real descriptor: ~3,000 in all
 
@@ -26,7 +26,7 @@ def _compressed(threshold: int = 1000, **kw) -> SearchConfig:
 @pytest.fixture(scope="module")
 def real(tiny_model, tiny_db, data_dir) -> np.ndarray:
     """Descriptors of real photos (lund's odd frames, Sacré-Cœur, the exif samples' JPEGs)."""
-    from geoloc.database_model import load_database_model, query_extractor
+    from geoloc.descriptors.database_model import load_database_model, query_extractor
 
     photos = sorted((data_dir / "sacre_coeur").rglob("*.jpg")) + sorted((data_dir / "exif-samples" / "jpg").rglob("*.jpg"))
     with Database.open(tiny_db) as database:
@@ -161,7 +161,7 @@ def test_shards_merged_by_faiss_answer_as_one_index(real, tmp_path):
 
 
 def test_indexing_keeps_the_compressed_index_current(tiny_model, lund_dir, tmp_path):
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     db = tmp_path / "db"
     config = IndexConfig(model=tiny_model, device="cpu", vocabulary_photos=4, search=_compressed(threshold=10))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from geoloc.export import (
+from geoloc.outputs.export import (
     CSV_COLUMNS,
     csv_text,
     sidecar_path,
@@ -23,8 +23,8 @@ from geoloc.export import (
     xmp_coordinate,
     xmp_sidecar,
 )
-from geoloc.estimate import Estimate
-from geoloc.results import Candidate, LocateResult
+from geoloc.locating.estimate import Estimate
+from geoloc.locating.results import Candidate, LocateResult
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed (Debian: libimage-exiftool-perl)")
@@ -143,7 +143,7 @@ def test_a_sidecar_write_that_fails_is_reported_not_raised(tmp_path, monkeypatch
     reason naming the sidecar and the OS's word for it; the run goes on."""
     import errno
 
-    from geoloc import export
+    from geoloc.outputs import export
 
     def full(target, data):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -190,7 +190,7 @@ def test_exiftool_applies_our_csv(tmp_path, exif_dir):
 def test_confidence_travels_to_every_format(tmp_path):
     """Why: a `low` estimate applied blindly with exiftool would tag a photo with a guess; each
     format must carry the confidence so the user can filter."""
-    from geoloc.estimate import assess_confidence
+    from geoloc.locating.estimate import assess_confidence
 
     r = _result("doubt.jpg")
     assess_confidence(r.estimate, 0.1, 0.3)
@@ -211,7 +211,7 @@ XML_FORBIDDEN_NAMES = ["noncharacter\ufffe.jpg", "noncharacter\uffff.jpg", "bell
 def test_gpx_stays_well_formed_whatever_the_file_names():
     """One photo named with U+FFFE or U+FFFF (which XML 1.0 forbids) must not make the whole GPX
     unreadable: a real parser reads every waypoint, the name escaped as geoloc prints it."""
-    from geoloc.export import to_gpx
+    from geoloc.outputs.export import to_gpx
 
     results = [_result(f"/photos/{name}") for name in XML_FORBIDDEN_NAMES] + [_result("/photos/plain.jpg")]
     text = to_gpx(results)
@@ -236,7 +236,7 @@ def test_xmp_sidecars_are_well_formed_xml_beside_any_photo(tmp_path):
 def test_csv_names_a_spreadsheet_would_run_are_exact_or_spreadsheet_safe():
     """exiftool needs the exact name, so by default it stays as it is (the CLI warns); the
     spreadsheet-safe form starts each such cell with ' and leaves the others alone."""
-    from geoloc.export import formula_like_names
+    from geoloc.outputs.export import formula_like_names
 
     names = ["=HYPERLINK(\"x\";\"y\")x.jpg", "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "plain.jpg", "a=b.jpg"]
     results = [_result(n) for n in names]

@@ -120,7 +120,7 @@ def test_a_lost_photos_sqlite_is_rebuilt_from_the_photos_without_the_network(bui
     shutil.copytree(clean, db, ignore=shutil.ignore_patterns("lock"))
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db / 'photos.sqlite'}{suffix}").unlink(missing_ok=True)
-    from geoloc import extract
+    from geoloc.descriptors import extract
 
     monkeypatch.setattr(extract.Extractor, "descriptors", lambda *a, **k: pytest.fail("ran the network"))
     report = json.loads(run("index", photos, "--db", db, "--repair", "--json", "-q").stdout)

@@ -305,7 +305,7 @@ def test_quiet_prints_no_progress(lund_dir, tmp_path):
 def test_descriptor_does_not_depend_on_the_batch(lund_dir):
     import torch
 
-    from geoloc.extract import ExtractConfig, Extractor, iter_batches, Decoded
+    from geoloc.descriptors.extract import ExtractConfig, Extractor, iter_batches, Decoded
     from geoloc.models.registry import load_model
 
     model = load_model("lite0-gem")  # no vocabulary to fit: the batching alone is under test

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from geoloc.estimate import ConfidenceConfig, EstimateConfig
+from geoloc.locating.estimate import ConfidenceConfig, EstimateConfig
 
 
 @pytest.mark.parametrize("rerank", [True, False], ids=["reranked", "cosine-only"])
@@ -17,9 +17,9 @@ def test_eval_and_locate_give_the_same_answer(tiny_model, lund_dir, rerank):
     from geoloc.evaluation import EvalConfig, evaluate_split
     from geoloc.evaluation.datasets import read_exif_split
     from geoloc.evaluation.runner import EXACT_SEARCH
-    from geoloc.localize import LocateConfig, Locator
-    from geoloc.rerank import RerankConfig
-    from geoloc.search import SearchConfig
+    from geoloc.locating.locator import LocateConfig, Locator
+    from geoloc.retrieval.rerank import RerankConfig
+    from geoloc.retrieval.search import SearchConfig
 
     photos = sorted(lund_dir.glob("*.jpg"))
     split = read_exif_split(photos[1::2], photos[0::2])
@@ -52,7 +52,7 @@ def test_eval_and_locate_give_the_same_answer(tiny_model, lund_dir, rerank):
 def test_eval_defaults_are_locates():
     """Without settings of its own, eval judges with locate's defaults."""
     from geoloc.evaluation import EvalConfig
-    from geoloc.localize import LocateConfig
+    from geoloc.locating.locator import LocateConfig
 
     assert EvalConfig().estimate == LocateConfig().estimate
     assert EvalConfig().confidence == LocateConfig().confidence

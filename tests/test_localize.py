@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from geoloc.geo import from_local_m, haversine_m
-from geoloc.estimate import Estimate, EstimateConfig, assess_confidence, estimate_position
-from geoloc.results import Candidate, LocateResult
-from geoloc.search import SearchConfig, SearchIndex
+from geoloc.locating.estimate import Estimate, EstimateConfig, assess_confidence, estimate_position
+from geoloc.locating.results import Candidate, LocateResult
+from geoloc.retrieval.search import SearchConfig, SearchIndex
 
 LAT0, LON0 = 55.7048, 13.1930  # Lund
 
@@ -255,7 +255,7 @@ def test_result_warnings_come_from_the_estimate():
 def test_the_weak_match_bar_needs_other_places_to_be_tested_against():
     """A bar from same-place pairs alone is untested: on one short street (no photos 50 m apart)
     there is none, and an unverified answer is then at most medium, not high for a cat."""
-    from geoloc.coverage import score_reference
+    from geoloc.locating.coverage import score_reference
     from geoloc.geo import from_local_m
 
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ MAX_SIDE = 224
 @pytest.fixture(scope="module")
 def lund(tmp_path_factory, lund_dir):
     """(db, queries folder, the GPS-less copy, lund GPS by frame number)."""
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("lund")
     photos = root / "photos"
@@ -160,7 +160,7 @@ def test_unlocated_locates_the_database_photos_without_gps(lund):
 
 
 def test_unlocated_reuses_stored_descriptors_without_loading_the_model(lund):
-    from geoloc.localize import LocateConfig, Locator
+    from geoloc.locating.locator import LocateConfig, Locator
 
     db, _, nogps, _ = lund
     with Locator(db, LocateConfig(device="cpu")) as locator:
@@ -467,7 +467,7 @@ def test_top_k_beyond_the_database_lists_every_located_photo_once(lund):
 
 
 def test_library_locate_matches_the_cli(lund):
-    from geoloc.localize import locate
+    from geoloc.locating.locator import locate
 
     db, queries, _, _ = lund
     (r,) = locate(db, [queries / "22.jpg"], top_k=3)
@@ -478,7 +478,7 @@ def test_library_locate_matches_the_cli(lund):
 def test_library_locate_keeps_the_callers_top_k(tiny_db, lund_dir):
     """``locate(db, q, config=LocateConfig(top_k=3))`` lists 3 candidates: the function's own
     ``top_k`` argument overrides the config only when it is given."""
-    from geoloc.localize import LocateConfig, locate
+    from geoloc.locating.locator import LocateConfig, locate
 
     (r,) = locate(tiny_db, [lund_dir / "02.jpg"], config=LocateConfig(top_k=3))
     assert len(r.candidates) == 3

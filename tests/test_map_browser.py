@@ -143,7 +143,7 @@ def browser():
 @pytest.fixture(scope="module")
 def xss_site(tmp_path_factory, lund_dir):
     """A database of hostile file names, two queries, and a function writing their map."""
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("browsermap")
     photos = root / "photos"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from geoloc.errors import GeolocError
-from geoloc.estimate import Estimate, estimate_position
-from geoloc.results import Candidate, LocateResult
-from geoloc.mappage import LEAFLET_VERSION, esc, leaflet_assets
-from geoloc.mapview import MapConfig, build_map, save_map
+from geoloc.locating.estimate import Estimate, estimate_position
+from geoloc.locating.results import Candidate, LocateResult
+from geoloc.outputs.mappage import LEAFLET_VERSION, esc, leaflet_assets
+from geoloc.outputs.mapview import MapConfig, build_map, save_map
 
 XSS_DIR = '"><script>alert(1)<'  # with the file name below: "><script>alert(1)</script>.jpg
 XSS_FILE = "script>.jpg"
@@ -236,7 +236,7 @@ def test_bounds_cover_the_uncertainty_circle(photos):
 def test_legend_numbered_badges_and_doubtful_estimates(tmp_path):
     """Why: with several queries the badges and popups must say which query they belong to, a
     doubtful estimate must look doubtful, and a key must explain the symbols."""
-    from geoloc.estimate import assess_confidence
+    from geoloc.locating.estimate import assess_confidence
 
     a = _result(Path("a.jpg"), [Path("x1.jpg"), Path("x2.jpg")])
     b = _result(Path("b.jpg"), [Path("x3.jpg")], gps=False)

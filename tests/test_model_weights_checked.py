@@ -76,7 +76,7 @@ def test_a_half_precision_model_file_runs_as_float32(tmp_path, lund_dir):
 
 def test_a_descriptor_that_is_not_finite_is_never_stored(tmp_path, lund_dir, tiny_model, monkeypatch):
     from geoloc.database import Database
-    from geoloc import indexer
+    from geoloc.indexing import run as indexer
 
     real_commit = Database.add_batch
     seen = []

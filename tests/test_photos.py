@@ -708,7 +708,7 @@ def test_indexing_reads_a_photo_once(lund_dir, tmp_path, monkeypatch, name):
     import builtins
     import hashlib
 
-    from geoloc import extract
+    from geoloc.descriptors import extract
     from geoloc.models.preprocess import IMAGENET
 
     photo = lund_dir / "01.jpg"

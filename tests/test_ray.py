@@ -195,7 +195,7 @@ def test_compressed_index_shards_filled_on_ray_merge_into_the_same_index(ray_clu
     import faiss
     import ray
 
-    from geoloc.compressed import CompressedConfig, CompressedSearch, add_rows, add_rows_on_ray, train
+    from geoloc.retrieval.compressed import CompressedConfig, CompressedSearch, add_rows, add_rows_on_ray, train
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((40, 32)).astype(np.float32)

@@ -130,7 +130,7 @@ def test_a_refit_cut_between_its_renames_is_finished_by_whoever_comes_next(tmp_p
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
     # What a refit leaves when killed after its new database was complete: built, marked, and
     # (second case) the old one already renamed away.
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
     swap.mark_complete(swap.building(db))
@@ -150,7 +150,7 @@ def test_a_refit_cut_between_its_renames_is_finished_by_whoever_comes_next(tmp_p
 def test_a_complete_refit_left_beside_the_database_replaces_it_on_the_next_index(tmp_path, photos, tiny_model):
     db = tmp_path / "db"
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
     swap.mark_complete(swap.building(db))
@@ -204,7 +204,7 @@ def test_a_database_behind_a_symbolic_link_is_refitted_where_it_lives(tmp_path, 
 
 def test_a_refit_that_cannot_be_built_lets_the_run_go_on(tmp_path, photos, tiny_model, monkeypatch):
     """A full disk (a refit needs room for a second copy) must not stop the photos coming in."""
-    from geoloc import refit
+    from geoloc.indexing import refit
     from geoloc.errors import DatabaseError
 
     db = tmp_path / "db"
@@ -258,7 +258,7 @@ def test_a_refit_cut_before_it_gave_the_users_files_back_finishes_it(tmp_path, p
     db = tmp_path / "db"
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
     (db / "notes.txt").write_text("my notes\n")
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     swap.start_building(swap.building(db))
     index_photos(sorted(photos.iterdir()), swap.building(db), IndexConfig(model=tiny_model, device="cpu"))
@@ -313,7 +313,7 @@ def test_a_users_folder_named_like_an_old_database_is_not_moved_into_place(tmp_p
 
 def test_a_refit_that_fills_the_disk_removes_its_partial_copy(tmp_path, photos, tiny_model, monkeypatch):
     """A refit stopped by a full disk leaves no partial copy taking the room every later run needs."""
-    from geoloc import refit
+    from geoloc.indexing import refit
 
     db = tmp_path / "db"
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
@@ -336,7 +336,7 @@ def test_a_refit_that_fills_the_disk_removes_its_partial_copy(tmp_path, photos, 
 def test_a_refit_waits_without_room_for_a_second_copy(tmp_path, photos, tiny_model, monkeypatch):
     from collections import namedtuple
 
-    from geoloc import refit
+    from geoloc.indexing import refit
 
     db = tmp_path / "db"
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
@@ -352,7 +352,7 @@ def test_a_full_disk_names_an_unfinished_refit_left_by_a_kill(tmp_path, photos, 
 
     db = tmp_path / "db"
     assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     swap.start_building(swap.building(db))  # a refit killed half-way
     index_photos(sorted(photos.iterdir())[:5], swap.building(db), IndexConfig(model=tiny_model, device="cpu"))

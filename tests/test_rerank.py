@@ -46,7 +46,7 @@ def top1_error(o: dict) -> float:
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, lund_dir):
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("night")
     db = root / "db"
@@ -74,7 +74,7 @@ def test_verification_puts_the_right_place_first_on_a_night_photo(night):
 def test_no_rerank_is_exactly_the_global_search(night):
     """--no-rerank: the candidates in descending cosine, nothing verified, as before re-ranking."""
     from geoloc.database import Database
-    from geoloc.search import SearchIndex
+    from geoloc.retrieval.search import SearchIndex
 
     db, dark = night
     (o,) = locate(dark[18], "--db", db, "--no-rerank", "--top-k", "8")
@@ -82,7 +82,7 @@ def test_no_rerank_is_exactly_the_global_search(night):
     scores = [c["score"] for c in o["candidates"]]
     assert scores == sorted(scores, reverse=True)
     with Database.open(db) as database:
-        from geoloc.database_model import load_database_model, query_extractor
+        from geoloc.descriptors.database_model import load_database_model, query_extractor
 
         records, matrix = database.descriptor_matrix()
         model = load_database_model(database, "cpu")

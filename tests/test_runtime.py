@@ -39,7 +39,7 @@ def _plain_tensor(image, preprocess) -> torch.Tensor:
 
 
 def _extracted(model, paths, max_side, **config):
-    from geoloc.extract import ExtractConfig, Extractor
+    from geoloc.descriptors.extract import ExtractConfig, Extractor
 
     extractor = Extractor(model, ExtractConfig(max_side=max_side, hash_files=False, **config), "cpu")
     rows, names = [], []

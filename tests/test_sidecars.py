@@ -20,9 +20,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from geoloc.cli import app
-from geoloc.estimate import Estimate
-from geoloc.export import write_sidecars, xmp_sidecar
-from geoloc.results import LocateResult
+from geoloc.locating.estimate import Estimate
+from geoloc.outputs.export import write_sidecars, xmp_sidecar
+from geoloc.locating.results import LocateResult
 from geoloc.photos import read_meta
 from geoloc.photos.sidecars import find_sidecars, sidecar_names
 from geoloc.photos.takeout import takeout_names
@@ -497,7 +497,7 @@ def test_a_sidecar_added_later_is_picked_up_without_the_network(tmp_path, lund_d
     def no_network(*args, **kwargs):
         raise AssertionError("the model was loaded although no photo's pixels changed")
 
-    monkeypatch.setattr("geoloc.indexer.load_database_model", no_network)
+    monkeypatch.setattr("geoloc.indexing.run.load_database_model", no_network)
     sidecar = photos / "photo.jpg.xmp"
     sidecar.write_text(digikam_xmp(), encoding="utf-8")
     report = _index(photos, db, tiny_model)

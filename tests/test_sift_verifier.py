@@ -13,15 +13,15 @@ import pytest
 
 from geoloc.errors import UsageError
 from geoloc.geo import haversine_m
-from geoloc.localize import LocateConfig, Locator
-from geoloc.rerank import RerankConfig
+from geoloc.locating.locator import LocateConfig, Locator
+from geoloc.retrieval.rerank import RerankConfig
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def sift_db(tmp_path_factory, tiny_model, lund_dir):
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("sift")
     photos = root / "photos"

@@ -143,7 +143,7 @@ def _td(seconds):
 def trip(tmp_path_factory, lund_dir, tiny_model):
     """The phone's odd Lund frames indexed (GPS, GPS times); the camera's even frames to place,
     its clock 3 h 17 min 42 s behind UTC."""
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("trip")
     truth = build_trip(lund_dir, root, camera_offset_s=-(3 * 3600 + 17 * 60 + 42))
@@ -267,7 +267,7 @@ def _frames(tops):
     300 m away; ``tops[i]`` says which one the pixels rank first."""
     from types import SimpleNamespace
 
-    from geoloc.results import Candidate, LocateResult
+    from geoloc.locating.results import Candidate, LocateResult
 
     frames = []
     for i, top in enumerate(tops):

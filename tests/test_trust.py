@@ -99,7 +99,7 @@ def world(tmp_path_factory, lund_dir, exif_dir, data_dir):
     """The database, and the library's pristine copy. The library is indexed too (its photos
     without GPS stored unlocated, as `geoloc index ~/Pictures` stores them), so that locating
     it reuses stored descriptors, as `--unlocated` does: the tests pay for no network."""
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     root = tmp_path_factory.mktemp("trust")
     pristine = root / "pristine"
@@ -264,7 +264,7 @@ def test_kill_9_during_write_exif_leaves_every_photo_whole_and_the_journal_true(
     while exiftool_servers() - servers and time.monotonic() < deadline:
         time.sleep(0.05)
 
-    from geoloc.undo_journal import journals, read_journal
+    from geoloc.outputs.undo_journal import journals, read_journal
 
     (path,) = journals()
     info = read_journal(path)
@@ -448,7 +448,7 @@ def test_recipes_name_the_ref_tags():
 
 
 def test_undo_journal_survives_a_line_cut_short(tmp_path):
-    from geoloc.undo_journal import Journal, read_journal
+    from geoloc.outputs.undo_journal import Journal, read_journal
 
     with Journal.create("exiftool", "12.57") as journal:
         journal.append({"op": "temp", "photo": "/p/a.jpg", "temp": "/p/.a.geoloc-tmp-1.jpg"})
@@ -507,7 +507,7 @@ def test_a_photo_gone_since_it_was_indexed_gets_no_exif_and_no_orphan_sidecar(li
 
 
 def test_a_journal_line_missing_its_fields_is_damage_not_a_crash(tmp_path):
-    from geoloc.undo_journal import Journal, read_journal
+    from geoloc.outputs.undo_journal import Journal, read_journal
 
     with Journal.create("exiftool", "12.57") as journal:
         journal.append({"op": "write", "photo": "/p/a.jpg", "after": "a" * 64})  # no "before"
@@ -521,7 +521,7 @@ def test_a_journal_line_missing_its_fields_is_damage_not_a_crash(tmp_path):
 
 def test_a_run_in_progress_keeps_its_temporary_file(tmp_path):
     """Another run's clean-up of killed runs' leftovers skips a journal whose run is live."""
-    from geoloc.undo_journal import Journal, remove_stale_temps
+    from geoloc.outputs.undo_journal import Journal, remove_stale_temps
 
     temp = tmp_path / ".a.geoloc-tmp-1.jpg"
     temp.write_bytes(b"half written")
@@ -563,7 +563,7 @@ def test_write_exif_keeps_a_name_that_is_not_utf8_exactly_and_goes_on(library, b
     assert "EXIF GPS written into 2 photos" in result.stderr, result.stderr
     assert exif_gps(odd)["GPSProcessingMethod"].startswith("geoloc")
     assert exif_gps(lib / "08.jpg")["GPSProcessingMethod"].startswith("geoloc")
-    from geoloc.undo_journal import journals
+    from geoloc.outputs.undo_journal import journals
 
     (path,) = journals()
     writes = {line["photo"]: line for line in journal_lines(path) if line.get("op") == "write"}
@@ -619,9 +619,9 @@ def test_write_exif_into_a_195_megapixel_jpeg_in_bounded_memory(tmp_path, lund_d
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from geoloc.estimate import Estimate\n"
-        "from geoloc.results import LocateResult\n"
-        "from geoloc.writeback import write_estimates\n"
+        "from geoloc.locating.estimate import Estimate\n"
+        "from geoloc.locating.results import LocateResult\n"
+        "from geoloc.outputs.writeback import write_estimates\n"
         "rs = [LocateResult(Path(p), Estimate(55.7, 13.19, 12.0)) for p in sys.argv[1:]]\n"
         "report = write_estimates(rs)\n"
         "print(len(report.written), [r for _, r in report.failed])\n"
@@ -668,7 +668,7 @@ def test_one_undo_undoes_a_killed_run_and_its_re_run(library):
     db, lib = library
     first = locate(lib / "02.jpg", lib / "08.jpg", "--db", db, "--write-exif")  # as far as the kill let it
     assert first.exit_code == 0, first.output
-    from geoloc.undo_journal import journals
+    from geoloc.outputs.undo_journal import journals
 
     (killed,) = journals()
     lines = killed.read_text().splitlines(keepends=True)

@@ -16,7 +16,7 @@ DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
 PRECISION_HELP = ("auto, fp32, bf16 or fp16. auto: fp32 on the CPU, autocast on CUDA (bf16 where the "
                   "GPU has it, else fp16). bf16 about halves the network's time on CPUs with "
                   "bfloat16 instructions; descriptors then differ from fp32 by about 1e-2 in cosine.")
-#: ``--workers`` of ``index`` and ``eval``: both decode through ``geoloc.extract.default_workers``.
+#: ``--workers`` of ``index`` and ``eval``: both decode through ``geoloc.descriptors.extract.default_workers``.
 WORKERS_HELP = ("Decoding threads. Default: a quarter of the cores (1–4) on the CPU, where the network "
                 "needs them; one per core (2–8) on a GPU; fewer when memory is short (512 MiB each).")
 BATCH_HELP = ("Photos per network batch. Default: what memory holds for the image size and the "
@@ -86,7 +86,7 @@ def use_help_classes(app: typer.Typer) -> None:
 
 def ray_config(engine: str, address: Optional[str], workers: Optional[int]):
     """The cluster of ``--engine ray`` (``index`` and ``eval``); its options alone are an error."""
-    from geoloc.cluster import RayConfig
+    from geoloc.descriptors.cluster import RayConfig
     from geoloc.errors import UsageError
 
     if engine != "ray":

@@ -29,7 +29,7 @@ def check(
     from geoloc.cli._common import resolve_db
     from geoloc.database import Database
     from geoloc.database.check import check as run_check
-    from geoloc.database_model import model_file_problem
+    from geoloc.descriptors.database_model import model_file_problem
     from geoloc.errors import DatabaseError
     from geoloc.files import display_path
 

@@ -81,7 +81,7 @@ def index(
     """Thin: options → IndexConfig → index_photos → summary/JSON (help text in _HELP)."""
     from geoloc.cli._common import resolve_db
     from geoloc.console import RichProgress
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     from geoloc.errors import GeolocError, UsageError
 
@@ -104,7 +104,7 @@ def index(
     try:
         report = index_photos(paths or [], resolve_db(db), config, progress)
     except (GeolocError, OSError) as exc:
-        from geoloc.refit import full_disk_hint
+        from geoloc.indexing.refit import full_disk_hint
 
         hint = full_disk_hint(resolve_db(db), exc)
         if hint is None:
@@ -141,7 +141,7 @@ def _print_summary(report) -> None:
 
     from geoloc.console import err
     from geoloc.files import display_path
-    from geoloc.repair import describe
+    from geoloc.indexing.repair import describe
 
     table = Table(title=Text(f"geoloc index → {display_path(report.db)}"), title_justify="left",
                   show_header=False, box=None, pad_edge=False)

@@ -103,8 +103,8 @@ def locate_command(
     map_on_stdout = map_file is not None and _writes_stdout(map_file)
     if map_on_stdout and fmt is not None:
         raise UsageError(f"--map {map_file} and --{fmt} would both go to stdout: write the map to a file")
-    from geoloc.estimate import CONFIDENCE_LEVELS
-    from geoloc.export import SIDECAR_NAMINGS
+    from geoloc.locating.estimate import CONFIDENCE_LEVELS
+    from geoloc.outputs.export import SIDECAR_NAMINGS
 
     if xmp_name not in SIDECAR_NAMINGS:
         raise UsageError(f"--xmp-name {xmp_name}: choose one of {', '.join(SIDECAR_NAMINGS)}")
@@ -132,15 +132,17 @@ def locate_command(
         check_writable(map_file, "map")
 
     # Everything above is instant; the heavy imports start here.
-    from geoloc.localize import LocateConfig
-    from geoloc.rerank import RerankConfig
+    from geoloc.locating.locator import LocateConfig
+    from geoloc.retrieval.rerank import RerankConfig
 
     if rerank and no_rerank:
         raise UsageError("choose --rerank or --no-rerank, not both")
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
     trips = trip_config(track, clock, evidence, sequence)
-    results = _locate_all(db_path, _expand_queries(queries or []), unlocated, config)
+    from geoloc.photos.discovery import expand_queries
+
+    results = _locate_all(db_path, expand_queries(queries or []), unlocated, config)
     apply_trips(results, db_path, trips)
     _report_warnings(results, verbose)
     _print_results(results, fmt, min_confidence or ("high" if fmt == "csv" else "low"), verbose, csv_safe,
@@ -151,7 +153,7 @@ def locate_command(
     if write_exif:
         _write_exif(results, min_confidence or "high", overwrite, verbose)
     if map_file is not None and any(r.estimate for r in results):
-        from geoloc.mapview import MapConfig, save_map
+        from geoloc.outputs.mapview import MapConfig, save_map
 
         map_file = map_file.expanduser() if str(map_file) != "-" else map_file
         config = MapConfig(relative_to=map_file.absolute().parent if relative_paths else None)
@@ -174,8 +176,8 @@ def _locate_all(db_path: Path, slots: list, unlocated: bool, config) -> list:
     """One result per slot, in order: located photos, and the files that could not be read."""
     from geoloc import console
     from geoloc.console import RichProgress
-    from geoloc.localize import Locator
-    from geoloc.results import LocateResult
+    from geoloc.locating.locator import Locator
+    from geoloc.locating.results import LocateResult
 
     with Locator(db_path, config) as locator:
         warn_mirror_damage(locator.database)
@@ -240,19 +242,6 @@ def _warning_kind(note: str, result) -> str:
     return "re-ranking notes"
 
 
-def _gate(results: list, minimum: str) -> tuple[list, list]:
-    """(results to write, located results below ``minimum``)."""
-    from geoloc.estimate import meets
-
-    kept, below = [], []
-    for r in results:
-        if r.estimate is not None and not meets(r.estimate.confidence, minimum):
-            below.append(r)
-        else:
-            kept.append(r)
-    return kept, below
-
-
 def _say_below(below: list, minimum: str, where: str, verbose: bool) -> None:
     """One line: how many estimates were not written for their confidence, by level."""
     from collections import Counter
@@ -288,12 +277,14 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
     from geoloc import console
 
     if fmt in _GATED_FORMATS:
-        results, below = _gate(results, minimum)
+        from geoloc.outputs.gate import confidence_gate
+
+        results, below = confidence_gate(results, minimum)
         _say_below(below, minimum, f"the {fmt.upper() if fmt != 'geojson' else 'GeoJSON'}", verbose)
     if fmt == "json":
         console.print_json([r.to_json() for r in results])
     elif fmt == "csv":
-        from geoloc.export import formula_like_names, write_csv
+        from geoloc.outputs.export import formula_like_names, write_csv
 
         write_csv(results, console.data_out(), spreadsheet_safe=csv_safe)
         risky = formula_like_names(results)
@@ -303,50 +294,15 @@ def _print_results(results: list, fmt: str | None, minimum: str = "low", verbose
                          "with =, +, - or @, which a spreadsheet runs as a formula; exiftool reads them "
                          "as they are, and --csv-safe writes them with a leading ' for spreadsheets")
     elif fmt == "geojson":
-        from geoloc.export import write_geojson
+        from geoloc.outputs.export import write_geojson
 
         write_geojson(results, sys.stdout)
     elif fmt == "gpx":
-        from geoloc.export import write_gpx
+        from geoloc.outputs.export import write_gpx
 
         write_gpx(results, console.data_out())
     else:
         _print_tables(results, to_stderr=tables_to_stderr)
-
-
-def _expand_queries(args: list[Path]) -> list[tuple[str, object]]:
-    """Photos to locate, in argument order, as ("path", Path) or ("error", PhotoError) slots.
-
-    Quoted globs are expanded here (a shell leaves an unmatched glob as is). A missing path, a
-    glob matching nothing and every problem with a single file found along the way become error
-    entries of their own, so that every query named is answered for and the others still run.
-    """
-    from geoloc.errors import PhotoError
-    from geoloc.photos import SUFFIXES, discover, expand_globs
-
-    if not args:
-        return []
-    slots: list[tuple[str, object]] = []
-    seen: set[str] = set()  # a file named twice (a folder and a glob over it) is answered once
-
-    def failed(exc) -> None:
-        key = "error:" + os.path.abspath(exc.path)  # a broken link has no real path to resolve
-        if key not in seen:
-            seen.add(key)
-            slots.append(("error", exc))
-
-    for arg in args:  # one at a time: the answers come in the order the queries were named
-        start, found = len(slots), 0
-        for path in discover(expand_globs([arg], on_unmatched=failed), on_error=failed, missing_ok=True):
-            found += 1
-            key = os.path.realpath(path)
-            if key not in seen:
-                seen.add(key)
-                slots.append(("path", path))
-        if not found and len(slots) == start:  # this query found nothing and said nothing yet
-            where = "in this folder" if Path(arg).expanduser().is_dir() else "where this pattern points"
-            failed(PhotoError(Path(arg), f"no photos {where} (geoloc reads {', '.join(sorted(SUFFIXES))})"))
-    return slots  # never empty: every query leaves a photo or its own error
 
 
 _CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
@@ -477,9 +433,10 @@ def _short_names(paths) -> tuple[str | None, list[str]]:
 
 def _write_sidecars(results, naming: str, minimum: str, verbose: bool) -> None:
     from geoloc import console
-    from geoloc.export import OWN_GPS, write_sidecars
+    from geoloc.outputs.export import OWN_GPS, write_sidecars
+    from geoloc.outputs.gate import confidence_gate
 
-    results, below = _gate(results, minimum)
+    results, below = confidence_gate(results, minimum)
     report = write_sidecars(results, naming)
     own_gps = 0
     for photo, reason in report.skipped:
@@ -498,7 +455,7 @@ def _write_sidecars(results, naming: str, minimum: str, verbose: bool) -> None:
 def _write_exif(results, minimum: str, overwrite: bool, verbose: bool) -> None:
     from geoloc import console
     from geoloc.console import RichProgress
-    from geoloc.writeback import WriteOptions, write_estimates
+    from geoloc.outputs.writeback import WriteOptions, write_estimates
 
     located = [r for r in results if r.estimate is not None]  # write_estimates applies the bar
     progress = RichProgress(transient=True, bars=len(located) > 1)

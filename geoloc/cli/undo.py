@@ -36,8 +36,8 @@ def undo_exif(
         _list(as_json)
         return
     from geoloc.console import RichProgress
-    from geoloc.undo_journal import read_journal
-    from geoloc.writeback import latest_journal, undo_run
+    from geoloc.outputs.undo_journal import read_journal
+    from geoloc.outputs.writeback import latest_journal, undo_run
 
     path = _resolve(journal) if journal is not None else latest_journal()
     entries = len(read_journal(path).entries)
@@ -75,7 +75,7 @@ def _resolve(journal: Path) -> Path:
     as a missing photo or database is, and as a file that is not a journal is."""
     from geoloc.errors import GeolocError
     from geoloc.files import display_path
-    from geoloc.undo_journal import SUFFIX, undo_dir
+    from geoloc.outputs.undo_journal import SUFFIX, undo_dir
 
     for candidate in (journal, undo_dir() / journal, undo_dir() / f"{journal}{SUFFIX}"):
         if candidate.is_file():
@@ -87,7 +87,7 @@ def _list(as_json: bool) -> None:
     from geoloc import console
     from geoloc.errors import GeolocError
     from geoloc.files import display_path, json_path
-    from geoloc.undo_journal import journals, read_journal
+    from geoloc.outputs.undo_journal import journals, read_journal
 
     runs = []
     for path in journals():

@@ -21,7 +21,7 @@ class CheckReport:
     unreferenced: int = 0  # rows no photo refers to (dead rows)
     checksums: bool = True  # False for a geoloc 0.1.0 database, which stored none
     #: The manifest as opened (empty when the database would not open), for checks made above
-    #: this layer (the model file: :func:`geoloc.database_model.model_file_problem`).
+    #: this layer (the model file: :func:`geoloc.descriptors.database_model.model_file_problem`).
     manifest: dict = field(default_factory=dict, repr=False)
 
     @property

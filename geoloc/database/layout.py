@@ -36,7 +36,7 @@ REFIT_BUILDING = "REFIT_BUILDING"
 REFIT_DONE = "REFIT_DONE"
 REFIT_RETIRED = "REFIT_RETIRED"
 SWAP_FAILED = "SWAP_FAILED"
-#: The compressed search index's folder (:mod:`geoloc.compressed`).
+#: The compressed search index's folder (:mod:`geoloc.retrieval.compressed`).
 SEARCH = "search"
 #: Copies of the GPS tracks ``geoloc index --track`` keeps with the database (:mod:`geoloc.trips`).
 TRACKS = "tracks"

@@ -1,6 +1,6 @@
 """``maps.i8``: each descriptor row's verification map, in a fixed-size slot of the same row.
 
-Re-ranking verifies a query against its candidates' dense maps (:mod:`geoloc.verify`); running
+Re-ranking verifies a query against its candidates' dense maps (:mod:`geoloc.retrieval.verify`); running
 the network over 20 candidates' photos again would cost seconds a query, so the map is stored
 with the descriptor at index time. A slot is ``h, w`` (two uint16), then ``cells`` × ``channels``
 int8 descriptors, then ``cells`` float16 scales: a photo whose map has fewer cells leaves the
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _HEAD = struct.Struct("<HH")
-#: Channels a stored map keeps at most (a fixed random rotation, :func:`geoloc.verify.projection`,
+#: Channels a stored map keeps at most (a fixed random rotation, :func:`geoloc.retrieval.verify.projection`,
 #: reduces wider ones).
 MAX_CHANNELS = 128
 

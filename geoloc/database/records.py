@@ -70,6 +70,16 @@ class PhotoRecord:
         self.gps_source = getattr(meta, "gps_source", None) if located else None
         self.sidecar_key = getattr(meta, "sidecar_key", None)
 
+    @classmethod
+    def of_photo(cls, item: Any) -> "PhotoRecord":
+        """The record of a decoded photo (:class:`geoloc.descriptors.extract` gives them): its
+        file, size, time, camera and position (EXIF, else embedded XMP, else a sidecar)."""
+        record = cls(path=item.path, size=item.size, mtime_ns=item.mtime_ns, sha256=item.sha256,
+                     width=item.width, height=item.height)
+        record.take_time(item.meta)
+        record.take_position(item.meta)
+        return record
+
     def take_time(self, meta: Any) -> None:
         """The capture time, camera and GPS time from a photo's metadata (trips' evidence)."""
         self.taken_at = getattr(meta, "taken_at", None)

@@ -392,7 +392,7 @@ class Database:
                   maps: Optional[list] = None) -> None:
         """Store photos and their descriptors in one transaction (all or nothing).
 
-        ``maps``: per photo, its verification map as :func:`geoloc.verify.quantize` gives it
+        ``maps``: per photo, its verification map as :func:`geoloc.retrieval.verify.quantize` gives it
         ``(int8 N×C, float16 scales, h, w)``, or None; for a database that stores maps.
         A photo already in the database is replaced; its old descriptor row becomes dead.
         """

@@ -1,7 +1,7 @@
 """Replacing a database's own files by a rebuilt set, so that a crash never leaves neither, and
 nothing of the user's in or beside the folder is lost.
 
-A vocabulary refit (:mod:`geoloc.refit`) computes every descriptor again: the new database is
+A vocabulary refit (:mod:`geoloc.indexing.refit`) computes every descriptor again: the new database is
 built beside the old one (``.NAME.refit``, hidden, so indexing a folder that holds the database
 does not read it as photos, and marked ``REFIT_BUILDING``), and only a complete one takes the old
 one's place. The old one stays usable, and untouched, until then. The steps and what a crash

@@ -30,9 +30,9 @@ def evaluate_database(
     progress: Progress | None = None,
 ) -> EvalResult:
     """recall@N of an existing database (its own model) on query photos whose EXIF has GPS."""
-    from geoloc.localize import LocateConfig, Locator
-    from geoloc.rerank import RerankConfig
-    from geoloc.search import SearchConfig
+    from geoloc.locating.locator import LocateConfig, Locator
+    from geoloc.retrieval.rerank import RerankConfig
+    from geoloc.retrieval.search import SearchConfig
 
     config.check()
     progress = progress or Progress()

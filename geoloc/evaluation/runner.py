@@ -1,8 +1,8 @@
 """Run one model over one split: descriptors (cached), search, position estimate, outcomes.
 
 Nothing here extracts, searches or estimates on its own: the database side is built by
-``geoloc.indexer.index_photos``, query descriptors come from ``geoloc.extract.Extractor``, the
-search is ``geoloc.search.SearchIndex`` and the estimate ``geoloc.estimate.judge``,
+``geoloc.indexing.run.index_photos``, query descriptors come from ``geoloc.descriptors.extract.Extractor``, the
+search is ``geoloc.retrieval.search.SearchIndex`` and the estimate ``geoloc.locating.estimate.judge``,
 so the figures measure exactly what ``geoloc index`` and ``geoloc locate`` do. What is specific
 to evaluation is that the truth comes from the benchmark (not from EXIF), and that everything
 expensive is cached. An existing database is evaluated by :mod:`geoloc.evaluation.existing`.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.errors import GeolocError, PhotoError, require, require_at_least
-from geoloc.estimate import ConfidenceConfig, EstimateConfig
+from geoloc.locating.estimate import ConfidenceConfig, EstimateConfig
 from geoloc.evaluation.cache import (
     QueryDescriptorCache,
     eval_cache_dir,
@@ -60,14 +60,14 @@ class EvalConfig:
     vocabulary_photos: int = 300
     rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
     rerank_top: int = 20
-    rerank_verifier: str = "dense"  # geoloc.rerank.RerankConfig.verifier
+    rerank_verifier: str = "dense"  # geoloc.retrieval.rerank.RerankConfig.verifier
     #: How the estimate groups candidates and when it is trusted: ``geoloc locate``'s own
     #: settings (``LocateConfig.estimate`` / ``.confidence``), so eval measures what locate does.
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     #: Where the database side's descriptors are computed: "local" or "ray" (``geoloc index --engine``).
     engine: str = "local"
-    ray: object = None  # geoloc.cluster.RayConfig for engine "ray"; None: a local Ray
+    ray: object = None  # geoloc.descriptors.cluster.RayConfig for engine "ray"; None: a local Ray
 
     def check(self) -> None:
         require_at_least("--top-k", self.top_k, 1)
@@ -164,7 +164,7 @@ def resolved_precision(config: EvalConfig) -> str:
 
 
 def model_spec(config: EvalConfig) -> str:
-    from geoloc.database_model import requested_model_key
+    from geoloc.descriptors.database_model import requested_model_key
 
     return requested_model_key(config.model)
 
@@ -234,8 +234,8 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
 def _build_database(split: Split, db_dir: Path, spec: str, config: EvalConfig, progress: Progress):
     """The split's database side as a geoloc database in the cache: ``geoloc index`` itself,
     so later runs only index what changed."""
-    from geoloc import refit
-    from geoloc.indexer import IndexConfig, index_photos
+    from geoloc.indexing import refit
+    from geoloc.indexing.run import IndexConfig, index_photos
 
     index_config = IndexConfig(model=spec, max_side=config.max_side, batch_size=config.batch_size,
                                workers=config.workers, device=config.device, precision=config.precision,
@@ -280,7 +280,7 @@ def _reranker(database, records, q_slots, config: EvalConfig, progress: Progress
     if config.rerank_verifier == "dense" and (database.maps is None or q_slots is None):
         progress.message(f"{database.where} stores no verification maps: evaluated without re-ranking")
         return None
-    from geoloc.rerank import RerankConfig, Reranker
+    from geoloc.retrieval.rerank import RerankConfig, Reranker
 
     return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top,
                                                     verifier=config.rerank_verifier))
@@ -297,7 +297,7 @@ def _file_key(spec: str) -> list | None:
 
 def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: dict, progress: Progress):
     """Query descriptors with the database's own model, vocabulary and image size."""
-    from geoloc.database_model import load_database_model, query_extractor
+    from geoloc.descriptors.database_model import load_database_model, query_extractor
 
     if "extractor" not in holder:
         holder["extractor"] = query_extractor(load_database_model(database, config.device), database,
@@ -319,7 +319,7 @@ def _extract_queries(database, paths: list[Path], config: EvalConfig, holder: di
     spec = database.maps
     slots = np.zeros((len(paths), spec.slot_bytes), dtype=np.uint8) if spec else None
     if spec:  # the queries' verification maps too, from the same pass, cached with them
-        from geoloc.verify import stored_map
+        from geoloc.retrieval.verify import stored_map
 
         for items, desc, maps in extractor.descriptors_and_maps(paths, on_error=failed):
             for item, row, fmap in zip(items, desc, maps):
@@ -366,7 +366,7 @@ def _search_and_score(
     reranker=None,
     q_slots: np.ndarray | None = None,
 ) -> list[QueryOutcome]:
-    from geoloc.search import SearchConfig, SearchIndex
+    from geoloc.retrieval.search import SearchConfig, SearchIndex
 
     # Exact search always: published recall figures are exhaustive nearest neighbours.
     index = SearchIndex(db_matrix, SearchConfig(ivf_threshold=EXACT_SEARCH))
@@ -427,7 +427,7 @@ class _Reference:
         self._done = False
 
     def __call__(self) -> float | None:
-        from geoloc.coverage import score_reference
+        from geoloc.locating.coverage import score_reference
 
         with self._lock:
             if not self._done:
@@ -436,7 +436,7 @@ class _Reference:
 
 
 def _judged(ok, ids, scores, lats, lons, reranker, q_slots, query_paths, reference, config: EvalConfig) -> dict:
-    """Per query: its candidates re-ranked and judged by :func:`geoloc.judge.rank_and_judge`,
+    """Per query: its candidates re-ranked and judged by :func:`geoloc.locating.judge.rank_and_judge`,
     as ``geoloc locate`` answers it.
 
     With a re-ranker, queries go through two threads (OpenCV's MAGSAC and numpy's matrix
@@ -444,7 +444,7 @@ def _judged(ok, ids, scores, lats, lons, reranker, q_slots, query_paths, referen
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from geoloc.judge import query_cells, rank_and_judge
+    from geoloc.locating.judge import query_cells, rank_and_judge
 
     row_of = {q: r for r, q in enumerate(ok)}
 

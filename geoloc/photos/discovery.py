@@ -285,3 +285,35 @@ def _dir_key(path: Path) -> tuple[int, int] | None:
 
 def _suffix_list() -> str:
     return ", ".join(sorted(SUFFIXES))
+
+
+def expand_queries(args: list[Path]) -> list[tuple[str, object]]:
+    """Photos to locate, in argument order, as ("path", Path) or ("error", PhotoError) slots.
+
+    Quoted globs are expanded here (a shell leaves an unmatched glob as is). A missing path, a
+    glob matching nothing and every problem with a single file found along the way become error
+    entries of their own, so that every query named is answered for and the others still run.
+    """
+    if not args:
+        return []
+    slots: list[tuple[str, object]] = []
+    seen: set[str] = set()  # a file named twice (a folder and a glob over it) is answered once
+
+    def failed(exc) -> None:
+        key = "error:" + os.path.abspath(exc.path)  # a broken link has no real path to resolve
+        if key not in seen:
+            seen.add(key)
+            slots.append(("error", exc))
+
+    for arg in args:  # one at a time: the answers come in the order the queries were named
+        start, found = len(slots), 0
+        for path in discover(expand_globs([arg], on_unmatched=failed), on_error=failed, missing_ok=True):
+            found += 1
+            key = os.path.realpath(path)
+            if key not in seen:
+                seen.add(key)
+                slots.append(("path", path))
+        if not found and len(slots) == start:  # this query found nothing and said nothing yet
+            where = "in this folder" if Path(arg).expanduser().is_dir() else "where this pattern points"
+            failed(PhotoError(Path(arg), f"no photos {where} (geoloc reads {', '.join(sorted(SUFFIXES))})"))
+    return slots  # never empty: every query leaves a photo or its own error

@@ -190,11 +190,11 @@ def build_base(config: FinetuneConfig):
 def fit_training_vocabulary(model, images, indices: Sequence[int], config: FinetuneConfig, device,
                             reporter: Progress) -> None:
     """k-means initialisation of a fresh NetVLAD layer from the training photos' local features,
-    sampled as the indexer samples a database's (:mod:`geoloc.vocabulary`)."""
+    sampled as the indexer samples a database's (:mod:`geoloc.models.vocabulary`)."""
     import torch
 
     from geoloc.training.images import autocast
-    from geoloc.vocabulary import FeatureSampler, fit_vocabulary, spread
+    from geoloc.models.vocabulary import FeatureSampler, fit_vocabulary, spread
 
     sample = [int(i) for i in spread(list(indices), max(1, config.vocabulary_photos))]
     sampler = FeatureSampler(len(sample), max_features=config.vocabulary_features, seed=config.seed)
@@ -301,7 +301,7 @@ def finetune(
 
 
 def _run_as_the_extractor_does(model, config: FinetuneConfig, device) -> FinetuneConfig:
-    """Set the model up as :class:`geoloc.extract.Extractor` sets it up for ``geoloc index``
+    """Set the model up as :class:`geoloc.descriptors.extract.Extractor` sets it up for ``geoloc index``
     (:func:`geoloc.models.runtime.prepare`: channels-last on the CPU, which speeds the backward
     pass as much as the forward), and plan the descriptor batch the same way, so that training
     and the descriptors it computes get the same gain. Mixed precision on CUDA stays

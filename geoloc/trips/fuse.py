@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from geoloc.estimate import Estimate
+from geoloc.locating.estimate import Estimate
 from geoloc.formatting import format_distance
 from geoloc.geo import haversine_m
 from geoloc.trips.timeline import TimePlace

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from geoloc.estimate import EstimateConfig, estimate_position
+from geoloc.locating.estimate import EstimateConfig, estimate_position
 from geoloc.geo import haversine_m
 
 #: Candidates per frame the path may go through.

@@ -1,6 +1,6 @@
 """What locating a photo gives: the candidates in rank order and the answer for each query.
 
-These are plain values, separate from how they are computed (:mod:`geoloc.localize`), so that
+These are plain values, separate from how they are computed (:mod:`geoloc.locating.locator`), so that
 what writes them out (JSON, CSV, GeoJSON, GPX, XMP, maps) depends on them alone. ``to_json``
 gives the SPEC's objects.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geoloc.estimate import Estimate
+from geoloc.locating.estimate import Estimate
 from geoloc.files import json_path_fields
 from geoloc.formatting import json_number
 from geoloc.geo import haversine_m

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from geoloc import verify
-from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
-from geoloc.rerank import Reranked, Reranker
+from geoloc.retrieval import verify
+from geoloc.locating.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
+from geoloc.retrieval.rerank import Reranked, Reranker
 
 
 @dataclass

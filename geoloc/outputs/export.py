@@ -1,6 +1,6 @@
 """Estimates in the formats other tools read: exiftool CSV, GeoJSON, GPX, XMP sidecars.
 
-Nothing here writes into a photo (that is :mod:`geoloc.writeback`, ``--write-exif``): these
+Nothing here writes into a photo (that is :mod:`geoloc.outputs.writeback`, ``--write-exif``): these
 files go beside the photos or to stdout, for exiftool, photo managers and GIS tools to apply
 or show (the recipes are in docs/commands/locate.md).
 """
@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 
 from geoloc import __version__
 from geoloc.files import atomic_write, display_path, json_path
-from geoloc.results import LocateResult
+from geoloc.locating.results import LocateResult
 from geoloc.photos.tags import PROCESSING_METHOD  # geoloc's signature, read back by `index`
 from geoloc.photos.xmp import GEOLOC_NS, written_by_geoloc
 

@@ -2,7 +2,7 @@
 the style sheet and geoloc's own small scripts.
 
 Every piece that carries a user-provided string (a file name, a path) escapes it here
-(:func:`esc`, :func:`bind_element`, :func:`script_json`): what :mod:`geoloc.mapview` lays out
+(:func:`esc`, :func:`bind_element`, :func:`script_json`): what :mod:`geoloc.outputs.mapview` lays out
 from them cannot run as code, whatever a photo is called.
 """
 

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 from geoloc.formatting import count
 from geoloc.database import Database
 from geoloc.database import layout, swap
-from geoloc.database_model import max_side_of
+from geoloc.descriptors.database_model import max_side_of
 from geoloc.errors import GeolocError, RunInterrupted
 from geoloc.files import display_path
 

@@ -1,8 +1,8 @@
 """Re-ranking: the global search's top candidates, reordered by geometric verification.
 
-The search (:mod:`geoloc.search`) proposes candidates by one global descriptor; this module
+The search (:mod:`geoloc.retrieval.search`) proposes candidates by one global descriptor; this module
 checks the best of them (``top``, 20 by default) against the query cell by cell
-(:mod:`geoloc.verify`) and reorders them by ``cosine + 12 · inliers / query cells``. The
+(:mod:`geoloc.retrieval.verify`) and reorders them by ``cosine + 12 · inliers / query cells``. The
 candidates' maps come from the database, where they are stored with each descriptor; a
 database made before maps were stored has them computed from the photo files, once per
 candidate and Locator (slower, and a candidate whose file is gone or changed keeps its global
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from geoloc import verify
+from geoloc.retrieval import verify
 from geoloc.files import display_path
 
 

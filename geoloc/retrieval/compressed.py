@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from geoloc.search import CompressedConfig, query_matrix, query_threads
+from geoloc.retrieval.search import CompressedConfig, query_matrix, query_threads
 
 #: The folder of the index inside a database, and the file that says which index is current.
 FOLDER = "search"
@@ -269,7 +269,7 @@ class LocatedRows:
 
 
 class CompressedSearch:
-    """``search(queries, k)`` over the located photos, as :class:`geoloc.search.SearchIndex`
+    """``search(queries, k)`` over the located photos, as :class:`geoloc.retrieval.search.SearchIndex`
     answers it (exact cosines, descending; ids are positions in ``records``, -1 past the end)."""
 
     kind = "ivfpq"

@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from geoloc.database import Database, PhotoRecord
-from geoloc.database_model import (
+from geoloc.descriptors.database_model import (
     check_request,
     load_database_model,
     max_side_of,
@@ -26,18 +26,19 @@ from geoloc.database_model import (
     record_precision,
     requested_model_key,
 )
-from geoloc.cluster import RayConfig
-from geoloc.database_vocabulary import ensure_vocabulary
+from geoloc.descriptors.cluster import RayConfig
+from geoloc.indexing.vocabulary import ensure_vocabulary
 from geoloc.errors import DatabaseError, GeolocError, PhotoError, RunInterrupted, require, require_at_least
 from geoloc.files import display_path, json_path, json_path_fields
 from geoloc.formatting import count
 from geoloc.models.runtime import check_precision_name
 from geoloc.progress import Prefixed, Progress, first_batch_status
-from geoloc.refit import RefitOutcome, RefitReport
-from geoloc import changes, refit
-from geoloc.repair import RepairReport, claim_stored_rows, damaged_photos
-from geoloc.search import SearchConfig
-from geoloc.verify import stored_map
+from geoloc.indexing.refit import RefitOutcome, RefitReport
+from geoloc.indexing import changes
+from geoloc.indexing import refit
+from geoloc.indexing.repair import RepairReport, claim_stored_rows, damaged_photos
+from geoloc.retrieval.search import SearchConfig
+from geoloc.retrieval.verify import stored_map
 
 
 #: Where descriptors are computed (``--engine``).
@@ -69,7 +70,7 @@ class IndexConfig:
     vocabulary_photos: int = 300
     vocabulary_features: int = 50_000
     #: A vocabulary fitted on fewer photos is provisional: fitted again, with every photo indexed
-    #: again, once the database holds ``refit.REFIT_GROWTH`` times as many (geoloc.refit).
+    #: again, once the database holds ``refit.REFIT_GROWTH`` times as many (geoloc.indexing.refit).
     provisional_vocabulary: int = 50
     #: After fitting a provisional vocabulary, say when geoloc fits it again and that
     #: ``geoloc index --refit`` does it: advice for a user's database; ``eval``'s cache database
@@ -84,7 +85,7 @@ class IndexConfig:
     #: The cluster for ``engine="ray"`` (address, actors); None: a local Ray on this machine.
     ray: Optional[RayConfig] = None
     #: Search settings: past their compressed threshold, a run leaves the compressed index
-    #: current (``geoloc.compressed``), so that the next ``geoloc locate`` does not build it.
+    #: current (``geoloc.retrieval.compressed``), so that the next ``geoloc locate`` does not build it.
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def check(self) -> None:
@@ -183,7 +184,7 @@ def index_photos(
     config = config or IndexConfig()
     config.check()
     if config.engine == "ray":  # a missing extra or an unreachable cluster fails before any work
-        from geoloc.cluster import check_reachable, import_ray
+        from geoloc.descriptors.cluster import check_reachable, import_ray
 
         import_ray()
         if config.ray is not None and config.ray.address:
@@ -332,7 +333,7 @@ class IndexRun:
     def extract(self, database: Database, model, to_index: list[Path], stack: contextlib.ExitStack) -> None:
         """Vocabulary first (fitted when the database has none), then one batch at a time:
         each batch of descriptors is one committed transaction."""
-        from geoloc.extract import Extractor
+        from geoloc.descriptors.extract import Extractor
 
         extractor = Extractor.create(model, max_side=max_side_of(database),
                                      batch_size=self.config.batch_size, workers=self.config.workers,
@@ -354,7 +355,7 @@ class IndexRun:
             items, descriptors, stored = self.finite_only(items, descriptors, stored)
             if not items:
                 return
-            database.add_batch([record_of(item) for item in items], descriptors, stored)
+            database.add_batch([PhotoRecord.of_photo(item) for item in items], descriptors, stored)
             self.report.indexed += len(items)
             self.progress.advance(len(items))
 
@@ -386,15 +387,15 @@ class IndexRun:
         """Bring the compressed index up to date with what this run stored (the photos added
         are added to it; it is trained anew only when the data outgrew its sample). On Ray, its
         shards are filled by the cluster's workers."""
-        from geoloc.compressed import ensure_index
+        from geoloc.retrieval.compressed import ensure_index
 
         self.progress.stage("Search index", None)
         records, matrix = database.descriptor_file(located_only=True)
         rows = np.fromiter((r.row for r in records), dtype=np.int64, count=len(records))
         ray, shards = None, 0
         if self.config.engine == "ray":
-            from geoloc.cluster import ray_session
-            from geoloc.ray_extract import pool_size
+            from geoloc.descriptors.cluster import ray_session
+            from geoloc.descriptors.ray import pool_size
 
             ray = stack.enter_context(ray_session(self.config.ray))
             shards = pool_size(ray, self.config.ray or RayConfig(), "cpu")[0]
@@ -405,8 +406,8 @@ class IndexRun:
     def ray_batches(self, database: Database, model, paths: list[Path], stack: contextlib.ExitStack, failed):
         """The photos' descriptors (and stored maps) from an actor pool, block by block as the
         cluster finishes them; Ray is started or reached only now that there is work for it."""
-        from geoloc.cluster import ray_session
-        from geoloc.ray_extract import ray_batches
+        from geoloc.descriptors.cluster import ray_session
+        from geoloc.descriptors.ray import ray_batches
 
         ray = stack.enter_context(ray_session(self.config.ray))
         self.progress.status(f"starting {len(paths)} photos on Ray")
@@ -486,18 +487,3 @@ def _check_writable(db_path: Path) -> None:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise DatabaseError(f"cannot create database {display_path(db_path)}: "
                             f"{display_path(probe)} is not writable")
-
-
-def record_of(item) -> PhotoRecord:
-    """The record of a decoded photo: its file, its position (EXIF, else a sidecar) and size."""
-    record = PhotoRecord(
-        path=item.path,
-        size=item.size,
-        mtime_ns=item.mtime_ns,
-        sha256=item.sha256,
-        width=item.width,
-        height=item.height,
-    )
-    record.take_time(item.meta)
-    record.take_position(item.meta)
-    return record

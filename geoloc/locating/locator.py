@@ -1,10 +1,10 @@
 """Where was this photo taken: the Locator ties a database, its model, search and the estimate.
 
-Each step has a module of its own: :mod:`geoloc.search` finds the nearest database photos,
-:mod:`geoloc.estimate` turns the candidates into a position, a radius and a confidence, and
-:mod:`geoloc.database_model` supplies the network that made the database's descriptors. What
+Each step has a module of its own: :mod:`geoloc.retrieval.search` finds the nearest database photos,
+:mod:`geoloc.locating.estimate` turns the candidates into a position, a radius and a confidence, and
+:mod:`geoloc.descriptors.database_model` supplies the network that made the database's descriptors. What
 lives here is the order of the steps for a batch of queries; the results they produce are
-:mod:`geoloc.results`' (``Candidate`` and ``LocateResult`` are importable from here too).
+:mod:`geoloc.locating.results`' (``Candidate`` and ``LocateResult`` are importable from here too).
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from geoloc.compressed import CompressedSearch, LocatedRows
+from geoloc.retrieval.compressed import CompressedSearch, LocatedRows
 from geoloc.database.layout import VERIFY_ALL_BYTES
 from geoloc.errors import DatabaseError, require_at_least
-from geoloc.estimate import ConfidenceConfig, Estimate, EstimateConfig
+from geoloc.locating.estimate import ConfidenceConfig, Estimate, EstimateConfig
 from geoloc.files import display_path
 from geoloc.formatting import count
 from geoloc.geo import haversine_m
-from geoloc.judge import query_cells, rank_and_judge
+from geoloc.locating.judge import query_cells, rank_and_judge
 from geoloc.models.runtime import check_precision_name
-from geoloc.rerank import RerankConfig, Reranker
-from geoloc.results import Candidate, LocateResult
-from geoloc.search import SearchConfig, SearchIndex, index_cache
+from geoloc.retrieval.rerank import RerankConfig, Reranker
+from geoloc.locating.results import Candidate, LocateResult
+from geoloc.retrieval.search import SearchConfig, SearchIndex, index_cache
 
 # --------------------------------------------------------------------------------------------
 # Locating photos against a database
@@ -47,7 +47,7 @@ class LocateConfig:
     workers: int | None = None
     device: str = "auto"
     #: ``auto`` (fp32 on the CPU, autocast on CUDA), ``fp32``, ``bf16`` or ``fp16``; need not
-    #: be the database's (:func:`geoloc.database_model.record_precision`).
+    #: be the database's (:func:`geoloc.descriptors.database_model.record_precision`).
     precision: str = "auto"
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -86,7 +86,7 @@ class _Batch:
     results: list[LocateResult]
     descriptors: list[np.ndarray | None]
     self_rows: list[int | None]  # the query's own row among the located photos, if it is one
-    cells: list  # the query's verification cells (geoloc.verify.Cells), when re-ranking
+    cells: list  # the query's verification cells (geoloc.retrieval.verify.Cells), when re-ranking
 
     @classmethod
     def of(cls, queries: Sequence[Path | str]) -> _Batch:
@@ -175,7 +175,7 @@ class Locator:
     @property
     def model(self):
         if self._model is None:
-            from geoloc.database_model import load_database_model
+            from geoloc.descriptors.database_model import load_database_model
 
             start = _now()
             self._model = load_database_model(self.database, self.config.device)
@@ -184,7 +184,7 @@ class Locator:
 
     def _query_extractor(self):
         if self._extractor is None:
-            from geoloc.database_model import query_extractor
+            from geoloc.descriptors.database_model import query_extractor
 
             self._extractor = query_extractor(self.model, self.database, batch_size=self.config.batch_size,
                                               workers=self.config.workers, precision=self.config.precision)
@@ -367,7 +367,7 @@ class Locator:
     def _answer(self, keep: list[tuple[int, float]], cells, notes: list[str]
                 ) -> tuple[Estimate, list[Candidate]]:
         """The candidates re-ranked (with ``cells``) and judged as ``geoloc eval`` scores them
-        (:func:`geoloc.judge.rank_and_judge`), and the top-k of them."""
+        (:func:`geoloc.locating.judge.rank_and_judge`), and the top-k of them."""
         cfg = self.config
         if not self._verified_all:
             self._check_rows([self.records[j] for j, _ in keep])
@@ -387,7 +387,7 @@ class Locator:
         return estimate, candidates
 
     def score_reference(self) -> float | None:
-        """The weak-match bar of queries judged without verification (:mod:`geoloc.coverage`),
+        """The weak-match bar of queries judged without verification (:mod:`geoloc.locating.coverage`),
         or None when this database offers none.
 
         Measured once per Locator, and only when a query is judged without verification.
@@ -395,7 +395,7 @@ class Locator:
         if self._reference_done:
             return self._reference
         self._reference_done = True
-        from geoloc.coverage import score_reference
+        from geoloc.locating.coverage import score_reference
 
         start = _now()
         sample = min(len(self.records), self.config.confidence.reference_sample)
@@ -408,7 +408,7 @@ class Locator:
     def _index_for(self, n_queries: int) -> SearchIndex:
         """The search index, built on first use; an IVF index once the batches justify one."""
         if self.index is None and self.compressed:
-            from geoloc.compressed import ensure_index
+            from geoloc.retrieval.compressed import ensure_index
 
             start = _now()
             index, how = ensure_index(self.database, self._file, self._rows, self.config.search.compressed)

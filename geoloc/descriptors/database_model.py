@@ -16,7 +16,7 @@ from geoloc.files import display_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from geoloc.database import Database
-    from geoloc.extract import Extractor
+    from geoloc.descriptors.extract import Extractor
     from geoloc.models.model import GeolocModel
 
 
@@ -152,7 +152,7 @@ def query_extractor(model: GeolocModel, database: Database, *, batch_size: int |
     """The extractor for photos compared with ``database``: its image size, no file hashing
     (a query is not stored), decoding threads for the device the model is on. Queries need
     not use the database's precision (see :func:`record_precision`)."""
-    from geoloc.extract import Extractor
+    from geoloc.descriptors.extract import Extractor
 
     return Extractor.create(model, max_side=max_side_of(database), batch_size=batch_size,
                             workers=workers, hash_files=False, precision=precision)

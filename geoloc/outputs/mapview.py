@@ -13,7 +13,7 @@ Built with folium, with deliberate departures from its defaults:
   ``${alert(1)}.jpg`` would run as code; here every user-provided string (file names, paths) is
   HTML-escaped and then JSON-encoded into the script.
 
-The pieces (inlined Leaflet, safe bindings, icons, style, scripts) are :mod:`geoloc.mappage`'s;
+The pieces (inlined Leaflet, safe bindings, icons, style, scripts) are :mod:`geoloc.outputs.mappage`'s;
 this module lays out the answers with them.
 """
 
@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 from geoloc.files import atomic_write, check_writable, display_path
 from geoloc.formatting import format_distance
 from geoloc.errors import GeolocError
-from geoloc.mappage import (
+from geoloc.outputs.mappage import (
     CSS,
     LEGEND_JS,
     OFFLINE_JS,
@@ -44,7 +44,7 @@ from geoloc.mappage import (
     script_on,
     thumbnail_data_uri,
 )
-from geoloc.results import LocateResult
+from geoloc.locating.results import LocateResult
 
 
 @dataclass

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from geoloc.estimate import ConfidenceConfig
+from geoloc.locating.estimate import ConfidenceConfig
 from geoloc.geo import haversine_m
 
 

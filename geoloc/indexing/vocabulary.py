@@ -4,21 +4,21 @@ A model that needs a vocabulary (``lite0-vlad``) gets it from a sample of the fi
 database is given. Only the sample goes through the network here; each photo's share of local
 features is cached as it comes (``.vocabulary-fit``), so an interrupted fit resumes where it
 stopped, and the sample's features are kept to be pooled afterwards instead of decoded twice.
-How the sample is drawn and fitted is :mod:`geoloc.vocabulary`'s, shared with fine-tuning.
+How the sample is drawn and fitted is :mod:`geoloc.models.vocabulary`'s, shared with fine-tuning.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from geoloc import refit
+from geoloc.indexing import refit
 from geoloc.database import Database
 from geoloc.database.layout import FIT_CACHE
-from geoloc.database_model import max_side_of, store_vocabulary, vocabulary_manifest
+from geoloc.descriptors.database_model import max_side_of, store_vocabulary, vocabulary_manifest
 from geoloc.errors import DatabaseError
 from geoloc.files import display_path
 from geoloc.progress import first_batch_status
-from geoloc.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
+from geoloc.models.vocabulary import FeatureSampler, FitCache, fit_vocabulary, spread
 
 
 #: Local features of the vocabulary sample kept in memory, to pool them after fitting instead of
@@ -31,7 +31,7 @@ def ensure_vocabulary(database: Database, model, extractor, to_index: list[Path]
     descriptor. Only the sample goes through the network here, and each photo's share of
     features is cached as it comes, so an interrupted fit resumes where it stopped.
 
-    ``run`` is the indexing run (:class:`geoloc.indexer.IndexRun`): its config, progress and
+    ``run`` is the indexing run (:class:`geoloc.indexing.run.IndexRun`): its config, progress and
     error reporting, and the photos it already found unusable; its declared ``stage``,
     ``sample`` and ``fitted`` are kept current here, so that an interrupted fit says how far
     it got.

@@ -3,7 +3,7 @@
 Descriptors are L2-normalised, so inner product is cosine similarity. Small databases are
 searched exactly, in place on the memory-mapped descriptor file; large ones through an IVF
 index that is built once and cached on disk while the database's descriptors stay the same;
-very large ones through the compressed index of :mod:`geoloc.compressed`.
+very large ones through the compressed index of :mod:`geoloc.retrieval.compressed`.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SearchConfig:
     kmeans_iterations: int = 10
     seed: int = 1234
     #: Past ``compressed.threshold`` located photos (and the IVF threshold), IVF-PQ codes in RAM
-    #: and exact re-scoring from the store (``geoloc.compressed``) instead of the descriptors in RAM.
+    #: and exact re-scoring from the store (``geoloc.retrieval.compressed``) instead of the descriptors in RAM.
     compressed: CompressedConfig = field(default_factory=CompressedConfig)
 
     def use_compressed(self, n: int) -> bool:

@@ -2,7 +2,7 @@
 
 The driver lists the photos; Ray Data cuts the list into blocks of ``batch_size`` paths and hands
 each block to an actor, which decodes and runs the network with the same
-:class:`geoloc.extract.Extractor` a local run uses (same preprocessing, batches of one tensor
+:class:`geoloc.descriptors.extract.Extractor` a local run uses (same preprocessing, batches of one tensor
 shape, no padding), so a photo's descriptor does not depend on where it was computed. Blocks come
 back as they finish (in any order) and the caller commits each one as it arrives: what the
 cluster has computed is on disk batch by batch, as in a local run.
@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from geoloc.cluster import RayConfig
+from geoloc.descriptors.cluster import RayConfig
 
 
 class Describer:
@@ -35,7 +35,7 @@ class Describer:
                  device: str, threads: int, precision: str = "auto"):
         import torch
 
-        from geoloc.extract import Extractor, default_workers, model_device
+        from geoloc.descriptors.extract import Extractor, default_workers, model_device
         from geoloc.models.registry import pick_device
 
         torch.set_num_threads(max(1, threads))
@@ -47,7 +47,7 @@ class Describer:
         self.stride = stride
 
     def __call__(self, batch: dict) -> dict:
-        from geoloc.verify import stored_map
+        from geoloc.retrieval.verify import stored_map
 
         keys = [bytes(k) for k in batch["path"]]
         done: dict[bytes, tuple] = {}

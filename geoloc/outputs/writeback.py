@@ -4,7 +4,7 @@ The rules a photographer can rely on: only estimates of at least ``min_confidenc
 default) are written; only into photos without a position of their own (``overwrite`` to
 replace one), or whose GPS geoloc itself wrote before; never into RAW files; each photo
 through :func:`geoloc.photos.gpswrite.write_to_temp` (read back, pixels compared) and one
-rename; every change in the run's undo journal (:mod:`geoloc.undo_journal`) before it happens,
+rename; every change in the run's undo journal (:mod:`geoloc.outputs.undo_journal`) before it happens,
 so :func:`undo_run` can put the GPS tags back as they were.
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from geoloc.errors import GeolocError
-from geoloc.estimate import meets
-from geoloc.export import PHOTO_GONE
+from geoloc.outputs.gate import confidence_gate
+from geoloc.outputs.export import PHOTO_GONE
 from geoloc.files import display_path, fsync_dir, sha256_file
 from geoloc.photos.gpswrite import Backend, GpsFix, WriteError, find_backend, temp_path, unwritable_reason, write_to_temp
 from geoloc.photos.meta import read_gps_block
 from geoloc.photos.tags import written_by_geoloc
-from geoloc.undo_journal import Journal, JournalInfo, journals, read_journal, remove_stale_temps
+from geoloc.outputs.undo_journal import Journal, JournalInfo, journals, read_journal, remove_stale_temps
 
 
 @dataclass
@@ -57,6 +57,8 @@ def write_estimates(results: Iterable, options: WriteOptions | None = None,
     remove_stale_temps()
     journal: Journal | None = None
     done: set[str] = set()
+    results = list(results)
+    below = {id(r) for r in confidence_gate(results, opts.min_confidence)[1]}
     try:
         for r in results:
             if r.estimate is None:
@@ -66,7 +68,7 @@ def write_estimates(results: Iterable, options: WriteOptions | None = None,
                 advance(1)
                 continue
             done.add(os.fspath(photo))
-            if not meets(r.estimate.confidence, opts.min_confidence):
+            if id(r) in below:
                 report.below.append(Path(r.query))
             elif (why := _refusal(photo, r, backend, opts)) is not None:
                 kind, reason = why

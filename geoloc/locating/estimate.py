@@ -57,7 +57,7 @@ class ConfidenceConfig:
 
     With geometric verification (the default) the re-ranked first candidate's verdict decides.
     Without it (``--no-rerank``) only cosine scores are left, and the bar they must clear comes
-    from the database itself (:mod:`geoloc.coverage`): between what its photos score against
+    from the database itself (:mod:`geoloc.locating.coverage`): between what its photos score against
     another viewpoint of their own place and against other places. It is not taken from a
     photo's nearest neighbour: in a densely sampled walk those are near duplicates, and every
     genuine query fell below. Without verification and without a bar, an estimate is at most
@@ -211,10 +211,10 @@ def assess_confidence(
     """Set ``estimate.confidence`` and ``estimate.warnings``; returns the same estimate.
 
     With geometric verification (``verification``: the re-ranked top-1's verdict, see
-    :mod:`geoloc.verify`): ``low`` when no candidate shares the query's layout ("no match"),
+    :mod:`geoloc.retrieval.verify`): ``low`` when no candidate shares the query's layout ("no match"),
     at most ``medium`` when the best one only partly does. Verification is the stronger
     evidence, so a verified match is not second-guessed by raw scores. Without it: ``low`` when
-    the best score is below ``reference`` (:mod:`geoloc.coverage`), at most ``medium`` when
+    the best score is below ``reference`` (:mod:`geoloc.locating.coverage`), at most ``medium`` when
     there is no reference, and at most ``medium`` when a single candidate is all that points to
     the place (``min_support_unverified``). Either way, ``medium`` when the winning group holds less than
     ``min_agreement`` of the candidates' weight, i.e. the top candidates point to different
