@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from geoloc.errors import GeolocError
+from geoloc.photos.pixels import PixelError, same_pixels
 from geoloc.photos.tags import PROCESSING_METHOD  # the signature photos.meta reads back
 #: Set to "exiftool" or "pyexiv2" to choose the backend (the tests run both).
 BACKEND_ENV = "GEOLOC_EXIF_WRITER"
@@ -367,7 +367,11 @@ def write_to_temp(photo: Path, temp: Path, backend: Backend, fix: GpsFix | None,
         if not temp.is_file() or temp.stat().st_size == 0:
             raise WriteError(f"{backend.name} wrote no file")
         _check_gps(temp, fix, restores_estimate)
-        if not same_pixels(photo, temp):
+        try:
+            same = same_pixels(photo, temp)
+        except PixelError as exc:
+            raise WriteError(str(exc)) from None
+        if not same:
             raise WriteError(f"{backend.name} changed the image data; the photo is left as it was")
         _keep_owner_and_mode(temp, st)
         with open(temp, "rb+") as fh:
@@ -413,90 +417,3 @@ def _check_gps(temp: Path, fix: GpsFix | None, restores_estimate: bool = False) 
     lat, lon, _ = gps_position(gps)
     if lat is None or abs(lat - fix.lat) > TOLERANCE_DEG or abs(lon - fix.lon) > TOLERANCE_DEG:
         raise WriteError(f"the GPS read back ({lat}, {lon}) is not the estimate ({fix.lat:.7f}, {fix.lon:.7f})")
-
-
-def same_pixels(a: Path, b: Path) -> bool:
-    """The two files decode to the same pixels (mode, size and every byte), in bounded memory.
-
-    A metadata writer leaves a JPEG's image data as it was, byte for byte: when the segments
-    that define the pixels are equal (:func:`_jpeg_image_digest`) so are the pixels, and that
-    costs reading the files, not decoding two images of up to 250 MP (3 GB for a 144 MP
-    photo). Otherwise each file is decoded in turn, under geoloc's one pixel limit, and its
-    pixels hashed a strip at a time: one image in memory at once, never two plus copies.
-    """
-    first = _jpeg_image_digest(a)
-    if first is not None and first == _jpeg_image_digest(b):
-        return True
-    return _pixel_digest(a) == _pixel_digest(b)
-
-
-#: Segments before the first scan that say nothing about the pixels: APP1–APP13 (EXIF, XMP,
-#: ICC, MPF, IPTC…), APP15 and comments. APP0 (JFIF) and APP14 (Adobe) stay in the digest: their
-#: presence and transform flag choose the colour conversion.
-_METADATA_MARKERS = frozenset(range(0xE1, 0xEE)) | {0xEF, 0xFE}
-
-
-def _jpeg_image_digest(path: Path) -> str | None:
-    """A hash of what a JPEG decoder turns into pixels: the segments before the first scan
-    except metadata, then everything from the first scan on (the scans, the tables between
-    progressive scans, whatever follows). None when the file is not a JPEG this can read."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\xff\xd8":
-            return None
-        while True:
-            head = fh.read(2)
-            if len(head) < 2 or head[0] != 0xFF:
-                return None
-            marker = head[1]
-            while marker == 0xFF:  # fill bytes before a marker
-                more = fh.read(1)
-                if not more:
-                    return None
-                marker = more[0]
-            if marker == 0xDA:
-                digest.update(b"\xff\xda")
-                while block := fh.read(1 << 22):
-                    digest.update(block)
-                return digest.hexdigest()
-            if marker == 0xD9:
-                return None  # an image without a scan
-            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-                digest.update(bytes((0xFF, marker)))  # markers without a length
-                continue
-            size = fh.read(2)
-            length = int.from_bytes(size, "big")
-            if len(size) < 2 or length < 2:
-                return None
-            if marker in _METADATA_MARKERS:
-                fh.seek(length - 2, os.SEEK_CUR)
-                continue
-            body = fh.read(length - 2)
-            if len(body) < length - 2:
-                return None
-            digest.update(bytes((0xFF, marker)) + size + body)
-
-
-#: Rows hashed at a time: a strip of at most this many bytes is copied out of the image.
-_STRIP_BYTES = 16 << 20
-
-
-def _pixel_digest(path: Path) -> tuple[str, tuple[int, int], str]:
-    """(mode, size, sha256 of the decoded pixels); refuses, as :class:`WriteError`, what geoloc
-    would not decode anywhere else (past the pixel limit, unreadable)."""
-    from geoloc.errors import PhotoError
-    from geoloc.photos.decode import open_image
-
-    try:
-        with open(path, "rb") as fh, open_image(fh, path) as image:
-            image.load()
-            width, height = image.size
-            rows = max(1, _STRIP_BYTES // max(1, len(image.mode) * width))  # about; mode letters ≈ bytes
-            digest = hashlib.sha256()
-            for top in range(0, height, rows):
-                digest.update(image.crop((0, top, width, min(height, top + rows))).tobytes())
-            return image.mode, image.size, digest.hexdigest()
-    except PhotoError as exc:
-        raise WriteError(f"cannot compare the pixels: {exc.reason}") from None
-    except (OSError, ValueError, MemoryError) as exc:
-        raise WriteError(f"cannot compare the pixels: {exc}") from None
