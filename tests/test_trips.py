@@ -305,3 +305,74 @@ def test_frames_are_put_in_name_order_as_people_count_them():
 
     names = [Path("t/img10.jpg"), Path("t/img2.jpg"), Path("t/img1.jpg")]
     assert sorted(names, key=natural_key) == [Path("t/img1.jpg"), Path("t/img2.jpg"), Path("t/img10.jpg")]
+
+
+# --- tracks kept with the database, the trip written out, eval's modes ----------------------------
+
+
+def test_a_track_kept_with_the_database_places_photos_of_a_known_clock(trip, lund_dir, tmp_path):
+    from tripdata import write_gpx
+
+    root, db, truth = trip
+    gpx = write_gpx(lund_dir, tmp_path / "walk.gpx", every=3)
+    kept = runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--track", str(gpx), "--json"])
+    assert kept.exit_code == 0, kept.output
+    (copy,) = json.loads(kept.stdout)["tracks"]
+    assert Path(copy).parent == db / "tracks" and Path(copy).read_bytes() == gpx.read_bytes()
+    again = runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--track", str(gpx), "--json"])
+    assert json.loads(again.stdout)["tracks"] == [copy]  # the same track is kept once
+    result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--json", "--evidence", "track",
+                                 "--clock", "FUJIFILM X-T30=-03:17:42"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert all(o["estimate"]["evidence"] == ["track"] for o in out)
+    assert median(_errors(out, truth).values()) <= 10
+
+
+def test_a_file_that_is_not_a_track_is_refused_before_indexing(trip, lund_dir, tmp_path):
+    root, db, _ = trip
+    result = runner.invoke(app, ["index", str(root / "phone"), "--db", str(tmp_path / "new"),
+                                 "--track", str(lund_dir / "01.jpg")])
+    assert result.exit_code == 1 and "01.jpg" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_trip_is_written_as_a_gpx_track_in_time_order_and_drawn_on_the_map(trip, tmp_path):
+    import gpxpy
+
+    root, db, truth = trip
+    result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--gpx",
+                                 "--clock", "FUJIFILM X-T30=-03:17:42", "--map", str(tmp_path / "trip.html")])
+    assert result.exit_code == 0, result.output
+    gpx = gpxpy.parse(result.stdout)
+    assert len(gpx.waypoints) == len(truth)
+    (track,) = gpx.tracks
+    points = track.segments[0].points
+    assert len(points) == len(truth)
+    assert [p.time for p in points] == sorted(p.time for p in points)
+    assert [p.name for p in points] == sorted(truth)  # the walk's order is the frames' order
+    assert "trip (photos in time order)" in (tmp_path / "trip.html").read_text()
+
+
+def test_eval_measures_each_kind_of_evidence_alone(trip, lund_dir, tmp_path):
+    """The camera's frames with their true GPS as ground truth (never as clock evidence)."""
+    from tripdata import CAMERA, lund_walk, write_photo
+
+    root, db, truth = trip
+    scored = tmp_path / "scored"
+    scored.mkdir()
+    from datetime import timedelta
+
+    for i, (name, lat, lon, utc) in enumerate(lund_walk(lund_dir), start=1):
+        if i % 2 == 0:
+            write_photo(lund_dir / name, scored / name, make_model=CAMERA,
+                        taken=(utc - timedelta(seconds=3 * 3600 + 17 * 60 + 42)).replace(tzinfo=None), gps=(lat, lon))
+    figures = {}
+    for evidence in ("time", "visual"):
+        result = runner.invoke(app, ["eval", str(scored), "--db", str(db), "--json", "--evidence", evidence,
+                                     "--clock", "FUJIFILM X-T30=-03:17:42"])
+        assert result.exit_code == 0, result.output
+        figures[evidence] = json.loads(result.stdout)
+    assert figures["time"]["median_error_m"] <= 10
+    wrong = runner.invoke(app, ["eval", "--dataset", str(tmp_path), "--evidence", "time"])
+    assert wrong.exit_code == 2 and "QUERIES --db DB" in wrong.stderr

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
+from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, trip_config
 from geoloc.cli._common import (
     BATCH_HELP,
     at_least,
@@ -101,6 +102,13 @@ def eval_command(
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", metavar="ADDR", help="With --engine ray: the cluster's head (default: a local Ray).",
         show_default=False),
+    track: Optional[List[Path]] = typer.Option(None, "--track", metavar="FILE", help=TRACK_HELP,
+                                               show_default=False),
+    clock: Optional[List[str]] = typer.Option(None, "--clock", metavar="CAMERA=±HH:MM:SS", help=CLOCK_HELP,
+                                              show_default=False),
+    evidence: Optional[str] = typer.Option(None, "--evidence", metavar="KINDS", help=EVIDENCE_HELP,
+                                           show_default=False),
+    sequence: bool = typer.Option(False, "--sequence", help=SEQUENCE_HELP),
     ray_workers: Optional[int] = typer.Option(
         None, "--ray-workers", metavar="N", callback=at_least(1), help="With --engine ray: actors, one model each.",
         show_default=False),
@@ -117,7 +125,9 @@ def eval_command(
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
                           batch_size=batch_size, workers=workers, device=device, precision=precision,
                           rerank=not no_rerank, rerank_top=rerank_top, engine=engine,
-                          ray=ray_config(engine, ray_address, ray_workers)),
+                          ray=ray_config(engine, ray_address, ray_workers),
+                          trips=(trip_config(track, clock, evidence, sequence)
+                                 if track or clock or evidence is not None or sequence else None)),
     )
     if rerank and no_rerank:
         from geoloc.errors import UsageError

@@ -61,6 +61,13 @@ def evaluate_database(
         _check_database_matches(db, manifest, config)
         progress.stage("Queries", len(q_paths))
         results = locator.locate(q_paths, on_progress=progress.advance)
+        if config.trips is not None:
+            from dataclasses import replace
+
+            from geoloc.trips.evidence import apply_to_database
+
+            # The queries' own GPS time stamps are ground truth: never clock evidence here.
+            apply_to_database(results, Path(db), replace(config.trips, query_gps_times=False))
         records = locator.records
         extracted = locator.timings.extracted
         dim = int(locator.database.dim)

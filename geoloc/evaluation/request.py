@@ -49,6 +49,10 @@ class EvalRequest:
 
     def check(self) -> None:
         """Every combination rule, before any work; the output files must be writable too."""
+        require(self.config.trips is None or not self.benchmark,
+                "--track, --clock, --evidence and --sequence need the queries' own capture times: "
+                "use them with QUERIES --db DB, not --dataset or --db-images")
+        require(self.config.trips is None or not self.compare, "--compare does not take trip options")
         require(not (self.as_json and self.csv_on_stdout), "choose one output format on stdout, not --json and --csv -")
         require(not (self.compare and self.config.model), "give either --model or --compare, not both")
         require(not (self.dataset is not None and self.queries),

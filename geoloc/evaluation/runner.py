@@ -67,6 +67,10 @@ class EvalConfig:
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     #: Where the database side's descriptors are computed: "local" or "ray" (``geoloc index --engine``).
     engine: str = "local"
+    #: Trips (``eval QUERIES --db DB --track/--clock/--evidence/--sequence``): a
+    #: :class:`geoloc.trips.evidence.TripConfig`, applied to the answers as locate applies it;
+    #: None: the pixels alone.
+    trips: object = None
     ray: object = None  # geoloc.descriptors.cluster.RayConfig for engine "ray"; None: a local Ray
 
     def check(self) -> None:

@@ -141,7 +141,8 @@ GPX_NS = "http://www.topografix.com/GPX/1/1"
 
 
 def to_gpx(results: Iterable[LocateResult]) -> str:
-    """GPX 1.1 (topografix.com/GPX/1/1): one waypoint per estimate, in the schema's element order.
+    """GPX 1.1 (topografix.com/GPX/1/1): one waypoint per estimate, in the schema's element order,
+    then the photos of known UTC time as a track in time order (:func:`in_time_order`).
 
     GPX has no uncertainty element, so the radius is in the comment and description, and in
     geoloc's own extension elements for programs. ``<time>`` must be UTC: it is written only
@@ -149,6 +150,7 @@ def to_gpx(results: Iterable[LocateResult]) -> str:
     """
     import xml.etree.ElementTree as ET
 
+    results = list(results)
     ET.register_namespace("", GPX_NS)
     ET.register_namespace("geoloc", GEOLOC_NS)
     q = lambda tag: f"{{{GPX_NS}}}{tag}"  # noqa: E731
@@ -177,8 +179,39 @@ def to_gpx(results: Iterable[LocateResult]) -> str:
         for tag, value in (("radius_m", f"{e.radius_m:.1f}"), ("confidence", e.confidence),
                            ("verification", e.verification or ""), ("support", str(e.support))):
             ET.SubElement(ext, f"{{{GEOLOC_NS}}}{tag}").text = value
+    _trip_track(root, q, results)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def in_time_order(results: Iterable[LocateResult]) -> list[tuple[str, LocateResult]]:
+    """The located results whose UTC capture time is known (corrected by their camera's clock,
+    or written with its zone), as ``(UTC time, result)`` in time order: a trip's path."""
+    timed = []
+    for r in results:
+        if r.estimate is None:
+            continue
+        utc = r.taken_at_utc or _gpx_time(r.taken_at)[0]
+        if utc:
+            timed.append((utc.replace("+00:00", "Z"), r))
+    return sorted(timed, key=lambda pair: pair[0])
+
+
+def _trip_track(root, q, results) -> None:
+    """After the waypoints (GPX's element order), the located photos as one track in time order,
+    when two or more have a UTC time: what a map or a GPS app draws as the trip."""
+    import xml.etree.ElementTree as ET
+
+    timed = in_time_order(results)
+    if len(timed) < 2:
+        return
+    trk = ET.SubElement(root, q("trk"))
+    ET.SubElement(trk, q("name")).text = "geoloc: located photos in time order"
+    seg = ET.SubElement(trk, q("trkseg"))
+    for utc, r in timed:
+        pt = ET.SubElement(seg, q("trkpt"), {"lat": f"{r.estimate.lat:.7f}", "lon": f"{r.estimate.lon:.7f}"})
+        ET.SubElement(pt, q("time")).text = utc
+        ET.SubElement(pt, q("name")).text = _xml_text(Path(r.query).name)
 
 
 def write_gpx(results: Iterable[LocateResult], out: TextIO) -> None:

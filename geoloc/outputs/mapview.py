@@ -95,6 +95,22 @@ def _distance(metres: float | None) -> str:
     return format_distance(metres, missing="?")
 
 
+def _trip_path(fmap, located: list) -> None:
+    """The trip's path: the located photos of known UTC time joined in time order (a layer of its
+    own, dashed: the estimates, not a recorded track)."""
+    import folium
+
+    from geoloc.outputs.export import in_time_order
+
+    timed = in_time_order(located)
+    if len(timed) < 2:
+        return
+    layer = folium.FeatureGroup(name="trip (photos in time order)", show=True)
+    folium.PolyLine([[r.estimate.lat, r.estimate.lon] for _, r in timed], color="#555555", weight=2,
+                    dash_array="4 6", opacity=0.8).add_to(layer)
+    layer.add_to(fmap)
+
+
 def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
     """A folium map with one layer per located query, and the table of every answer under it;
     raises GeolocError if nothing can be drawn."""
@@ -126,9 +142,10 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         group = layers.query_layer(index, r)
         group.add_to(fmap)
 
+    _trip_path(fmap, located)
     root.script.add_child(raw_element(POPUP_JS), name="geoloc_popup_js")
     root.script.add_child(raw_element("var geolocThumbs = " + script_json(layers.thumb_data) + ";"), name="geoloc_thumbs")
-    if len(located) > 1:
+    if len(located) > 1:  # the trip's path, when there is one, is a layer too
         folium.LayerControl(collapsed=len(located) > 6).add_to(fmap)
     root.html.add_child(raw_element(_legend_html(cfg, any(r.query_gps for r in located))), name="geoloc_legend")
     fmap.add_child(script_on("Legend", LEGEND_JS))

@@ -33,6 +33,9 @@ class TripConfig:
     clocks: dict[str, float] = field(default_factory=dict)
     evidence: tuple[str, ...] = KINDS
     sequence: bool = False
+    #: Whether a query's own GPS time stamp may tell its camera's clock (``eval`` says no: there
+    #: the queries' GPS is the ground truth being scored).
+    query_gps_times: bool = True
     max_gap_s: float = MAX_GAP_S
     max_extrapolate_s: float = MAX_EXTRAPOLATE_S
 
@@ -60,7 +63,7 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
     queries = {_key(r.query) for r in results if not r.error}
     # A query's own GPS never answers it: the archive is the other photos.
     archive = [r for r in records if _key(r.path) not in queries]
-    shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=False)
+    shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=False, gps_times=config.query_gps_times)
     use_time, use_track = config.uses("time"), config.uses("track")
     track = tracks if use_track else None
     report.track_fixes = len(track) if track is not None else 0
@@ -68,7 +71,7 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
     clocks = clock_solver.solve(shots, config.clocks, fixes=None, timezones=False)
     fixes = _fixes(archive, clocks, track, use_time)
     if config.uses("visual"):  # cameras still unknown: align their confidently placed photos
-        shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=True)
+        shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=True, gps_times=config.query_gps_times)
         clocks = clock_solver.solve(shots, config.clocks, fixes=fixes if len(fixes) >= 2 else None)
         fixes = _fixes(archive, clocks, track, use_time)
     report.clocks = clocks
@@ -111,7 +114,7 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
     return report
 
 
-def _query_shots(results: Iterable, *, placed: bool) -> list:
+def _query_shots(results: Iterable, *, placed: bool, gps_times: bool = True) -> list:
     """Clock evidence from the queries: their time, camera, GPS time, and (``placed``) where the
     pixels put them confidently."""
     shots = []
@@ -126,7 +129,8 @@ def _query_shots(results: Iterable, *, placed: bool) -> list:
         est = r.estimate
         if placed and est is not None and est.confidence in ("high", "medium") and "visual" in est.evidence:
             lat, lon, by, radius = est.lat, est.lon, "visual", est.radius_m
-        shots.append(clock_solver.Shot(Path(r.query), Camera.of(r), when, utc_seconds(r.gps_time), lat, lon, by, radius))
+        gps_utc = utc_seconds(r.gps_time) if gps_times else None
+        shots.append(clock_solver.Shot(Path(r.query), Camera.of(r), when, gps_utc, lat, lon, by, radius))
     return shots
 
 
