@@ -132,7 +132,7 @@ def test_a_photo_from_another_city_is_flagged_low_confidence(lund, exif_dir):
         assert o["estimate"]["radius_m"] >= 1000  # and its radius says it could be anywhere
     # Several queries: one line counts the flags, instead of a line per warning.
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["warning: 2 of 4 estimates are flagged, 4 flags in all (no match: 2, candidates disagree: 2); "
+    assert lines == ["warning: 2 of 4 answers are flagged, 4 flags in all (no match: 2, candidates disagree: 2); "
                      "--verbose lists them, --json gives each its warnings"], lines
     assert "weak match" not in result.stdout.replace('"weak match', "")  # only inside the JSON
     verbose = CliRunner().invoke(app, ["locate", str(arezzo / "DSCN0010.jpg"), str(queries / "06.jpg"),

@@ -81,8 +81,12 @@ def test_a_clock_is_solved_from_visually_placed_photos_aligned_with_the_trip(lun
     clock = solve(shots, fixes=fixes)[camera.name]
     assert clock.source == "visual" and clock.photos >= 3
     assert abs(clock.offset_s - offset) <= 5
+    # One photo alone could be a look-alike finding the moment the trip passed somewhere like it:
+    # it never sets a clock (an offset from one photo comes from its GPS time stamp, above).
     single = solve(shots[3:4], fixes=fixes)[camera.name]
-    assert single.offset_s is None or abs(single.offset_s - offset) <= 60
+    assert not single.certain and single.source != "visual"
+    two = solve(shots[3:5], fixes=fixes)[camera.name]
+    assert not two.certain
 
 
 def test_two_bodies_of_one_model_without_serials_are_named_not_averaged():
@@ -93,7 +97,7 @@ def test_two_bodies_of_one_model_without_serials_are_named_not_averaged():
             shots.append(Shot(Path(f"{i}-{offset}.jpg"), camera, reading(f"2024-05-01T1{i}:00:00"),
                               gps_utc=reading(f"2024-05-01T1{i}:00:00").clock_s - offset))
     clock = solve(shots)[camera.name]
-    assert clock.offset_s is None and "two bodies may share the name" in clock.note
+    assert clock.offset_s is None and "two bodies share the name" in clock.note
 
 
 def test_time_places_a_photo_between_fixes_with_a_radius_that_grows_with_the_gap():
@@ -239,24 +243,49 @@ def test_a_database_made_before_trips_reads_its_cameras_on_the_next_index(tmp_pa
     assert after[0]["camera"] == "Google Pixel 7" and after[0]["source"] == "gps-time"
 
 
-def test_an_unknown_camera_clock_is_found_by_aligning_what_the_pixels_place_with_the_trip(trip, lund_dir):
-    """Nobody tells geoloc the camera's clock: its photos placed confidently from their pixels
-    are aligned with the phone's fixes, and then every photo is placed by time. The offset is as
-    precise as the pixels place the photos (the tiny test model: a frame's neighbour, some 5 m,
-    4 s at a walk); the solver's own precision is tested above with the visual error known."""
-    from datetime import datetime
-
+def test_matches_the_pixels_did_not_verify_never_set_a_clock(trip):
+    """The tiny test model verifies nothing: its look-alikes (``medium``, ``unverified``) must
+    not find the camera's clock and then confirm themselves by it (only ``high`` placements
+    vote, and at least three must agree; the alignment itself is tested above and measured
+    with a real model in benchmarks/bench_trips.py)."""
     root, db, truth = trip
     result = runner.invoke(app, ["locate", str(root / "camera"), "--db", str(db), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    when = {name: t for name, _, _, t in lund_walk(lund_dir)}
-    for o in out:
-        utc = datetime.fromisoformat(o["taken_at_utc"].replace("Z", "+00:00"))
-        assert abs((utc - when[Path(o["query"]).name]).total_seconds()) <= 10
-    errors = _errors(out, truth)
-    assert median(errors.values()) <= 10
-    assert all("time" in o["estimate"]["evidence"] for o in out)
+    assert all(o["taken_at_utc"] is None for o in out)
+    assert all("time" not in o["estimate"]["evidence"] for o in out)
+    assert all(any("clock of FUJIFILM X-T30 is unknown" in w for w in o["warnings"]) for o in out)
+
+
+def test_photos_that_name_no_camera_share_no_clock():
+    """A phone's GPS times must not set the clock of another device whose photos also lack
+    Make and Model; a photo that wrote its zone still uses it."""
+    nameless = Camera()
+    shots = [Shot(Path(f"p{i}.jpg"), nameless, reading(f"2024-05-01T10:0{i}:00"),
+                  gps_utc=reading(f"2024-05-01T10:0{i}:00").clock_s - 7200) for i in range(5)]
+    shots.append(Shot(Path("cam.jpg"), nameless, reading("2024-05-01T06:42:00")))
+    clock = solve(shots)["unknown camera"]
+    assert clock.offset_s is None and not clock.certain and clock.photos == 6
+    assert "name no camera" in clock.note
+    assert clock.utc(reading("2024-05-01T10:00:00+02:00")) == reading("2024-05-01T08:00:00+00:00").clock_s
+
+
+def test_a_phone_crossing_time_zones_keeps_one_clock():
+    phone = Camera("Apple", "iPhone 13")
+    shots = []
+    for i, zone in enumerate(["+02:00"] * 5 + ["+03:00"] * 5):
+        local = reading(f"2024-05-01T1{i}:00:00{zone}")
+        shots.append(Shot(Path(f"{i}.jpg"), phone, local, gps_utc=local.utc_s + 0.5))
+    clock = solve(shots)[phone.name]
+    assert clock.source == "gps-time" and clock.certain and clock.photos == 10
+    assert "zone changed" in clock.note
+
+
+def test_without_the_pixels_nothing_is_left_when_no_photo_has_a_capture_time(lund_dir, tiny_db):
+    result = runner.invoke(app, ["locate", str(lund_dir / "02.jpg"), str(lund_dir / "04.jpg"), "--db", str(tiny_db),
+                                 "--json", "--evidence", "time"])
+    out = json.loads(result.stdout)
+    assert [o["estimate"] for o in out] == [None, None]
 
 
 # --- sequences --------------------------------------------------------------------------------
@@ -346,6 +375,7 @@ def test_the_trip_is_written_as_a_gpx_track_in_time_order_and_drawn_on_the_map(t
     assert result.exit_code == 0, result.output
     gpx = gpxpy.parse(result.stdout)
     assert len(gpx.waypoints) == len(truth)
+    assert all(w.time is not None for w in gpx.waypoints)  # the camera's clock, corrected to UTC
     (track,) = gpx.tracks
     points = track.segments[0].points
     assert len(points) == len(truth)

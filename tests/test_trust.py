@@ -390,7 +390,7 @@ def test_gpx_is_gpx_1_1_with_names_times_and_radii(world):
     # GPX time is UTC: written when the photo's EXIF gave its offset, else only as local time.
     assert times["02.jpg"].strftime("%Y-%m-%dT%H:%M:%S") == "2019-05-03T12:22:01" and times["02.jpg"].utcoffset().total_seconds() == 0
     assert times["08.jpg"] is None
-    assert "2019-05-03 14:25:00 (local time)" in next(w.description for w in gpx.waypoints if w.name == "08.jpg")
+    assert "2019-05-03 14:25:00 by the camera's clock" in next(w.description for w in gpx.waypoints if w.name == "08.jpg")
 
 
 # --------------------------------------------------------------------------------------------

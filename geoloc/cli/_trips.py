@@ -39,10 +39,12 @@ def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evide
         if unknown or not kinds:
             raise UsageError(f"--evidence {evidence}: choose among visual, time, track")
     for track in tracks or []:
-        if not Path(track).expanduser().is_file():
+        path = Path(track).expanduser()
+        if not path.is_file():
             from geoloc.errors import GeolocError
 
-            raise GeolocError(f"--track {track}: no such file")
+            why = "is a folder; name the track files in it" if path.is_dir() else "no such file"
+            raise GeolocError(f"--track {track}: {why}")
     if sequence:
         kinds = kinds + ("sequence",) if "sequence" not in kinds else kinds
     return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds,
@@ -66,8 +68,20 @@ def apply_trips(results: list, db: Path, config) -> None:
 
             console.info(f"--sequence: {count(seq.moved, 'frame')} of {seq.frames} moved to a candidate "
                          "that keeps the path plausible")
-    named = set(report.clocks)
-    for name in config.clocks:
-        if name not in named:
+    warn_unknown_clocks(config.clocks, report.clocks)
+    for clock in report.clocks.values():
+        if clock.source == "visual":
+            from geoloc.trips.times import format_offset
+
+            console.info(f"clock of {clock.camera.name}: {format_offset(clock.offset_s)} ahead of UTC "
+                         f"(±{clock.spread_s:.0f} s), found from {clock.photos} of its photos placed by their pixels")
+
+
+def warn_unknown_clocks(given: dict, solved: dict) -> None:
+    """A ``--clock`` for a camera none of the photos names: said, with the names there are."""
+    from geoloc import console
+
+    for name in given:
+        if name not in solved:
             console.warn(f"--clock {name}: no photo here was taken with a camera of that name "
-                         f"(cameras: {', '.join(sorted(named)) or 'none'}); see `geoloc clocks`")
+                         f"(cameras: {', '.join(sorted(solved)) or 'none'}); see `geoloc clocks`")

@@ -31,7 +31,7 @@ def clocks_command(
     """Thin: database → trips.clocks.solve → table or JSON."""
     from geoloc import console
     from geoloc.cli._common import resolve_db
-    from geoloc.cli._trips import trip_config
+    from geoloc.cli._trips import trip_config, warn_unknown_clocks
     from geoloc.database import Database
     from geoloc.trips.clocks import shots_from_records, solve
 
@@ -40,6 +40,7 @@ def clocks_command(
     with Database.open(path) as database:
         records = database.photos()
     solved = solve(shots_from_records(records), config.clocks)
+    warn_unknown_clocks(config.clocks, solved)
     rows = sorted(solved.values(), key=lambda c: c.camera.name.lower())
     if as_json:
         console.print_json([c.to_json() for c in rows])

@@ -228,17 +228,20 @@ def _report_warnings(results: list, verbose: bool) -> None:
         # numbers in brackets add up to something the line states.
         flags = sum(kinds.values())
         total = f", {flags} flags in all" if flags != flagged else ""
-        console.warn(f"{flagged} of {located} estimates are flagged{total} ({parts}); "
+        console.warn(f"{flagged} of {len([r for r in results if not r.error])} answers are flagged{total} ({parts}); "
                      "--verbose lists them, --json gives each its warnings")
 
 
 def _warning_kind(note: str, result) -> str:
-    """A flag's kind, the words before its colon ("no match", "candidates disagree"); what
-    re-ranking could not do (a candidate's file gone) counts as one kind."""
+    """A flag's kind, the words before its colon ("no match", "candidates disagree"); a capture
+    time that could not be used is one kind, and what re-ranking could not do (a candidate's file
+    gone) another."""
     if result.estimate is not None and note in result.estimate.warnings:
         head = note.split(":", 1)[0]
         if len(head) <= 24:
             return head
+    if note.startswith(("capture time not used", "not placed by time")):
+        return "time not used"
     return "re-ranking notes"
 
 

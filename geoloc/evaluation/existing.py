@@ -67,7 +67,9 @@ def evaluate_database(
             from geoloc.trips.evidence import apply_to_database
 
             # The queries' own GPS time stamps are ground truth: never clock evidence here.
-            apply_to_database(results, Path(db), replace(config.trips, query_gps_times=False))
+            from geoloc import console
+
+            apply_to_database(results, Path(db), replace(config.trips, query_gps_times=False), warn=console.warn)
         records = locator.records
         extracted = locator.timings.extracted
         dim = int(locator.database.dim)

@@ -164,12 +164,14 @@ def to_gpx(results: Iterable[LocateResult]) -> str:
             continue
         wpt = ET.SubElement(root, q("wpt"), {"lat": f"{e.lat:.7f}", "lon": f"{e.lon:.7f}"})
         utc, local = _gpx_time(r.taken_at)
+        if r.taken_at_utc:  # the camera's clock corrected by geoloc.trips: no longer only a reading
+            utc, local = r.taken_at_utc.replace("+00:00", "Z"), None
         if utc:
             ET.SubElement(wpt, q("time")).text = utc
         ET.SubElement(wpt, q("name")).text = _xml_text(Path(r.query).name)
         summary = f"radius {e.radius_m:.0f} m, confidence {e.confidence}"
         ET.SubElement(wpt, q("cmt")).text = summary
-        taken = f"; taken {local} (local time)" if local else ""
+        taken = f"; taken {local} by the camera's clock (its zone unknown)" if local else ""
         ET.SubElement(wpt, q("desc")).text = _xml_text(f"geoloc estimate for {display_path(r.query)}: {summary}{taken}")
         ET.SubElement(wpt, q("src")).text = f"geoloc {__version__}"
         link = ET.SubElement(wpt, q("link"), {"href": _xml_text(Path(os.path.abspath(r.query)).as_uri())})

@@ -35,6 +35,9 @@ CERTAIN = ("user", "gps-time", "exif-zone", "visual")
 SPLIT_S = 300.0
 #: A visually placed photo agrees with the trip at an offset when the trip was this close then.
 AGREE_M = 60.0
+#: Photos placed by their pixels that must agree on one offset before it is known: fewer could be
+#: one look-alike finding the moment the trip passed somewhere like it, and confirming itself.
+MIN_VISUAL_VOTES = 3
 
 
 @dataclass
@@ -62,6 +65,9 @@ class Clock:
     #: How sure the offset is (seconds, about one standard error); None when unknown.
     spread_s: Optional[float] = None
     note: Optional[str] = None
+    #: For a ``visual`` clock: the photos whose placement found it. Time placed by this clock is
+    #: not independent evidence for them (it came from their own pixels).
+    voters: frozenset = frozenset()
 
     @property
     def certain(self) -> bool:
@@ -102,9 +108,17 @@ def solve(shots: Sequence[Shot], overrides: Mapping[str, float] | None = None, *
         if name in overrides:
             clocks[name] = Clock(camera, float(overrides[name]), "user", len(group), 0.0)
             continue
+        if not camera.known:
+            # Photos that name no camera may come from any number of devices: none of their
+            # evidence tells another's clock. Each keeps the zone it wrote, if any.
+            clocks[name] = Clock(camera, None, "unknown", len(group), None,
+                                 "its photos name no camera (EXIF Make and Model), so they may come from several "
+                                 "devices and share no clock; a photo with its own zone still uses it; set "
+                                 "--clock 'unknown camera=±HH:MM:SS' if they are one camera's")
+            continue
         clock = (_from_gps_time(camera, group) or _from_zone(camera, group)
                  or _from_visual(camera, group, fixes) or (_from_timezone(camera, group) if timezones else None)
-                 or Clock(camera))
+                 or Clock(camera, photos=len(group)))
         if clock.note is None and clock.offset_s is None:
             clock.note = _why_unknown(group)
         clocks[name] = clock
@@ -112,9 +126,14 @@ def solve(shots: Sequence[Shot], overrides: Mapping[str, float] | None = None, *
 
 
 def _from_gps_time(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
-    pairs = [(s.reading.clock_s - s.gps_utc) for s in group if s.reading is not None and s.gps_utc is not None]
-    if not pairs:
+    """The median of the camera's (capture time − GPS time) pairs. A reading that carries its
+    zone is compared in UTC (only the clock's drift is left), so a phone crossing zones is one
+    clock, not two; the offset is then reported in the zone most of its photos wrote."""
+    timed = [s for s in group if s.reading is not None and s.gps_utc is not None]
+    if not timed:
         return None
+    zones = [s.reading.zone_s for s in timed if s.reading.zone_s is not None]
+    pairs = [s.reading.clock_s - (s.reading.zone_s or 0) - s.gps_utc for s in timed]
     values = np.sort(np.asarray(pairs, np.float64))
     # Groups of offsets: a gap wider than SPLIT_S between sorted values starts a new clock.
     cuts = np.nonzero(np.diff(values) > SPLIT_S)[0] + 1
@@ -125,13 +144,20 @@ def _from_gps_time(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
         if len(biggest) < 0.75 * len(values):
             shown = ", ".join(_hms(float(np.median(g))) for g in groups[:3])
             return Clock(camera, None, "unknown", len(values), None,
-                         f"its photos' GPS times give offsets {shown}: two bodies may share the name "
-                         f"{camera.name} without a serial number; set --clock, or keep their photos apart")
+                         f"its photos' GPS times give offsets {shown}: its clock was changed during the trip, or "
+                         f"two bodies share the name {camera.name} without a serial number; set --clock, or keep "
+                         "their photos apart")
         note = f"{len(values) - len(biggest)} of {len(values)} GPS time stamps disagree (a stale fix?) and were left out"
-    offset = float(np.median(biggest))
-    mad = float(np.median(np.abs(biggest - offset))) * 1.4826
+    drift = float(np.median(biggest))
+    mad = float(np.median(np.abs(biggest - drift))) * 1.4826
     spread = max(mad / np.sqrt(len(biggest)), 1.0) if len(biggest) > 1 else 30.0
-    return Clock(camera, offset, "gps-time", len(biggest), spread, note)
+    zone = 0.0
+    if zones:
+        kinds, counts = np.unique(np.asarray(zones), return_counts=True)
+        zone = float(kinds[np.argmax(counts)])
+        if len(kinds) > 1 and note is None:
+            note = "the zone changed during the trip: each photo keeps the one it wrote"
+    return Clock(camera, drift + zone, "gps-time", len(biggest), spread, note)
 
 
 def _from_zone(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
@@ -152,7 +178,7 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
     if fixes is None or len(fixes) < 2:
         return None
     placed = [s for s in group if s.placed_by == "visual" and s.reading is not None and s.lat is not None]
-    if not placed:
+    if len(placed) < MIN_VISUAL_VOTES:
         return None
     readings = np.array([s.reading.clock_s for s in placed])
     lats = np.array([s.lat for s in placed])
@@ -175,8 +201,9 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
     near_best = fine[fine_costs <= low + 1e-6]
     offset = float(np.median(near_best))
     residual = _residuals(offset, readings, lats, lons, fixes)
-    agree = int(np.sum(residual <= tol))
-    if agree == 0 or agree < 0.6 * len(placed):
+    agreeing = residual <= tol
+    agree = int(np.sum(agreeing))
+    if agree < MIN_VISUAL_VOTES or agree < 0.6 * len(placed):
         return None
     # Rival offsets far from this one that explain as many photos: a loop walked twice.
     rivals = candidates[(np.abs(candidates - offset) > 600) & (costs <= low + 1e-6)]
@@ -185,8 +212,8 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
                      f"its photos fit the trip at several times ({_hms(offset)}, {_hms(float(rivals[0]))}): "
                      "set --clock")
     spread = max(float(near_best.max() - near_best.min()) / 2.0, 1.0)
-    spread = spread if agree >= 3 else max(spread, 30.0)
-    return Clock(camera, offset, "visual", agree, spread)
+    voters = frozenset(s.path for s, ok in zip(placed, agreeing) if ok)
+    return Clock(camera, offset, "visual", agree, spread, voters=voters)
 
 
 def _positions_at(utc: np.ndarray, fixes):
@@ -248,8 +275,8 @@ def _from_timezone(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
 def _why_unknown(group: Sequence[Shot]) -> str:
     if not any(s.reading is not None for s in group):
         return "its photos carry no capture time"
-    return ("none of its photos carries a GPS time stamp, a zone, or a position to align with a track; "
-            "set --clock NAME=±HH:MM:SS")
+    return ("none of its photos carries a GPS time stamp or a zone, and fewer than 3 placed confidently by "
+            "their pixels agree with the trip; set --clock CAMERA=±HH:MM:SS")
 
 
 def _hms(seconds: float) -> str:

@@ -53,6 +53,10 @@ class TripReport:
     timed: int = 0
     #: What ``--sequence`` did (:class:`geoloc.trips.sequence.SequenceReport`), None without it.
     sequence: object = None
+    #: Queries whose UTC time fell within reach of a fix (placed by time, or agreeing with it).
+    in_range: int = 0
+    #: Queries whose UTC time is known.
+    timed_queries: int = 0
 
 
 def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
@@ -76,11 +80,6 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         fixes = _fixes(archive, clocks, track, use_time)
     report.clocks = clocks
     report.archive_fixes = int((fixes.kind == "time").sum()) if len(fixes) else 0
-    if not config.uses("visual"):  # measured alone: only what time places is an answer
-        for result in results:
-            if result.estimate is not None:
-                result.estimate = None
-                result.notes = list(result.notes) + ["not placed by time (the visual estimate is switched off)"]
     if not len(fixes):
         return report
     for result in results:
@@ -94,29 +93,47 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         utc = clock.utc(when)
         certain = utc is not None and (clock.certain or (when.zone_s is not None and clock.source != "user"))
         result.taken_at_utc = iso_utc(utc) if certain else None
+        report.timed_queries += int(certain)
         if not certain:
             note = (f"capture time not used: the clock of {camera.name} is unknown"
                     + (f" ({clock.note})" if clock.note else "") if clock.source != "timezone"
                     else f"capture time not used: the clock of {camera.name} is only guessed from the time zone")
             result.notes = list(result.notes) + [note]
             continue
-        own = fixes
-        spot = place(own, utc, max_gap_s=config.max_gap_s, max_extrapolate_s=config.max_extrapolate_s,
+        spot = place(fixes, utc, max_gap_s=config.max_gap_s, max_extrapolate_s=config.max_extrapolate_s,
                      uncertainty_s=float(clock.spread_s or 0.0))
         if spot is None:
             continue
+        report.in_range += 1
         visual = result.estimate
         if visual is None and not config.uses("visual"):
-            result.notes = [n for n in result.notes if not n.startswith("not placed by time")]
-        result.estimate = fuse(visual, spot, certain, describe=_describe) if visual is not None else from_time(spot, certain)
+            result.notes = [n for n in result.notes if not n.startswith(NOT_PLACED_BY_TIME)]
+        # A clock found from this very photo's pixels says nothing new about where it was.
+        independent = not (clock.source == "visual" and Path(result.query) in clock.voters)
+        result.estimate = (fuse(visual, spot, certain, describe=_describe, independent=independent)
+                           if visual is not None else from_time(spot, certain))
         _refresh_distances(result)
         report.timed += 1
     return report
 
 
+#: The note of an answer left without an estimate when the pixels are switched off.
+NOT_PLACED_BY_TIME = "not placed by time"
+
+
+def _visual_off(results: list) -> None:
+    """``--evidence`` without ``visual``: the pixels' answers are dropped before time speaks, so
+    that what is left is what time alone places (and eval measures exactly that)."""
+    for result in results:
+        if result.estimate is not None:
+            result.estimate = None
+            result.notes = list(result.notes) + [f"{NOT_PLACED_BY_TIME} (the visual estimate is switched off)"]
+
+
 def _query_shots(results: Iterable, *, placed: bool, gps_times: bool = True) -> list:
     """Clock evidence from the queries: their time, camera, GPS time, and (``placed``) where the
-    pixels put them confidently."""
+    pixels put them with ``high`` confidence (verified: a ``medium`` look-alike must not set a
+    clock)."""
     shots = []
     for r in results:
         if r.error:
@@ -127,7 +144,7 @@ def _query_shots(results: Iterable, *, placed: bool, gps_times: bool = True) -> 
         lat = lon = by = None
         radius = 25.0
         est = r.estimate
-        if placed and est is not None and est.confidence in ("high", "medium") and "visual" in est.evidence:
+        if placed and est is not None and est.confidence == "high" and "visual" in est.evidence:
             lat, lon, by, radius = est.lat, est.lon, "visual", est.radius_m
         gps_utc = utc_seconds(r.gps_time) if gps_times else None
         shots.append(clock_solver.Shot(Path(r.query), Camera.of(r), when, gps_utc, lat, lon, by, radius))
@@ -176,13 +193,22 @@ def _refresh_distances(result) -> None:
         c.distance_m = float(haversine_m(est.lat, est.lon, c.lat, c.lon))
 
 
-def read_trip_tracks(paths: Sequence[Path], warn: Callable[[str], None]):
-    """The tracks named, merged (:func:`geoloc.trips.tracks.read_tracks`); None for none."""
-    if not paths:
-        return None
-    from geoloc.trips.tracks import read_tracks
+def read_trip_tracks(kept: Sequence[Path], given: Sequence[Path], warn: Callable[[str], None]):
+    """The tracks kept with the database and those given, merged; None for none. A kept file
+    that is not (or no longer) a track is skipped with a warning; a given one is an error."""
+    from geoloc.trips.tracks import TrackError, merge, read_track
 
-    return read_tracks(list(paths), warn=warn)
+    tracks = []
+    for path in kept:
+        try:
+            tracks.append(read_track(Path(path), warn=warn))
+        except TrackError as exc:
+            warn(f"{exc} (kept with the database, skipped; remove it from that tracks folder)")
+    for path in given:
+        tracks.append(read_track(Path(path), warn=warn))
+    if not tracks:
+        return None
+    return merge(tracks, warn=warn)
 
 
 #: The folder in a database where ``geoloc index --track`` keeps copies of tracks.
@@ -205,16 +231,24 @@ def apply_to_database(results: list, db: Path, config: TripConfig,
     from geoloc.database import Database
 
     sequence = order_frames(results) if config.sequence and config.uses("visual") else None
+    if not config.uses("visual"):
+        _visual_off(results)
+    tracks = None
+    if config.uses("track"):
+        tracks = read_trip_tracks(kept_tracks(db), config.tracks, warn)
+        if tracks is None and "track" in config.evidence and config.evidence != KINDS:
+            warn("--evidence track: there is no track to use (give --track FILE, or keep one with "
+                 "`geoloc index --track`)")
     if not any(r.taken_at for r in results if not r.error):
-        if sequence is not None:
-            return TripReport(sequence=sequence)
-        return None
+        return TripReport(sequence=sequence) if sequence is not None else None
     with Database.open(db) as database:
         records = database.photos()
-    paths = kept_tracks(db) + [Path(p) for p in config.tracks]
-    tracks = read_trip_tracks(paths, warn) if config.uses("track") else None
     report = apply(results, records, config, tracks=tracks, warn=warn)
     report.sequence = sequence
+    if tracks is not None and len(tracks) and report.timed_queries and not report.in_range:
+        warn(f"the tracks span {iso_utc(float(tracks.t[0]))} to {iso_utc(float(tracks.t[-1]))} (UTC) and none of the "
+             f"{report.timed_queries} capture times falls within reach of them: another day, or a camera clock "
+             "that is off (see `geoloc clocks`, --clock)")
     return report
 
 

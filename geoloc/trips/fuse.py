@@ -39,11 +39,20 @@ def from_time(place: TimePlace, certain: bool) -> Estimate:
                     verification=None, evidence=[place.evidence], time_gap_s=place.gap_s)
 
 
-def fuse(visual: Optional[Estimate], place: TimePlace, certain: bool, describe=str) -> Estimate:
-    """The estimate from both; ``describe`` names a fix's label for a warning."""
+#: A fix this close in time (seconds) outweighs pixels that found no verified match.
+DECISIVE_GAP_S = 60.0
+
+
+def fuse(visual: Optional[Estimate], place: TimePlace, certain: bool, describe=str,
+         independent: bool = True) -> Estimate:
+    """The estimate from both; ``describe`` names a fix's label for a warning. ``independent``
+    is False when the clock that placed the photo in time was found from this photo's own
+    pixels: time then may only lower the confidence, never raise it."""
     timed = from_time(place, certain)
     if visual is None:
         return timed
+    if not independent:
+        timed.confidence = min(timed.confidence, visual.confidence, key=_RANK.__getitem__)
     apart = float(haversine_m(visual.lat, visual.lon, place.lat, place.lon))
     visual.time_gap_s = place.gap_s
     if visual.confidence == "low" and apart <= visual.radius_m + place.radius_m + AGREE_SLACK_M:
@@ -58,6 +67,13 @@ def fuse(visual: Optional[Estimate], place: TimePlace, certain: bool, describe=s
                          evidence=["visual", place.evidence], time_gap_s=place.gap_s)
         return fused
     near = describe(place.between[0]) if place.between else "the trip"
+    if independent and visual.confidence == "medium" and visual.verification != "verified" and certain \
+            and place.gap_s <= DECISIVE_GAP_S:
+        # Pixels that disagree among themselves or verify nothing, against a fix seconds away.
+        timed.confidence = "medium"
+        timed.warnings = [f"the best visual match is {format_distance(apart)} from where the clock puts it "
+                          f"(near {near}, {place.gap_s:.0f} s from a fix): placed by time"]
+        return timed
     if visual.confidence == "low":
         timed.warnings = [f"the best visual match is {format_distance(apart)} from where the clock puts it "
                           f"(near {near}): placed by time"]

@@ -115,16 +115,19 @@ def format_offset(seconds: Optional[float]) -> str:
     return f"{sign}{days * 24 + hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-_OFFSET = re.compile(r"^\s*([+-])?(\d{1,3})(?::(\d{1,2}))?(?::(\d{1,2}(?:\.\d+)?))?\s*$")
+_OFFSET = re.compile(r"^\s*([+-])?(\d{1,7})(?::(\d{1,2}))?(?::(\d{1,2}(?:\.\d+)?))?\s*$")
+#: The largest offset taken (hours): a camera whose date was never set can be years off.
+MAX_OFFSET_H = 100 * 366 * 24
 
 
 def parse_offset(text: str) -> Optional[float]:
-    """Seconds of ``±HH:MM:SS`` (``±HH:MM`` and ``±HH`` too), or None when it is not one."""
+    """Seconds of ``±HH:MM:SS`` (``±HH:MM`` and ``±HH`` too; hours past 24 as
+    :func:`format_offset` writes them), or None when it is not one."""
     match = _OFFSET.match(text)
     if not match:
         return None
     sign = -1 if match.group(1) == "-" else 1
     hours, minutes, secs = int(match.group(2)), int(match.group(3) or 0), float(match.group(4) or 0)
-    if minutes >= 60 or secs >= 60 or hours > 48:
+    if minutes >= 60 or secs >= 60 or hours > MAX_OFFSET_H:
         return None
     return sign * (hours * 3600 + minutes * 60 + secs)
