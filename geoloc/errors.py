@@ -40,6 +40,11 @@ class DatabaseError(GeolocError):
     """A database is missing, locked, corrupt or built with another model."""
 
 
+class NoLocatedPhotosError(DatabaseError):
+    """A database holds photos, none with a position: nothing to match pixels against (a track
+    can still place its photos by time)."""
+
+
 class DatabaseLockedError(DatabaseError):
     """Another geoloc process is writing the same database."""
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from geoloc.retrieval.compressed import CompressedSearch, LocatedRows
 from geoloc.database.layout import VERIFY_ALL_BYTES
-from geoloc.errors import DatabaseError, require_at_least
+from geoloc.errors import DatabaseError, NoLocatedPhotosError, require_at_least
 from geoloc.locating.estimate import ConfidenceConfig, Estimate, EstimateConfig
 from geoloc.files import display_path
 from geoloc.formatting import count
@@ -154,9 +154,10 @@ class Locator:
                 "run `geoloc locate` again when that `geoloc index` has finished")
         if counts["total"] == 0:
             return DatabaseError(f"{where} is empty; add GPS-tagged photos with `geoloc index PATH`")
-        return DatabaseError(
+        return NoLocatedPhotosError(
             f"{where} has no photo with a GPS position ({count(counts['total'], 'photo')}, none located); "
-            "index GPS-tagged photos first"
+            "index GPS-tagged photos first, or give a GPS track (--track, `geoloc index --track`) to place "
+            "its photos by time"
         )
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -298,3 +298,32 @@ def keep_tracks(db: Path, paths: Sequence[Path], warn: Callable[[str], None] = l
         have[digest] = target
         kept.append(target)
     return kept
+
+
+def time_only_results(db: Path, paths: Sequence[Path], unlocated: bool) -> list:
+    """Answers with nothing but their capture time and camera, for a database that holds no
+    GPS-tagged photo to match pixels against (a camera's photos and a GPS track: what
+    ``exiftool -geotag`` does, with geoloc's clocks): time alone may then place them. A photo
+    that cannot be read gets its error, as ``locate`` gives it."""
+    from geoloc.database import Database
+    from geoloc.errors import PhotoError
+    from geoloc.locating.results import LocateResult
+    from geoloc.photos import read_meta
+
+    results = []
+    for path in paths:
+        result = LocateResult(Path(path))
+        try:
+            result.take_time(read_meta(path, sidecars=False))
+        except PhotoError as exc:
+            result.error = str(exc)
+        results.append(result)
+    if unlocated:
+        named = {_key(p) for p in paths}
+        with Database.open(db) as database:
+            for record in database.photos():
+                if not record.located and _key(record.path) not in named:
+                    result = LocateResult(Path(record.path))
+                    result.take_time(record)
+                    results.append(result)
+    return results
