@@ -77,16 +77,23 @@ def output_kind(target: Path | str, what: str = "") -> str:
     if _fd_alias(target) is not None:
         return STREAM
     name = f"{what} {display_path(target)}" if what else display_path(target)
+    system = _reaches_system(target)
+    if system is not None and re.match(r"^/proc/\d+/fd/", system):
+        raise GeolocError(f"cannot write {name}: it is another process's open file ({system})")
     try:
         mode = os.stat(target).st_mode  # through symbolic links: what the name leads to
     except FileNotFoundError:
+        if system is not None:
+            raise GeolocError(f"cannot write {name}: it leads to {system}, where geoloc creates no file") from None
         return FILE
     except OSError as exc:
         raise GeolocError(f"cannot write {name}: {exc.strerror or exc}") from None
-    if stat.S_ISREG(mode):
-        return FILE
     if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         return STREAM
+    if stat.S_ISREG(mode):
+        if system is not None:
+            raise GeolocError(f"cannot write {name}: it leads to {system}, a system file geoloc does not replace")
+        return FILE
     if stat.S_ISDIR(mode):
         raise GeolocError(f"cannot write {name}: it is a folder")
     kind = "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file"
@@ -94,19 +101,46 @@ def output_kind(target: Path | str, what: str = "") -> str:
                       "character devices and - (standard output)")
 
 
-_FD_ALIAS = re.compile(r"^/(?:dev/(?P<std>stdin|stdout|stderr)|dev/fd/(?P<n>\d+)|proc/self/fd/(?P<m>\d+))$")
+_FD_ALIAS = re.compile(
+    r"^/(?:dev/(?P<std>stdin|stdout|stderr)|dev/fd/(?P<n>\d+)|proc/(?P<pid>self|thread-self|\d+)/fd/(?P<m>\d+))$")
+#: Folders of the system's own files: nothing is ever renamed into them (a device node, a
+#: process's descriptor, a kernel setting), whatever a link says.
+_SYSTEM = ("/dev/", "/proc/", "/sys/")
 
 
 def _fd_alias(target: Path | str) -> int | None:
-    """The descriptor that ``/dev/stdout``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names. Such a
-    name is the process's own open file: written through that descriptor, so a ``>> log``
-    is appended to, never replaced (the file behind the link may be anything)."""
-    match = _FD_ALIAS.match(os.path.abspath(os.fspath(target)))
-    if match is None:
-        return None
-    if match["std"]:
-        return ("stdin", "stdout", "stderr").index(match["std"])
-    return int(match["n"] or match["m"])
+    """The descriptor that ``/dev/stdout``, ``/dev/fd/N`` or ``/proc/self/fd/N`` names, or a
+    symbolic link leading to one of them (followed link by link). Such a name is the process's
+    own open file: written through that descriptor, so a ``>> log`` is appended to, never
+    replaced (the file behind it may be anything). Another process's descriptor is no alias
+    (:func:`output_kind` refuses it)."""
+    path = os.path.abspath(os.fspath(target))
+    for _ in range(40):  # the kernel's own limit on links followed
+        match = _FD_ALIAS.match(path)
+        if match is not None:
+            if match["std"]:
+                return ("stdin", "stdout", "stderr").index(match["std"])
+            pid = match["pid"]
+            if pid is None or pid in ("self", "thread-self") or int(pid) == os.getpid():
+                return int(match["n"] or match["m"])
+            return None
+        if not os.path.islink(path):
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    return None
+
+
+def _reaches_system(target: Path | str) -> str | None:
+    """The system folder (``/dev``, ``/proc``, ``/sys``) the name leads into, following each
+    link, or None."""
+    path = os.path.abspath(os.fspath(target))
+    for _ in range(40):
+        if path.startswith(_SYSTEM):
+            return path
+        if not os.path.islink(path):
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    return None
 
 
 def file_target(target: Path | str) -> Path:
@@ -227,6 +261,10 @@ def replacing(target: Path | str, *, durable: bool = True, streams: bool = False
             _stream(tmp, target, kind)
         return
     target = file_target(target)
+    if os.path.abspath(target).startswith(_SYSTEM):  # never, whatever led here
+        from geoloc.errors import GeolocError
+
+        raise GeolocError(f"cannot write {display_path(target)}: a system file geoloc does not replace")
     fd, name = tempfile.mkstemp(prefix=".geoloc-", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
     os.close(fd)
     tmp = Path(name)

@@ -143,3 +143,39 @@ def test_eval_writes_its_csv_and_plot_into_a_device(tmp_path):
     node = _null_device(tmp_path)
     plot_recall_curves({"m": np.array([0.5, 1.0])}, node, 25.0)
     assert stat.S_ISCHR(os.lstat(node).st_mode)
+
+
+def test_a_link_to_standard_output_is_standard_output_never_a_file_to_replace(tiny_db, lund_dir, tmp_path):
+    """A link leading to /dev/stdout, with stdout redirected to a log, must not replace the log
+    (nor anything in /dev): the page is written to the process's stdout."""
+    link = tmp_path / "so"
+    link.symlink_to("/dev/stdout")
+    result = _locate(tiny_db, lund_dir, "--map", link)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.lstrip().lower().startswith("<!doctype html")
+    assert link.is_symlink() and os.readlink(link) == "/dev/stdout"
+    assert _locate(tiny_db, lund_dir, "--map", link, "--json").exit_code == 2  # stdout is the map's
+
+
+def test_another_processs_descriptor_is_refused(tiny_db, lund_dir, tmp_path):
+    link = tmp_path / "theirs"
+    link.symlink_to("/proc/1/fd/1")
+    result = _locate(tiny_db, lund_dir, "--map", link)
+    assert result.exit_code == 1 and "another process's open file" in result.stderr
+
+
+def test_eval_plots_into_a_stream_whatever_its_name(tmp_path):
+    from geoloc.evaluation.request import EvalRequest
+
+    fifo = tmp_path / "curve"
+    os.mkfifo(fifo)
+    EvalRequest(queries=[tmp_path], plot=fifo).check()  # no .png needed for a stream
+    with pytest.raises(Exception, match="name the file .png"):
+        EvalRequest(queries=[tmp_path], plot=tmp_path / "curve.txt").check()
+
+
+def test_finetune_refuses_a_name_too_long_for_its_checkpoint_before_any_work(tmp_path, lund_dir):
+    for out in (tmp_path / ("z" * 260 + ".safetensors"), tmp_path / ("z" * 248 + ".safetensors")):
+        result = runner.invoke(app, ["finetune", str(lund_dir), "--out", str(out), "--epochs", "1"])
+        assert result.exit_code == 2, result.output
+        assert "internal error" not in result.stderr and "--out" in result.stderr

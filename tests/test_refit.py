@@ -366,3 +366,39 @@ def test_a_full_disk_names_an_unfinished_refit_left_by_a_kill(tmp_path, photos, 
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "No space left on device" in lines[0]
     assert ".db.refit" in lines[0] and "delete that folder" in lines[0] and "Traceback" not in err
+
+
+def test_a_refit_keeps_a_users_search_folder_and_an_index_keeps_other_programs_temporary_files(tmp_path, photos,
+                                                                                               tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    (db / "search").mkdir()
+    (db / "search" / "mysearch.txt").write_text("mine\n")
+    (db / ".draft.tmp").write_text("another program's atomic write\n")
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert data["vocabulary"] == "refitted"
+    assert (db / "search" / "mysearch.txt").read_text() == "mine\n"
+    assert (db / ".draft.tmp").is_file()
+
+
+def test_an_empty_folder_left_by_a_cleanup_killed_at_its_end_is_not_in_the_way(tmp_path, photos, tiny_model):
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    swap.retired(db).mkdir()  # a kill between removing the mark and removing the folder
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert data["vocabulary"] == "refitted" and not swap.retired(db).exists()
+
+
+def test_a_kill_while_the_old_files_are_removed_is_finished_next_time(tmp_path, photos, tiny_model):
+    """The mark goes last: whatever is left is still known as geoloc's, and removed later."""
+    db = tmp_path / "db"
+    assert _index(str(photos / "01.jpg"), str(photos / "02.jpg"), "--db", str(db), "--model", tiny_model)[0] == 0
+    old = swap.retired(db)
+    old.mkdir()
+    (old / "descriptors.f32").write_bytes(b"\0" * 64)  # geoloc's old data, half removed
+    (old / swap.RETIRED).write_text("geoloc\n")
+    code, data, err = _index(str(photos), "--db", str(db))
+    assert code == 0, err
+    assert data["vocabulary"] == "refitted" and not old.exists()

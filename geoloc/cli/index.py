@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -96,10 +97,15 @@ def index(
     tracks = [Path(t).expanduser() for t in track or []]
     if tracks:  # a file that is not a track is refused before an hour of indexing
         from geoloc import console
+        from geoloc.files import display_path
         from geoloc.trips.tracks import read_track
 
         for one in tracks:
             read_track(one, warn=console.warn)
+        kept = resolve_db(db) / "tracks"
+        if os.path.lexists(kept) and not kept.is_dir():
+            raise GeolocError(f"cannot keep tracks with {display_path(resolve_db(db))}: {display_path(kept)} is a "
+                              "file of yours, not geoloc's tracks folder; rename it and run again")
     progress = RichProgress(transient=False, rate="photos", bars=not quiet)
     try:
         report = index_photos(paths or [], resolve_db(db), config, progress)

@@ -45,9 +45,14 @@ TRACKS = "tracks"
 #: (the user's notes, a map saved there, photos kept there) stays where it is.
 OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, TRACKS, REFIT_BUILDING, REFIT_DONE,
                                     REFIT_RETIRED, SWAP_FAILED))
-#: Of those, what is kept across a refit rather than dropped with the old descriptors: files
-#: ``--repair`` set aside instead of deleting them stay set aside, and the kept tracks stay.
-KEPT_ACROSS_REFIT = frozenset({DAMAGED, TRACKS})
+#: Geoloc's own folders in a database.
+_OWN_FOLDERS = frozenset({FIT_CACHE, DAMAGED, SEARCH, TRACKS})
+
+#: What a refit keeps rather than drops with the old descriptors: every folder of those names
+#: (files ``--repair`` set aside stay set aside, the kept tracks stay, a stale search cache is
+#: rebuilt when next needed), so that a folder of the user's that bears such a name is never
+#: removed either.
+KEPT_ACROSS_REFIT = _OWN_FOLDERS
 
 
 def is_own_name(name: str) -> bool:
@@ -60,7 +65,8 @@ def is_own_name(name: str) -> bool:
         return True
     if name.startswith(".") and name.endswith(".tmp"):
         inner = name[1:].rsplit(".", 2)[0]
-        return inner in OWN_NAMES
+        return inner in OWN_NAMES and inner not in _OWN_FOLDERS and not inner.startswith("REFIT") \
+            and inner != LOCK
     return False
 
 

@@ -27,6 +27,7 @@ from geoloc.database.layout import (
     ROWS,
     SQLITE,
     VOCABULARY,
+    is_own_name,
     repair_hint,
 )
 from geoloc.database.lock import WriteLock
@@ -39,7 +40,9 @@ from geoloc.files import atomic_write, display_path
 def recover(db, repair: bool) -> None:
     """Bring the folder to a consistent state after a crash, losing nothing stored."""
     finish_compaction(db)
-    for leftover in db.path.glob(".*.tmp"):  # an atomic write killed half-way
+    for leftover in db.path.glob(".*.tmp"):  # an atomic write of geoloc's killed half-way
+        if not is_own_name(leftover.name):  # another program's, or the user's: not ours to remove
+            continue
         with contextlib.suppress(OSError):
             leftover.unlink()
     if db.meta("manifest") is None:

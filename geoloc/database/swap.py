@@ -92,6 +92,12 @@ def obstacle(db: Path) -> str | None:
     for folder in (building(db), retired(db)):
         if not os.path.lexists(folder):
             continue
+        if folder.is_dir() and not folder.is_symlink() and not any(os.scandir(folder)):
+            try:  # empty (a cleanup killed at its last step, or anyone's): nothing to lose
+                os.rmdir(folder)
+                continue
+            except OSError:
+                pass
         ours = is_ours_building(folder) if folder == building(db) else is_ours_retired(folder)
         if not ours:
             return (f"{display_path(folder)} is in the way: geoloc did not make it and leaves it alone; "
@@ -115,6 +121,9 @@ def remove_own(folder: Path) -> list[str]:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return []
+    marks = (BUILDING, RETIRED, DONE)
+    # The marks go last: a kill half-way leaves a folder still known as geoloc's, to finish later.
+    entries.sort(key=lambda e: e.name in marks)
     for entry in entries:
         if not is_own_name(entry.name):
             left.append(entry.name)
@@ -183,10 +192,10 @@ def give_back(db: Path) -> list[str]:
             except OSError:
                 pass
     fsync_dir(db)
-    if stayed or any(os.path.lexists(old / n) for n in KEPT_ACROSS_REFIT):
+    if stayed:
         # Keep the mark: the folder stays recognisably geoloc's leftover, to be given back later.
         for entry in os.scandir(old):
-            if is_own_name(entry.name) and entry.name not in KEPT_ACROSS_REFIT and entry.name != RETIRED:
+            if is_own_name(entry.name) and entry.name != RETIRED:
                 _remove(Path(entry.path))
         return stayed
     remove_own(old)
@@ -215,6 +224,8 @@ def settle(db: Path) -> None:
             os.rename(new, db)
             _forget(db / DONE)
             _forget(db / BUILDING)
+            fsync_dir(db.parent)
+            _give_back_foreign(db)  # the user's files, still in the old folder
         elif is_ours_retired(retired(db)):
             os.rename(retired(db), db)
             _forget(db / RETIRED)
@@ -231,8 +242,8 @@ def _give_back_foreign(db: Path) -> None:
     old = retired(db)
     if not is_ours_retired(old):
         return
-    for name in foreign_entries(old):
-        if not os.path.lexists(db / name):
+    for name in foreign_entries(old) + sorted(KEPT_ACROSS_REFIT):
+        if os.path.lexists(old / name) and not os.path.lexists(db / name):
             try:
                 os.rename(old / name, db / name)
             except OSError:

@@ -65,7 +65,7 @@ class EvalRequest:
         require(not (self.compare and not self.benchmark),
                 "--compare builds one database per model: give the database images (--db-images) or a "
                 "--dataset, not an existing --db")
-        require(self.plot is None or self.plot.suffix.lower() == ".png",
+        require(self.plot is None or self.plot.suffix.lower() == ".png" or _streamed(self.plot),
                 f"--plot {self.plot}: the curve is written as PNG; name the file .png")
         for target in (self.plot, None if self.csv_on_stdout else self.csv):
             if target is not None:
@@ -132,3 +132,16 @@ def _load_split(request: EvalRequest):
         return load_dataset(request.dataset, db_images=request.db_images, images_root=request.images_root,
                             queries_root=request.queries_root, split=request.split, utm_zone=request.utm_zone)
     return read_exif_split(request.queries, request.db_images)
+
+
+def _streamed(path: Path) -> bool:
+    """An output that is not a file to name (``-``, ``/dev/stdout``, a FIFO, a device): its
+    name says nothing of the format, so the ``.png`` rule does not apply."""
+    from geoloc.errors import GeolocError
+    from geoloc.files import FILE, output_kind
+
+    try:
+        return str(path) == "-" or output_kind(path) != FILE
+    except GeolocError:
+        return False  # refused later, with its own reason
+

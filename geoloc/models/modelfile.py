@@ -111,8 +111,8 @@ def runnable_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, to
                                  "which geoloc cannot run; expected float32, float16, bfloat16 or float64")
             if not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
-                raise ModelError(f"{path}: weight {name} holds {bad:,} value{'s' if bad != 1 else ''} that "
-                                 "are not finite (NaN or infinity): the file is damaged or its training "
+                raise ModelError(f"{path}: weight {name} holds {bad:,} value{'s that are' if bad != 1 else ' that is'} "
+                                 "not finite (NaN or infinity): the file is damaged or its training "
                                  "diverged; geoloc refuses it rather than store descriptors that match nothing")
             if tensor.dtype != torch.float32:
                 tensor = tensor.float()

@@ -123,13 +123,23 @@ def check_out(out: Path) -> Path:
     folder, another suffix, a folder that does not exist or cannot be written."""
     from geoloc.files import FILE, check_writable, file_target, output_kind
 
+    from geoloc.errors import GeolocError
+
     out = Path(out).expanduser()
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
-    if os.fspath(out) == "-" or output_kind(out, "model") != FILE:
+    try:
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
+        kind = FILE if os.fspath(out) != "-" and output_kind(out, "model") == FILE else None
+    except OSError as exc:  # a name too long for the file system, say
+        raise UsageError(f"--out {out}: {exc.strerror or exc}") from None
+    except GeolocError as exc:  # a socket, a block device: not a file either
+        raise UsageError(f"--out {out}: give a model file ({str(exc).split(': ', 1)[-1]})") from None
+    if kind != FILE:
         raise UsageError(f"--out {out}: give a file, not standard output or a device: the model is written "
                          "whole, and its checkpoint folder for --resume goes next to it")
     out = file_target(out)  # a symbolic link is followed: the model and its checkpoints go where it points
+    if len(os.fsencode(out.name + ".ckpt")) > 255:
+        raise UsageError(f"--out {out}: the name is too long for its checkpoint folder ({out.name}.ckpt) beside it")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give the path of the model file to write")
     if out.suffix.lower() != ".safetensors":

@@ -9,6 +9,7 @@ time, and that place and the visual one are fused (:mod:`geoloc.trips.fuse`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -280,6 +281,11 @@ def keep_tracks(db: Path, paths: Sequence[Path], warn: Callable[[str], None] = l
     for path in paths:
         read_track(Path(path), warn=warn)
     folder = Path(db) / TRACKS_FOLDER
+    if os.path.lexists(folder) and not folder.is_dir():
+        from geoloc.errors import GeolocError
+
+        raise GeolocError(f"cannot keep tracks with {display_path(db)}: {display_path(folder)} is a file of yours, "
+                          "not geoloc's tracks folder; rename it and run again")
     folder.mkdir(exist_ok=True)
     have = {sha256_file(p): p for p in kept_tracks(db)}
     kept = []
