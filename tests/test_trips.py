@@ -406,3 +406,21 @@ def test_eval_measures_each_kind_of_evidence_alone(trip, lund_dir, tmp_path):
     assert figures["time"]["median_error_m"] <= 10
     wrong = runner.invoke(app, ["eval", "--dataset", str(tmp_path), "--evidence", "time"])
     assert wrong.exit_code == 2 and "QUERIES --db DB" in wrong.stderr
+
+
+def test_a_camera_and_a_gps_track_alone_place_the_photos_by_time(trip, lund_dir, tmp_path, tiny_model):
+    """No GPS-tagged photo to match pixels against: exiftool -geotag's case, with geoloc's clocks."""
+    from tripdata import write_gpx
+
+    root, _, truth = trip
+    db = tmp_path / "cameradb"
+    assert runner.invoke(app, ["index", str(root / "camera"), "--db", str(db), "--model", tiny_model]).exit_code == 0
+    refused = runner.invoke(app, ["locate", "--unlocated", "--db", str(db), "--json"])
+    assert refused.exit_code == 1 and "--track" in refused.stderr
+    gpx = write_gpx(lund_dir, tmp_path / "walk.gpx")
+    result = runner.invoke(app, ["locate", "--unlocated", "--db", str(db), "--json", "--track", str(gpx),
+                                 "--clock", "FUJIFILM X-T30=-03:17:42"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert len(out) == len(truth) and all(o["estimate"]["evidence"] == ["track"] for o in out)
+    assert median(_errors(out, truth).values()) <= 10
