@@ -424,3 +424,17 @@ def test_a_camera_and_a_gps_track_alone_place_the_photos_by_time(trip, lund_dir,
     out = json.loads(result.stdout)
     assert len(out) == len(truth) and all(o["estimate"]["evidence"] == ["track"] for o in out)
     assert median(_errors(out, truth).values()) <= 10
+
+
+def test_a_kept_track_is_parsed_once_and_loaded_from_the_cache_after(lund_dir, tmp_path, monkeypatch):
+    from tripdata import write_gpx
+
+    from geoloc.trips import evidence, tracks
+
+    gpx = write_gpx(lund_dir, tmp_path / "walk.gpx")
+    first = evidence.cached_track(gpx, warn=print)
+    calls = []
+    monkeypatch.setattr(tracks, "read_track", lambda *a, **k: calls.append(a))
+    again = evidence.cached_track(gpx, warn=print)
+    assert calls == [] and len(again) == len(first) == 29
+    assert np.array_equal(again.t, first.t) and np.array_equal(again.lat, first.lat)

@@ -194,6 +194,38 @@ def _refresh_distances(result) -> None:
         c.distance_m = float(haversine_m(est.lat, est.lon, c.lat, c.lon))
 
 
+def cached_track(path: Path, warn: Callable[[str], None]):
+    """A track kept with a database, read once: its clean fixes are cached under geoloc's cache
+    by the file's content hash, so that every later ``locate`` loads them in milliseconds
+    instead of parsing the file again (a 10⁶-point GPX takes half a minute to parse). A changed
+    file has another hash; a cache that cannot be written or read is only slower."""
+    import numpy as np
+
+    from geoloc.files import replacing, sha256_file_cached
+    from geoloc.paths import cache_dir
+    from geoloc.trips.tracks import Track, read_track
+
+    try:
+        cache = cache_dir() / "tracks" / f"{sha256_file_cached(path)}.npz"
+    except OSError:
+        return read_track(path, warn=warn)
+    try:
+        with np.load(cache) as saved:
+            return Track((path,), saved["t"], saved["lat"], saved["lon"], saved["segment"], saved["accuracy_m"])
+    except (OSError, KeyError, ValueError):
+        pass
+    track = read_track(path, warn=warn)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(cache, durable=False) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, t=track.t, lat=track.lat, lon=track.lon, segment=track.segment,
+                         accuracy_m=track.accuracy_m)
+    except OSError:
+        pass
+    return track
+
+
 def read_trip_tracks(kept: Sequence[Path], given: Sequence[Path], warn: Callable[[str], None]):
     """The tracks kept with the database and those given, merged; None for none. A kept file
     that is not (or no longer) a track is skipped with a warning; a given one is an error."""
@@ -202,7 +234,7 @@ def read_trip_tracks(kept: Sequence[Path], given: Sequence[Path], warn: Callable
     tracks = []
     for path in kept:
         try:
-            tracks.append(read_track(Path(path), warn=warn))
+            tracks.append(cached_track(Path(path), warn))
         except TrackError as exc:
             warn(f"{exc} (kept with the database, skipped; remove it from that tracks folder)")
     for path in given:
