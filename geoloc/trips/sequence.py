@@ -95,8 +95,21 @@ def _smooth_run(frames: list, times: Optional[list[float]], config: EstimateConf
     lat = [np.array([c.lat for c in s]) for s in states]
     lon = [np.array([c.lon for c in s]) for s in states]
     emit = [_emission(s, config.temperature) for s in states]
-    scale = _step_scale(lat, lon)
-    n = len(frames)
+    # The usual step is first taken from the best candidates (some of them wrong), then from the
+    # path found with it: the second path is judged by the steps of a plausible trip.
+    path = _viterbi(lat, lon, emit, _step_scale(lat, lon), times)
+    steps = [float(haversine_m(lat[k - 1][path[k - 1]], lon[k - 1][path[k - 1]], lat[k][path[k]], lon[k][path[k]]))
+             for k in range(1, len(frames))]
+    path = _viterbi(lat, lon, emit, max(MIN_STEP_M, float(np.median(steps))), times)
+    moved = 0
+    for frame, choice in zip(frames, path):
+        moved += _settle(frame, choice, config)
+    return moved
+
+
+def _viterbi(lat: list, lon: list, emit: list, scale: float, times: Optional[list[float]]) -> list[int]:
+    """The most plausible path through the frames' candidates, one index per frame."""
+    n = len(lat)
     score = emit[0].copy()
     back: list[np.ndarray] = []
     for k in range(1, n):
@@ -115,10 +128,7 @@ def _smooth_run(frames: list, times: Optional[list[float]], config: EstimateConf
     for pointer in reversed(back):
         path.append(int(pointer[path[-1]]))
     path.reverse()
-    moved = 0
-    for frame, choice in zip(frames, path):
-        moved += _settle(frame, choice, config)
-    return moved
+    return path
 
 
 def _emission(candidates, temperature: float) -> np.ndarray:
