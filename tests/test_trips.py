@@ -438,3 +438,9 @@ def test_a_kept_track_is_parsed_once_and_loaded_from_the_cache_after(lund_dir, t
     again = evidence.cached_track(gpx, warn=print)
     assert calls == [] and len(again) == len(first) == 29
     assert np.array_equal(again.t, first.t) and np.array_equal(again.lat, first.lat)
+
+
+def test_a_sequence_without_the_pixels_is_a_usage_error(lund_dir, tiny_db):
+    result = runner.invoke(app, ["locate", str(lund_dir / "02.jpg"), "--db", str(tiny_db), "--sequence",
+                                 "--evidence", "time"])
+    assert result.exit_code == 2 and "needs visual in --evidence" in result.stderr

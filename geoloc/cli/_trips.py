@@ -45,6 +45,9 @@ def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evide
 
             why = "is a folder; name the track files in it" if path.is_dir() else "no such file"
             raise GeolocError(f"--track {track}: {why}")
+    if sequence and "visual" not in kinds:
+        raise UsageError("--sequence puts frames on a path through their visual candidates: it needs "
+                         "visual in --evidence")
     if sequence:
         kinds = kinds + ("sequence",) if "sequence" not in kinds else kinds
     return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds,
