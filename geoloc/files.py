@@ -72,9 +72,10 @@ def output_kind(target: Path | str, what: str = "") -> str:
     """
     from geoloc.errors import GeolocError
 
-    if os.fspath(target) == "-" or _fd_alias(target) == 1:
+    alias = _fd_alias(target) if os.fspath(target) != "-" else 1
+    if alias == 1:
         return STDOUT
-    if _fd_alias(target) is not None:
+    if alias is not None:
         return STREAM
     name = f"{what} {display_path(target)}" if what else display_path(target)
     system = _reaches_system(target)
@@ -114,8 +115,7 @@ def _fd_alias(target: Path | str) -> int | None:
     own open file: written through that descriptor, so a ``>> log`` is appended to, never
     replaced (the file behind it may be anything). Another process's descriptor is no alias
     (:func:`output_kind` refuses it)."""
-    path = os.path.abspath(os.fspath(target))
-    for _ in range(40):  # the kernel's own limit on links followed
+    for path in _link_chain(target):
         match = _FD_ALIAS.match(path)
         if match is not None:
             if match["std"]:
@@ -124,23 +124,24 @@ def _fd_alias(target: Path | str) -> int | None:
             if pid is None or pid in ("self", "thread-self") or int(pid) == os.getpid():
                 return int(match["n"] or match["m"])
             return None
-        if not os.path.islink(path):
-            return None
-        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
     return None
 
 
 def _reaches_system(target: Path | str) -> str | None:
     """The system folder (``/dev``, ``/proc``, ``/sys``) the name leads into, following each
     link, or None."""
+    return next((path for path in _link_chain(target) if path.startswith(_SYSTEM)), None)
+
+
+def _link_chain(target: Path | str) -> Iterator[str]:
+    """The name, then each name its symbolic links lead to, one link at a time (absolute,
+    normalised; at most the kernel's own 40 links): where a write to it would really go."""
     path = os.path.abspath(os.fspath(target))
     for _ in range(40):
-        if path.startswith(_SYSTEM):
-            return path
+        yield path
         if not os.path.islink(path):
-            return None
+            return
         path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
-    return None
 
 
 def file_target(target: Path | str) -> Path:
@@ -148,6 +149,8 @@ def file_target(target: Path | str) -> Path:
     shell's ``>`` does), so the link stays a link and the file it points to gets the content."""
     target = Path(target).expanduser()
     return Path(os.path.realpath(target)) if os.path.islink(target) else target
+
+
 def path_bytes(path: Path | str) -> str | None:
     """The hex of a name's bytes when it is not UTF-8, else None.
 

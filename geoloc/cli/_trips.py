@@ -48,8 +48,8 @@ def trip_config(tracks: Optional[List[Path]], clocks: Optional[List[str]], evide
     if sequence and "visual" not in kinds:
         raise UsageError("--sequence puts frames on a path through their visual candidates: it needs "
                          "visual in --evidence")
-    if sequence:
-        kinds = kinds + ("sequence",) if "sequence" not in kinds else kinds
+    if sequence and "sequence" not in kinds:
+        kinds += ("sequence",)
     return TripConfig(tracks=[Path(t).expanduser() for t in tracks or []], clocks=parsed, evidence=kinds,
                       sequence=sequence)
 

@@ -98,10 +98,10 @@ def index(
     if tracks:  # a file that is not a track is refused before an hour of indexing
         from geoloc import console
         from geoloc.files import display_path
-        from geoloc.trips.tracks import read_track
+        from geoloc.trips.evidence import cached_track
 
         for one in tracks:
-            read_track(one, warn=console.warn)
+            cached_track(one, console.warn)  # parsed (and cached) once, for keeping and every locate
         kept = resolve_db(db) / "tracks"
         if os.path.lexists(kept) and not kept.is_dir():
             raise GeolocError(f"cannot keep tracks with {display_path(resolve_db(db))}: {display_path(kept)} is a "

@@ -113,9 +113,10 @@ def foreign_entries(folder: Path) -> list[str]:
         return []
 
 
-def remove_own(folder: Path) -> list[str]:
+def remove_own(folder: Path, keep_mark: bool = False) -> list[str]:
     """Remove geoloc's own files from ``folder``, and the folder once empty. What is not
-    geoloc's stays; returned (sorted), so the caller can say so."""
+    geoloc's stays; returned (sorted), so the caller can say so. ``keep_mark``: the marks that
+    say the folder is geoloc's stay too."""
     left = []
     try:
         entries = list(os.scandir(folder))
@@ -127,6 +128,8 @@ def remove_own(folder: Path) -> list[str]:
     for entry in entries:
         if not is_own_name(entry.name):
             left.append(entry.name)
+            continue
+        if keep_mark and entry.name in marks:
             continue
         _remove(Path(entry.path))
     try:
@@ -175,32 +178,13 @@ def give_back(db: Path) -> list[str]:
     old = retired(db)
     if not is_ours_retired(old) or not db.is_dir():
         return []
-    stayed = []
-    for name in foreign_entries(old):
-        target = db / name
-        if os.path.lexists(target):
-            stayed.append(name)
-            continue
-        try:
-            os.rename(old / name, target)
-        except OSError:
-            stayed.append(name)
-    for name in KEPT_ACROSS_REFIT:  # set aside by --repair: kept, never deleted
-        if os.path.lexists(old / name) and not os.path.lexists(db / name):
-            try:
-                os.rename(old / name, db / name)
-            except OSError:
-                pass
+    _move_back(db)
     fsync_dir(db)
-    if stayed:
-        # Keep the mark: the folder stays recognisably geoloc's leftover, to be given back later.
-        for entry in os.scandir(old):
-            if is_own_name(entry.name) and entry.name != RETIRED:
-                _remove(Path(entry.path))
-        return stayed
-    remove_own(old)
+    stayed = foreign_entries(old)  # a name taken in ``db`` meanwhile
+    # With something left, the mark stays: the folder is still geoloc's leftover, to finish later.
+    remove_own(old, keep_mark=bool(stayed))
     fsync_dir(db.parent)
-    return []
+    return stayed
 
 
 def settle(db: Path) -> None:
@@ -211,7 +195,7 @@ def settle(db: Path) -> None:
     if os.path.lexists(db) and os.path.exists(db):
         if os.path.lexists(retired(db)):
             try:
-                _give_back_foreign(db)
+                _move_back(db)
             except OSError:
                 pass
         return
@@ -225,7 +209,7 @@ def settle(db: Path) -> None:
             _forget(db / DONE)
             _forget(db / BUILDING)
             fsync_dir(db.parent)
-            _give_back_foreign(db)  # the user's files, still in the old folder
+            _move_back(db)  # the user's files, still in the old folder
         elif is_ours_retired(retired(db)):
             os.rename(retired(db), db)
             _forget(db / RETIRED)
@@ -236,8 +220,10 @@ def settle(db: Path) -> None:
         pass
 
 
-def _give_back_foreign(db: Path) -> None:
-    """The part of step 4 a reader may do without the lock: only moves, each one atomic."""
+def _move_back(db: Path) -> None:
+    """The part of step 4 a reader may do without the lock: only moves, each one atomic. What
+    is not geoloc's, and the folders kept across a refit, go back into ``db`` where the name is
+    free."""
     db = real(db)
     old = retired(db)
     if not is_ours_retired(old):

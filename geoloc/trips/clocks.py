@@ -20,6 +20,7 @@ An unknown offset stays unknown (``offset_s`` null): time is then not used for t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -27,7 +28,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from geoloc.geo import haversine_m
-from geoloc.trips.times import Camera, Reading
+from geoloc.trips.times import Camera, Reading, format_offset, utc_seconds
+from geoloc.trips.times import reading as read_time
 
 #: Sources whose offset is known to within seconds, enough to place a photo by time.
 CERTAIN = ("user", "gps-time", "exif-zone", "visual")
@@ -72,6 +74,13 @@ class Clock:
     @property
     def certain(self) -> bool:
         return self.offset_s is not None and self.source in CERTAIN
+
+    def known_utc(self, reading: Optional[Reading]) -> Optional[float]:
+        """:meth:`utc` when it can be trusted to the second (this clock is known, or the photo
+        wrote its own zone), else None: the one rule for what time may place."""
+        if reading is None or not (self.certain or reading.zone_s is not None):
+            return None
+        return self.utc(reading)
 
     def utc(self, reading: Optional[Reading]) -> Optional[float]:
         """The UTC time of a capture time of this camera: its own zone when it wrote one (a
@@ -142,7 +151,7 @@ def _from_gps_time(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
     note = None
     if len(groups) > 1:
         if len(biggest) < 0.75 * len(values):
-            shown = ", ".join(_hms(float(np.median(g))) for g in groups[:3])
+            shown = ", ".join(format_offset(float(np.median(g))) for g in groups[:3])
             return Clock(camera, None, "unknown", len(values), None,
                          f"its photos' GPS times give offsets {shown}: its clock was changed during the trip, or "
                          f"two bodies share the name {camera.name} without a serial number; set --clock, or keep "
@@ -209,8 +218,8 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
     rivals = candidates[(np.abs(candidates - offset) > 600) & (costs <= low + 1e-6)]
     if rivals.size:
         return Clock(camera, None, "unknown", len(placed), None,
-                     f"its photos fit the trip at several times ({_hms(offset)}, {_hms(float(rivals[0]))}): "
-                     "set --clock")
+                     f"its photos fit the trip at several times ({format_offset(offset)}, "
+                     f"{format_offset(float(rivals[0]))}): set --clock")
     spread = max(float(near_best.max() - near_best.min()) / 2.0, 1.0)
     voters = frozenset(s.path for s, ok in zip(placed, agreeing) if ok)
     return Clock(camera, offset, "visual", agree, spread, voters=voters)
@@ -244,14 +253,12 @@ def _from_timezone(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
     where = [s for s in group if s.lat is not None and s.reading is not None]
     if not where:
         return None
-    try:
-        from timezonefinder import TimezoneFinder
-        from zoneinfo import ZoneInfo
-    except ImportError:
+    finder = _timezone_finder()
+    if finder is None:
         return None
     from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
 
-    finder = TimezoneFinder()
     offsets = []
     for s in where:
         name = finder.timezone_at(lng=float(s.lon), lat=float(s.lat))
@@ -272,6 +279,16 @@ def _from_timezone(camera: Camera, group: Sequence[Shot]) -> Optional[Clock]:
                  "drifted, set --clock")
 
 
+@functools.lru_cache(maxsize=1)
+def _timezone_finder():
+    """One finder for the process (building one reads its data: about half a second)."""
+    try:
+        from timezonefinder import TimezoneFinder
+    except ImportError:
+        return None
+    return TimezoneFinder()
+
+
 def _why_unknown(group: Sequence[Shot]) -> str:
     if not any(s.reading is not None for s in group):
         return "its photos carry no capture time"
@@ -279,31 +296,16 @@ def _why_unknown(group: Sequence[Shot]) -> str:
             "their pixels agree with the trip; set --clock CAMERA=±HH:MM:SS")
 
 
-def _hms(seconds: float) -> str:
-    from geoloc.trips.times import format_offset
-
-    return format_offset(seconds)
-
-
-def shots_from_records(records: Iterable, *, placed: Mapping[Path, tuple[float, float, float]] | None = None) -> list[Shot]:
+def shots_from_records(records: Iterable) -> list[Shot]:
     """Clock evidence from database records (or anything with their fields): each photo with a
-    capture time, with its own GPS position, or the visual placement given in ``placed``."""
-    from geoloc.trips.times import reading, utc_seconds
-
-    placed = placed or {}
+    capture time, with its own GPS position where it has one."""
     shots = []
     for r in records:
-        read = reading(getattr(r, "taken_at", None))
+        read = read_time(getattr(r, "taken_at", None))
         if read is None:
             continue
-        lat = lon = None
-        by = None
-        radius = 25.0
-        if getattr(r, "located", False) and r.lat is not None:
-            lat, lon, by = float(r.lat), float(r.lon), "gps"
-        elif Path(r.path) in placed:
-            lat, lon, radius = placed[Path(r.path)]
-            by = "visual"
+        located = getattr(r, "located", False) and r.lat is not None
         shots.append(Shot(Path(r.path), Camera.of(r), read, utc_seconds(getattr(r, "gps_time", None)),
-                          lat, lon, by, radius))
+                          float(r.lat) if located else None, float(r.lon) if located else None,
+                          "gps" if located else None))
     return shots

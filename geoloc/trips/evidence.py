@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
+from geoloc.database.layout import TRACKS as TRACKS_FOLDER  # where ``index --track`` keeps copies
 from geoloc.files import display_path
 from geoloc.trips import clocks as clock_solver
 from geoloc.trips.clocks import Clock
@@ -47,14 +48,9 @@ class TripConfig:
 @dataclass
 class TripReport:
     clocks: dict[str, Clock] = field(default_factory=dict)
-    #: Fixes of known time the trip holds: from tracks, and from the archive's photos.
-    track_fixes: int = 0
-    archive_fixes: int = 0
-    #: Queries placed (in part) by time.
-    timed: int = 0
     #: What ``--sequence`` did (:class:`geoloc.trips.sequence.SequenceReport`), None without it.
     sequence: object = None
-    #: Queries whose UTC time fell within reach of a fix (placed by time, or agreeing with it).
+    #: Queries placed (in part) by time: their UTC time fell within reach of a fix.
     in_range: int = 0
     #: Queries whose UTC time is known.
     timed_queries: int = 0
@@ -68,19 +64,18 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
     queries = {_key(r.query) for r in results if not r.error}
     # A query's own GPS never answers it: the archive is the other photos.
     archive = [r for r in records if _key(r.path) not in queries]
-    shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=False, gps_times=config.query_gps_times)
-    use_time, use_track = config.uses("time"), config.uses("track")
-    track = tracks if use_track else None
-    report.track_fixes = len(track) if track is not None else 0
+    archive_shots = clock_solver.shots_from_records(archive)
+    shots = archive_shots + _query_shots(results, placed=False, gps_times=config.query_gps_times)
+    use_time = config.uses("time")
+    track = tracks if config.uses("track") else None
 
     clocks = clock_solver.solve(shots, config.clocks, fixes=None, timezones=False)
     fixes = _fixes(archive, clocks, track, use_time)
     if config.uses("visual"):  # cameras still unknown: align their confidently placed photos
-        shots = clock_solver.shots_from_records(archive) + _query_shots(results, placed=True, gps_times=config.query_gps_times)
+        shots = archive_shots + _query_shots(results, placed=True, gps_times=config.query_gps_times)
         clocks = clock_solver.solve(shots, config.clocks, fixes=fixes if len(fixes) >= 2 else None)
         fixes = _fixes(archive, clocks, track, use_time)
     report.clocks = clocks
-    report.archive_fixes = int((fixes.kind == "time").sum()) if len(fixes) else 0
     if not len(fixes):
         return report
     for result in results:
@@ -91,8 +86,8 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         when = reading(result.taken_at)
         if when is None:
             continue
-        utc = clock.utc(when)
-        certain = utc is not None and (clock.certain or (when.zone_s is not None and clock.source != "user"))
+        utc = clock.known_utc(when)
+        certain = utc is not None
         result.taken_at_utc = iso_utc(utc) if certain else None
         report.timed_queries += int(certain)
         if not certain:
@@ -114,7 +109,6 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         result.estimate = (fuse(visual, spot, certain, describe=_describe, independent=independent)
                            if visual is not None else from_time(spot, certain))
         _refresh_distances(result)
-        report.timed += 1
     return report
 
 
@@ -163,20 +157,13 @@ def _fixes(archive: Sequence, clocks: Mapping[str, Clock], track, use_time: bool
             utc = utc_seconds(getattr(r, "gps_time", None))
             if utc is None:
                 clock = clocks.get(Camera.of(r).name)
-                when = reading(r.taken_at)
-                if clock is None or when is None:
-                    continue
-                if not (clock.certain or when.zone_s is not None):
-                    continue
-                utc = clock.utc(when)
+                utc = clock.known_utc(reading(r.taken_at)) if clock is not None else None
             if utc is not None:
                 points.append((utc, float(r.lat), float(r.lon), getattr(r, "gps_accuracy_m", None), Path(r.path)))
     return Fixes.build(track, points)
 
 
 def _key(path) -> str:
-    import os
-
     return os.path.realpath(os.fspath(path))
 
 
@@ -244,10 +231,6 @@ def read_trip_tracks(kept: Sequence[Path], given: Sequence[Path], warn: Callable
     return merge(tracks, warn=warn)
 
 
-#: The folder in a database where ``geoloc index --track`` keeps copies of tracks.
-from geoloc.database.layout import TRACKS as TRACKS_FOLDER  # noqa: E402
-
-
 def kept_tracks(db: Path) -> list[Path]:
     """The tracks kept with a database (``geoloc index --track``), sorted by name."""
     folder = Path(db) / TRACKS_FOLDER
@@ -308,10 +291,9 @@ def keep_tracks(db: Path, paths: Sequence[Path], warn: Callable[[str], None] = l
     import hashlib
 
     from geoloc.files import atomic_write, sha256_file
-    from geoloc.trips.tracks import read_track
 
     for path in paths:
-        read_track(Path(path), warn=warn)
+        cached_track(Path(path), warn)  # parsed once: the check before indexing filled the cache
     folder = Path(db) / TRACKS_FOLDER
     if os.path.lexists(folder) and not folder.is_dir():
         from geoloc.errors import GeolocError
