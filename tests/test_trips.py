@@ -82,11 +82,17 @@ def test_a_clock_is_solved_from_visually_placed_photos_aligned_with_the_trip(lun
     assert clock.source == "visual" and clock.photos >= 3
     assert abs(clock.offset_s - offset) <= 5
     # One photo alone could be a look-alike finding the moment the trip passed somewhere like it:
-    # it never sets a clock (an offset from one photo comes from its GPS time stamp, above).
-    single = solve(shots[3:4], fixes=fixes)[camera.name]
-    assert not single.certain and single.source != "visual"
+    # its offset is told (within ±60 s) but never places a photo by time; --clock confirms it.
+    for k in (0, 3, 4, 6, 9):
+        single = solve(shots[k:k + 1], fixes=fixes)[camera.name]
+        assert not single.certain and single.source == "visual-few" and single.photos == 1
+        assert abs(single.offset_s - offset) <= 60 and "confirm with --clock" in single.note
+        assert single.known_utc(shots[k].reading) is None
     two = solve(shots[3:5], fixes=fixes)[camera.name]
-    assert not two.certain
+    assert not two.certain and abs(two.offset_s - offset) <= 60
+    # A look-alike alone and a right photo disagree: nothing is told.
+    split = solve([shots[2], shots[3]], fixes=fixes)[camera.name]
+    assert split.source not in ("visual", "visual-few") and not split.certain
 
 
 def test_two_bodies_of_one_model_without_serials_are_named_not_averaged():

@@ -73,11 +73,16 @@ def apply_trips(results: list, db: Path, config) -> None:
                          "that keeps the path plausible")
     warn_unknown_clocks(config.clocks, report.clocks)
     for clock in report.clocks.values():
-        if clock.source == "visual":
+        if clock.source in ("visual", "visual-few"):
             from geoloc.trips.times import format_offset
 
-            console.info(f"clock of {clock.camera.name}: {format_offset(clock.offset_s)} ahead of UTC "
-                         f"(±{clock.spread_s:.0f} s), found from {clock.photos} of its photos placed by their pixels")
+            found = (f"{clock.camera.name}: {format_offset(clock.offset_s)} ahead of UTC (±{clock.spread_s:.0f} s), "
+                     f"found from {clock.photos} of its photos placed by their pixels")
+            if clock.source == "visual":
+                console.info(f"clock of {found}")
+            else:
+                console.warn(f"clock of {found}, too few to place its photos by time: if it is right, "
+                             f"run again with --clock '{clock.camera.name}={format_offset(clock.offset_s)}'")
 
 
 def warn_unknown_clocks(given: dict, solved: dict) -> None:

@@ -40,6 +40,9 @@ AGREE_M = 60.0
 #: Photos placed by their pixels that must agree on one offset before it is known: fewer could be
 #: one look-alike finding the moment the trip passed somewhere like it, and confirming itself.
 MIN_VISUAL_VOTES = 3
+#: The offset told by fewer placed photos than that: said (``geoloc locate`` reports it, to be
+#: confirmed with ``--clock``), never used to place a photo by time.
+FEW_VISUAL = "visual-few"
 
 
 @dataclass
@@ -187,8 +190,9 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
     if fixes is None or len(fixes) < 2:
         return None
     placed = [s for s in group if s.placed_by == "visual" and s.reading is not None and s.lat is not None]
-    if len(placed) < MIN_VISUAL_VOTES:
+    if not placed:
         return None
+    few = len(placed) < MIN_VISUAL_VOTES
     readings = np.array([s.reading.clock_s for s in placed])
     lats = np.array([s.lat for s in placed])
     lons = np.array([s.lon for s in placed])
@@ -212,7 +216,9 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
     residual = _residuals(offset, readings, lats, lons, fixes)
     agreeing = residual <= tol
     agree = int(np.sum(agreeing))
-    if agree < MIN_VISUAL_VOTES or agree < 0.6 * len(placed):
+    if few and agree < len(placed):
+        return None  # one or two photos that disagree: nothing to tell
+    if not few and (agree < MIN_VISUAL_VOTES or agree < 0.6 * len(placed)):
         return None
     # Rival offsets far from this one that explain as many photos: a loop walked twice.
     rivals = candidates[(np.abs(candidates - offset) > 600) & (costs <= low + 1e-6)]
@@ -222,6 +228,13 @@ def _from_visual(camera: Camera, group: Sequence[Shot], fixes) -> Optional[Clock
                      f"{format_offset(float(rivals[0]))}): set --clock")
     spread = max(float(near_best.max() - near_best.min()) / 2.0, 1.0)
     voters = frozenset(s.path for s, ok in zip(placed, agreeing) if ok)
+    if few:
+        # One look-alike could find the moment the trip passed somewhere like it: the offset is
+        # told, with how long the trip stayed near that place as its spread, and left to the user.
+        return Clock(camera, offset, FEW_VISUAL, agree, spread,
+                     f"from {agree} photo{'s' if agree > 1 else ''} placed by {'their' if agree > 1 else 'its'} "
+                     f"pixels only (at least {MIN_VISUAL_VOTES} are needed to place photos by time): "
+                     f"confirm with --clock", voters=voters)
     return Clock(camera, offset, "visual", agree, spread, voters=voters)
 
 

@@ -17,9 +17,9 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 from geoloc.database.layout import TRACKS as TRACKS_FOLDER  # where ``index --track`` keeps copies
 from geoloc.files import display_path
 from geoloc.trips import clocks as clock_solver
-from geoloc.trips.clocks import Clock
+from geoloc.trips.clocks import FEW_VISUAL, Clock
 from geoloc.trips.fuse import from_time, fuse
-from geoloc.trips.times import Camera, iso_utc, reading, utc_seconds
+from geoloc.trips.times import Camera, format_offset, iso_utc, reading, utc_seconds
 from geoloc.trips.timeline import MAX_EXTRAPOLATE_S, MAX_GAP_S, Fixes, place
 
 #: The kinds of evidence, as ``--evidence`` and the JSON's ``"evidence"`` name them.
@@ -91,9 +91,7 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
         result.taken_at_utc = iso_utc(utc) if certain else None
         report.timed_queries += int(certain)
         if not certain:
-            note = (f"capture time not used: the clock of {camera.name} is unknown"
-                    + (f" ({clock.note})" if clock.note else "") if clock.source != "timezone"
-                    else f"capture time not used: the clock of {camera.name} is only guessed from the time zone")
+            note = _unused_time_note(camera.name, clock)
             result.notes = list(result.notes) + [note]
             continue
         spot = place(fixes, utc, max_gap_s=config.max_gap_s, max_extrapolate_s=config.max_extrapolate_s,
@@ -110,6 +108,16 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
                            if visual is not None else from_time(spot, certain))
         _refresh_distances(result)
     return report
+
+
+def _unused_time_note(name: str, clock: Clock) -> str:
+    if clock.source == "timezone":
+        return f"capture time not used: the clock of {name} is only guessed from the time zone"
+    if clock.source == FEW_VISUAL:
+        return (f"capture time not used: the clock of {name} ({format_offset(clock.offset_s)} ±{clock.spread_s:.0f} s) "
+                f"rests on {clock.photos} photo{'s' if clock.photos > 1 else ''} placed by pixels alone; "
+                f"confirm it with --clock")
+    return f"capture time not used: the clock of {name} is unknown" + (f" ({clock.note})" if clock.note else "")
 
 
 #: The note of an answer left without an estimate when the pixels are switched off.
