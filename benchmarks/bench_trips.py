@@ -113,6 +113,7 @@ def trip_sections(work: Path, max_side: int) -> None:
           f"max {max(utc_err):.1f} s ({len(utc_err)} of {len(out)} photos timed); locate took {visual_s:.1f} s")
     errors = _err(out, truth)
     print(f"  placed with every kind of evidence: median error {statistics.median(errors.values()):.1f} m")
+    _single_photo_clocks(work, _geoloc("locate", camera, "--db", db, "--json", "--evidence", "visual"))
 
     print("\n## 2. Photos within 60 s of a fix, on foot")
     clock = f"FUJIFILM X-T30={_hms(CAMERA_OFFSET_S)}"
@@ -139,6 +140,39 @@ def trip_sections(work: Path, max_side: int) -> None:
     o = _geoloc("locate", camera, "--db", db, "--json", "--evidence", "time")
     print(f"camera photos placed by time with the clock unknown: {sum(1 for x in o if x['estimate'])} of {len(o)} "
           f"(high: {sum(1 for x in o if x['estimate'] and x['estimate']['confidence'] == 'high')})")
+
+
+def _single_photo_clocks(work: Path, visual: list) -> None:
+    """The Lund camera's offset from each of its `high` visual placements alone, aligned with the
+    phone's fixes (what `locate` reports as `visual-few`, to be confirmed with --clock)."""
+    from geoloc.photos import read_meta
+    from geoloc.trips.clocks import Shot, solve
+    from geoloc.trips.timeline import Fixes
+    from geoloc.trips.times import Camera, reading
+
+    archive = []
+    for p in sorted((work / "trip" / "phone").glob("*.jpg")):
+        m = read_meta(p)
+        r = reading(m.taken_at)
+        if m.located and r is not None and r.utc_s is not None:
+            archive.append((r.utc_s, m.lat, m.lon, 5.0, p))
+    fixes = Fixes.build(archive=archive)
+    errors, told = [], 0
+    for o in visual:
+        e = o["estimate"]
+        if not e or e["confidence"] != "high":
+            continue
+        m = read_meta(Path(o["query"]))
+        shot = Shot(Path(o["query"]), Camera(m.camera_make, m.camera_model, m.camera_serial), reading(m.taken_at),
+                    lat=e["lat"], lon=e["lon"], placed_by="visual", radius_m=e["radius_m"])
+        clock = solve([shot], fixes=fixes)[shot.camera.name]
+        if clock.source == "visual-few":
+            told += 1
+            errors.append(abs(clock.offset_s - CAMERA_OFFSET_S))
+    if errors:
+        print(f"  from one visually placed photo alone (visual-few, not used to place): told for {told} of "
+              f"{sum(1 for o in visual if o['estimate'] and o['estimate']['confidence'] == 'high')} `high` photos, "
+              f"off by median {statistics.median(errors):.1f} s, at most {max(errors):.1f} s (goal: ±60 s from one)")
 
 
 def sequence_section(work: Path, max_side: int) -> None:

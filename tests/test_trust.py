@@ -62,12 +62,17 @@ def without_gps(src: Path, dest: Path, taken: tuple[str, str | None] | None = No
     return dest
 
 
-def exiftool_servers() -> set[int]:
-    """The exiftool -stay_open processes running now (Linux /proc; empty elsewhere)."""
+def exiftool_servers(parent: int | None = None) -> set[int]:
+    """The exiftool -stay_open processes running now (Linux /proc; empty elsewhere), only the
+    children of ``parent`` when given: another test process may run its own at the same time."""
     found = set()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if parent is not None:
+                status = (entry / "status").read_text()
+                if f"\nPPid:\t{parent}\n" not in status:
+                    continue
         except OSError:
             continue
         if b"-stay_open" in argv and any(b"exiftool" in a for a in argv):
@@ -246,7 +251,6 @@ def test_kill_9_during_write_exif_leaves_every_photo_whole_and_the_journal_true(
     originals = {p.name: (sha(p), pixels(p)) for p in photos.iterdir()}
     undo_dir = Path(os.environ["GEOLOC_HOME"]) / "undo"
     env = dict(os.environ, GEOLOC_EXIF_WRITER="exiftool")
-    servers = exiftool_servers()
     proc = subprocess.Popen([sys.executable, "-m", "geoloc", "locate", str(photos), "--db", str(db), "--write-exif"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
@@ -256,12 +260,13 @@ def test_kill_9_during_write_exif_leaves_every_photo_whole_and_the_journal_true(
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+    servers = exiftool_servers(parent=proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # geoloc's exiftool outlives it by the command in flight (it stops at the end of its input):
     # that command may still finish a temporary file, which the next run must then clean up.
     deadline = time.monotonic() + 30
-    while exiftool_servers() - servers and time.monotonic() < deadline:
+    while servers & exiftool_servers() and time.monotonic() < deadline:
         time.sleep(0.05)
 
     from geoloc.outputs.undo_journal import journals, read_journal
