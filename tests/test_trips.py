@@ -335,6 +335,41 @@ def test_a_consistent_sequence_is_left_as_the_pixels_placed_it():
     assert [f.candidates[0].path for f in frames] == [Path(f"db/{i}.jpg") for i in range(6)]
 
 
+def _street(options):
+    """Frames along a street, a step of 12 m apart; ``options[i]`` lists frame i's candidates
+    as steps along it (best first, by the pixels), and each has a look-alike 300 m away last."""
+    from geoloc.locating.results import Candidate, LocateResult
+
+    frames = []
+    for i, steps in enumerate(options):
+        steps = [*steps, 25]
+        cands = [Candidate(k + 1, Path(f"db/{i}-{s}.jpg"), 55.0 + s * 12 / 111_195, 13.0, 0.50 - 0.01 * k)
+                 for k, s in enumerate(steps)]
+        for rank, c in enumerate(cands, 1):
+            c.rank = rank
+        frames.append(LocateResult(Path(f"walk/frame{i + 1:02d}.jpg"), candidates=cands))
+    return frames
+
+
+def _steps(frames):
+    return [round((f.candidates[0].lat - 55.0) * 111_195 / 12) for f in frames]
+
+
+def test_frames_without_time_keep_a_steady_pace_rather_than_jump_ahead_and_stand():
+    """Frames 4 and 5 match best the place one step further down the street (a look-alike
+    near enough to be reached in a step and a half); walking on at one pace through their
+    second candidates is the plausible path, where jumping ahead and standing still was not
+    told apart from it."""
+    from geoloc.trips.sequence import smooth
+
+    frames = _street([[0], [1], [2], [4, 3], [5, 4], [5], [6], [7]])
+    report = smooth(frames)
+    assert _steps(frames) == [0, 1, 2, 3, 4, 5, 6, 7] and report.moved == 2
+    # A stop the pixels show is kept: standing still is a pace too.
+    frames = _street([[0], [1], [2], [2], [2], [3], [4]])
+    assert smooth(frames).moved == 0 and _steps(frames) == [0, 1, 2, 2, 2, 3, 4]
+
+
 def test_frames_are_put_in_name_order_as_people_count_them():
     from geoloc.trips.sequence import natural_key
 

@@ -36,6 +36,8 @@ RANK_COST = 0.5
 #: The estimate's temperature is meant for one photo's candidates; across frames the pixels are
 #: weighed this much more softly, so that neighbours can outvote a near tie.
 EMISSION_SOFTENING = 3.0
+#: How much a change of step between frames in name order costs, against the pixels.
+STEADY = 1.0
 #: Frames farther apart in time than this start a new sequence.
 BREAK_S = 1800.0
 
@@ -100,7 +102,9 @@ def _smooth_run(frames: list, times: Optional[list[float]], config: EstimateConf
     path = _viterbi(lat, lon, emit, _step_scale(lat, lon), times)
     steps = [float(haversine_m(lat[k - 1][path[k - 1]], lon[k - 1][path[k - 1]], lat[k][path[k]], lon[k][path[k]]))
              for k in range(1, len(frames))]
-    path = _viterbi(lat, lon, emit, max(MIN_STEP_M, float(np.median(steps))), times)
+    scale = max(MIN_STEP_M, float(np.median(steps)))
+    path = _viterbi(lat, lon, emit, scale, times) if times is not None or len(frames) < 3 \
+        else _viterbi_steady(lat, lon, emit, scale)
     moved = 0
     for frame, choice in zip(frames, path):
         moved += _settle(frame, choice, config)
@@ -127,6 +131,38 @@ def _viterbi(lat: list, lon: list, emit: list, scale: float, times: Optional[lis
     path = [int(np.argmax(score))]
     for pointer in reversed(back):
         path.append(int(pointer[path[-1]]))
+    path.reverse()
+    return path
+
+
+def _step_costs(lat: list, lon: list, k: int, scale: float) -> np.ndarray:
+    """Log-plausibility of each step from frame ``k - 1``'s candidates to frame ``k``'s: any
+    step up to the trip's usual one is as plausible as standing still, a longer one less so."""
+    d = haversine_m(lat[k - 1][:, None], lon[k - 1][:, None], lat[k][None, :], lon[k][None, :])
+    return -np.minimum((np.maximum(d - scale, 0.0) / scale) ** 2, IMPLAUSIBLE)
+
+
+def _viterbi_steady(lat: list, lon: list, emit: list, scale: float) -> list[int]:
+    """:func:`_viterbi` for frames that carry no time, with a steady pace besides: a walk or a
+    drive shot frame after frame moves about as far, the same way, from one frame to the next,
+    so a path that jumps two steps ahead and then stands still costs (its change of step, in
+    units of the usual step, squared; a stop or a turn costs about what two ranks of a
+    candidate do). A state is a pair of consecutive frames' candidates."""
+    from geoloc.geo import to_local_m
+
+    xy = [to_local_m(la, lo, float(lat[0][0]), float(lon[0][0])) for la, lo in zip(lat, lon)]
+    score = emit[0][:, None] + _step_costs(lat, lon, 1, scale) + emit[1][None, :]  # [a, b]
+    back: list[np.ndarray] = []
+    for k in range(2, len(lat)):
+        change = xy[k][None, None, :, :] - 2.0 * xy[k - 1][None, :, None, :] + xy[k - 2][:, None, None, :]
+        turn = -STEADY * np.minimum((np.linalg.norm(change, axis=-1) / scale) ** 2, IMPLAUSIBLE)  # [a, b, c]
+        total = score[:, :, None] + turn
+        back.append(np.argmax(total, axis=0))  # [b, c]: the best frame before, for each pair
+        score = total.max(axis=0) + _step_costs(lat, lon, k, scale) + emit[k][None, :]
+    last, now = np.unravel_index(int(np.argmax(score)), score.shape)
+    path = [int(now), int(last)]
+    for pointer in reversed(back):
+        path.append(int(pointer[path[-1], path[-2]]))
     path.reverse()
     return path
 
