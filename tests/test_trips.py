@@ -238,8 +238,10 @@ def test_a_database_made_before_trips_reads_its_cameras_on_the_next_index(tmp_pa
     db = root / "db"
     assert runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--model", tiny_model]).exit_code == 0
     with sqlite3.connect(db / "photos.sqlite") as conn:  # as an older geoloc left it
-        conn.execute("UPDATE photos SET camera_make = NULL, camera_model = NULL, gps_time = NULL")
-        conn.execute("DELETE FROM meta WHERE key = 'trip_columns'")
+        conn.execute("UPDATE photos SET camera_make = NULL, camera_model = NULL, gps_time = NULL, time_tag = NULL")
+        conn.execute("DELETE FROM meta WHERE key LIKE 'trip_columns%'")
+        # The mark of a first version that kept cameras but not which tag a time came from.
+        conn.execute("INSERT INTO meta VALUES ('trip_columns', 1)")
     before = runner.invoke(app, ["clocks", "--db", str(db), "--json"])
     assert json.loads(before.stdout)[0]["camera"] == "unknown camera"
     result = runner.invoke(app, ["index", str(root / "phone"), "--db", str(db), "--json"])
@@ -247,6 +249,32 @@ def test_a_database_made_before_trips_reads_its_cameras_on_the_next_index(tmp_pa
     assert json.loads(result.stdout)["indexed"] == 0
     after = json.loads(runner.invoke(app, ["clocks", "--db", str(db), "--json"]).stdout)
     assert after[0]["camera"] == "Google Pixel 7" and after[0]["source"] == "gps-time"
+    rows = json.loads(runner.invoke(app, ["photos", "--db", str(db), "--json"]).stdout)
+    assert {r["time_tag"] for r in rows} == {"original"}
+
+
+def test_a_time_from_exif_datetime_alone_places_nothing_and_says_why(trip, tmp_path):
+    """IFD0 DateTime is rewritten by editors: a photo carrying only it is not placed by time,
+    even with its camera's clock known, and the answer says why."""
+    from PIL import Image
+
+    root, db, truth = trip
+    src = sorted((root / "camera").glob("*.jpg"))[3]
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    with Image.open(src) as image:
+        exif = image.getexif()
+        taken = exif.get_ifd(0x8769).pop(0x9003)
+        exif.get_ifd(0x8769).pop(0x9004, None)
+        exif[0x0132] = taken  # what an editor that drops the EXIF sub-IFD's times leaves
+        image.save(edited / src.name, exif=exif.tobytes(), quality=90)
+    args = ["locate", str(edited / src.name), str(src), "--db", str(db), "--json", "--evidence", "time",
+            "--clock", "FUJIFILM X-T30=-03:17:42"]
+    out = {Path(o["query"]).parent.name: o for o in json.loads(runner.invoke(app, args).stdout)}
+    assert out["camera"]["estimate"] is not None and out["camera"]["taken_at_utc"]
+    assert out["edited"]["estimate"] is None and out["edited"]["taken_at"] == out["camera"]["taken_at"]
+    assert out["edited"]["taken_at_utc"] is None
+    assert any("only EXIF DateTime" in w for w in out["edited"]["warnings"]), out["edited"]["warnings"]
 
 
 def test_matches_the_pixels_did_not_verify_never_set_a_clock(trip):

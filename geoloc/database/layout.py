@@ -72,7 +72,7 @@ def is_own_name(name: str) -> bool:
 
 #: The ``meta`` key set once every row's camera and GPS time were read (a new database: from the
 #: start; an older one: by the first ``geoloc index`` that reads them, :func:`geoloc.database.writing.update_times`).
-TRIP_COLUMNS_READ = "trip_columns"
+TRIP_COLUMNS_READ = "trip_columns_2"  # 2: with time_tag (a database read for "trip_columns" reads again once)
 
 #: 1: geoloc 0.1.0 (no row index, no copies in SQLite); 2: checksums and copies.
 FORMAT_VERSION = 2

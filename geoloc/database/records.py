@@ -18,10 +18,10 @@ COLUMNS = (
 #: by its first writer (``ALTER TABLE``); a database without them still reads (see
 #: :func:`record_from_row`), so older and newer geoloc versions share a database.
 ADDED_COLUMNS = (("gps_source", "TEXT"), ("sidecar_key", "TEXT"), ("camera_make", "TEXT"),
-                 ("camera_model", "TEXT"), ("camera_serial", "TEXT"), ("gps_time", "TEXT"))
+                 ("camera_model", "TEXT"), ("camera_serial", "TEXT"), ("gps_time", "TEXT"), ("time_tag", "TEXT"))
 #: The columns a trip's clocks are solved from (:mod:`geoloc.trips`); a row stored before they
 #: existed has them NULL until ``geoloc index`` reads its EXIF again (``meta.trip_columns``).
-TRIP_COLUMNS = ("camera_make", "camera_model", "camera_serial", "gps_time")
+TRIP_COLUMNS = ("camera_make", "camera_model", "camera_serial", "gps_time", "time_tag")
 ALL_COLUMNS = COLUMNS + tuple(name for name, _ in ADDED_COLUMNS)
 
 
@@ -52,6 +52,8 @@ class PhotoRecord:
     camera_model: Optional[str] = None
     camera_serial: Optional[str] = None
     gps_time: Optional[str] = None
+    #: Which EXIF tag ``taken_at`` came from (``geoloc.photos.PhotoMeta.time_tag``).
+    time_tag: Optional[str] = None
 
     @property
     def located(self) -> bool:

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS photos (
     camera_make TEXT,
     camera_model TEXT,
     camera_serial TEXT,
-    gps_time TEXT
+    gps_time TEXT,
+    time_tag TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 """

@@ -63,11 +63,13 @@ class LocateResult:
     camera_model: str | None = None
     camera_serial: str | None = None
     gps_time: str | None = None
+    #: Which EXIF tag ``taken_at`` came from ("modified": DateTime alone, not used by trips).
+    time_tag: str | None = None
 
     def take_time(self, source) -> None:
         """The capture time and camera of a database record or a photo's metadata."""
         self.taken_at = getattr(source, "taken_at", None)
-        for name in ("camera_make", "camera_model", "camera_serial", "gps_time"):
+        for name in ("camera_make", "camera_model", "camera_serial", "gps_time", "time_tag"):
             setattr(self, name, getattr(source, name, None))
 
     @property

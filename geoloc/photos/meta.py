@@ -31,7 +31,7 @@ from geoloc.photos.tags import (
     ORIENTATION,
     Tags,
     camera_of,
-    capture_time,
+    capture_time_and_tag,
     gps_utc_time,
     gps_accuracy,
     gps_altitude,
@@ -85,6 +85,9 @@ class PhotoMeta:
     camera_model: str | None = None
     camera_serial: str | None = None
     gps_time: str | None = None
+    #: Which EXIF tag ``taken_at`` came from: "original", "digitized" or "modified" (IFD0
+    #: DateTime alone: an edit's time as often as the capture's; trips leave it out).
+    time_tag: str | None = None
 
     @property
     def located(self) -> bool:
@@ -135,7 +138,7 @@ def read_meta(path: str | os.PathLike, *, sidecars: bool = True, data: bytes | N
                 ifd0, exif, gps = _pillow_tags(image)
         elif ifd0:
             meta.orientation = orientation_value(ifd0.get(ORIENTATION))
-        meta.taken_at = capture_time(ifd0, exif)
+        meta.taken_at, meta.time_tag = capture_time_and_tag(ifd0, exif)
         meta.camera_make, meta.camera_model, meta.camera_serial = camera_of(ifd0, exif)
         meta.gps_time = gps_utc_time(gps)
         lat, lon, reason = gps_position(gps)

@@ -162,18 +162,29 @@ _DATETIME_RE = re.compile(
 _OFFSET_RE = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 
 
+#: What :func:`capture_time_and_tag` says of the tag a time came from, as TIME_TAGS orders them.
+TIME_TAG_NAMES = ("original", "digitized", "modified")
+
+
 def capture_time(ifd0: Tags, exif: Tags) -> str | None:
     """ISO 8601 local time of capture, with sub-seconds and UTC offset when the camera wrote them.
 
     DateTimeOriginal first, then DateTimeDigitized, then DateTime (which editors overwrite,
     so it is the last resort); each with its own OffsetTime*/SubSecTime* companions.
     """
-    for when, offset, subsec in TIME_TAGS:
+    return capture_time_and_tag(ifd0, exif)[0]
+
+
+def capture_time_and_tag(ifd0: Tags, exif: Tags) -> tuple[str | None, str | None]:
+    """:func:`capture_time` and which tag gave it: ``"modified"`` (IFD0 DateTime alone) is the
+    time the file was last written by whatever wrote it, an editor's as often as the camera's,
+    so trips do not take it for the moment of capture."""
+    for (when, offset, subsec), name in zip(TIME_TAGS, TIME_TAG_NAMES):
         tags = ifd0 if when == DATETIME else exif
         iso = _iso_time(tags.get(when), exif.get(offset), exif.get(subsec))
         if iso:
-            return iso
-    return None
+            return iso, name
+    return None, None
 
 
 def _iso_time(value: Any, offset: Any, subsec: Any) -> str | None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from geoloc.geo import haversine_m
 from geoloc.trips.times import Camera, Reading, format_offset, utc_seconds
-from geoloc.trips.times import reading as read_time
+from geoloc.trips.times import reading_of
 
 #: Sources whose offset is known to within seconds, enough to place a photo by time.
 CERTAIN = ("user", "gps-time", "exif-zone", "visual")
@@ -314,7 +314,7 @@ def shots_from_records(records: Iterable) -> list[Shot]:
     capture time, with its own GPS position where it has one."""
     shots = []
     for r in records:
-        read = read_time(getattr(r, "taken_at", None))
+        read = reading_of(r)
         if read is None:
             continue
         located = getattr(r, "located", False) and r.lat is not None

@@ -19,7 +19,7 @@ from geoloc.files import display_path
 from geoloc.trips import clocks as clock_solver
 from geoloc.trips.clocks import FEW_VISUAL, Clock
 from geoloc.trips.fuse import from_time, fuse
-from geoloc.trips.times import Camera, format_offset, iso_utc, reading, utc_seconds
+from geoloc.trips.times import MODIFIED_ONLY, Camera, format_offset, iso_utc, reading_of, utc_seconds
 from geoloc.trips.timeline import MAX_EXTRAPOLATE_S, MAX_GAP_S, Fixes, place
 
 #: The kinds of evidence, as ``--evidence`` and the JSON's ``"evidence"`` name them.
@@ -83,8 +83,10 @@ def apply(results: list, records: Sequence, config: TripConfig, *, tracks=None,
             continue
         camera = Camera.of(result)
         clock = clocks.get(camera.name) or Clock(camera)
-        when = reading(result.taken_at)
+        when = reading_of(result)
         if when is None:
+            if result.taken_at and result.time_tag == "modified":
+                result.notes = list(result.notes) + [MODIFIED_ONLY]
             continue
         utc = clock.known_utc(when)
         certain = utc is not None
@@ -141,7 +143,7 @@ def _query_shots(results: Iterable, *, placed: bool, gps_times: bool = True) -> 
     for r in results:
         if r.error:
             continue
-        when = reading(r.taken_at)
+        when = reading_of(r)
         if when is None:
             continue
         lat = lon = by = None
@@ -165,7 +167,7 @@ def _fixes(archive: Sequence, clocks: Mapping[str, Clock], track, use_time: bool
             utc = utc_seconds(getattr(r, "gps_time", None))
             if utc is None:
                 clock = clocks.get(Camera.of(r).name)
-                utc = clock.known_utc(reading(r.taken_at)) if clock is not None else None
+                utc = clock.known_utc(reading_of(r)) if clock is not None else None
             if utc is not None:
                 points.append((utc, float(r.lat), float(r.lon), getattr(r, "gps_accuracy_m", None), Path(r.path)))
     return Fixes.build(track, points)
@@ -283,7 +285,7 @@ def order_frames(results: list):
     from geoloc.trips.sequence import smooth
 
     frames = [r for r in results if not r.error]
-    readings = [reading(r.taken_at) for r in frames]
+    readings = [reading_of(r) for r in frames]
     one_camera = len({Camera.of(r).name for r in frames}) == 1
     times = None
     if frames and one_camera and all(x is not None for x in readings):

@@ -60,6 +60,19 @@ class Reading:
         return None if self.zone_s is None else self.clock_s - self.zone_s
 
 
+#: A photo whose only time is IFD0 DateTime: the time its file was last written.
+MODIFIED_ONLY = ("capture time not used: the photo carries only EXIF DateTime, the time its file was last "
+                 "written (by an editor as often as by the camera), not DateTimeOriginal")
+
+
+def reading_of(item) -> Optional[Reading]:
+    """The capture time of a photo, a database row or an answer as trips use it: None for a
+    time read from DateTime alone (``time_tag`` "modified"), which places nothing."""
+    if getattr(item, "time_tag", None) == "modified":
+        return None
+    return reading(getattr(item, "taken_at", None))
+
+
 def reading(taken_at: Optional[str]) -> Optional[Reading]:
     """The :class:`Reading` of an ISO 8601 capture time as geoloc stores it, or None."""
     if not taken_at:
