@@ -15,6 +15,7 @@ from geoloc.cli._common import (
     at_least,
     DB_HELP,
     PRECISION_HELP,
+    VERIFIER_HELP,
     WORKERS_HELP,
     cell,
     handle_errors,
@@ -95,6 +96,7 @@ def eval_command(
         "verification (--compare shows each model without and with it)."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", callback=at_least(1), help="Candidates verified per query."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", metavar="NAME", help=VERIFIER_HELP, show_default=False),
     engine: str = typer.Option(
         "local", "--engine", metavar="local|ray",
         help="Where the database side of --db-images/--dataset is extracted: this process, or an actor "
@@ -125,6 +127,7 @@ def eval_command(
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
                           batch_size=batch_size, workers=workers, device=device, precision=precision,
                           rerank=not no_rerank, rerank_top=rerank_top, engine=engine,
+                          **({"rerank_verifier": verifier} if verifier else {}),
                           ray=ray_config(engine, ray_address, ray_workers),
                           trips=(trip_config(track, clock, evidence, sequence)
                                  if track or clock or evidence is not None or sequence else None)),

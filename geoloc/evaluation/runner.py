@@ -74,7 +74,10 @@ class EvalConfig:
     ray: object = None  # geoloc.descriptors.cluster.RayConfig for engine "ray"; None: a local Ray
 
     def check(self) -> None:
+        from geoloc.retrieval.rerank import RerankConfig
+
         require_at_least("--top-k", self.top_k, 1)
+        RerankConfig(enabled=self.rerank, verifier=self.rerank_verifier).check()
         require(self.threshold_m is None or (self.threshold_m > 0 and math.isfinite(self.threshold_m)),
                 f"--threshold-m must be a positive number of metres, got {self.threshold_m}")
         require_at_least("--max-side", self.max_side, 32, " pixels")
@@ -281,13 +284,15 @@ def _reranker(database, records, q_slots, config: EvalConfig, progress: Progress
     """The split's re-ranker, when asked for and possible (maps stored with the database)."""
     if not config.rerank:
         return None
-    if config.rerank_verifier == "dense" and (database.maps is None or q_slots is None):
+    from geoloc.retrieval.rerank import VERIFIERS
+
+    if VERIFIERS[config.rerank_verifier].dense and (database.maps is None or q_slots is None):
         progress.message(f"{database.where} stores no verification maps: evaluated without re-ranking")
         return None
     from geoloc.retrieval.rerank import RerankConfig, Reranker
 
     return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top,
-                                                    verifier=config.rerank_verifier))
+                                                    verifier=config.rerank_verifier, device=config.device))
 
 
 def _file_key(spec: str) -> list | None:
