@@ -275,16 +275,17 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
     t.add_column("model", no_wrap=True)
     # Short headers: the table has to fit 80 columns (stdout redirected to a file is 80 wide),
     # or Rich truncates the last one.
-    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median", "mean"):
+    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median", "mean", "s/q"):
         t.add_column(col, justify="right", no_wrap=True)
     for row in rows:
         if row.result is None:
-            t.add_row(cell(row.model), "", "skipped", "", "", "", "", "")
+            t.add_row(cell(row.model), "", "skipped", "", "", "", "", "", "")
             continue
         r = row.result
         s = r.summary
         t.add_row(cell(row.model), str(r.dim), *(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)),
-                  _num(s.median_error_m), _num(s.mean_error_m))
+                  _num(s.median_error_m), _num(s.mean_error_m),
+                  "" if r.seconds_per_query is None else f"{r.seconds_per_query:.2f}")
     con = _console(to_stderr)
     con.print(cell(title))
     con.print(t)

@@ -25,7 +25,7 @@ import numpy as np
 from geoloc.retrieval.verify import Cells
 
 #: Bump when what is stored changes meaning (another network, keypoint count, layout).
-FORMAT = 1
+FORMAT = 2
 
 
 class FeatureCache:

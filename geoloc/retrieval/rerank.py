@@ -56,12 +56,18 @@ VERIFIERS: dict[str, VerifierSpec] = {s.name: s for s in (
                  "the network's stride-16 cells, stored with the database"),
     VerifierSpec("sift", verify.SIFT_WEIGHT, verify.VERIFIED_MIN, verify.NO_MATCH_MAX, False, None,
                  "OpenCV SIFT keypoints from the photo files"),
-    VerifierSpec("xfeat", 2.0, 40, 15, False, "xfeat", "XFeat + LighterGlue on every verified candidate"),
-    VerifierSpec("aliked", 2.0, 40, 15, False, "aliked", "ALIKED + LightGlue on every verified candidate"),
-    VerifierSpec("dense+xfeat", 2.0, 40, 15, True, "xfeat",
-                 f"dense narrows the candidates to {CASCADE_KEEP}, XFeat + LighterGlue decides"),
-    VerifierSpec("dense+aliked", 2.0, 40, 15, True, "aliked",
-                 f"dense narrows the candidates to {CASCADE_KEEP}, ALIKED + LightGlue decides"),
+    # 512 keypoints a photo: about a third of the counts of 1,200 dense cells. Out of coverage
+    # (the Arezzo walk against itself, the cat) reached at most 9 (XFeat) and 8 (ALIKED); from 30
+    # up, 94 % (XFeat) and 98 % (ALIKED) of the top-1s held the truth inside their radius.
+    VerifierSpec("xfeat", 2.0, 30, 10, False, "xfeat", "XFeat + LighterGlue on every verified candidate"),
+    VerifierSpec("aliked", 2.0, 30, 10, False, "aliked", "ALIKED + LightGlue on every verified candidate"),
+    # Cascades: the learned stage adds its evidence to dense's fused score (weight 12, as dense:
+    # an XFeat inlier a share of 512, so it counts about twice a dense one), never replaces it:
+    # where the learned network finds little (ALIKED on a dark photo), dense's order stands.
+    VerifierSpec("dense+xfeat", 12.0, 30, 10, True, "xfeat",
+                 f"dense orders the candidates, XFeat + LighterGlue adds its evidence to the first {CASCADE_KEEP}"),
+    VerifierSpec("dense+aliked", 12.0, 30, 10, True, "aliked",
+                 f"dense orders the candidates, ALIKED + LightGlue adds its evidence to the first {CASCADE_KEEP}"),
 )}
 #: The default ``--verifier`` (docs/benchmarks.md, "Choosing the default verifier").
 DEFAULT_VERIFIER = "dense"
@@ -262,7 +268,7 @@ class Reranker:
             names = ["dense" if i >= 0 else None for i in verdict.inliers]
             flag = verdict.flag
             if isinstance(query, Evidence) and query.learned is not None:
-                verdict, names, flag = self._decide(query.learned, rows, cosines, verdict, names)
+                verdict, names, flag = self._decide(query.learned, rows, cosines, verdict, names, first, cells)
         else:
             match = self.learned.match if spec.learned else None
             verdict = verify.verify(first, cells, cosines, self.config.fusion_weight,
@@ -282,18 +288,65 @@ class Reranker:
         )
 
     def _decide(self, query: verify.Cells, rows: list[int], cosines: np.ndarray, dense: verify.Verdict,
-                names: list[str | None]):
-        """A cascade's second stage: the learned verifier reorders dense's first few, which go
-        first; the rest keep dense's order and counts. Its verdict is the flag: the stronger
-        evidence decides the confidence."""
+                names: list[str | None], dense_cells: verify.Cells | None, cells: list[verify.Cells | None]):
+        """A cascade's second stage: dense's first few, verified again by the learned matcher,
+        reordered by dense's fused score plus the learned evidence (``weight · inliers / query
+        keypoints``), ahead of the rest in dense's order. The flag weighs both verdicts
+        (:func:`stronger`); the inliers shown are the learned ones where it verified."""
         keep = dense.order[:CASCADE_KEEP]
-        learned = verify.verify(query, self.learned_of([rows[i] for i in keep]), cosines[keep],
+        learned = verify.verify(query, self.learned_of([rows[i] for i in keep]), dense.fused[keep],
                                 self.config.fusion_weight, match=self.learned.match)
         inliers, fused = dense.inliers.copy(), dense.fused.copy()
         for j, i in enumerate(keep):
             if learned.inliers[j] >= 0:
                 inliers[i], fused[i], names[i] = learned.inliers[j], learned.fused[j], self.spec.learned
         order = [keep[j] for j in learned.order] + dense.order[CASCADE_KEEP:]
-        verdict = verify.Verdict(order, inliers, fused, learned.top_inliers)
-        flag = verify.flag(learned.top_inliers, self.spec.verified_min, self.spec.no_match_max)
-        return verdict, names, flag
+        # The dense flag of the new top-1: dense's own when it kept its place, else that photo
+        # verified again by dense alone (one more homography).
+        top = order[0]
+        dense_top = dense.top_inliers
+        if top != dense.order[0] and dense_cells is not None and cells[top] is not None:
+            dense_top = verify.verify(dense_cells, [cells[top]], cosines[[top]]).top_inliers
+        dense_flag = verify.flag(dense_top)
+        learned_flag = verify.flag(learned.top_inliers, self.spec.verified_min, self.spec.no_match_max)
+        flag, weaker = stronger(dense_flag, learned_flag)
+        top_inliers = learned.top_inliers if weaker == "learned" else dense_top
+        return verify.Verdict(order, inliers, fused, top_inliers), names, flag
+
+
+_RANK = {"no match": 0, "unverified": 1, "verified": 2}
+
+
+def stronger(dense: str, learned: str) -> tuple[str, str]:
+    """One flag from a cascade's two verdicts, and which of them is the weaker (its count is
+    the one a warning quotes).
+
+    Either verifier verifying is enough where the other only partly does: a night photo the
+    learned matcher verifies is not held back by dense cells that darkness blurred. But when one
+    verifies and the other finds no match at all, the answer is at most "unverified": a
+    look-alike the learned matcher rejects is not ``high``, however its texture fools dense cells.
+    """
+    a, b = _RANK[dense], _RANK[learned]
+    weaker = "dense" if a < b else "learned"
+    if max(a, b) == 2 and min(a, b) == 0:
+        return "unverified", weaker
+    return (dense if a >= b else learned), weaker
+
+def verifier_rows() -> list[dict]:
+    """Every verifier as ``geoloc models verifiers`` lists it: whether it can run here, and
+    what it needs when it cannot."""
+    from geoloc.retrieval.learned import SPECS, available
+
+    rows = []
+    for spec in VERIFIERS.values():
+        learned = SPECS.get(spec.learned) if spec.learned else None
+        rows.append({
+            "name": spec.name,
+            "default": spec.name == DEFAULT_VERIFIER,
+            "available": learned is None or available(learned.name),
+            "package": f"{learned.package}=={learned.version}" if learned else None,
+            "install": learned.install if learned else None,
+            "cached_bytes_per_photo": learned.bytes_per_photo if learned else None,
+            "description": spec.description,
+        })
+    return rows
