@@ -129,9 +129,10 @@ def test_an_unknown_verifier_is_a_usage_error(small_db, lund_dir):
 
 @needs_xfeat
 def test_eval_compare_shows_a_row_per_verifier(tiny_model, lund_dir):
-    result = CliRunner().invoke(app, [
-        "eval", str(lund_dir / "12.jpg"), str(lund_dir / "16.jpg"), "--db-images", *(str(lund_dir / f"{i:02d}.jpg") for i in range(9, 21, 2)),
-        "--model", tiny_model, "--max-side", str(SIDE), "--compare", "dense,xfeat", "--json"])
+    database = [arg for i in range(9, 21, 2) for arg in ("--db-images", str(lund_dir / f"{i:02d}.jpg"))]
+    result = CliRunner().invoke(app, ["eval", str(lund_dir / "12.jpg"), str(lund_dir / "16.jpg"), *database,
+                                      "--model", tiny_model, "--max-side", str(SIDE), "--compare", "dense,xfeat",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["model"]: r for r in json.loads(result.stdout)["models"]}
     assert list(rows) == [tiny_model, f"{tiny_model} +dense", f"{tiny_model} +xfeat"]

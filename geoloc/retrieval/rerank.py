@@ -162,6 +162,7 @@ class Reranker:
         self._learned: dict[int, verify.Cells | None] = {}
         self._why: dict[int, str] = {}
         self._lock = threading.Lock()  # eval judges queries on two threads
+        self._stamps: dict[str, tuple[int, int]] | None = None  # database photos, by resolved path
 
     def sift_cells(self, paths: Sequence[Path]) -> list[verify.Cells | None]:
         """SIFT keypoints of photo files at the database's image size."""
@@ -191,14 +192,20 @@ class Reranker:
         return out
 
     def query_learned(self, paths: Sequence[Path]) -> list[verify.Cells | None]:
-        """A query's learned keypoints (from the cache when it is an unchanged database photo)."""
+        """Queries' learned keypoints: a database photo queried again, unchanged, reads and fills
+        the cache like a candidate; any other query is computed and not kept."""
+        if self._stamps is None:
+            self._stamps = {os.path.realpath(r.path): (r.size, r.mtime_ns) for r in self.records}
         stamps = []
         for p in paths:
+            stamp = self._stamps.get(os.path.realpath(p))
             try:
                 st = os.stat(p)
-                stamps.append((st.st_size, st.st_mtime_ns))
             except OSError:
-                stamps.append(None)
+                stamp = None
+            else:
+                stamp = stamp if stamp == (st.st_size, st.st_mtime_ns) else None
+            stamps.append(stamp)
         return self.learned_cells(paths, stamps)
 
     def cells(self, rows: Sequence[int]) -> list[verify.Cells | None]:
