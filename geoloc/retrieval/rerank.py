@@ -57,16 +57,16 @@ VERIFIERS: dict[str, VerifierSpec] = {s.name: s for s in (
     VerifierSpec("sift", verify.SIFT_WEIGHT, verify.VERIFIED_MIN, verify.NO_MATCH_MAX, False, None,
                  "OpenCV SIFT keypoints from the photo files"),
     # 512 keypoints a photo: about a third of the counts of 1,200 dense cells. Out of coverage
-    # (the Arezzo walk against itself, the cat) reached at most 9 (XFeat) and 8 (ALIKED); from 30
+    # (the Arezzo walk against itself, the cat) reached at most 9 (XFeat) and 12 (ALIKED); from 30
     # up, 94 % (XFeat) and 98 % (ALIKED) of the top-1s held the truth inside their radius.
     VerifierSpec("xfeat", 2.0, 30, 10, False, "xfeat", "XFeat + LighterGlue on every verified candidate"),
-    VerifierSpec("aliked", 2.0, 30, 10, False, "aliked", "ALIKED + LightGlue on every verified candidate"),
+    VerifierSpec("aliked", 2.0, 30, 13, False, "aliked", "ALIKED + LightGlue on every verified candidate"),
     # Cascades: the learned stage adds its evidence to dense's fused score (weight 12, as dense:
     # an XFeat inlier a share of 512, so it counts about twice a dense one), never replaces it:
     # where the learned network finds little (ALIKED on a dark photo), dense's order stands.
     VerifierSpec("dense+xfeat", 12.0, 30, 10, True, "xfeat",
                  f"dense orders the candidates, XFeat + LighterGlue adds its evidence to the first {CASCADE_KEEP}"),
-    VerifierSpec("dense+aliked", 12.0, 30, 10, True, "aliked",
+    VerifierSpec("dense+aliked", 12.0, 30, 13, True, "aliked",
                  f"dense orders the candidates, ALIKED + LightGlue adds its evidence to the first {CASCADE_KEEP}"),
 )}
 #: The default ``--verifier`` (docs/benchmarks.md, "Choosing the default verifier").
