@@ -139,3 +139,17 @@ def test_eval_compare_shows_a_row_per_verifier(tiny_model, lund_dir):
     assert [rows[k]["verifier"] for k in rows] == [None, "dense", "xfeat"]
     assert all(r["status"] == "ok" and r["seconds_per_query"] > 0 for r in rows.values())
     assert rows[f"{tiny_model} +xfeat"]["recall"]["1"] == 1.0
+
+
+@pytest.mark.parametrize("dense, learned, flag", [
+    ("unverified", "verified", "verified"),  # a night photo the learned matcher verifies
+    ("verified", "unverified", "verified"),
+    ("verified", "no match", "unverified"),  # a look-alike the learned matcher rejects: not high
+    ("no match", "verified", "unverified"),
+    ("no match", "no match", "no match"),  # out of coverage stays low
+    ("unverified", "no match", "unverified"),
+])
+def test_a_cascade_weighs_both_verdicts(dense, learned, flag):
+    from geoloc.retrieval.rerank import stronger
+
+    assert stronger(dense, learned)[0] == flag
