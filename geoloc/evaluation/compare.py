@@ -50,7 +50,11 @@ class CompareRow:
 
 
 def parse_model_list(text: str) -> list[str]:
-    """``m1,m2,...`` (or ``study``) → model names/files, each checked before any work starts."""
+    """``m1,m2,...`` (or ``study``) → model names/files, each checked before any work starts.
+    Verifier names (or ``verifiers``: all of them) may stand among them: the models are then
+    compared by verifier (:func:`compare_models`)."""
+    from geoloc.retrieval.rerank import VERIFIERS
+
     names: list[str] = []
     for part in text.split(","):
         part = part.strip()
@@ -58,6 +62,8 @@ def parse_model_list(text: str) -> list[str]:
             continue
         if part == "study":
             names.extend(STUDY_MODELS)
+        elif part == "verifiers":
+            names.extend(VERIFIERS)
         else:
             names.append(part)
     seen: set[str] = set()
@@ -67,7 +73,7 @@ def parse_model_list(text: str) -> list[str]:
     from geoloc.models.registry import get_entry
 
     for name in unique:
-        if Path(name).expanduser().is_file():
+        if name in VERIFIERS or Path(name).expanduser().is_file():
             continue
         if "/" in name or Path(name).suffix.lower() in (".safetensors", ".mat", ".pth", ".tar", ".pt"):
             raise UsageError(f"--compare: model file {name} not found")
@@ -78,6 +84,13 @@ def parse_model_list(text: str) -> list[str]:
     return unique
 
 
+def split_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--compare``'s names as (models, verifiers)."""
+    from geoloc.retrieval.rerank import VERIFIERS
+
+    return [n for n in names if n not in VERIFIERS], [n for n in names if n in VERIFIERS]
+
+
 def compare_models(
     split: Split,
     models: Sequence[str],
@@ -85,21 +98,38 @@ def compare_models(
     progress: Progress | None = None,
 ) -> list[CompareRow]:
     """Evaluate every model on ``split``, each without and (when asked) with re-ranking: two
-    rows a model, so the table shows what verification adds. Missing weights make a skipped
-    row, not an error."""
+    rows a model, so the table shows what verification adds. With verifier names among
+    ``models``, a row per verifier instead of the one re-ranked row (the models: those named, or
+    ``config.model``). Missing weights or a verifier's missing package make a skipped row, not
+    an error."""
     from dataclasses import replace
 
+    from geoloc.retrieval.learned import SPECS, available
+    from geoloc.retrieval.rerank import VERIFIERS
+
+    names, verifiers = split_names(models)
+    if verifiers:
+        names = names or [config.model]
+        passes = [None] + (verifiers if config.rerank else [])
+    else:
+        passes = [None, config.rerank_verifier] if config.rerank else [None]
     rows: list[CompareRow] = []
-    passes = [False, True] if config.rerank else [False]
-    for name in models:
-        for rerank in passes:
-            label = f"{name} +rerank" if rerank else name
+    for name in names:
+        shown = name or "default model"
+        for verifier in passes:
+            label = shown if verifier is None else f"{shown} +{verifier}" if verifiers else f"{shown} +rerank"
+            learned = VERIFIERS[verifier].learned if verifier else None
+            if learned and not available(learned):
+                rows.append(CompareRow(label, skipped=f"needs {SPECS[learned].package}: {SPECS[learned].install}"))
+                continue
+            run = replace(with_model(config, name), rerank=verifier is not None,
+                          rerank_verifier=verifier or config.rerank_verifier)
             try:
-                result = evaluate_split(split, replace(with_model(config, name), rerank=rerank), progress)
+                result = evaluate_split(split, run, progress)
             except WeightsUnavailableError:
                 rows.append(CompareRow(label, skipped=f"weights not available offline (geoloc models download {name})"))
                 break
-            if rerank and not result.reranked:
+            if verifier is not None and not result.reranked:
                 break  # no maps stored: the plain row says it all
             rows.append(CompareRow(label, result=result))
     return rows

@@ -60,7 +60,11 @@ def evaluate_database(
         manifest = locator.database.manifest
         _check_database_matches(db, manifest, config)
         progress.stage("Queries", len(q_paths))
+        import time
+
+        start = time.perf_counter()
         results = locator.locate(q_paths, on_progress=progress.advance)
+        spent = time.perf_counter() - start
         if config.trips is not None:
             from dataclasses import replace
 
@@ -90,6 +94,8 @@ def evaluate_database(
         summary=summary,
         outcomes=outcomes,
         reranked=config.rerank,
+        verifier=config.rerank_verifier if config.rerank else None,
+        seconds_per_query=spent / max(len(q_paths), 1),
         database_images=len(records),
         descriptors={"queries_computed": extracted, "queries_cached": len(q_paths) - extracted},
         cache=None,

@@ -54,7 +54,8 @@ class EvalRequest:
                 "use them with QUERIES --db DB, not --dataset or --db-images")
         require(self.config.trips is None or not self.compare, "--compare does not take trip options")
         require(not (self.as_json and self.csv_on_stdout), "choose one output format on stdout, not --json and --csv -")
-        require(not (self.compare and self.config.model), "give either --model or --compare, not both")
+        require(not (self.compare and self.config.model and self._compares_models()),
+                "give either --model or --compare MODELS, not both (--compare with verifier names alone takes --model)")
         require(not (self.dataset is not None and self.queries),
                 "give either QUERIES or --dataset, not both (a CSV dataset lists its queries)")
         require(self.dataset is not None or bool(self.queries),
@@ -71,6 +72,12 @@ class EvalRequest:
             if target is not None:
                 check_writable(target)
         self.config.check()
+
+    def _compares_models(self) -> bool:
+        from geoloc.evaluation.compare import split_names
+
+        return bool(split_names([p.strip() for p in (self.compare or "").split(",") if p.strip()
+                                 and p.strip() != "verifiers"])[0])
 
     def models(self) -> list[str] | None:
         if not self.compare:

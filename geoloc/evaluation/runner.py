@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,7 +75,10 @@ class EvalConfig:
     ray: object = None  # geoloc.descriptors.cluster.RayConfig for engine "ray"; None: a local Ray
 
     def check(self) -> None:
+        from geoloc.retrieval.rerank import RerankConfig
+
         require_at_least("--top-k", self.top_k, 1)
+        RerankConfig(enabled=self.rerank, verifier=self.rerank_verifier).check()
         require(self.threshold_m is None or (self.threshold_m > 0 and math.isfinite(self.threshold_m)),
                 f"--threshold-m must be a positive number of metres, got {self.threshold_m}")
         require_at_least("--max-side", self.max_side, 32, " pixels")
@@ -105,6 +109,10 @@ class EvalResult:
     problems: list[PhotoError] = field(default_factory=list)
     skipped_queries: int = 0  # queries without ground truth (no EXIF GPS)
     reranked: bool = False  # candidates reordered by geometric verification
+    verifier: str | None = None  # which verifier did it (geoloc.retrieval.rerank.VERIFIERS)
+    #: Search, verification and estimate per query, in seconds (queries' descriptors excluded:
+    #: the eval cache keeps them; a learned verifier's query keypoints included).
+    seconds_per_query: float | None = None
 
     def to_json(self, include_queries: bool = False, top_k: int = 10) -> dict:
         s = self.summary
@@ -122,6 +130,8 @@ class EvalResult:
             "queries_failed": s.failed,
             "queries_without_gps": self.skipped_queries,
             "rerank": self.reranked,
+            "verifier": self.verifier,
+            "seconds_per_query": _r(self.seconds_per_query, 4),
             "calibration": {level: {"queries": c["queries"], "within_radius": _r(c["within_radius"], 4),
                                     "median_radius_m": _r(c["median_radius_m"], 1)}
                             for level, c in s.calibration.items()},
@@ -210,8 +220,10 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
         for i, reason in q_errors.items():
             problems.append(PhotoError(split.query_paths[i], reason))
         reranker = _reranker(database, db_records, q_slots, config, progress)
+        start = time.perf_counter()
         outcomes = _search_and_score(split, split_rows, db_matrix, q_desc, q_errors, threshold, config,
                                      reranker, q_slots)
+        spent = time.perf_counter() - start
     summary = summarize(outcomes, threshold, config.recall_ns, max_n=max(config.recall_ns + (config.top_k,)))
     return EvalResult(
         model=str(manifest["model"]),
@@ -222,6 +234,8 @@ def evaluate_split(split: Split, config: EvalConfig, progress: Progress | None =
         summary=summary,
         outcomes=outcomes,
         reranked=reranker is not None,
+        verifier=config.rerank_verifier if reranker is not None else None,
+        seconds_per_query=spent / max(len(outcomes), 1),
         database_images=len(split_rows),
         descriptors={
             "database_computed": report.indexed,
@@ -281,13 +295,15 @@ def _reranker(database, records, q_slots, config: EvalConfig, progress: Progress
     """The split's re-ranker, when asked for and possible (maps stored with the database)."""
     if not config.rerank:
         return None
-    if config.rerank_verifier == "dense" and (database.maps is None or q_slots is None):
+    from geoloc.retrieval.rerank import VERIFIERS
+
+    if VERIFIERS[config.rerank_verifier].dense and (database.maps is None or q_slots is None):
         progress.message(f"{database.where} stores no verification maps: evaluated without re-ranking")
         return None
     from geoloc.retrieval.rerank import RerankConfig, Reranker
 
     return Reranker(database, records, RerankConfig(enabled=True, top=config.rerank_top,
-                                                    verifier=config.rerank_verifier))
+                                                    verifier=config.rerank_verifier, device=config.device))
 
 
 def _file_key(spec: str) -> list | None:

@@ -102,6 +102,9 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)  # the reasons, in words (not in "estimate")
     #: The re-ranked top-1's verification ("verified", "unverified", "no match"), None without.
     verification: str | None = None
+    #: The re-ranked top-1's homography inliers behind ``verification`` (not in the JSON: the
+    #: candidates' ``verified`` carry the counts; benchmarks calibrate the flag on it).
+    top_inliers: int | None = None
     #: The farthest considered candidate's distance from the estimate (not in the JSON).
     extent_m: float = 0.0
     #: What the estimate rests on: any of "visual", "time", "track", "sequence" (geoloc.trips).
@@ -229,6 +232,7 @@ def assess_confidence(
     level = "high"
     unmatched = False
     estimate.verification = verification
+    estimate.top_inliers = top_inliers
     if verification == "no match":
         level, unmatched = "low", True
         # Not "the place is missing": a night photo of a place the database holds by day ends

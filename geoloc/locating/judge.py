@@ -17,7 +17,7 @@ import numpy as np
 
 from geoloc.retrieval import verify
 from geoloc.locating.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
-from geoloc.retrieval.rerank import Reranked, Reranker
+from geoloc.retrieval.rerank import Evidence, Reranked, Reranker
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Judged:
     rows: list[int]  # search rows, best first
     scores: list[float]  # their global (cosine) scores, in that order
     inliers: list[int | None]  # per row: consistent matches, None where it was not verified
+    verifiers: list[str | None]  # per row: the verifier of those matches (None: not verified)
     fused: list[float | None]  # per row: the re-ranking score, None where it was not verified
     estimate: Estimate | None
     verdict: Reranked | None = None  # None: the query was not verified
@@ -35,18 +36,29 @@ class Judged:
 
 
 def query_cells(reranker: Reranker, paths: Sequence[Path], *, maps=None, slots=None,
-                stride: float = 0.0) -> list[verify.Cells | None]:
-    """The queries' verification cells, for the re-ranker's verifier: SIFT keypoints read from
-    the photo files whatever else is at hand; else dense cells from ``maps`` (the network's
-    maps of this very pass, at ``stride``) or ``slots`` (stored maps, as the database's
-    ``maps.i8`` decodes them; None where a query has none). None for every query without either."""
-    if reranker.config.verifier == "sift":
-        return reranker.sift_cells([Path(p) for p in paths])
+                stride: float = 0.0) -> list:
+    """The queries' verification evidence, for the re-ranker's verifier: SIFT or learned
+    keypoints read from the photo files whatever else is at hand; else dense cells from ``maps``
+    (the network's maps of this very pass, at ``stride``) or ``slots`` (stored maps, as the
+    database's ``maps.i8`` decodes them; None where a query has none), and for a cascade the
+    learned keypoints beside them (:class:`~geoloc.retrieval.rerank.Evidence`). None for every
+    query without either."""
+    spec = reranker.spec
+    paths = [Path(p) for p in paths]
+    if spec.name == "sift":
+        return reranker.sift_cells(paths)
+    if not spec.dense:
+        return reranker.query_learned(paths)
     if maps is not None:
-        return [verify.query_cells(np.asarray(m), stride) for m in maps]
-    if slots is not None:
-        return [None if s is None else verify.dequantize(*s, stride) for s in slots]
-    return [None] * len(paths)
+        dense = [verify.query_cells(np.asarray(m), stride) for m in maps]
+    elif slots is not None:
+        dense = [None if s is None else verify.dequantize(*s, stride) for s in slots]
+    else:
+        return [None] * len(paths)
+    if not spec.learned:
+        return dense
+    learned = reranker.query_learned(paths)
+    return [None if d is None else Evidence(d, k) for d, k in zip(dense, learned)]
 
 
 def rank_and_judge(
@@ -55,7 +67,7 @@ def rank_and_judge(
     lats: np.ndarray,
     lons: np.ndarray,
     *,
-    cells: verify.Cells | None = None,
+    cells: verify.Cells | Evidence | None = None,
     reranker: Reranker | None = None,
     reference: Callable[[], float | None] = lambda: None,
     estimate_k: int = 10,
@@ -73,6 +85,7 @@ def rank_and_judge(
     rows = [int(r) for r in rows]
     scores = [float(s) for s in scores]
     inliers: list[int | None] = [None] * len(rows)
+    verifiers: list[str | None] = [None] * len(rows)
     fused: list[float | None] = [None] * len(rows)
     verdict, notes, spent = None, [], 0.0
     if reranker is not None and cells is not None and rows:
@@ -81,6 +94,7 @@ def rank_and_judge(
         n = len(verdict.order)
         order = verdict.order + list(range(n, len(rows)))
         inliers = [verdict.inliers[i] if i < n else None for i in order]
+        verifiers = [verdict.verifiers[i] if i < n else None for i in order]
         fused = [verdict.fused[i] if i < n and verdict.inliers[i] is not None else None for i in order]
         rows, scores = [rows[i] for i in order], [scores[i] for i in order]
         notes = list(verdict.notes)
@@ -93,4 +107,4 @@ def rank_and_judge(
                          verification=verdict.flag if verdict else None,
                          top_inliers=verdict.top_inliers if verdict else None,
                          estimate_config=estimate_config, confidence_config=confidence_config)
-    return Judged(rows, scores, inliers, fused, estimate, verdict, notes, spent)
+    return Judged(rows, scores, inliers, verifiers, fused, estimate, verdict, notes, spent)

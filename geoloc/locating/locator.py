@@ -253,7 +253,7 @@ class Locator:
         """A database photo queried again verifies with its stored map (computed from its file
         for a database that stores none)."""
         paths = [Path(rec.path) for _, rec in stored]
-        dense = self.config.rerank.verifier == "dense"
+        dense = self.config.rerank.spec.dense
         if dense and self.database.maps is None:
             found = self._compute_cells(paths)
         elif dense:
@@ -296,7 +296,7 @@ class Locator:
         if not self.config.rerank.enabled:
             for items, out in extractor.descriptors(paths, on_error=on_error):
                 yield items, out, [None] * len(items)
-        elif self.config.rerank.verifier == "sift":
+        elif not self.config.rerank.spec.dense:  # keypoints from the files
             for items, out in extractor.descriptors(paths, on_error=on_error):
                 yield items, out, query_cells(self.reranker, [item.path for item in items])
         else:
@@ -316,7 +316,7 @@ class Locator:
     @property
     def reranker(self) -> Reranker:
         if self._reranker is None:
-            self._reranker = Reranker(self.database, self.records, self.config.rerank,
+            self._reranker = Reranker(self.database, self.records, replace(self.config.rerank, device=self.config.device),
                                       compute_maps=self._compute_cells)
         return self._reranker
 
@@ -384,7 +384,8 @@ class Locator:
             lat, lon = float(self._lats[j]), float(self._lons[j])
             distance = float(haversine_m(lat, lon, estimate.lat, estimate.lon))
             candidates.append(Candidate(rank, self.records[j].path, lat, lon, s, distance,
-                                        judged.inliers[rank - 1], judged.fused[rank - 1]))
+                                        judged.inliers[rank - 1], judged.fused[rank - 1],
+                                        judged.verifiers[rank - 1]))
         return estimate, candidates
 
     def score_reference(self) -> float | None:

@@ -30,6 +30,7 @@ class Candidate:
     #: not verified — beyond ``--rerank-top``, no map, or ``--no-rerank``).
     inliers: int | None = None
     fused: float | None = None
+    verifier: str | None = None  # whose inliers: geoloc.retrieval.rerank.VERIFIERS, or a learned stage's name
 
     def to_json(self) -> dict:
         return {
@@ -40,7 +41,8 @@ class Candidate:
             "score": json_number(self.score, 6),
             "distance_m": json_number(self.distance_m, 2),
             "verified": None if self.inliers is None else {"inliers": self.inliers,
-                                                            "score": json_number(self.fused, 6)},
+                                                            "score": json_number(self.fused, 6),
+                                                            "verifier": self.verifier},
         }
 
 

@@ -63,6 +63,9 @@ class Cells:
     desc: np.ndarray  # N×C float32, L2-normalised
     xy: np.ndarray  # N×2 float32, cell centres in pixels of the network's input
     stride: float
+    #: The image's (width, height) in pixels, for matchers that normalise positions by it
+    #: (LightGlue); None for dense cells and SIFT.
+    size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.desc)
@@ -83,10 +86,10 @@ class Verdict:
         return flag(self.top_inliers)
 
 
-def flag(homography_inliers: int) -> str:
-    if homography_inliers >= VERIFIED_MIN:
+def flag(homography_inliers: int, verified_min: int = VERIFIED_MIN, no_match_max: int = NO_MATCH_MAX) -> str:
+    if homography_inliers >= verified_min:
         return "verified"
-    if homography_inliers < NO_MATCH_MAX:
+    if homography_inliers < no_match_max:
         return "no match"
     return "unverified"
 
@@ -239,13 +242,14 @@ def inliers(pa: np.ndarray, pb: np.ndarray, model: str, threshold: float) -> np.
 
 
 def verify(query: Cells, candidates: list[Cells | None], cosines: np.ndarray, weight: float = WEIGHT,
-           ratio: float | None = None) -> Verdict:
+           ratio: float | None = None, match=None) -> Verdict:
     """Re-rank ``candidates`` (None: nothing to verify with; it keeps its cosine alone).
 
     Each candidate: mutual nearest cells, MAGSAC++ fundamental matrix at half a cell. Then
     ``fused = cosine + weight · inliers / query cells``, and one homography at one cell on the
     new top-1's matches for the flag. ``ratio``: keep only matches that pass Lowe's ratio
-    test too (SIFT keypoints).
+    test too (SIFT keypoints). ``match(query, candidate) → (ia, ib)``: a learned matcher
+    instead of nearest neighbours (:mod:`geoloc.retrieval.learned`).
     """
     n = len(candidates)
     counts = np.full(n, -1, dtype=np.int64)
@@ -253,7 +257,12 @@ def verify(query: Cells, candidates: list[Cells | None], cosines: np.ndarray, we
     for i, cand in enumerate(candidates):
         if cand is None:
             continue
-        ia, ib = mutual_nearest(query.desc, cand.desc) if ratio is None else ratio_nearest(query.desc, cand.desc, ratio)
+        if match is not None:
+            ia, ib = match(query, cand)
+        elif ratio is None:
+            ia, ib = mutual_nearest(query.desc, cand.desc)
+        else:
+            ia, ib = ratio_nearest(query.desc, cand.desc, ratio)
         matches[i] = (ia, ib)
         counts[i] = int(inliers(query.xy[ia], cand.xy[ib], "fundamental", query.stride / 2).sum())
     fused = np.asarray(cosines, dtype=np.float64) + weight * np.maximum(counts, 0) / max(len(query), 1)
