@@ -316,3 +316,58 @@ def test_review_in_the_browser_accept_correct_reject_apply_and_undo(chromium, si
     assert undo.exit_code == 0, undo.output
     assert exif_gps(folder / "02.jpg") is None and exif_gps(folder / "04.jpg") is None
     print(f"review screenshot: {tmp_path / 'review.png'}")
+
+
+_MAP_VIEW = """() => {
+  let map = null;
+  for (const k of Object.keys(window)) { try { if (window[k] instanceof L.Map) { map = window[k]; } } catch (e) {} }
+  const b = map.getBounds(), circles = [], shown = [];
+  map.eachLayer(l => { if (l instanceof L.Circle) { circles.push([l.getLatLng().lat, l.getLatLng().lng]); } });
+  document.querySelectorAll('.leaflet-marker-icon').forEach(el => {
+    if (getComputedStyle(el).display !== 'none') { const r = el.getBoundingClientRect(); shown.push([r.left, r.top, r.right, r.bottom]); }
+  });
+  return {bounds: [b.getSouth(), b.getWest(), b.getNorth(), b.getEast()], circles: circles, shown: shown,
+          clusters: document.querySelectorAll('.geoloc-cluster').length,
+          layers: Array.from(document.querySelectorAll('.leaflet-control-layers-overlays label')).map(
+            l => [l.textContent.trim(), l.querySelector('input').checked])};
+}"""
+
+
+@pytest.mark.browser
+def test_the_static_map_opens_on_the_sure_estimates_with_no_low_circle_and_no_overlapping_badge(
+        chromium, site, tmp_path):
+    root, results = site
+    out = tmp_path / "map.html"
+    result = CliRunner().invoke(app, ["locate", *[str(r.query) for r in results], "--db", str(root / "db"),
+                                      "--top-k", "5", "--map", str(out)])
+    assert result.exit_code == 0, result.output
+    page = offline_page(chromium)
+    try:
+        page.goto(out.as_uri())
+        page.wait_for_selector(".leaflet-marker-icon", state="attached")
+        page.wait_for_timeout(300)  # the clusters are drawn once the view is set
+        view = page.evaluate(_MAP_VIEW)
+        shot = tmp_path / "map.png"
+        page.screenshot(path=str(shot))
+        page.locator(".geoloc-results th", has_text="confidence").click()
+        order = page.locator(".geoloc-results tbody tr td:nth-child(6)").all_text_contents()
+        assert page.errors == [] and page.alerts == []
+    finally:
+        page.close()
+    sure = [r.estimate for r in results if r.estimate.confidence in ("high", "medium")]
+    low = [r.estimate for r in results if r.estimate.confidence == "low"]
+    assert sure and low  # the case the map is for: good estimates and a far-off guess
+    south, west, north, east = view["bounds"]
+    for e in sure:
+        assert south <= e.lat <= north and west <= e.lon <= east
+    # The low guess (a Paris photo against Lund: 1 km wide) did not set the zoom.
+    assert (north - south) * 111_195 < min(e.radius_m for e in low)
+    assert len(view["circles"]) == len(sure)  # the low guess's circle is not drawn
+    assert [name for name, on in view["layers"] if not on] == [f"low confidence ({len(low)}): not shown at first"]
+    assert view["clusters"] >= 1  # the Lund marks stand close together: gathered, with their count
+    boxes = view["shown"]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    assert order == sorted(order, key=["high", "medium", "low"].index)
+    print(f"map screenshot: {shot}")

@@ -79,6 +79,9 @@ CLUSTER_JS = """
         }
       });
       clusters.addLayer(c);
+      // The badge takes its surest mark's colour: red where an estimate is inside, blue for candidates.
+      var inner = first.getElement().firstChild, badge = c.getElement() && c.getElement().firstChild;
+      if (inner && badge && inner.style) { badge.style.background = inner.style.background; }
     });
   }
   map.on('zoomend overlayadd overlayremove', function () { setTimeout(regroup, 0); });

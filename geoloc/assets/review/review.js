@@ -104,6 +104,10 @@
 
   function ensureMap(tiles) {
     if (state.map) { return; }
+    // The pin's images, asked for with the token like everything else.
+    var t = '?token=' + encodeURIComponent(TOKEN);
+    L.Icon.Default.mergeOptions({imagePath: '/assets/images/', iconUrl: 'marker-icon.png' + t,
+                                 iconRetinaUrl: 'marker-icon-2x.png' + t, shadowUrl: 'marker-shadow.png' + t});
     state.map = L.map('map', {zoomControl: true});
     if (tiles) {
       var layer = L.tileLayer(tiles, {maxZoom: 19, attribution: '&copy; OpenStreetMap contributors'});
@@ -219,7 +223,7 @@
         ctx.lineTo(wa + 10 + p[2] * wb, p[3] * h);
         ctx.stroke();
       });
-      $('matches-title').textContent = 'matched points with #' + c.rank + ': ' + data.found + ' consistent' +
+      $('matches-title').textContent = 'SIFT matches with #' + c.rank + ', found again for this view: ' + data.found + ' consistent' +
         (data.pairs.length < data.found ? ' (' + data.pairs.length + ' drawn)' : '');
     }
     a.onload = b.onload = function () { ready++; draw(); };
@@ -311,5 +315,8 @@
     $('to-xmp').checked = !!st.apply.xmp;
     if (st.left_out) { say(st.left_out + ' photos decided in an earlier review are not shown (geoloc review --again shows them)'); }
     return load(0);
-  }).then(function () { document.body.dataset.ready = '1'; }).catch(function (e) { say(String(e)); });
+  }).then(function () {
+    document.body.dataset.ready = '1';
+    if (window.performance && performance.mark) { performance.mark('geoloc-rows'); }  // benchmarks/bench_review.py
+  }).catch(function (e) { say(String(e)); });
 })();
