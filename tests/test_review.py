@@ -227,7 +227,7 @@ def test_the_cli_prints_the_url_with_its_token_and_stops_on_ctrl_c(site, tmp_pat
 @pytest.fixture(scope="module")
 def chromium():
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no system Chromium at {CHROMIUM}")
+        pytest.skip(f"no system Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
