@@ -220,6 +220,32 @@ def test_the_cli_prints_the_url_with_its_token_and_stops_on_ctrl_c(site, tmp_pat
     assert bad.exit_code == 2 and "--unlocated" in bad.output
 
 
+def test_a_port_in_use_is_a_usage_error(site, tmp_path):
+    import socket
+
+    db, _ = fresh_copy(site, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["review", str(tmp_path / "queries" / "02.jpg"), "--db", str(db),
+                                          "--no-browser", "--port", str(port)])
+    assert result.exit_code == 2 and f"--port {port}" in result.output
+
+
+def test_the_thumbnail_cache_stays_under_its_bound(site, tmp_path):
+    from geoloc.review.thumbs import ThumbCache
+
+    root, _ = site
+    photos = sorted((root / "photos").glob("*.jpg"))
+    cache = ThumbCache(tmp_path / "thumbs", max_bytes=30_000, side=160)
+    for p in photos:
+        assert cache.get(str(p))[:2] == b"\xff\xd8"
+    kept = sum(f.stat().st_size for f in (tmp_path / "thumbs").iterdir())
+    assert 0 < kept <= 30_000
+    assert cache.get(str(root / "no-such.jpg")) is None
+
+
 # ------------------------------------------------------------------------------------------------
 # In a real browser
 
