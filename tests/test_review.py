@@ -220,6 +220,20 @@ def test_the_cli_prints_the_url_with_its_token_and_stops_on_ctrl_c(site, tmp_pat
     assert bad.exit_code == 2 and "--unlocated" in bad.output
 
 
+def test_apply_writes_sidecars_only_for_what_was_accepted_and_marks_it_written(served, tmp_path):
+    items = {i["name"]: i["id"] for i in json.loads(served.request("GET", "/api/items")[1])["items"]}
+    served.request("POST", "/api/decide", {"ids": [items["02.jpg"]], "decision": "accepted"})
+    served.request("POST", "/api/decide", {"ids": [items["04.jpg"]], "decision": "rejected"})
+    status, body = served.request("POST", "/api/apply", {"exif": False, "xmp": True})
+    report = json.loads(body)
+    assert status == 200 and report["written"] == [] and len(report["sidecars"]) == 1, report
+    folder = tmp_path / "queries"
+    assert (folder / "02.xmp").exists() and not (folder / "04.xmp").exists()
+    assert report["counts"]["applied"] == 1
+    # Applied once: a second Apply writes nothing again.
+    assert json.loads(served.request("POST", "/api/apply", {"exif": False, "xmp": True})[1])["sidecars"] == []
+
+
 def test_a_port_in_use_is_a_usage_error(site, tmp_path):
     import socket
 
