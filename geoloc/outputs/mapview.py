@@ -92,6 +92,17 @@ def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
     return "".join(parts)
 
 
+def _common_folder(paths) -> str | None:
+    """The folder all the queries are in (as ``geoloc locate``'s table gives it), or None."""
+    if not paths:
+        return None
+    try:
+        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
+    except ValueError:  # another drive (Windows)
+        return None
+    return folder if folder not in ("", os.sep) else None
+
+
 #: The table sorts confidence surest first.
 _SURENESS = {"high": 0, "medium": 1, "low": 2}
 
@@ -219,12 +230,19 @@ class _Layers:
     def table_html(self, results: Sequence[LocateResult]) -> str:
         """Every answer as a plain HTML table, for whoever reads the page without the map (or
         without JavaScript). Every user string is escaped here."""
+        # The queries named as the terminal's table names them: relative to the folder they share,
+        # that folder said once above the table (unless --relative-paths asked for the map's own).
+        folder = _common_folder([r.query for r in results]) if self.cfg.relative_to is None else None
+
+        def query_name(path) -> str:
+            return display_path(os.path.relpath(os.path.abspath(path), folder)) if folder else self.shown(path)
+
         head = ("<tr><th>#</th><th>query</th><th>latitude</th><th>longitude</th><th>radius</th>"
                 "<th>confidence</th><th>top candidate</th></tr>")
         rows = []
         number = 0
         for r in results:
-            query = f'<td class="path">{esc(self.shown(r.query))}</td>'
+            query = f'<td class="path">{esc(query_name(r.query))}</td>'
             e = r.estimate
             if e is None:
                 rows.append(f'<tr class="failed"><td></td>{query}'
@@ -240,7 +258,8 @@ class _Layers:
                 f"± {esc(_distance(e.radius_m))}</td>"
                 f'<td data-sort="{_SURENESS.get(e.confidence, 3)}">{esc(e.confidence)}</td><td>{best}</td></tr>'
             )
-        return (f'<div class="geoloc-results"><h2>geoloc estimates</h2><table>'
+        where = f'<p>photos in <span class="path">{esc(display_path(folder))}</span></p>' if folder else ""
+        return (f'<div class="geoloc-results"><h2>geoloc estimates</h2>{where}<table>'
                 f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>")
 
     def _extend(self, lat: float, lon: float) -> None:
