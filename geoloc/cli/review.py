@@ -39,6 +39,7 @@ def review_command(
 ) -> None:
     from geoloc import console
     from geoloc.errors import GeolocError, UsageError
+    from geoloc.files import display_path
 
     if not queries and not unlocated:
         raise UsageError("give at least one QUERY (photo, folder or glob), or --unlocated")
@@ -72,6 +73,8 @@ def review_command(
     for r in results:
         if r.error:
             console.warn(r.error)
+    if not results:
+        raise GeolocError(f"nothing to review: database {display_path(db_path)} has no photo without GPS")
     if not any(r.estimate for r in results):
         raise GeolocError("nothing to review: no photo could be located")
     serve_review(db_path, results, port=port, again=again, open_browser=not no_browser,
