@@ -267,10 +267,15 @@ class _Handler(BaseHTTPRequestHandler):
 
         opts = self.server.apply_options
         exif, xmp = bool(body.get("exif", True)), bool(body.get("xmp", False))
+        from geoloc.errors import GeolocError
+
         with self.server.apply_lock:  # one apply at a time: two would race on the same photos
-            report = apply_decisions(self.server.review, exif=exif, xmp=xmp,
-                                     xmp_name=opts.get("xmp_name", "stem"), backend=opts.get("backend"))
-        return {**report.to_json(), "counts": self.server.review.counts()}
+            try:
+                report = apply_decisions(self.server.review, exif=exif, xmp=xmp,
+                                         xmp_name=opts.get("xmp_name", "stem"), backend=opts.get("backend")).to_json()
+            except GeolocError as exc:  # no EXIF writer installed, a journal that cannot be written
+                report = {"written": [], "sidecars": [], "problems": [str(exc)], "journal": None}
+        return {**report, "counts": self.server.review.counts()}
 
 
 def _asset_text(folder: str, name: str) -> str:
