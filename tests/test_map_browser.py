@@ -61,7 +61,8 @@ window.addEventListener('load', function () { setTimeout(function () {
              popupText: [], layerNames: [], rowText: [], external: [], requested: [],
              tiles: 0, brokenTiles: 0, offlineNote: '', legendInMap: false};
   try {
-    out.markers = document.querySelectorAll('.leaflet-marker-icon').length;
+    // Each photo's mark, drawn or gathered into a cluster's badge (the badges are not marks).
+    out.markers = document.querySelectorAll('.leaflet-marker-icon:not(.geoloc-cluster)').length;
     document.querySelectorAll('.geoloc-results tbody tr').forEach(function (tr) {
       out.rows++;
       out.rowText.push(tr.textContent);
@@ -225,7 +226,8 @@ def test_map_renders_offline_without_javascript_errors_or_injected_script(browse
     # Per query: the estimate, 5 candidates, the query's own GPS position.
     assert probe["markers"] == 2 * (1 + 5 + 1)
     assert probe["popups"] == 2 * (1 + 5 + 1)
-    assert probe["thumbs"] == 2 * (1 + 5)  # every photo popup shows its thumbnail
+    # Every photo popup shows its thumbnail; an estimate's, its best candidate's beside it.
+    assert probe["thumbs"] == 2 * (2 + 5)
     # The table: one row per query, the hostile name as the text it is.
     assert probe["rows"] == 2
     assert "02.jpg" in probe["rowText"][0] and XSS_QUERY_NAME in probe["rowText"][1]

@@ -152,7 +152,13 @@ def test_the_page_lists_every_answer_in_a_table(tmp_path, photos):
     assert f"{a.estimate.lat:.6f}" in rows[0] and f"{a.estimate.lon:.6f}" in rows[0]
     assert "high" in rows[0] and "score 0.900" in rows[0] and esc(photos["xss_path"].as_posix()) in rows[0]
     assert "not located" in rows[1] and "&lt;b&gt;bad&lt;/b&gt;.jpg" in rows[1] and "<b>bad" not in rows[1]
+    # No folder shared by every query ("bad.jpg" is elsewhere): full paths, as in the terminal.
     assert esc(photos["xss_name"].as_posix()) in rows[2] and esc(photos["plain"].as_posix()) in rows[2]
+    # Queries in one folder: named relative to it, the folder said once, as the terminal does.
+    page = own(save_map([a, b], tmp_path / "two.html").read_text())
+    table = page[page.index('<div class="geoloc-results">'):]
+    assert f'<td class="path">{esc(photos["xss_name"].name)}</td>' in table
+    assert f'photos in <span class="path">{esc(photos["plain"].parent.as_posix())}</span>' in table
 
 
 def test_relative_paths_are_relative_to_the_map_folder(tmp_path, photos):

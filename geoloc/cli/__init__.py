@@ -20,6 +20,7 @@ from geoloc.cli import photos as _photos  # noqa: E402,F401
 from geoloc.cli import check as _check  # noqa: E402,F401
 from geoloc.cli import locate as _locate  # noqa: E402,F401
 from geoloc.cli import clocks as _clocks  # noqa: E402,F401
+from geoloc.cli import review as _review  # noqa: E402,F401
 from geoloc.cli import undo as _undo  # noqa: E402,F401
 from geoloc.cli import eval as _eval  # noqa: E402,F401
 from geoloc.cli import finetune as _finetune  # noqa: E402,F401

@@ -40,13 +40,15 @@ SWAP_FAILED = "SWAP_FAILED"
 SEARCH = "search"
 #: Copies of the GPS tracks ``geoloc index --track`` keeps with the database (:mod:`geoloc.trips`).
 TRACKS = "tracks"
+#: ``geoloc review``'s decisions (:mod:`geoloc.review.decisions`): kept with the database, across refits.
+REVIEW = "review"
 
 #: Every name geoloc itself puts in a database folder. A refit replaces only these; anything else
 #: (the user's notes, a map saved there, photos kept there) stays where it is.
-OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, TRACKS, REFIT_BUILDING, REFIT_DONE,
+OWN_NAMES = frozenset(DATA_FILES + (MANIFEST, LOCK, FIT_CACHE, DAMAGED, SEARCH, TRACKS, REVIEW, REFIT_BUILDING, REFIT_DONE,
                                     REFIT_RETIRED, SWAP_FAILED))
 #: Geoloc's own folders in a database.
-_OWN_FOLDERS = frozenset({FIT_CACHE, DAMAGED, SEARCH, TRACKS})
+_OWN_FOLDERS = frozenset({FIT_CACHE, DAMAGED, SEARCH, TRACKS, REVIEW})
 
 #: What a refit keeps rather than drops with the old descriptors: every folder of those names
 #: (files ``--repair`` set aside stay set aside, the kept tracks stay, a stale search cache is

@@ -114,11 +114,11 @@ def script_on(kind: str, body: str):
     return _On()
 
 
-def bind_element(kind: str, content_html: str, options: dict | None = None, thumb: str | None = None):
+def bind_element(kind: str, content_html: str, options: dict | None = None, thumb: str | list[str] | None = None):
     """bindPopup/bindTooltip from a JSON-encoded string (safe inside <script>).
 
-    A popup with a thumbnail refers to it by key (``geolocThumbs``): a photo that is a candidate
-    for many queries is embedded once, not once per popup.
+    A popup with thumbnails refers to them by key (``geolocThumbs``; one key or a list): a photo
+    that is a candidate for many queries is embedded once, not once per popup.
     """
     from branca.element import MacroElement
     from folium.template import Template
@@ -143,18 +143,24 @@ def bind_element(kind: str, content_html: str, options: dict | None = None, thum
     return _Bind()
 
 
-# Builds a popup from escaped HTML plus a thumbnail looked up by key (see bind_element).
+# Builds a popup from escaped HTML plus thumbnails looked up by key (see bind_element): an
+# estimate's popup shows the photo and its best candidate side by side.
 POPUP_JS = """
-function geolocPopup(html, key) {
+function geolocPopup(html, keys) {
   var box = document.createElement('div');
-  var src = key && window.geolocThumbs ? window.geolocThumbs[key] : null;
-  if (src) {
-    var img = document.createElement('img');
-    img.src = src;
-    img.alt = '';
-    img.className = 'geoloc-thumb';
-    box.appendChild(img);
-  }
+  var row = document.createElement('div');
+  row.className = 'geoloc-thumbs';
+  [].concat(keys || []).forEach(function (key) {
+    var src = window.geolocThumbs ? window.geolocThumbs[key] : null;
+    if (src) {
+      var img = document.createElement('img');
+      img.src = src;
+      img.alt = '';
+      img.className = 'geoloc-thumb';
+      row.appendChild(img);
+    }
+  });
+  box.appendChild(row);
   var body = document.createElement('div');
   body.innerHTML = html;
   box.appendChild(body);
@@ -202,6 +208,18 @@ body { display: flex; flex-direction: column; font: 13px/1.4 sans-serif; }
 .geoloc-badge { height: 20px; line-height: 16px; border-radius: 4px; padding: 0 3px; }
 .geoloc-popup { font: 12px/1.4 sans-serif; max-width: 240px; }
 .geoloc-thumb { display: block; max-width: 220px; max-height: 180px; margin-bottom: 4px; }
+.geoloc-thumbs { display: flex; gap: 4px; }
+.geoloc-thumbs .geoloc-thumb:nth-child(2) { max-width: 108px; }
+.geoloc-thumbs .geoloc-thumb:first-child:nth-last-child(2) { max-width: 108px; }
+.geoloc-cluster div {
+  background: #444; color: #fff; font: bold 12px/1 sans-serif; border: 2px solid #fff; border-radius: 14px;
+  height: 24px; line-height: 20px; min-width: 24px; text-align: center; box-sizing: border-box; padding: 0 5px;
+  box-shadow: 0 0 3px rgba(0,0,0,.6); cursor: pointer;
+}
+.geoloc-cluster-list a { display: block; cursor: pointer; color: #1d4ed8; }
+.geoloc-results th { cursor: pointer; user-select: none; }
+.geoloc-results th[aria-sort=ascending]::after { content: " \\25B2"; }
+.geoloc-results th[aria-sort=descending]::after { content: " \\25BC"; }
 .geoloc-popup .path { word-break: break-all; color: #444; }
 .geoloc-legend, .geoloc-offline {
   background: rgba(255,255,255,.92); padding: 6px 8px; border-radius: 4px;

@@ -44,6 +44,7 @@ from geoloc.outputs.mappage import (
     script_on,
     thumbnail_data_uri,
 )
+from geoloc.outputs.mapscripts import CLUSTER_JS, TABLE_JS
 from geoloc.locating.results import LocateResult
 
 
@@ -89,6 +90,21 @@ def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
         parts.append(f'<br><span class="path">{esc(path)}</span>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _common_folder(paths) -> str | None:
+    """The folder all the queries are in (as ``geoloc locate``'s table gives it), or None."""
+    if not paths:
+        return None
+    try:
+        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
+    except ValueError:  # another drive (Windows)
+        return None
+    return folder if folder not in ("", os.sep) else None
+
+
+#: The table sorts confidence surest first.
+_SURENESS = {"high": 0, "medium": 1, "low": 2}
 
 
 def _distance(metres: float | None) -> str:
@@ -138,15 +154,25 @@ def build_map(results: Iterable[LocateResult], config: MapConfig | None = None):
         tiles.add_to(fmap)
 
     layers = _Layers(cfg, several=len(located) > 1)
+    low = [r for r in located if r.estimate.confidence == "low"]
+    # A low-confidence guess's circle can be continents wide: the view fits the others, and the
+    # guesses are drawn in one layer of their own, off until asked for (they are in the table).
+    low_group = folium.FeatureGroup(name=f"low confidence ({len(low)}): not shown at first", show=False) if low else None
     for index, r in enumerate(located, start=1):
-        group = layers.query_layer(index, r)
-        group.add_to(fmap)
+        if r.estimate.confidence == "low":
+            layers.query_layer(index, r, into=low_group)
+        else:
+            layers.query_layer(index, r).add_to(fmap)
+    if low_group is not None:
+        low_group.add_to(fmap)
 
     _trip_path(fmap, located)
     root.script.add_child(raw_element(POPUP_JS), name="geoloc_popup_js")
     root.script.add_child(raw_element("var geolocThumbs = " + script_json(layers.thumb_data) + ";"), name="geoloc_thumbs")
     if len(located) > 1:  # the trip's path, when there is one, is a layer too
         folium.LayerControl(collapsed=len(located) > 6).add_to(fmap)
+    fmap.add_child(script_on("Clusters", CLUSTER_JS))
+    root.script.add_child(raw_element(TABLE_JS), name="geoloc_table_js")
     root.html.add_child(raw_element(_legend_html(cfg, any(r.query_gps for r in located))), name="geoloc_legend")
     fmap.add_child(script_on("Legend", LEGEND_JS))
     root.html.add_child(raw_element(layers.table_html(answers)), name="geoloc_results")
@@ -165,6 +191,10 @@ class _Layers:
         self._thumb_keys: dict[str, str | None] = {}
         self.lats: list[float] = []
         self.lons: list[float] = []
+        #: Whether the marks drawn now set the view: False for a low-confidence guess when
+        #: some estimate is surer (then only surer ones frame the map).
+        self.framing = True
+        self._centres: list[tuple[float, float]] = []
 
     def thumb(self, path: Path | str) -> str | None:
         """The key of the photo's thumbnail in ``geolocThumbs``, or None without one."""
@@ -176,6 +206,11 @@ class _Layers:
                 self.thumb_data[key] = uri
             self._thumb_keys[name] = key
         return self._thumb_keys[name]
+
+    def _pair(self, r: LocateResult) -> list[str] | None:
+        """The estimate popup's thumbnails: the photo's, then its best candidate's."""
+        keys = [k for k in (self.thumb(r.query), self.thumb(r.candidates[0].path) if r.candidates else None) if k]
+        return keys or None
 
     def shown(self, path: Path | str) -> str:
         """A path as the page shows it: relative to ``relative_to`` when asked, else as given.
@@ -195,12 +230,19 @@ class _Layers:
     def table_html(self, results: Sequence[LocateResult]) -> str:
         """Every answer as a plain HTML table, for whoever reads the page without the map (or
         without JavaScript). Every user string is escaped here."""
+        # The queries named as the terminal's table names them: relative to the folder they share,
+        # that folder said once above the table (unless --relative-paths asked for the map's own).
+        folder = _common_folder([r.query for r in results]) if self.cfg.relative_to is None else None
+
+        def query_name(path) -> str:
+            return display_path(os.path.relpath(os.path.abspath(path), folder)) if folder else self.shown(path)
+
         head = ("<tr><th>#</th><th>query</th><th>latitude</th><th>longitude</th><th>radius</th>"
                 "<th>confidence</th><th>top candidate</th></tr>")
         rows = []
         number = 0
         for r in results:
-            query = f'<td class="path">{esc(self.shown(r.query))}</td>'
+            query = f'<td class="path">{esc(query_name(r.query))}</td>'
             e = r.estimate
             if e is None:
                 rows.append(f'<tr class="failed"><td></td>{query}'
@@ -212,20 +254,25 @@ class _Layers:
                     if top is not None else "")
             rows.append(
                 f'<tr><td class="num">{number}</td>{query}<td class="num">{e.lat:.6f}</td>'
-                f'<td class="num">{e.lon:.6f}</td><td class="num">± {esc(_distance(e.radius_m))}</td>'
-                f"<td>{esc(e.confidence)}</td><td>{best}</td></tr>"
+                f'<td class="num">{e.lon:.6f}</td><td class="num" data-sort="{float(e.radius_m):.1f}">'
+                f"± {esc(_distance(e.radius_m))}</td>"
+                f'<td data-sort="{_SURENESS.get(e.confidence, 3)}">{esc(e.confidence)}</td><td>{best}</td></tr>'
             )
-        return (f'<div class="geoloc-results"><h2>geoloc estimates</h2><table>'
+        where = f'<p>photos in <span class="path">{esc(display_path(folder))}</span></p>' if folder else ""
+        return (f'<div class="geoloc-results"><h2>geoloc estimates</h2>{where}<table>'
                 f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>")
 
     def _extend(self, lat: float, lon: float) -> None:
-        self.lats.append(lat)
-        self.lons.append(lon)
+        if self.framing:
+            self.lats.append(lat)
+            self.lons.append(lon)
 
     def bounds(self) -> list[list[float]]:
+        if not self.lats:  # only low-confidence guesses: their estimates' centres, never their circles
+            self.lats, self.lons = [p[0] for p in self._centres], [p[1] for p in self._centres]
         return [[min(self.lats), min(self.lons)], [max(self.lats), max(self.lons)]]
 
-    def query_layer(self, index: int, r: LocateResult):
+    def query_layer(self, index: int, r: LocateResult, into=None):
         import folium
 
         name = Path(r.query).name
@@ -233,12 +280,15 @@ class _Layers:
         # With several queries, badges carry the query's number and popups say whose they are.
         tag = f" {index}" if self.several else ""
         whose = f" for {esc(display_path(name))}" if self.several else ""
-        group = folium.FeatureGroup(name=esc(display_path(layer_name)), show=True)
+        group = into if into is not None else folium.FeatureGroup(name=esc(display_path(layer_name)), show=True)
+        self.framing = into is None
+        self._centres.append((r.estimate.lat, r.estimate.lon))
         self._estimate(group, r, name, tag)
         for c in r.candidates:
             self._candidate(group, c, whose)
         if r.query_gps is not None:
             self._truth(group, r, name, tag)
+        self.framing = True
         return group
 
     def _estimate(self, group, r: LocateResult, name: str, tag: str) -> None:
@@ -273,7 +323,7 @@ class _Layers:
                                z_index_offset=3000)
         marker.add_child(bind_element(
             "Popup", _popup_html(f"Estimate for {esc(display_path(name))}", lines, self.shown(r.query)),
-            {"maxWidth": 260}, self.thumb(r.query)))
+            {"maxWidth": 260}, self._pair(r)))
         marker.add_child(bind_element("Tooltip", esc(display_path(name))))
         marker.add_to(group)
         self._extend(e.lat, e.lon)

@@ -1,0 +1,49 @@
+"""The matched points between a photo and a verified candidate, for the page to draw.
+
+The located answer keeps only how many matches verified a candidate, not where they are (the
+re-ranking's dense cells are thrown away once counted). When the user opens a verified
+candidate, its matches are found again here with the verifier's public pieces (SIFT keypoints,
+mutual nearest neighbours passing the ratio test, the MAGSAC++ fundamental matrix): the same
+kind of evidence, drawn, without changing how re-ranking works.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The image size matches are looked for at, and the most lines drawn.
+SIDE = 640
+MAX_LINES = 150
+
+
+def _size(path: Path, side: int) -> tuple[int, int] | None:
+    from geoloc.errors import PhotoError
+    from geoloc.photos import load_image
+
+    try:
+        return load_image(path, side).size
+    except PhotoError:
+        return None
+
+
+def matched_points(query: Path, candidate: Path, side: int = SIDE) -> dict:
+    """``{"pairs": [[qx, qy, cx, cy], …]}`` in fractions of each photo's width and height
+    (inliers of the fundamental matrix, at most :data:`MAX_LINES`), and ``"found"``, how many
+    there were; no pairs when either photo cannot be read."""
+    from geoloc.retrieval import verify
+
+    sizes = [_size(Path(p), side) for p in (query, candidate)]
+    if None in sizes:
+        return {"pairs": [], "found": 0}
+    a = verify.sift_cells(Path(query), side)
+    b = verify.sift_cells(Path(candidate), side)
+    if a is None or b is None:
+        return {"pairs": [], "found": 0}
+    ia, ib = verify.ratio_nearest(a.desc, b.desc)
+    keep = verify.inliers(a.xy[ia], b.xy[ib], "fundamental", a.stride / 2)
+    qa, cb = a.xy[ia][keep], b.xy[ib][keep]
+    (qw, qh), (cw, ch) = sizes
+    step = max(1, len(qa) // MAX_LINES)
+    pairs = [[round(float(q[0]) / qw, 4), round(float(q[1]) / qh, 4), round(float(c[0]) / cw, 4),
+              round(float(c[1]) / ch, 4)] for q, c in zip(qa[::step], cb[::step])]
+    return {"pairs": pairs[:MAX_LINES], "found": int(keep.sum())}
