@@ -78,6 +78,12 @@ class ConfidenceConfig:
     reference_sample: int = 200
     #: Below this share of the candidates' weight, the winning group is contested.
     min_agreement: float = 0.5
+    #: With a verified top-1, what a verified candidate adds to its cosine weight in that share,
+    #: per multiple of its verifier's "verified" bar (0: cosines alone, geoloc 0.x before it). A
+    #: night photo's cosines are flat and scattered while its top-1 holds 100+ learned inliers:
+    #: geometry is the stronger evidence, and scattered look-alikes that nothing verifies should
+    #: not outvote it; a verified candidate elsewhere still does (docs/estimate.md).
+    verified_weight: float = 1.0
     #: Without verification, a place fewer candidates than this point to is at most ``medium``:
     #: one look-alike photo, however similar, is not two photos of one place agreeing.
     min_support_unverified: int = 2
@@ -107,6 +113,12 @@ class Estimate:
     top_inliers: int | None = None
     #: The farthest considered candidate's distance from the estimate (not in the JSON).
     extent_m: float = 0.0
+    #: The considered candidates' weights and which of them formed the group (not in the JSON:
+    #: the confidence weighs the group again with verification, ``assess_confidence``).
+    weights: np.ndarray | None = field(default=None, repr=False)
+    members: np.ndarray | None = field(default=None, repr=False)
+    #: The group's share once verification is weighed in (None: not weighed; not in the JSON).
+    verified_agreement: float | None = None
     #: What the estimate rests on: any of "visual", "time", "track", "sequence" (geoloc.trips).
     evidence: list[str] = field(default_factory=lambda: ["visual"])
     #: Seconds between the photo and the nearest fix of known time it was placed by; None
@@ -200,7 +212,30 @@ def estimate_position(
         agreement=float(member_w.sum() / total) if total > 0 else 1.0,
         considered=int(lats.size),
         extent_m=float(np.linalg.norm(xy - centre, axis=1).max()),
+        weights=weights,
+        members=members,
     )
+
+
+def verified_share(estimate: Estimate, inliers: Sequence[int | None], bars: Sequence[int | None],
+                   verified_weight: float) -> float | None:
+    """The group's share of the candidates' weight when each candidate verified (inliers at
+    least its verifier's bar) adds ``verified_weight`` per multiple of that bar to its cosine
+    weight. None when the estimate keeps no weights or the lists do not cover its candidates.
+
+    Why: the cosine weights alone say where most *similar-looking* photos are. At night they are
+    flat and scattered (2–13 % for the right group), while the top-1 holds 100+ consistent
+    matches. A verified candidate is a photo of the place, not a look-alike, so it should count
+    for more than unverified ones; a verified candidate outside the group counts against it.
+    """
+    w, members = estimate.weights, estimate.members
+    if w is None or members is None or len(inliers) < len(w) or len(bars) < len(w):
+        return None
+    strength = np.array([n / b if n is not None and b and n >= b else 0.0
+                         for n, b in zip(inliers[: len(w)], bars[: len(w)])], dtype=np.float64)
+    v = w + float(verified_weight) * strength
+    total = float(v.sum())
+    return float(v[members].sum() / total) if total > 0 else 1.0
 
 
 def assess_confidence(
@@ -210,6 +245,8 @@ def assess_confidence(
     config: ConfidenceConfig | None = None,
     verification: str | None = None,
     top_inliers: int | None = None,
+    inliers: Sequence[int | None] | None = None,
+    bars: Sequence[int | None] | None = None,
 ) -> Estimate:
     """Set ``estimate.confidence`` and ``estimate.warnings``; returns the same estimate.
 
@@ -221,7 +258,9 @@ def assess_confidence(
     there is no reference, and at most ``medium`` when a single candidate is all that points to
     the place (``min_support_unverified``). Either way, ``medium`` when the winning group holds less than
     ``min_agreement`` of the candidates' weight, i.e. the top candidates point to different
-    places.
+    places; with a verified top-1 and the candidates' ``inliers`` (and each one's verifier's
+    "verified" ``bars``), that weight counts verification too (:func:`verified_share`), so a
+    strongly verified top-1 is not held at ``medium`` by scattered look-alikes nothing verifies.
 
     A query that matched nothing (no match, weak match) keeps its estimate, so that the JSON
     stays one object per query, but its radius grows to ``no_match_radius_m`` or the farthest
@@ -269,11 +308,17 @@ def assess_confidence(
             "unconfirmed: only the best candidate points to this place, and without re-ranking "
             "nothing tells it from a look-alike"
         )
-    if estimate.agreement < cfg.min_agreement and estimate.considered > 1:
+    agreement = estimate.agreement
+    if verification == "verified" and inliers is not None and bars is not None and cfg.verified_weight > 0:
+        estimate.verified_agreement = verified_share(estimate, inliers, bars, cfg.verified_weight)
+        if estimate.verified_agreement is not None:
+            agreement = estimate.verified_agreement
+    if agreement < cfg.min_agreement and estimate.considered > 1:
         level = "low" if level == "low" else "medium"
+        weighed = " (verification weighed in)" if estimate.verified_agreement is not None else ""
         warnings.append(
             f"candidates disagree: the estimate's group of {estimate.support} holds "
-            f"{estimate.agreement:.0%} of the candidates' weight; the others point elsewhere"
+            f"{agreement:.0%} of the candidates' weight{weighed}; the others point elsewhere"
         )
     if unmatched:
         estimate.radius_m = max(estimate.radius_m, estimate.extent_m, cfg.no_match_radius_m)
@@ -291,16 +336,19 @@ def judge(
     reference: float | None = None,
     verification: str | None = None,
     top_inliers: int | None = None,
+    inliers: Sequence[int | None] | None = None,
+    bars: Sequence[int | None] | None = None,
     estimate_config: EstimateConfig | None = None,
     confidence_config: ConfidenceConfig | None = None,
 ) -> Estimate | None:
     """The estimate and its confidence from ranked candidates (best first): what ``locate``
-    answers and ``eval`` scores, computed by one function so that they cannot drift apart."""
+    answers and ``eval`` scores, computed by one function so that they cannot drift apart.
+    ``inliers``/``bars``: per candidate, its verification and its verifier's "verified" bar."""
     estimate = estimate_position(lats, lons, scores, estimate_config, anchor=anchor)
     if estimate is None:
         return None
     return assess_confidence(estimate, float(np.asarray(scores)[0]), reference, confidence_config,
-                             verification=verification, top_inliers=top_inliers)
+                             verification=verification, top_inliers=top_inliers, inliers=inliers, bars=bars)
 
 
 def _distinct(value: float, bar: float) -> tuple[str, str]:
