@@ -80,7 +80,7 @@ class ConfidenceConfig:
     min_agreement: float = 0.5
     #: With a verified top-1, what it adds to its cosine weight in that share, per multiple of
     #: its verifier's "verified" bar (0: cosines alone, the rule before; from 2 up every verified
-    #: top-1 of the dev sets clears the agreement bar, and 91–96 % of `high` stay right). A night photo's
+    #: top-1 of the dev sets clears the agreement bar, and 92–98 % of `high` stay right). A night photo's
     #: cosines are flat and scattered while its top-1 holds 50–90 XFeat inliers: geometry is
     #: the stronger evidence, and look-alikes that only look alike should not outvote it
     #: (docs/estimate.md, "Calibration per verifier").
@@ -226,8 +226,8 @@ def verified_share(estimate: Estimate, inliers: int | None, bar: int | None, ver
     keeps no weights or the anchor is not verified.
 
     Why: the cosine weights alone say where most *similar-looking* photos are. At night they are
-    flat and scattered (2–13 % for the right group), while the top-1 holds 100+ consistent
-    matches: a photo of the place, not a look-alike. Only the anchor is weighed: the other
+    flat and scattered (2–13 % for the right group), while the top-1 holds 50–90 consistent
+    XFeat matches: a photo of the place, not a look-alike. Only the anchor is weighed: the other
     verified candidates are mostly the same street 30–60 m on (they see the same façades), and
     weighing them against the group took `high` answers on the Lund walk from 14 to 9 (dense).
     """
