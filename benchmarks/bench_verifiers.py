@@ -2,6 +2,7 @@
 
     python benchmarks/bench_verifiers.py --out /tmp/verifiers.json             # all verifiers
     python benchmarks/bench_verifiers.py --verifiers dense,dense+xfeat --sets lund,night
+    python benchmarks/bench_verifiers.py --rejudge /tmp/verifiers.json   # confidence before/after
 
 One database (EfficientNet-Lite0 + NetVLAD at 640 px, the size locate verifies at): the odd
 Lund frames, the nine photos of the Arezzo walk and five of the ten Sacré-Cœur photos (placed at
@@ -122,7 +123,11 @@ def run(db: Path, sets: dict[str, list[Path]], verifier: str, threshold_m: float
                 total = time.perf_counter() - start
                 verify_s = locator.timings.rerank_s - before[0]
                 truth = r.query_gps
-                row = {"query": q.name, "total_s": total, "rerank_s": verify_s, "error": r.error}
+                row = {"query": q.name, "total_s": total, "rerank_s": verify_s, "error": r.error,
+                       "truth": truth,
+                       # what the estimate looked at, in its order: enough to judge it again
+                       # offline under another confidence rule (rejudge)
+                       "candidates": [[c.lat, c.lon, c.score, c.inliers, c.verifier] for c in r.candidates]}
                 if r.estimate is not None:
                     e = r.estimate
                     row.update(confidence=e.confidence, verification=e.verification, top_inliers=e.top_inliers,
@@ -171,12 +176,64 @@ def calibrate(rows: list[dict], out_rows: list[dict]) -> tuple[int, int]:
     return max(no_match, 10**6), no_match
 
 
+def rejudge(results: dict, verified_weight: float) -> dict:
+    """Every query of a ``--out`` file judged again from its recorded candidates, with
+    verification weighed into the agreement by ``verified_weight`` (0: cosines alone, the rule
+    before it): per verifier, {level: [queries, truth inside]}, out-of-coverage ``high``, and
+    night queries ``high`` (and how many with the truth inside). The estimate is what locate computes
+    (:func:`geoloc.locating.estimate.judge`, first 10 candidates, anchored on the first)."""
+    from geoloc.geo import haversine_m
+    from geoloc.locating.estimate import ConfidenceConfig, judge
+    from geoloc.locating.judge import verified_bars
+
+    table: dict = {}
+    for v, sets in results.items():
+        levels = {k: [0, 0] for k in ("high", "medium", "low")}
+        out_high = night_high = night_right = 0
+        for name, rows in sets.items():
+            if name.startswith("_"):
+                continue
+            for r in rows:
+                c = r.get("candidates")[:10]
+                if not c:
+                    continue
+                lats, lons, scores, inl, names = (list(x) for x in zip(*c))
+                e = judge(lats, lons, scores, anchor=0, verification=r["verification"],
+                          top_inliers=r["top_inliers"], inliers=inl, bars=verified_bars(names),
+                          confidence_config=ConfidenceConfig(verified_weight=verified_weight))
+                # out of coverage: the cat, and the Arezzo walk (its neighbours too far to be the place)
+                out_high += name in ("out", "arezzo") and e.confidence == "high"
+                inside = r.get("truth") is not None and haversine_m(e.lat, e.lon, *r["truth"]) <= e.radius_m
+                levels[e.confidence][0] += 1
+                levels[e.confidence][1] += inside
+                night_high += name == "night" and e.confidence == "high"
+                night_right += name == "night" and e.confidence == "high" and inside
+        table[v] = {"levels": levels, "out_high": out_high, "night_high": night_high, "night_high_right": night_right}
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--verifiers", default=",".join(VERIFIERS))
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--rejudge", type=Path, nargs="+", help="judge --out files' queries again, before and "
+                    "after verification is weighed into the agreement; runs nothing else")
     args = ap.parse_args()
+    if args.rejudge:
+        from geoloc.locating.estimate import ConfidenceConfig
+
+        results = {v: r for path in args.rejudge for v, r in json.loads(path.read_text()).items()}
+        for weight in (0.0, ConfidenceConfig().verified_weight):
+            print(f"\n## verified_weight {weight:g}" + (" (cosines alone, the rule before)" if not weight else ""))
+            print(f"{'verifier':14} {'high':>12} {'medium':>8} {'low':>8} {'out high':>9} {'night high: right':>17}")
+            for v, t in rejudge(results, weight).items():
+                lv = t["levels"]
+                pct = f" {lv['high'][1] / lv['high'][0]:.1%}" if lv["high"][0] else ""
+                print(f"{v:14} {lv['high'][1]:>3}/{lv['high'][0]:<3}{pct:>6} {lv['medium'][1]:>3}/{lv['medium'][0]:<3} "
+                      f"{lv['low'][1]:>3}/{lv['low'][0]:<3} {t['out_high']:>9} "
+                      f"{t['night_high_right']:>14}/{t['night_high']:<2}")
+        return
     import torch
 
     torch.set_num_threads(2)

@@ -153,3 +153,54 @@ def test_a_cascade_weighs_both_verdicts(dense, learned, flag):
     from geoloc.retrieval.rerank import stronger
 
     assert stronger(dense, learned)[0] == flag
+
+
+@pytest.fixture(scope="module")
+def night_evidence(tmp_path_factory, data_dir, lund_dir):
+    """A darkened Lund frame's XFeat inliers (320 px) against its day neighbour, a Lund frame
+    100 m away, two Arezzo photos and the cat; and every photo's EXIF position (the cat: none)."""
+    from geoloc.photos.meta import read_meta
+    from tests.test_rerank import darken
+
+    night = darken(lund_dir / "14.jpg", tmp_path_factory.mktemp("night") / "14.jpg", seed=14)
+    arezzo = sorted((data_dir / "exif-samples" / "jpg" / "gps").glob("*.jpg"))[:2]
+    photos = [lund_dir / "13.jpg", lund_dir / "27.jpg", *arezzo]
+    matcher = learned.LearnedMatcher("xfeat", "cpu")
+    query, *cells = _cells(matcher, [night, *photos])
+    verdict = verify.verify(query, cells, np.zeros(len(cells)), 1.0, match=matcher.match)
+    positions = [(m.lat, m.lon) for m in map(read_meta, photos)]
+    return [int(n) for n in verdict.inliers], positions, read_meta(lund_dir / "14.jpg")
+
+
+@needs_xfeat
+def test_a_night_photo_strongly_verified_against_its_day_candidate_is_high(night_evidence):
+    """The candidates' cosines as night makes them: the right one below scattered look-alikes.
+    Cosines alone hold it at medium (the look-alikes outweigh it); its learned inliers do not."""
+    from geoloc.locating.estimate import ConfidenceConfig, judge
+
+    inliers, positions, truth = night_evidence
+    # at 320 px the day neighbour verifies (56 inliers), the frame 100 m on and Arezzo do not
+    assert inliers[0] >= 45 and max(inliers[1:]) < VERIFIERS["xfeat"].verified_min, inliers
+    (lats, lons), scores = zip(*positions), [0.30, 0.34, 0.33, 0.34]  # re-ranked: the day frame first
+    args = dict(anchor=0, verification="verified", top_inliers=inliers[0], inliers=inliers, bars=[30] * 4)
+    before = judge(lats, lons, scores, confidence_config=ConfidenceConfig(verified_weight=0), **args)
+    assert before.confidence == "medium" and before.agreement < 0.2
+    after = judge(lats, lons, scores, **args)
+    assert after.confidence == "high", after.warnings
+    assert haversine_m(after.lat, after.lon, truth.lat, truth.lon) <= after.radius_m
+
+
+@needs_xfeat
+def test_verification_weighed_in_is_never_high_for_a_look_alike_or_out_of_coverage(night_evidence):
+    from geoloc.locating.estimate import judge
+
+    inliers, positions, _ = night_evidence
+    (lats, lons), scores = zip(*positions), [0.30, 0.34, 0.33, 0.34]
+    args = dict(anchor=0, top_inliers=inliers[0], inliers=inliers, bars=[30] * 4)
+    # the learned matcher rejected what dense verified: the cascade's flag is "unverified"
+    assert judge(lats, lons, scores, verification="unverified", **args).confidence == "medium"
+    # nothing verified (out of coverage): low, however the inliers are weighed
+    assert judge(lats, lons, scores, verification="no match", **args).confidence == "low"
+    # verified just at the bar, against three more similar photos elsewhere: still contested
+    bare = judge(lats, lons, scores, verification="verified", **{**args, "inliers": [30, *inliers[1:]]})
+    assert bare.confidence == "medium" and "disagree" in " ".join(bare.warnings)

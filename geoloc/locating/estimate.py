@@ -78,6 +78,13 @@ class ConfidenceConfig:
     reference_sample: int = 200
     #: Below this share of the candidates' weight, the winning group is contested.
     min_agreement: float = 0.5
+    #: With a verified top-1, what it adds to its cosine weight in that share, per multiple of
+    #: its verifier's "verified" bar (0: cosines alone, the rule before; from 2 up every verified
+    #: top-1 of the dev sets clears the agreement bar, and 92–98 % of `high` stay right). A night photo's
+    #: cosines are flat and scattered while its top-1 holds 50–90 XFeat inliers: geometry is
+    #: the stronger evidence, and look-alikes that only look alike should not outvote it
+    #: (docs/estimate.md, "Calibration per verifier").
+    verified_weight: float = 2.0
     #: Without verification, a place fewer candidates than this point to is at most ``medium``:
     #: one look-alike photo, however similar, is not two photos of one place agreeing.
     min_support_unverified: int = 2
@@ -107,6 +114,12 @@ class Estimate:
     top_inliers: int | None = None
     #: The farthest considered candidate's distance from the estimate (not in the JSON).
     extent_m: float = 0.0
+    #: The considered candidates' weights and which of them formed the group (not in the JSON:
+    #: the confidence weighs the group again with verification, ``assess_confidence``).
+    weights: np.ndarray | None = field(default=None, repr=False)
+    members: np.ndarray | None = field(default=None, repr=False)
+    #: The group's share once verification is weighed in (None: not weighed; not in the JSON).
+    verified_agreement: float | None = None
     #: What the estimate rests on: any of "visual", "time", "track", "sequence" (geoloc.trips).
     evidence: list[str] = field(default_factory=lambda: ["visual"])
     #: Seconds between the photo and the nearest fix of known time it was placed by; None
@@ -200,7 +213,30 @@ def estimate_position(
         agreement=float(member_w.sum() / total) if total > 0 else 1.0,
         considered=int(lats.size),
         extent_m=float(np.linalg.norm(xy - centre, axis=1).max()),
+        weights=weights,
+        members=members,
     )
+
+
+def verified_share(estimate: Estimate, inliers: int | None, bar: int | None, verified_weight: float) -> float | None:
+    """The group's share of the candidates' weight when the anchor (the re-ranked first
+    candidate, always in the group) adds ``verified_weight`` per multiple of its verifier's
+    "verified" ``bar`` to its cosine weight: at the bar it counts as much as two of the most
+    similar photos (``verified_weight`` 2), at twice the bar as four. None when the estimate
+    keeps no weights or the anchor is not verified.
+
+    Why: the cosine weights alone say where most *similar-looking* photos are. At night they are
+    flat and scattered (2–13 % for the right group), while the top-1 holds 50–90 consistent
+    XFeat matches: a photo of the place, not a look-alike. Only the anchor is weighed: the other
+    verified candidates are mostly the same street 30–60 m on (they see the same façades), and
+    weighing them against the group took `high` answers on the Lund walk from 14 to 9 (dense).
+    """
+    w, members = estimate.weights, estimate.members
+    if w is None or members is None or not bar or inliers is None or inliers < bar or not members[0]:
+        return None
+    v = w.copy()
+    v[0] += float(verified_weight) * inliers / bar
+    return float(v[members].sum() / v.sum())
 
 
 def assess_confidence(
@@ -210,6 +246,8 @@ def assess_confidence(
     config: ConfidenceConfig | None = None,
     verification: str | None = None,
     top_inliers: int | None = None,
+    inliers: Sequence[int | None] | None = None,
+    bars: Sequence[int | None] | None = None,
 ) -> Estimate:
     """Set ``estimate.confidence`` and ``estimate.warnings``; returns the same estimate.
 
@@ -221,7 +259,9 @@ def assess_confidence(
     there is no reference, and at most ``medium`` when a single candidate is all that points to
     the place (``min_support_unverified``). Either way, ``medium`` when the winning group holds less than
     ``min_agreement`` of the candidates' weight, i.e. the top candidates point to different
-    places.
+    places; with a verified top-1 and the candidates' ``inliers`` (and each one's verifier's
+    "verified" ``bars``), the top-1's weight counts its verification too (:func:`verified_share`),
+    so a strongly verified top-1 is not held at ``medium`` by scattered look-alikes.
 
     A query that matched nothing (no match, weak match) keeps its estimate, so that the JSON
     stays one object per query, but its radius grows to ``no_match_radius_m`` or the farthest
@@ -269,11 +309,18 @@ def assess_confidence(
             "unconfirmed: only the best candidate points to this place, and without re-ranking "
             "nothing tells it from a look-alike"
         )
-    if estimate.agreement < cfg.min_agreement and estimate.considered > 1:
+    agreement = estimate.agreement
+    if verification == "verified" and inliers is not None and bars is not None and cfg.verified_weight > 0:
+        estimate.verified_agreement = verified_share(estimate, inliers[0] if len(inliers) else None,
+                                                     bars[0] if len(bars) else None, cfg.verified_weight)
+        if estimate.verified_agreement is not None:
+            agreement = estimate.verified_agreement
+    if agreement < cfg.min_agreement and estimate.considered > 1:
         level = "low" if level == "low" else "medium"
+        weighed = " (verification weighed in)" if estimate.verified_agreement is not None else ""
         warnings.append(
             f"candidates disagree: the estimate's group of {estimate.support} holds "
-            f"{estimate.agreement:.0%} of the candidates' weight; the others point elsewhere"
+            f"{agreement:.0%} of the candidates' weight{weighed}; the others point elsewhere"
         )
     if unmatched:
         estimate.radius_m = max(estimate.radius_m, estimate.extent_m, cfg.no_match_radius_m)
@@ -291,16 +338,19 @@ def judge(
     reference: float | None = None,
     verification: str | None = None,
     top_inliers: int | None = None,
+    inliers: Sequence[int | None] | None = None,
+    bars: Sequence[int | None] | None = None,
     estimate_config: EstimateConfig | None = None,
     confidence_config: ConfidenceConfig | None = None,
 ) -> Estimate | None:
     """The estimate and its confidence from ranked candidates (best first): what ``locate``
-    answers and ``eval`` scores, computed by one function so that they cannot drift apart."""
+    answers and ``eval`` scores, computed by one function so that they cannot drift apart.
+    ``inliers``/``bars``: per candidate, its verification and its verifier's "verified" bar."""
     estimate = estimate_position(lats, lons, scores, estimate_config, anchor=anchor)
     if estimate is None:
         return None
     return assess_confidence(estimate, float(np.asarray(scores)[0]), reference, confidence_config,
-                             verification=verification, top_inliers=top_inliers)
+                             verification=verification, top_inliers=top_inliers, inliers=inliers, bars=bars)
 
 
 def _distinct(value: float, bar: float) -> tuple[str, str]:

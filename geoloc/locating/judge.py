@@ -17,7 +17,7 @@ import numpy as np
 
 from geoloc.retrieval import verify
 from geoloc.locating.estimate import ConfidenceConfig, Estimate, EstimateConfig, judge
-from geoloc.retrieval.rerank import Evidence, Reranked, Reranker
+from geoloc.retrieval.rerank import VERIFIERS, Evidence, Reranked, Reranker
 
 
 @dataclass
@@ -106,5 +106,13 @@ def rank_and_judge(
                          anchor=0 if verdict else None, reference=None if verdict else reference(),
                          verification=verdict.flag if verdict else None,
                          top_inliers=verdict.top_inliers if verdict else None,
+                         inliers=inliers[: len(best)] if verdict else None,
+                         bars=verified_bars(verifiers[: len(best)]) if verdict else None,
                          estimate_config=estimate_config, confidence_config=confidence_config)
     return Judged(rows, scores, inliers, verifiers, fused, estimate, verdict, notes, spent)
+
+
+def verified_bars(verifiers: Sequence[str | None]) -> list[int | None]:
+    """Each candidate's "verified" bar, in its own verifier's inlier counts (a cascade's
+    candidates carry the learned stage's name or dense's): what the confidence weighs them by."""
+    return [VERIFIERS[v].verified_min if v in VERIFIERS else None for v in verifiers]
