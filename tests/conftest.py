@@ -84,12 +84,14 @@ def exif_dir(data_dir) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _limit_threads():
-    # CI has 2 cores; oversubscription makes torch tests several times slower.
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # CI has 2 cores; oversubscription makes torch tests several times slower. The suite runs in
+    # two processes (pytest-xdist): one thread each then, and in the geoloc processes they start.
+    threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     except Exception:
         pass
     yield
