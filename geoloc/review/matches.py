@@ -9,7 +9,12 @@ kind of evidence, drawn, without changing how re-ranking works.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+
+#: OpenCV's own thread pool deadlocks when SIFT and MAGSAC run from several of the server's
+#: request threads at once (seen: every request thread waiting in cv2): one pair at a time.
+_OPENCV = threading.Lock()
 
 #: The image size matches are looked for at, and the most lines drawn.
 SIDE = 640
@@ -35,12 +40,13 @@ def matched_points(query: Path, candidate: Path, side: int = SIDE) -> dict:
     sizes = [_size(Path(p), side) for p in (query, candidate)]
     if None in sizes:
         return {"pairs": [], "found": 0}
-    a = verify.sift_cells(Path(query), side)
-    b = verify.sift_cells(Path(candidate), side)
-    if a is None or b is None:
-        return {"pairs": [], "found": 0}
-    ia, ib = verify.ratio_nearest(a.desc, b.desc)
-    keep = verify.inliers(a.xy[ia], b.xy[ib], "fundamental", a.stride / 2)
+    with _OPENCV:
+        a = verify.sift_cells(Path(query), side)
+        b = verify.sift_cells(Path(candidate), side)
+        if a is None or b is None:
+            return {"pairs": [], "found": 0}
+        ia, ib = verify.ratio_nearest(a.desc, b.desc)
+        keep = verify.inliers(a.xy[ia], b.xy[ib], "fundamental", a.stride / 2)
     qa, cb = a.xy[ia][keep], b.xy[ib][keep]
     (qw, qh), (cw, ch) = sizes
     step = max(1, len(qa) // MAX_LINES)
