@@ -40,12 +40,15 @@ def matched_points(query: Path, candidate: Path, side: int = SIDE) -> dict:
     sizes = [_size(Path(p), side) for p in (query, candidate)]
     if None in sizes:
         return {"pairs": [], "found": 0}
+    import cv2
+
     with _OPENCV:
+        cv2.setNumThreads(0)  # sequential: the request threads share no pool
         a = verify.sift_cells(Path(query), side)
         b = verify.sift_cells(Path(candidate), side)
         if a is None or b is None:
             return {"pairs": [], "found": 0}
-        ia, ib = verify.ratio_nearest(a.desc, b.desc)
+        ia, ib = _ratio_matches(a.desc, b.desc, verify.SIFT_RATIO)
         keep = verify.inliers(a.xy[ia], b.xy[ib], "fundamental", a.stride / 2)
     qa, cb = a.xy[ia][keep], b.xy[ib][keep]
     (qw, qh), (cw, ch) = sizes
@@ -53,3 +56,22 @@ def matched_points(query: Path, candidate: Path, side: int = SIDE) -> dict:
     pairs = [[round(float(q[0]) / qw, 4), round(float(q[1]) / qh, 4), round(float(c[0]) / cw, 4),
               round(float(c[1]) / ch, 4)] for q, c in zip(qa[::step], cb[::step])]
     return {"pairs": pairs[:MAX_LINES], "found": int(keep.sum())}
+
+
+def _ratio_matches(a, b, ratio: float):
+    """Mutual nearest neighbours passing Lowe's ratio test, as the verifier's ``ratio_nearest``,
+    by OpenCV's brute-force matcher rather than a numpy product: numpy's BLAS thread pool was
+    seen to hang when called from a request thread, OpenCV run sequentially does not."""
+    import cv2
+    import numpy as np
+
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    back = {m.queryIdx: m.trainIdx for m in matcher.match(b, a)}
+    ia, ib = [], []
+    for pair in matcher.knnMatch(a, b, k=2):
+        if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance and back.get(pair[0].trainIdx) == pair[0].queryIdx:
+            ia.append(pair[0].queryIdx)
+            ib.append(pair[0].trainIdx)
+    return np.asarray(ia, np.int64), np.asarray(ib, np.int64)
