@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from geoloc.locating.estimate import EstimateConfig, estimate_position
-from geoloc.geo import haversine_m
+from geoloc.geo import haversine_m, to_local_m
 
 #: Candidates per frame the path may go through.
 STATES = 10
@@ -103,8 +103,7 @@ def _smooth_run(frames: list, times: Optional[list[float]], config: EstimateConf
     steps = [float(haversine_m(lat[k - 1][path[k - 1]], lon[k - 1][path[k - 1]], lat[k][path[k]], lon[k][path[k]]))
              for k in range(1, len(frames))]
     scale = max(MIN_STEP_M, float(np.median(steps)))
-    path = _viterbi(lat, lon, emit, scale, times) if times is not None or len(frames) < 3 \
-        else _viterbi_steady(lat, lon, emit, scale)
+    path = _viterbi(lat, lon, emit, scale, times) if times is not None else _viterbi_steady(lat, lon, emit, scale)
     moved = 0
     for frame, choice in zip(frames, path):
         moved += _settle(frame, choice, config)
@@ -117,12 +116,9 @@ def _viterbi(lat: list, lon: list, emit: list, scale: float, times: Optional[lis
     score = emit[0].copy()
     back: list[np.ndarray] = []
     for k in range(1, n):
-        d = haversine_m(lat[k - 1][:, None], lon[k - 1][:, None], lat[k][None, :], lon[k][None, :])
-        # Any step up to the trip's usual one is as plausible as standing still; a longer one
-        # less so, in units of that step; faster than anyone travels between the two times,
-        # not at all.
-        trans = -np.minimum((np.maximum(d - scale, 0.0) / scale) ** 2, IMPLAUSIBLE)
-        if times is not None:
+        d = _distances(lat, lon, k)
+        trans = _step_costs(d, scale)
+        if times is not None:  # faster than anyone travels between the two times: not at all
             too_fast = d > MIN_STEP_M + MAX_SPEED_MPS * abs(times[k] - times[k - 1])
             trans = np.where(too_fast, -IMPLAUSIBLE, trans)
         total = score[:, None] + trans
@@ -135,10 +131,14 @@ def _viterbi(lat: list, lon: list, emit: list, scale: float, times: Optional[lis
     return path
 
 
-def _step_costs(lat: list, lon: list, k: int, scale: float) -> np.ndarray:
-    """Log-plausibility of each step from frame ``k - 1``'s candidates to frame ``k``'s: any
-    step up to the trip's usual one is as plausible as standing still, a longer one less so."""
-    d = haversine_m(lat[k - 1][:, None], lon[k - 1][:, None], lat[k][None, :], lon[k][None, :])
+def _distances(lat: list, lon: list, k: int) -> np.ndarray:
+    """Metres from each of frame ``k - 1``'s candidates to each of frame ``k``'s."""
+    return haversine_m(lat[k - 1][:, None], lon[k - 1][:, None], lat[k][None, :], lon[k][None, :])
+
+
+def _step_costs(d: np.ndarray, scale: float) -> np.ndarray:
+    """Log-plausibility of steps of ``d`` metres: any step up to the trip's usual one is as
+    plausible as standing still, a longer one less so, in units of that step."""
     return -np.minimum((np.maximum(d - scale, 0.0) / scale) ** 2, IMPLAUSIBLE)
 
 
@@ -148,17 +148,15 @@ def _viterbi_steady(lat: list, lon: list, emit: list, scale: float) -> list[int]
     so a path that jumps two steps ahead and then stands still costs (its change of step, in
     units of the usual step, squared; a stop or a turn costs about what two ranks of a
     candidate do). A state is a pair of consecutive frames' candidates."""
-    from geoloc.geo import to_local_m
-
     xy = [to_local_m(la, lo, float(lat[0][0]), float(lon[0][0])) for la, lo in zip(lat, lon)]
-    score = emit[0][:, None] + _step_costs(lat, lon, 1, scale) + emit[1][None, :]  # [a, b]
+    score = emit[0][:, None] + _step_costs(_distances(lat, lon, 1), scale) + emit[1][None, :]  # [a, b]
     back: list[np.ndarray] = []
     for k in range(2, len(lat)):
         change = xy[k][None, None, :, :] - 2.0 * xy[k - 1][None, :, None, :] + xy[k - 2][:, None, None, :]
         turn = -STEADY * np.minimum((np.linalg.norm(change, axis=-1) / scale) ** 2, IMPLAUSIBLE)  # [a, b, c]
         total = score[:, :, None] + turn
         back.append(np.argmax(total, axis=0))  # [b, c]: the best frame before, for each pair
-        score = total.max(axis=0) + _step_costs(lat, lon, k, scale) + emit[k][None, :]
+        score = total.max(axis=0) + _step_costs(_distances(lat, lon, k), scale) + emit[k][None, :]
     last, now = np.unravel_index(int(np.argmax(score)), score.shape)
     path = [int(now), int(last)]
     for pointer in reversed(back):
