@@ -50,6 +50,18 @@ def display_path(path: Path | str) -> str:
     return printable(os.fspath(path))
 
 
+def common_folder(paths) -> str | None:
+    """The folder all ``paths`` are in, or None (no paths, or only "/" in common): the tables
+    and the map name photos relative to it, given once."""
+    if not paths:
+        return None
+    try:
+        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
+    except ValueError:  # another drive (Windows)
+        return None
+    return folder if folder not in ("", os.sep) else None
+
+
 def json_path(path: Path | str) -> str:
     """A path for JSON, without loss: a byte that is not UTF-8 stays a surrogate escape
     (``\\udcff`` once written as JSON by :func:`geoloc.console.print_json`), so that

@@ -143,7 +143,9 @@ def test_the_page_lists_every_answer_in_a_table(tmp_path, photos):
     reader): one row per query, in order, its position, radius, confidence and top candidate."""
     a = _result(photos["plain"], [photos["xss_path"], photos["xss_name"]])
     b = _result(photos["xss_name"], [photos["plain"]], gps=False)
-    bad = LocateResult(Path("<b>bad</b>.jpg"), error="<b>bad</b>.jpg: not an image")
+    # Absolute, under no folder of the others whatever the working directory (a relative name
+    # would share /tmp with them when the checkout is there).
+    bad = LocateResult(Path("/geoloc-elsewhere/<b>bad</b>.jpg"), error="<b>bad</b>.jpg: not an image")
     page = own(save_map([a, bad, b], tmp_path / "m.html").read_text())
     table = page[page.index('<div class="geoloc-results">'):]
     table = table[:table.index("</table>")]

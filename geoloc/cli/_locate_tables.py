@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import os
 
-from geoloc.files import display_path, printable
+from geoloc.files import common_folder, display_path, printable
 from geoloc.formatting import coordinate_digits, format_distance
 
 
 _CONFIDENCE_STYLE = {"high": "green", "medium": "yellow", "low": "red"}
-
-
-def _common_folder(paths) -> str | None:
-    """The folder all the queries are in, or None (no queries, or only "/" in common)."""
-    if not paths:
-        return None
-    try:
-        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
-    except ValueError:
-        return None
-    return folder if folder not in ("", os.sep) else None
 
 
 def print_tables(results, to_stderr: bool = False) -> None:
@@ -92,7 +81,6 @@ def _candidates_table(r, width: int):
     ``verified`` score where geometric verification ran, else the cosine ``score``; and the
     note that says which."""
     from rich.table import Table
-    from rich.text import Text
 
     from geoloc.console import PathCell
 
@@ -131,5 +119,5 @@ def _score(result) -> str:
 
 def _short_names(paths) -> tuple[str | None, list[str]]:
     """(the folder the paths share or None, each path relative to it, else as given)."""
-    folder = _common_folder(paths)
+    folder = common_folder(paths)
     return folder, [display_path(os.path.relpath(p, folder) if folder else p) for p in paths]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from geoloc.files import atomic_write, check_writable, display_path
+from geoloc.files import atomic_write, check_writable, common_folder, display_path
 from geoloc.formatting import format_distance
 from geoloc.errors import GeolocError
 from geoloc.outputs.mappage import (
@@ -90,17 +90,6 @@ def _popup_html(title: str, lines: Sequence[str], path: str | None) -> str:
         parts.append(f'<br><span class="path">{esc(path)}</span>')
     parts.append("</div>")
     return "".join(parts)
-
-
-def _common_folder(paths) -> str | None:
-    """The folder all the queries are in (as ``geoloc locate``'s table gives it), or None."""
-    if not paths:
-        return None
-    try:
-        folder = os.path.commonpath([os.path.abspath(os.path.dirname(os.fspath(p))) for p in paths])
-    except ValueError:  # another drive (Windows)
-        return None
-    return folder if folder not in ("", os.sep) else None
 
 
 #: The table sorts confidence surest first.
@@ -232,7 +221,7 @@ class _Layers:
         without JavaScript). Every user string is escaped here."""
         # The queries named as the terminal's table names them: relative to the folder they share,
         # that folder said once above the table (unless --relative-paths asked for the map's own).
-        folder = _common_folder([r.query for r in results]) if self.cfg.relative_to is None else None
+        folder = common_folder([r.query for r in results]) if self.cfg.relative_to is None else None
 
         def query_name(path) -> str:
             return display_path(os.path.relpath(os.path.abspath(path), folder)) if folder else self.shown(path)
