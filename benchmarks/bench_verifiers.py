@@ -3,8 +3,9 @@
     python benchmarks/bench_verifiers.py --out /tmp/verifiers.json             # all verifiers
     python benchmarks/bench_verifiers.py --verifiers dense,dense+xfeat --sets lund,night
     python benchmarks/bench_verifiers.py --rejudge /tmp/verifiers.json   # confidence before/after
+    python benchmarks/bench_verifiers.py --max-side 224 --verifiers dense,dense+xfeat   # small images
 
-One database (EfficientNet-Lite0 + NetVLAD at 640 px, the size locate verifies at): the odd
+One database (EfficientNet-Lite0 + NetVLAD at 640 px, the size locate verifies at, or ``--max-side``): the odd
 Lund frames, the nine photos of the Arezzo walk and five of the ten Sacré-Cœur photos (placed at
 the basilica, 48.8867 N 2.3431 E, written into copies: the originals carry no GPS). Queries:
 
@@ -76,7 +77,7 @@ def _with_gps(src: Path, dest: Path, lat: float, lon: float) -> Path:
     return dest
 
 
-def build(tmp: Path) -> tuple[Path, dict[str, list[Path]]]:
+def build(tmp: Path, max_side: int = 640) -> tuple[Path, dict[str, list[Path]]]:
     """The database and the query sets (derived photos keep their EXIF, so their GPS)."""
     from geoloc.indexing.run import IndexConfig, index_photos
 
@@ -99,7 +100,7 @@ def build(tmp: Path) -> tuple[Path, dict[str, list[Path]]]:
         w, h = image.size
         box = (0, 0, int(w * 0.55), h) if n <= 14 else (int(w * 0.45), 0, w, h)
         sets["crops"].append(_save(image.crop(box), image, tmp / "crops" / src.name))
-    report = index_photos(db_photos, tmp / "db", IndexConfig(model="lite0-vlad", max_side=640, device="cpu"))
+    report = index_photos(db_photos, tmp / "db", IndexConfig(model="lite0-vlad", max_side=max_side, device="cpu"))
     if report.located != len(db_photos):
         sys.exit(f"indexing failed: {report.to_json()}")
     return tmp / "db", sets
@@ -217,6 +218,7 @@ def main() -> None:
     ap.add_argument("--verifiers", default=",".join(VERIFIERS))
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--max-side", type=int, default=640, help="the database's image size (small images: 224, 320)")
     ap.add_argument("--rejudge", type=Path, nargs="+", help="judge --out files' queries again, before and "
                     "after verification is weighed into the agreement; runs nothing else")
     args = ap.parse_args()
@@ -241,7 +243,7 @@ def main() -> None:
     verifiers = [v for v in args.verifiers.split(",") if v]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["GEOLOC_HOME"] = str(Path(tmp) / "home")  # a cold feature cache per run
-        db, sets = build(Path(tmp))
+        db, sets = build(Path(tmp), args.max_side)
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
         results = {}
         for v in verifiers:

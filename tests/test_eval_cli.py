@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
+from clirun import DenseRunner
 from geoloc.cli import app
 from geoloc.geo import to_local_m
 
@@ -24,7 +24,7 @@ LAT0, LON0 = 55.6989, 13.1949  # the middle of the lund walk
 
 
 def run(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return DenseRunner().invoke(app, [str(a) for a in args])  # eval's mechanics; test_learned: its verifiers
 
 
 @pytest.fixture(scope="module")
@@ -231,8 +231,9 @@ def test_csv_dataset_by_absolute_paths(tmp_path, lund):
 def test_study_on_lund(tmp_path, lund_dir):
     """Odd frames are the database, even frames the queries; every offline pooling gets a row."""
     png = tmp_path / "study.png"
+    # dense verification: the study compares poolings, whatever verifies them (test_learned tests the default)
     res = run("eval", f"{lund_dir}/*[02468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg",
-              "--compare", "study", "--max-side", "224", "--json", "--plot", png)
+              "--compare", "study", "--max-side", "224", "--json", "--plot", png, "--verifier", "dense")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     rows = {r["model"]: r for r in data["models"]}
@@ -255,7 +256,7 @@ def test_study_on_lund(tmp_path, lund_dir):
 
     # the people's table: one row per model, skipped rows say why
     res = run("eval", f"{lund_dir}/*[02468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg",
-              "--compare", "lite0-vlad,netvlad-vgg16-pitts30k", "--max-side", "224")
+              "--compare", "lite0-vlad,netvlad-vgg16-pitts30k", "--max-side", "224", "--verifier", "dense")
     assert res.exit_code == 0, res.output
     assert "lite0-vlad" in res.stdout and "R@1" in res.stdout
     assert "netvlad-vgg16-pitts30k skipped: weights not available offline" in res.stdout

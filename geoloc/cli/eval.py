@@ -15,6 +15,7 @@ from geoloc.cli._common import (
     at_least,
     DB_HELP,
     PRECISION_HELP,
+    note_verifier_fallback,
     VERIFIER_HELP,
     WORKERS_HELP,
     cell,
@@ -136,6 +137,8 @@ def eval_command(
         from geoloc.errors import UsageError
 
         raise UsageError("choose --rerank or --no-rerank, not both")
+    if verifier is None and not no_rerank:
+        note_verifier_fallback()
     progress = RichProgress(transient=True, warnings=False)  # problems are listed once, at the end
     try:
         run = run_eval(request, resolve_db(None), progress)

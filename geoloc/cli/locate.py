@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
-from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, VERIFIER_HELP, at_least, handle_errors, one_format,
+from geoloc.cli._common import (BATCH_HELP, DB_HELP, PRECISION_HELP, VERIFIER_HELP, at_least, handle_errors,
+                                note_verifier_fallback, one_format,
                                 resolve_db, warn_mirror_damage)
 from geoloc.cli._trips import CLOCK_HELP, EVIDENCE_HELP, SEQUENCE_HELP, TRACK_HELP, apply_trips, trip_config
 from geoloc.files import check_writable, display_path
@@ -142,6 +143,8 @@ def locate_command(
     config = LocateConfig(top_k=top_k, device=device, batch_size=batch_size, precision=precision,
                           rerank=RerankConfig(enabled=not no_rerank, top=rerank_top,
                                               **({"verifier": verifier} if verifier else {})))
+    if verifier is None and not no_rerank:
+        note_verifier_fallback()
     trips = trip_config(track, clock, evidence, sequence)
     from geoloc.photos.discovery import expand_queries
 

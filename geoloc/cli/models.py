@@ -75,14 +75,19 @@ def _verifier_table() -> None:
     from geoloc.console import out_console
     from geoloc.retrieval.rerank import verifier_rows
 
-    table = Table(caption="* default verifier (--verifier NAME on locate and eval).", caption_justify="left")
+    rows = verifier_rows()
+    caption = "* default verifier (--verifier NAME on locate and eval)."
+    fallback = next((r for r in rows if r["used_by_default"] and not r["default"]), None)
+    if fallback:
+        caption += f" The default is not installed here: {fallback['name']} (+) verifies instead."
+    table = Table(caption=caption, caption_justify="left")
     table.add_column("verifier", style="bold", no_wrap=True)
     table.add_column("installed", no_wrap=True)
     table.add_column("description", ratio=1)
-    for row in verifier_rows():
+    for row in rows:
         needs = f" (needs {row['package']}: {row['install']})" if not row["available"] else ""
-        table.add_row(row["name"] + (" *" if row["default"] else ""), "yes" if row["available"] else "no",
-                      row["description"] + needs)
+        mark = " *" if row["default"] else " (+)" if row["used_by_default"] else ""
+        table.add_row(row["name"] + mark, "yes" if row["available"] else "no", row["description"] + needs)
     out_console().print(table)
 
 

@@ -44,6 +44,12 @@ DEFAULT_THRESHOLD_M = 25.0
 EXACT_SEARCH = 2**62
 
 
+def _default_verifier() -> str:
+    from geoloc.retrieval.rerank import default_verifier
+
+    return default_verifier()
+
+
 @dataclass
 class EvalConfig:
     """What to evaluate and how; the defaults are those of ``geoloc index`` / ``geoloc locate``."""
@@ -61,7 +67,8 @@ class EvalConfig:
     vocabulary_photos: int = 300
     rerank: bool = True  # as geoloc locate: verify and reorder the top candidates
     rerank_top: int = 20
-    rerank_verifier: str = "dense"  # geoloc.retrieval.rerank.RerankConfig.verifier
+    #: geoloc.retrieval.rerank.RerankConfig.verifier: by default its default_verifier().
+    rerank_verifier: str = field(default_factory=_default_verifier)
     #: How the estimate groups candidates and when it is trusted: ``geoloc locate``'s own
     #: settings (``LocateConfig.estimate`` / ``.confidence``), so eval measures what locate does.
     estimate: EstimateConfig = field(default_factory=EstimateConfig)

@@ -107,12 +107,13 @@ def rank_and_judge(
                          verification=verdict.flag if verdict else None,
                          top_inliers=verdict.top_inliers if verdict else None,
                          inliers=inliers[: len(best)] if verdict else None,
-                         bars=verified_bars(verifiers[: len(best)]) if verdict else None,
+                         bars=verified_bars(verifiers[: len(best)], verdict.side) if verdict else None,
                          estimate_config=estimate_config, confidence_config=confidence_config)
     return Judged(rows, scores, inliers, verifiers, fused, estimate, verdict, notes, spent)
 
 
-def verified_bars(verifiers: Sequence[str | None]) -> list[int | None]:
+def verified_bars(verifiers: Sequence[str | None], side: int | None = None) -> list[int | None]:
     """Each candidate's "verified" bar, in its own verifier's inlier counts (a cascade's
-    candidates carry the learned stage's name or dense's): what the confidence weighs them by."""
-    return [VERIFIERS[v].verified_min if v in VERIFIERS else None for v in verifiers]
+    candidates carry the learned stage's name or dense's), for a query of ``side`` px: what
+    the confidence weighs them by."""
+    return [VERIFIERS[v].bars(side)[0] if v in VERIFIERS else None for v in verifiers]

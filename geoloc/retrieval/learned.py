@@ -112,8 +112,7 @@ class LearnedMatcher:
 
                     device = torch.device("cpu")
                 start = time.perf_counter()
-                extractor, matcher = (_xfeat if self.spec.name == "xfeat" else _aliked)(device)
-                self._nets = (extractor.eval(), matcher.eval(), device)
+                self._nets = _networks(self.spec.name, device)
                 self.timings["load_s"] += time.perf_counter() - start
         return self._nets
 
@@ -173,6 +172,23 @@ class LearnedMatcher:
         if not len(pairs):
             return none
         return pairs[:, 0], pairs[:, 1]
+
+
+#: Networks already built, by (verifier, device): a process that makes several Locators (the
+#: library API, ``eval --compare``, a review session) loads each network once. Read-only in
+#: inference, so Locators and their threads share them.
+_NETWORKS: dict[tuple[str, str], tuple] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _networks(name: str, device) -> tuple:
+    """(extractor, matcher, device) of one learned verifier, built once per process and device."""
+    with _NETWORKS_LOCK:
+        key = (name, str(device))
+        if key not in _NETWORKS:
+            extractor, matcher = (_xfeat if name == "xfeat" else _aliked)(device)
+            _NETWORKS[key] = (extractor.eval(), matcher.eval(), device)
+        return _NETWORKS[key]
 
 
 def _xfeat(device):
