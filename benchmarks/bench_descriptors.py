@@ -276,7 +276,8 @@ def main() -> None:
 
         runner._search_and_score = every_trick
         try:
-            evaluate_split(split, EvalConfig(model=args.model, max_side=args.max_side, device="cpu", rerank=True))
+            evaluate_split(split, EvalConfig(model=args.model, max_side=args.max_side, device="cpu", rerank=True,
+                                                   rerank_verifier="dense"))
         finally:
             runner._search_and_score = original
         print(f"[{name} done]", file=sys.stderr, flush=True)

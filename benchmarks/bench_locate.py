@@ -51,6 +51,7 @@ def _build_db(tmp: Path, model: str, max_side: int | None, device: str) -> tuple
 
 def bench_latency(args) -> None:
     from geoloc.locating.locator import LocateConfig, Locator
+    from geoloc.retrieval.rerank import RerankConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         db, even, index_s = _build_db(Path(tmp), args.model, args.max_side, args.device)
@@ -62,7 +63,7 @@ def bench_latency(args) -> None:
         print("|---|---|---|---|---|---|---|---|")
         for label, batch in (("1 query", queries[:1]), (f"batch of {len(queries)}", queries)):
             start = time.perf_counter()
-            with Locator(db, LocateConfig(device=args.device)) as locator:
+            with Locator(db, LocateConfig(device=args.device, rerank=RerankConfig(verifier="dense"))) as locator:
                 results = locator.locate(batch)
                 t = locator.timings
             total = time.perf_counter() - start
@@ -76,7 +77,7 @@ def bench_latency(args) -> None:
 
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         cmd = [sys.executable, "-m", "geoloc", "locate", str(queries[0]), "--db", str(db),
-               "--device", args.device, "--json"]
+               "--device", args.device, "--json", "--verifier", "dense"]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         print(f"\n`geoloc locate` one query, fresh process (imports included): "
@@ -152,11 +153,12 @@ def bench_accuracy(args) -> None:
     from geoloc.geo import haversine_m
     from geoloc.locating.estimate import EstimateConfig, estimate_position
     from geoloc.locating.locator import LocateConfig, Locator
+    from geoloc.retrieval.rerank import RerankConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         db, even, _ = _build_db(Path(tmp), args.model, args.max_side, args.device)
         queries = sorted(even.glob("*.jpg"))
-        with Locator(db, LocateConfig(device=args.device, top_k=10)) as locator:
+        with Locator(db, LocateConfig(device=args.device, top_k=10, rerank=RerankConfig(verifier="dense"))) as locator:
             results = locator.locate(queries)
     assert all(r.estimate and r.query_gps for r in results)
     truth = [r.query_gps for r in results]

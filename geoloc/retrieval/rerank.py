@@ -91,7 +91,7 @@ VERIFIERS: dict[str, VerifierSpec] = {s.name: s for s in (
     VerifierSpec("dense+aliked", 12.0, 30, 13, True, "aliked",
                  f"dense orders the candidates, ALIKED + LightGlue adds its evidence to the first {CASCADE_KEEP}"),
 )}
-#: The default ``--verifier`` (docs/benchmarks.md, "Choosing the default verifier"): the same
+#: The default ``--verifier`` (docs/benchmarks.md, "The default verifier, dense then XFeat"): the same
 #: recall@1 as dense alone on the dev sets, far more right answers ``high`` at night, at about
 #: twice dense's cost (0.7 s a query on 2 cores).
 DEFAULT_VERIFIER = "dense+xfeat"
@@ -113,11 +113,14 @@ def fallback_note() -> str | None:
     """One line for a run that verifies with the fallback because the default cannot run here."""
     if default_verifier() == DEFAULT_VERIFIER:
         return None
-    from geoloc.retrieval.learned import SPECS
+    from geoloc.errors import ModelError
+    from geoloc.retrieval.learned import require
 
-    spec = SPECS[VERIFIERS[DEFAULT_VERIFIER].learned]
-    return (f"verifying with {FALLBACK_VERIFIER} cells alone: the default verifier, {DEFAULT_VERIFIER}, "
-            f"needs the {spec.package} package ({spec.install})")
+    try:
+        require(VERIFIERS[DEFAULT_VERIFIER].learned)
+    except ModelError as missing:  # names what is missing (the package, or kornia) and its install
+        return f"verifying with {FALLBACK_VERIFIER} cells alone: the default verifier is {DEFAULT_VERIFIER}, and {missing}"
+    return None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The matched points between a photo and a verified candidate, for the page to draw.
 
 The located answer keeps only how many matches verified a candidate, not where they are (the
-re-ranking's dense cells are thrown away once counted). When the user opens a verified
+re-ranking's cells and keypoints are thrown away once counted). When the user opens a verified
 candidate, its matches are found again here with the verifier's public pieces (SIFT keypoints,
 mutual nearest neighbours passing the ratio test, the MAGSAC++ fundamental matrix): the same
 kind of evidence, drawn, without changing how re-ranking works.
