@@ -255,3 +255,15 @@ def test_verification_weighed_in_is_never_high_for_a_look_alike_or_out_of_covera
     # verified just at the bar, against three more similar photos elsewhere: still contested
     bare = judge(lats, lons, scores, verification="verified", **{**args, "inliers": [30, *inliers[1:]]})
     assert bare.confidence == "medium" and "disagree" in " ".join(bare.warnings)
+
+
+def test_eval_says_the_fallback_note_only_where_the_default_verifies():
+    """`--compare dense,xfeat` (or `verifiers`) verifies with those: a note about the default
+    would speak of a verifier the run does not use."""
+    from geoloc.evaluation.request import EvalRequest
+
+    def names_verifiers(compare):
+        return EvalRequest(compare=compare).compares_verifiers()
+
+    assert names_verifiers("dense,xfeat") and names_verifiers("lite0-vlad, verifiers")
+    assert not names_verifiers("lite0-vlad,lite0-max") and not names_verifiers(None)

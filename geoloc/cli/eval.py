@@ -137,12 +137,8 @@ def eval_command(
         from geoloc.errors import UsageError
 
         raise UsageError("choose --rerank or --no-rerank, not both")
-    if verifier is None and not no_rerank:
-        from geoloc.retrieval.rerank import VERIFIERS
-
-        named = [p.strip() for p in (compare or "").split(",")]
-        if not any(p == "verifiers" or p in VERIFIERS for p in named):  # those verify, not the default
-            note_verifier_fallback()
+    if verifier is None and not no_rerank and not request.compares_verifiers():
+        note_verifier_fallback()
     progress = RichProgress(transient=True, warnings=False)  # problems are listed once, at the end
     try:
         run = run_eval(request, resolve_db(None), progress)

@@ -73,11 +73,21 @@ class EvalRequest:
                 check_writable(target)
         self.config.check()
 
+    def _compare_names(self) -> list[str]:
+        """``--compare``'s names as given (``verifiers`` not yet expanded)."""
+        return [p.strip() for p in (self.compare or "").split(",") if p.strip()]
+
     def _compares_models(self) -> bool:
         from geoloc.evaluation.compare import split_names
 
-        return bool(split_names([p.strip() for p in (self.compare or "").split(",") if p.strip()
-                                 and p.strip() != "verifiers"])[0])
+        return bool(split_names([p for p in self._compare_names() if p != "verifiers"])[0])
+
+    def compares_verifiers(self) -> bool:
+        """``--compare`` names verifiers (or ``verifiers``): those verify, not the default."""
+        from geoloc.evaluation.compare import split_names
+
+        names = self._compare_names()
+        return "verifiers" in names or bool(split_names(names)[1])
 
     def models(self) -> list[str] | None:
         if not self.compare:

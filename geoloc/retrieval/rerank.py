@@ -322,19 +322,22 @@ class Reranker:
         rows, cosines = list(rows[:n]), np.asarray(cosines[:n], dtype=np.float64)
         spec = self.spec
         first = query.dense if isinstance(query, Evidence) else query
+        # the learned matcher's image size, which its bars depend on
+        side = _side(query.learned if isinstance(query, Evidence) else first) if spec.learned else None
         cells = self.cells(rows)
         if spec.dense and spec.learned:
             verdict = verify.verify(first, cells, cosines, verify.WEIGHT)
             names = ["dense" if i >= 0 else None for i in verdict.inliers]
             flag = verdict.flag
             if isinstance(query, Evidence) and query.learned is not None:
-                verdict, names, flag = self._decide(query.learned, rows, cosines, verdict, names, first, cells)
+                verdict, names, flag = self._decide(query.learned, rows, cosines, verdict, names, first, cells,
+                                                    side)
         else:
             match = self.learned.match if spec.learned else None
             verdict = verify.verify(first, cells, cosines, self.config.fusion_weight,
                                     ratio=verify.SIFT_RATIO if spec.name == "sift" else None, match=match)
             names = [spec.name if i >= 0 else None for i in verdict.inliers]
-            flag = verify.flag(verdict.top_inliers, *spec.bars(_side(first)))
+            flag = verify.flag(verdict.top_inliers, *spec.bars(side))
         notes = [f"candidate {display_path(self.records[r].path)}: {self._why[r]}; ranked by its global score alone"
                  for r, c in zip(rows, cells) if c is None and r in self._why]
         return Reranked(
@@ -345,11 +348,12 @@ class Reranker:
             top_inliers=verdict.top_inliers,
             notes=notes,
             verifiers=names,
-            side=_side(query.learned if isinstance(query, Evidence) else first) if spec.learned else None,
+            side=side,
         )
 
     def _decide(self, query: verify.Cells, rows: list[int], cosines: np.ndarray, dense: verify.Verdict,
-                names: list[str | None], dense_cells: verify.Cells | None, cells: list[verify.Cells | None]):
+                names: list[str | None], dense_cells: verify.Cells | None, cells: list[verify.Cells | None],
+                side: int | None):
         """A cascade's second stage: dense's first few, verified again by the learned matcher,
         reordered by dense's fused score plus the learned evidence (``weight · inliers / query
         keypoints``), ahead of the rest in dense's order. The flag weighs both verdicts
@@ -369,7 +373,7 @@ class Reranker:
         if top != dense.order[0] and dense_cells is not None and cells[top] is not None:
             dense_top = verify.verify(dense_cells, [cells[top]], cosines[[top]]).top_inliers
         dense_flag = verify.flag(dense_top)
-        learned_flag = verify.flag(learned.top_inliers, *self.spec.bars(_side(query)))
+        learned_flag = verify.flag(learned.top_inliers, *self.spec.bars(side))
         flag, weaker = stronger(dense_flag, learned_flag)
         top_inliers = learned.top_inliers if weaker == "learned" else dense_top
         return verify.Verdict(order, inliers, fused, top_inliers), names, flag
